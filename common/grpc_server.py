@@ -39,7 +39,10 @@ def build_server(
     host: str = "0.0.0.0",
     max_workers: int = 16,
     interceptors: Iterable = (),
+    health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, health.HealthServicer]:
+    """Pass `health_servicer` (from new_health()) when something, such as a
+    DependencyMonitor, must drive the health status before the server exists."""
     services = list(services)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
@@ -52,7 +55,7 @@ def build_server(
         ],
         maximum_concurrent_rpcs=max_workers * 4,
     )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = health_servicer or new_health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for s in services:
         s.add_to_server(s.servicer, server)
@@ -65,6 +68,10 @@ def build_server(
     if not bound:
         raise SystemExit(f"cannot listen on {host}:{port}: address in use?")
     return server, health_servicer
+
+
+def new_health() -> health.HealthServicer:
+    return health.HealthServicer(experimental_non_blocking=True)
 
 
 def run_until_signalled(

@@ -12,6 +12,9 @@ import jwt
 ISSUER = "video2mp3-auth"
 AUDIENCE = "video2mp3"
 ALGORITHM = "HS256"
+# Used by every service when SECRET_KEY is unset, so a local mesh works out of
+# the box; each service logs a warning when it falls back to it.
+DEV_SECRET_KEY = "video2mp3-insecure-dev-secret-set-SECRET_KEY"
 
 
 class InvalidToken(Exception):

@@ -1,0 +1,69 @@
+"""Connection settings shared by the gateway and the converter, from the seed's
+environment variable names. Each service's own config.py composes these."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclasses.dataclass(frozen=True)
+class MongoSettings:
+    uri: str
+    # Bounded so an unreachable MongoDB fails an RPC in seconds, not minutes.
+    timeout_ms: int
+
+    @classmethod
+    def from_env(cls) -> "MongoSettings":
+        return cls(
+            uri=env_str("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3"),
+            timeout_ms=env_int("MONGO_TIMEOUT_MS", 3000),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RabbitSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    vhost: str
+    queue: str
+    heartbeat: int
+    timeout_s: float
+
+    @classmethod
+    def from_env(cls) -> "RabbitSettings":
+        return cls(
+            host=env_str("RABBITMQ_HOST", "127.0.0.1"),
+            port=env_int("RABBITMQ_PORT", 5672),
+            user=env_str("RABBITMQ_USER", "guest"),
+            password=os.environ.get("RABBITMQ_PASSWORD", "guest"),
+            vhost=env_str("RABBITMQ_VHOST", "/"),
+            queue=env_str("QUEUE_NAME", "video"),
+            heartbeat=env_int("RABBITMQ_HEARTBEAT", 30),
+            timeout_s=env_float("RABBITMQ_TIMEOUT_S", 3.0),
+        )

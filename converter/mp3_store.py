@@ -1,0 +1,48 @@
+"""Where MP3s go: GridFS bucket `mp3s`, written as a stream.
+
+The transcoder cannot seek its output (a GridFS upload stream), so the one
+thing it learns only at the end, the Xing/LAME info frame, is written over
+the stored bytes in place afterwards (same length, so only chunk data changes).
+"""
+from __future__ import annotations
+
+import logging
+
+from bson import ObjectId
+
+from common.mongo import MP3S_BUCKET, Mongo
+
+log = logging.getLogger(__name__)
+
+
+def open_mp3(mongo: Mongo, mp3_fid: ObjectId, job: dict):
+    stem = (job.get("filename") or "audio").rsplit(".", 1)[0] or "audio"
+    return mongo.mp3s.open_upload_stream_with_id(
+        mp3_fid, f"{stem}.mp3",
+        metadata={"job_id": job["_id"], "user_id": job["user_id"], "content_type": "audio/mpeg"},
+    )
+
+
+def patch_bytes(mongo: Mongo, file_id: ObjectId, offset: int, data: bytes) -> None:
+    """Overwrite len(data) bytes at `offset` of a stored GridFS file."""
+    files, chunks = mongo.db[f"{MP3S_BUCKET}.files"], mongo.db[f"{MP3S_BUCKET}.chunks"]
+    chunk_size = files.find_one({"_id": file_id}, {"chunkSize": 1})["chunkSize"]
+    pos = 0
+    while pos < len(data):
+        n, within = divmod(offset + pos, chunk_size)
+        chunk = chunks.find_one({"files_id": file_id, "n": n})
+        buf = bytearray(chunk["data"])
+        take = min(len(data) - pos, len(buf) - within)
+        if take <= 0:
+            raise ValueError(f"patch at {offset} runs past the end of file {file_id}")
+        buf[within:within + take] = data[pos:pos + take]
+        chunks.update_one({"_id": chunk["_id"]}, {"$set": {"data": bytes(buf)}})
+        pos += take
+
+
+def delete_quietly(mongo: Mongo, file_id: ObjectId) -> None:
+    """Delete a (possibly half-written) MP3: its chunks even when no files document exists."""
+    try:
+        mongo.mp3s.delete(file_id)
+    except Exception:  # gridfs.NoFile when only chunks were written: remove those
+        mongo.db[f"{MP3S_BUCKET}.chunks"].delete_many({"files_id": file_id})

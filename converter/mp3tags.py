@@ -1,0 +1,402 @@
+"""MP3 byte-level helpers: frame headers, the Xing/LAME info frame, ID3v2 tags.
+
+Written from the public formats (ISO 11172-3 / 13818-3 frame headers, the
+"Mp3 Info Tag rev 1" spec, ID3v2.3.0). The converter's encoder (lameenc) emits
+bare MP3 frames; this module adds what makes the file a good MP3 file:
+
+  [ID3v2 tag] [info frame: Xing/Info + LAME tag] [audio frames ...]
+
+The info frame carries the frame count, byte count, seek table (TOC) and the
+encoder delay/padding that players use to play the file gapless and to seek.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+# Bitrates (kbps) by index for Layer III: MPEG-1, then MPEG-2 and 2.5 (LSF).
+_BITRATES = {
+    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+# Sample rates by index, for each version id (bits 19-20 of the header).
+_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+# LAME's encoder delay: samples of silence it puts before the audio. The
+# decoder adds 528 + 1 more; FFmpeg skips delay + 529 when the tag says so.
+LAME_ENCODER_DELAY = 576
+DECODER_DELAY = 529
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    raw: bytes          # the 4 header bytes
+    version_id: int     # 3 = MPEG-1, 2 = MPEG-2, 0 = MPEG-2.5
+    bitrate_kbps: int
+    sample_rate: int
+    padding: int
+    channel_mode: int   # 0 stereo, 1 joint stereo, 2 dual channel, 3 mono
+
+    @property
+    def lsf(self) -> bool:
+        """Low sampling frequency (MPEG-2/2.5): half-size frames and side info."""
+        return self.version_id != 3
+
+    @property
+    def samples_per_frame(self) -> int:
+        return 576 if self.lsf else 1152
+
+    @property
+    def length(self) -> int:
+        coef = 72 if self.lsf else 144
+        return coef * self.bitrate_kbps * 1000 // self.sample_rate + self.padding
+
+    @property
+    def side_info_size(self) -> int:
+        mono = self.channel_mode == 3
+        if self.lsf:
+            return 9 if mono else 17
+        return 17 if mono else 32
+
+
+def parse_header(b: bytes) -> FrameHeader | None:
+    """The Layer III frame header in the first 4 bytes of b, or None."""
+    if len(b) < 4 or b[0] != 0xFF or (b[1] & 0xE0) != 0xE0:
+        return None
+    version_id = (b[1] >> 3) & 3
+    layer = (b[1] >> 1) & 3
+    bitrate_index = b[2] >> 4
+    rate_index = (b[2] >> 2) & 3
+    if version_id == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        return None  # reserved, not Layer III, free format or invalid
+    table = _BITRATES[1 if version_id == 3 else 2]
+    return FrameHeader(
+        raw=bytes(b[:4]),
+        version_id=version_id,
+        bitrate_kbps=table[bitrate_index],
+        sample_rate=_RATES[version_id][rate_index],
+        padding=(b[2] >> 1) & 1,
+        channel_mode=b[3] >> 6,
+    )
+
+
+def with_bitrate(header: FrameHeader, kbps: int) -> FrameHeader:
+    """The same header with another bitrate, no padding and no CRC."""
+    table = _BITRATES[2 if header.lsf else 1]
+    raw = bytes((
+        0xFF,
+        header.raw[1] | 0x01,                                  # protection bit set: no CRC
+        (table.index(kbps) << 4) | (header.raw[2] & 0x0C),     # keep rate, clear padding/private
+        header.raw[3] & 0xCF,                                  # clear mode extension
+    ))
+    return parse_header(raw)
+
+
+# --- CRC-16 (the "ARC" variant: poly 0x8005 reflected, init 0) -------------
+# The LAME tag stores one over the tag itself and one over all audio frames.
+
+def _make_crc_table() -> np.ndarray:
+    table = np.zeros(256, np.uint16)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xA001 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+_CRC_TABLE = _make_crc_table()
+_CRC_LIST = _CRC_TABLE.tolist()
+
+
+def crc16(data: bytes, crc: int = 0) -> int:
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC_LIST[(crc ^ byte) & 0xFF]
+    return crc
+
+
+class MusicCrc:
+    """CRC-16 over a long byte stream, fed in pieces, vectorised with numpy.
+
+    The CRC is linear, so a block's CRC is the XOR of per-position byte
+    contributions (one table lookup per byte, done for many blocks at once),
+    and the running CRC is carried across blocks by a fixed linear map.
+    A byte-by-byte Python loop would cost seconds on a long file.
+    """
+
+    BLOCK = 1024
+
+    def __init__(self) -> None:
+        n = self.BLOCK
+        contrib = np.empty((n, 256), np.uint16)
+        row = _CRC_TABLE.copy()  # a byte followed by no more bytes
+        for k in range(n - 1, -1, -1):
+            contrib[k] = row
+            row = (row >> 8) ^ _CRC_TABLE[row & 0xFF]  # ... followed by one more zero byte
+        self._contrib = contrib
+        # carry[v]: where a register value v ends up after n zero bytes (by halves).
+        lo = np.arange(256, dtype=np.uint16)
+        hi = lo << 8
+        for _ in range(n):
+            lo = (lo >> 8) ^ _CRC_TABLE[lo & 0xFF]
+            hi = (hi >> 8) ^ _CRC_TABLE[hi & 0xFF]
+        self._carry_lo, self._carry_hi = lo.tolist(), hi.tolist()
+        self._cols = np.arange(n)
+        self._pending = b""
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        data = self._pending + data if self._pending else data
+        whole = len(data) - len(data) % self.BLOCK
+        self._pending = bytes(data[whole:])
+        if not whole:
+            return
+        blocks = np.frombuffer(data, np.uint8, whole).reshape(-1, self.BLOCK)
+        block_crcs = np.bitwise_xor.reduce(self._contrib[self._cols, blocks], axis=1).tolist()
+        crc, lo, hi = self.value, self._carry_lo, self._carry_hi
+        for b in block_crcs:
+            crc = lo[crc & 0xFF] ^ hi[crc >> 8] ^ b
+        self.value = crc
+
+    def digest(self) -> int:
+        return crc16(self._pending, self.value)
+
+
+# --- Frame scanning ---------------------------------------------------------
+
+class FrameScanner:
+    """Follows MP3 frame boundaries in a byte stream that arrives in pieces.
+
+    Counts frames and remembers the byte offset of every `stride`-th frame for
+    the seek table; when that list gets long it keeps every other entry and
+    doubles the stride, so memory stays bounded however long the file is.
+    """
+
+    MAX_MARKS = 2048
+
+    def __init__(self) -> None:
+        self.first: FrameHeader | None = None
+        self.frames = 0
+        self.bytes = 0
+        self.min_kbps = 0
+        self.marks: list[tuple[int, int]] = []  # (frame index, byte offset)
+        self._stride = 1
+        self._next = 0        # offset of the next frame header
+        self._tail = b""      # bytes of a header split across two pieces
+
+    def feed(self, data: bytes) -> None:
+        base = self.bytes - len(self._tail)
+        buf = self._tail + data if self._tail else data
+        self.bytes += len(data)
+        end = self.bytes
+        while self._next + 4 <= end:
+            i = self._next - base
+            header = parse_header(buf[i:i + 4])
+            if header is None:
+                self._next += 1  # lost sync (junk between frames): search on
+                continue
+            self._on_frame(header)
+            self._next += header.length
+        keep = max(0, end - max(self._next, end - 3))
+        self._tail = bytes(buf[len(buf) - keep:]) if keep else b""
+
+    def _on_frame(self, header: FrameHeader) -> None:
+        if self.first is None:
+            self.first = header
+        if self.min_kbps == 0 or header.bitrate_kbps < self.min_kbps:
+            self.min_kbps = header.bitrate_kbps
+        if self.frames % self._stride == 0:
+            self.marks.append((self.frames, self._next))
+            if len(self.marks) > self.MAX_MARKS:
+                self.marks = self.marks[::2]
+                self._stride *= 2
+        self.frames += 1
+
+    def offset_of_frame(self, frame: float) -> float:
+        """Byte offset where frame number `frame` starts, interpolated."""
+        marks = self.marks
+        lo, hi = 0, len(marks) - 1
+        while lo < hi:  # last mark at or before `frame`
+            mid = (lo + hi + 1) // 2
+            if marks[mid][0] <= frame:
+                lo = mid
+            else:
+                hi = mid - 1
+        f0, o0 = marks[lo]
+        f1, o1 = marks[lo + 1] if lo + 1 < len(marks) else (self.frames, self.bytes)
+        return o0 + (o1 - o0) * (frame - f0) / max(1, f1 - f0)
+
+
+# --- The info frame (Xing/Info header + LAME tag) ---------------------------
+
+@dataclass(frozen=True)
+class InfoFrameParams:
+    vbr: bool
+    bitrate_kbps: int        # CBR bitrate (or VBR minimum) for the tag
+    preset: int              # LAME preset id: CBR bitrate, or 500 - 10*V for VBR
+    quality: int             # LAME's algorithm quality (-q)
+    vbr_quality: int = 4
+    source_rate: int = 44100
+    encoder: bytes = b"LAME3.100"
+
+
+def info_frame_header(first: FrameHeader, vbr: bool, min_size: int) -> FrameHeader:
+    """Header for the info frame: same stream, a bitrate whose frame fits it.
+
+    CBR keeps the stream's bitrate (so every frame has the same size, which
+    CBR seeking relies on) unless that frame is too small for the tag.
+    """
+    table = [k for k in _BITRATES[2 if first.lsf else 1] if k]
+    start = table.index(first.bitrate_kbps) if not vbr else 0
+    for kbps in table[start:]:
+        header = with_bitrate(first, kbps)
+        if header.length >= min_size:
+            return header
+    raise ValueError("no bitrate holds the info frame")
+
+
+def _lame_tag_offset(header: FrameHeader) -> int:
+    # header, side info, "Xing", flags, frames, bytes, TOC (100), quality
+    return 4 + header.side_info_size + 4 + 4 + 4 + 4 + 100 + 4
+
+
+def build_info_frame(first: FrameHeader, params: InfoFrameParams, *, frames: int = 0,
+                     music_bytes: int = 0, toc: bytes = bytes(100), delay: int = 0,
+                     padding: int = 0, music_crc: int = 0) -> bytes:
+    """The Xing ("Info" for CBR) frame with a LAME tag.
+
+    music_bytes counts the audio frames after this one; the tag's byte count
+    and music length include this frame too, as LAME's do.
+    """
+    header = info_frame_header(first, params.vbr, _lame_tag_offset(first) + 36)
+    size = header.length
+    total = size + music_bytes
+    xing = b"".join((
+        header.raw,
+        bytes(header.side_info_size),
+        b"Xing" if params.vbr else b"Info",
+        struct.pack(">III", 0x0F, frames, total),  # flags: frames, bytes, TOC, quality present
+        toc,
+        struct.pack(">I", max(0, 100 - 10 * params.vbr_quality - params.quality)),
+    ))
+    lame = b"".join((
+        params.encoder[:9].ljust(9, b" "),
+        bytes(((0 << 4) | (4 if params.vbr else 1),)),    # tag revision 0, VBR method
+        bytes(1),                                          # lowpass: unknown
+        bytes(4 + 2 + 2),                                  # peak, radio and audiophile gain: none
+        bytes(1),                                          # encoding flags, ATH type
+        bytes((min(255, params.bitrate_kbps),)),
+        _delay_padding(delay, padding),
+        bytes((_misc_byte(header.channel_mode, params.source_rate),)),
+        bytes(1),                                          # MP3 gain
+        struct.pack(">H", params.preset & 0x7FF),          # preset, no surround
+        struct.pack(">I", total),                          # music length
+        struct.pack(">H", music_crc),
+    ))
+    body = xing + lame
+    body += struct.pack(">H", crc16(body))                 # CRC of everything before it
+    return body + bytes(size - len(body))
+
+
+def _delay_padding(delay: int, padding: int) -> bytes:
+    delay = min(max(delay, 0), 4095)
+    padding = min(max(padding, 0), 4095)
+    v = (delay << 12) | padding
+    return bytes(((v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF))
+
+
+def _misc_byte(channel_mode: int, source_rate: int) -> int:
+    stereo_mode = {0: 1, 1: 3, 2: 2, 3: 0}[channel_mode]  # tag's own numbering
+    if source_rate <= 32000:
+        freq = 0
+    elif source_rate <= 44100:
+        freq = 1
+    elif source_rate <= 48000:
+        freq = 2
+    else:
+        freq = 3
+    return (freq << 6) | (stereo_mode << 2)
+
+
+def build_toc(scanner: FrameScanner, info_size: int) -> bytes:
+    """The Xing seek table: byte position (/256 of the file) at each 1 % of time."""
+    total = info_size + scanner.bytes
+    toc = bytearray(100)
+    for i in range(100):
+        offset = info_size + scanner.offset_of_frame(i * scanner.frames / 100)
+        toc[i] = min(255, int(256 * offset / total))
+    return bytes(toc)
+
+
+@dataclass(frozen=True)
+class LameTag:
+    encoder: bytes
+    delay: int
+    padding: int
+
+
+def read_lame_tag(head: bytes) -> LameTag | None:
+    """The encoder delay/padding of an MP3 file, from its first bytes."""
+    pos = id3v2_size(head)
+    header = parse_header(head[pos:pos + 4])
+    if header is None:
+        return None
+    at = pos + 4 + header.side_info_size
+    if head[at:at + 4] not in (b"Xing", b"Info"):
+        return None
+    flags = struct.unpack(">I", head[at + 4:at + 8])[0]
+    at += 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
+    tag = head[at:at + 36]
+    if len(tag) < 24 or tag[:4] not in (b"LAME", b"Lavf", b"Lavc"):
+        return None
+    v = int.from_bytes(tag[21:24], "big")
+    return LameTag(encoder=bytes(tag[:9]), delay=v >> 12, padding=v & 0xFFF)
+
+
+# --- ID3v2 ------------------------------------------------------------------
+
+def id3v2_size(head: bytes) -> int:
+    """Length of the ID3v2 tag at the start of head (0 if none)."""
+    if len(head) < 10 or head[:3] != b"ID3":
+        return 0
+    size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+    return 10 + size + (10 if head[5] & 0x10 else 0)  # + footer
+
+
+# ID3v2.3 text frames for the tags we carry over.
+ID3_FRAMES = {
+    "title": "TIT2", "artist": "TPE1", "album": "TALB", "album_artist": "TPE2",
+    "year": "TYER", "track": "TRCK", "genre": "TCON", "encoder": "TSSE",
+}
+
+
+def build_id3v2(tags: dict[str, str]) -> bytes:
+    """An ID3v2.3 tag with text frames for the known keys of `tags`.
+
+    v2.3 rather than v2.4 because every player reads it. Text is Latin-1
+    when it fits, else UTF-16 with a byte order mark (v2.3 has no UTF-8).
+    """
+    frames = b"".join(
+        _text_frame(ID3_FRAMES[key], value)
+        for key, value in tags.items()
+        if key in ID3_FRAMES and value
+    )
+    if not frames:
+        return b""
+    return b"ID3\x03\x00\x00" + _synchsafe(len(frames)) + frames
+
+
+def _text_frame(frame_id: str, text: str) -> bytes:
+    try:
+        data = b"\x00" + text.encode("latin-1")
+    except UnicodeEncodeError:
+        data = b"\x01" + text.encode("utf-16")  # Python adds the BOM
+    return frame_id.encode() + struct.pack(">IH", len(data), 0) + data
+
+
+def _synchsafe(n: int) -> bytes:
+    return bytes(((n >> 21) & 0x7F, (n >> 14) & 0x7F, (n >> 7) & 0x7F, n & 0x7F))

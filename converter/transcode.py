@@ -1,0 +1,452 @@
+"""The conversion itself: one audio track of any media file to an MP3 stream.
+
+PyAV demuxes only the chosen audio stream, decodes it and resamples it to
+interleaved 16-bit PCM; lameenc (a LAME build about 3x faster than the one in
+PyAV's wheel, see DESIGN.md) encodes it. An MP3 source with default options is
+copied packet by packet instead. Either way the output gets an ID3v2 tag and a
+Xing/LAME info frame (see converter/mp3out.py), and is written as it is made:
+memory does not grow with the length of the input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+import av
+import lameenc
+
+from converter import mp3tags, options as opts
+from converter.mp3out import Mp3Output
+from converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
+
+# LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
+LAME_QUALITY = 3
+# PCM handed to LAME per call: fewer, larger calls cost less Python overhead.
+ENCODE_BATCH_SAMPLES = 32 * 1152
+# Bigger reads from the source file object mean fewer Python callbacks.
+IO_BUFFER_SIZE = 1 << 20
+PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress calls a second
+
+# Demuxers FFmpeg picks for things that are not audio/video files.
+_NOT_MEDIA_FORMATS = {"tty", "srt", "ass", "webvtt", "subviewer", "microdvd", "lrc", "jacosub"}
+
+
+class ConversionError(Exception):
+    """The input cannot be converted; str() is a short sentence for the user."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TranscodeResult:
+    duration_seconds: float   # playing time of the MP3
+    bytes_written: int        # bytes written to dst (header patch included, same length)
+    copied: bool              # True when the MP3 packets were copied, not re-encoded
+    header_patch: tuple[int, bytes] | None
+    sample_rate: int
+    channels: int
+    title: str
+
+
+ProgressCallback = Callable[[float], None]
+
+
+def transcode(src: BinaryIO, dst, options, filename: str = "",
+              on_progress: ProgressCallback | None = None) -> TranscodeResult:
+    """Convert the audio of `src` into an MP3 written to `dst`.
+
+    src: a seekable binary file object (read/seek/tell), e.g. a GridOut.
+    dst: anything with .write(bytes); it is only ever appended to.
+    options: video2mp3.media.v1.ConversionOptions (zero values mean defaults:
+        192 kbps CBR, stereo, the source's sample rate or the nearest MP3 one,
+        the default audio track).
+    filename: the upload's name; its stem is the title when the file has none.
+    on_progress: called with 0..1 from decoded timestamps, at most ~4 times a
+        second, and with 1.0 at the end.
+
+    Returns a TranscodeResult. Its header_patch is (offset, data): the info
+    frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
+    only be filled in once everything is encoded, and dst cannot seek, so the
+    caller must overwrite len(data) bytes at that byte offset of the stored
+    file with data (same length as what was written there). Without the patch
+    the file still plays, but players get its duration and gapless trim wrong.
+
+    Raises ConversionError for inputs that cannot be converted (not a media
+    file, no audio track, truncated or corrupt data, empty audio, options out
+    of range). dst may then hold a partial file, which the caller discards.
+    """
+    with _open_input(src) as container:
+        stream = _pick_audio_stream(container, options)
+        tags = _id3_tags(container, stream, filename)
+        progress = _Progress(on_progress, stream)
+        try:
+            if _is_copyable_mp3(stream, options):
+                result = _copy_mp3(src, container, stream, dst, tags, progress)
+            else:
+                result = _encode_mp3(container, stream, dst, options, tags, progress)
+        except av.FFmpegError as e:
+            raise ConversionError("the file is truncated or corrupt") from e
+    progress.report(1.0, force=True)
+    return result
+
+
+# --- Input ------------------------------------------------------------------
+
+def _open_input(src: BinaryIO):
+    head = _peek(src, 64)
+    try:
+        container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE)
+    except (av.FFmpegError, ValueError, OSError) as e:
+        if _looks_like_media(head):
+            raise ConversionError("the file is truncated or corrupt") from e
+        raise ConversionError("not a media file") from e
+    if container.format.name in _NOT_MEDIA_FORMATS or container.format.name.endswith("_pipe"):
+        container.close()  # text and pictures: FFmpeg opens them, but they are no media
+        raise ConversionError("not a media file")
+    return container
+
+
+def _peek(src: BinaryIO, n: int) -> bytes:
+    pos = src.tell()
+    try:
+        return src.read(n) or b""
+    finally:
+        src.seek(pos)
+
+
+# Leading bytes of the containers people upload, to tell a damaged media file
+# from something that never was one when FFmpeg refuses to open it.
+_MAGIC = (
+    (4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"),
+    (0, b"\x1a\x45\xdf\xa3"),                    # Matroska / WebM
+    (0, b"RIFF"), (0, b"OggS"), (0, b"FLV"), (0, b"fLaC"), (0, b"ID3"),
+    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),    # ASF / WMV
+    (0, b"\x00\x00\x01\xba"), (0, b"\x47"),       # MPEG-PS, MPEG-TS
+    (0, b"caff"), (0, b"FORM"), (0, b".RMF"),
+)
+
+
+def _looks_like_media(head: bytes) -> bool:
+    if any(head[at:at + len(magic)] == magic for at, magic in _MAGIC):
+        return True
+    return mp3tags.parse_header(head[:4]) is not None
+
+
+def _pick_audio_stream(container, options):
+    audio = list(container.streams.audio)
+    if not audio:
+        if container.streams.video:
+            raise ConversionError("no audio track")
+        raise ConversionError("not a media file")
+    if options.HasField("audio_track"):
+        index = options.audio_track
+        if not 0 <= index < len(audio):
+            raise ConversionError(f"audio track {index} does not exist (the file has {len(audio)})")
+        return audio[index]
+    default = [s for s in audio if s.disposition & av.stream.Disposition.default]
+    return (default or audio)[0]
+
+
+# --- Tags -------------------------------------------------------------------
+
+def _id3_tags(container, stream, filename: str) -> dict[str, str]:
+    """Title/artist/album/... from the file's metadata, title from the name else."""
+    meta: dict[str, str] = {}
+    for source in (stream.metadata, container.metadata):  # container wins
+        meta.update({k.lower(): v.strip() for k, v in source.items() if v and v.strip()})
+
+    def first(*keys: str) -> str:
+        return next((meta[k] for k in keys if meta.get(k)), "")
+
+    tags = {
+        "title": first("title") or _stem(filename),
+        "artist": first("artist", "author", "album_artist"),
+        "album": first("album"),
+        "album_artist": first("album_artist", "album artist"),
+        "track": first("track", "tracknumber"),
+        "genre": first("genre"),
+    }
+    year = re.match(r"\s*(\d{4})", first("date", "year", "originaldate"))
+    if year:
+        tags["year"] = year.group(1)
+    return {k: v for k, v in tags.items() if v}
+
+
+def _stem(filename: str) -> str:
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return os.path.splitext(base)[0].strip()
+
+
+# --- Progress ---------------------------------------------------------------
+
+class _Progress:
+    """Turns decoded timestamps into throttled 0..1 progress calls."""
+
+    def __init__(self, callback: ProgressCallback | None, stream) -> None:
+        self._callback = callback
+        self._last = 0.0
+        tb = stream.time_base
+        self._start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        self._duration = _declared_duration(stream)
+
+    def frame(self, frame) -> None:
+        if self._callback is None or not self._duration or frame.pts is None:
+            return
+        if time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
+            self.report((float(frame.pts * frame.time_base) - self._start) / self._duration)
+
+    def report(self, fraction: float, force: bool = False) -> None:
+        if self._callback is None:
+            return
+        if force or time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
+            self._last = time.monotonic()
+            self._callback(min(1.0, max(0.0, fraction)))
+
+
+def _declared_duration(stream) -> float | None:
+    """Seconds of audio the container says the stream holds, if it says."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tagged = stream.metadata.get("DURATION") or stream.metadata.get("duration")  # Matroska
+    if tagged:
+        m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", tagged.strip())
+        if m:
+            h, mi, s = m.groups()
+            return int(h) * 3600 + int(mi) * 60 + float(s)
+    container = stream.container
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
+
+
+# --- Decoding ---------------------------------------------------------------
+
+# Corrupt packets the decoder may reject before we call the whole file corrupt:
+# a glitch in a long file should not cost the user the conversion.
+_MAX_BAD_PACKET_SHARE = 0.02
+_MIN_BAD_PACKETS = 3
+
+
+def _decode(container, stream, progress: _Progress) -> Iterator:
+    """Decoded frames of `stream`; only its packets are demuxed."""
+    stream.codec_context.thread_type = "AUTO"
+    packets = bad = 0
+    for packet in container.demux(stream):
+        packets += 1
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError:
+            bad += 1  # judged below, against the number of packets
+            if bad > _MIN_BAD_PACKETS and bad > packets * _MAX_BAD_PACKET_SHARE:
+                raise ConversionError("the audio is corrupt")
+            continue
+        for frame in frames:
+            progress.frame(frame)
+            yield frame
+
+
+def _check_complete(stream, decoded_seconds: float) -> None:
+    """Fail when much less audio decoded than the file declares: truncated."""
+    if decoded_seconds <= 0:
+        raise ConversionError("the audio track is empty")
+    declared = _declared_duration(stream)
+    if declared and decoded_seconds < 0.9 * declared - 0.5:
+        raise ConversionError("the file is truncated")
+
+
+class _Resampler:
+    """av.AudioResampler to s16 interleaved, rebuilt if the input format changes
+    mid-stream (it happens in broadcast captures), 5.1 and up mixed down."""
+
+    def __init__(self, rate: int, channels: int) -> None:
+        self._rate = rate
+        self._layout = "mono" if channels == 1 else "stereo"
+        self._bytes_per_sample = 2 * channels
+        self._key = None
+        self._resampler = None
+
+    def resample(self, frame) -> Iterator[bytes]:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != self._key:
+            yield from self.flush()
+            self._key = key
+            self._resampler = av.AudioResampler(format="s16", layout=self._layout, rate=self._rate)
+        for out in self._resampler.resample(frame):
+            yield self._pcm(out)
+
+    def flush(self) -> Iterator[bytes]:
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                yield self._pcm(out)
+
+    def _pcm(self, frame) -> bytes:
+        # The plane may be padded past the last sample; cut it to size.
+        return bytes(memoryview(frame.planes[0])[: frame.samples * self._bytes_per_sample])
+
+
+# --- Encode path --------------------------------------------------------------
+
+def _encode_mp3(container, stream, dst, options, tags, progress) -> TranscodeResult:
+    source_rate = stream.codec_context.sample_rate
+    try:
+        settings = opts.resolve(options, source_rate)
+    except opts.InvalidOptions as e:
+        raise ConversionError(str(e)) from e
+    encoder = _lame(settings)
+    out = Mp3Output(dst, mp3tags.build_id3v2(tags), _info_params(settings, source_rate))
+    resampler = _Resampler(settings.sample_rate, settings.channels)
+    frame_bytes = 2 * settings.channels
+    batch: list[bytes] = []
+    batched = samples = 0
+
+    for frame in _decode(container, stream, progress):
+        for pcm in resampler.resample(frame):
+            batch.append(pcm)
+            batched += len(pcm)
+            if batched >= ENCODE_BATCH_SAMPLES * frame_bytes:
+                samples += batched // frame_bytes
+                out.write(bytes(encoder.encode(b"".join(batch))))
+                batch, batched = [], 0
+    batch.extend(resampler.flush())
+    tail = b"".join(batch)
+    samples += len(tail) // frame_bytes
+    _check_complete(stream, samples / settings.sample_rate)
+    if tail:
+        out.write(bytes(encoder.encode(tail)))
+    out.write(bytes(encoder.flush()))
+
+    # LAME puts `delay` samples before the audio and pads the last frame.
+    total = out.scanner.frames * out.scanner.first.samples_per_frame
+    patch = out.finish(LAME_ENCODER_DELAY, total - LAME_ENCODER_DELAY - samples)
+    return TranscodeResult(
+        duration_seconds=samples / settings.sample_rate,
+        bytes_written=out.bytes_written,
+        copied=False,
+        header_patch=patch,
+        sample_rate=settings.sample_rate,
+        channels=settings.channels,
+        title=tags.get("title", ""),
+    )
+
+
+def _lame(settings: opts.Mp3Settings) -> lameenc.Encoder:
+    encoder = lameenc.Encoder()
+    encoder.silence()  # no banner on stdout
+    encoder.set_channels(settings.channels)
+    encoder.set_in_sample_rate(settings.sample_rate)
+    # Without this LAME may pick a lower output rate by itself (e.g. for V9).
+    encoder.set_out_sample_rate(settings.sample_rate)
+    encoder.set_quality(LAME_QUALITY)
+    if settings.vbr:
+        encoder.set_vbr(4)  # vbr_mtrh, LAME's default VBR mode
+        encoder.set_vbr_quality(settings.vbr_quality)
+    else:
+        encoder.set_bit_rate(settings.bitrate_kbps)
+    return encoder
+
+
+def _info_params(settings: opts.Mp3Settings, source_rate: int) -> InfoFrameParams:
+    return InfoFrameParams(
+        vbr=settings.vbr,
+        bitrate_kbps=settings.bitrate_kbps,
+        preset=500 - 10 * settings.vbr_quality if settings.vbr else settings.bitrate_kbps,
+        quality=LAME_QUALITY,
+        vbr_quality=settings.vbr_quality if settings.vbr else 4,
+        source_rate=source_rate,
+    )
+
+
+# --- Fast path: copy MP3 packets ----------------------------------------------
+
+_MP3_DECODERS = {"mp3", "mp3float", "mp3fixed"}
+
+
+def _is_copyable_mp3(stream, options) -> bool:
+    cc = stream.codec_context
+    if cc.codec.name not in _MP3_DECODERS:
+        return False
+    channels = cc.layout.nb_channels
+    return not opts.asks_for_change(options, cc.sample_rate, channels, (cc.bit_rate or 0) // 1000)
+
+
+def _copy_mp3(src, container, stream, dst, tags, progress) -> TranscodeResult:
+    """Write the source's MP3 frames unchanged, under a new ID3 tag and info frame."""
+    cc = stream.codec_context
+    source_tag = _source_lame_tag(src) if container.format.name == "mp3" else None
+    params = InfoFrameParams(
+        vbr=False, bitrate_kbps=(cc.bit_rate or 0) // 1000, preset=0, quality=LAME_QUALITY,
+        source_rate=cc.sample_rate,
+        encoder=source_tag.encoder if source_tag else b"LAME3.100",
+    )
+    out = Mp3Output(dst, mp3tags.build_id3v2(tags), params)
+    first_pts = None
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue  # the demuxer's end-of-stream marker
+        if first_pts is None and packet.pts is not None:
+            first_pts = packet.pts
+        out.write(bytes(packet))
+        if packet.pts is not None and packet.duration:
+            progress.frame(packet)
+
+    scanner = out.scanner
+    if scanner.first is None:
+        raise ConversionError("the audio track is empty")
+    rate = scanner.first.sample_rate
+    total = scanner.frames * scanner.first.samples_per_frame
+    delay, padding = _copied_delay_padding(stream, source_tag, first_pts, total, rate)
+    # Players drop delay + 529 samples at the start and stop at total + 529 -
+    # padding, which cannot trim anything when padding is under 529.
+    played = total - delay - max(padding, DECODER_DELAY)
+    _check_complete(stream, played / rate)
+    patch = out.finish(delay, padding)
+    return TranscodeResult(
+        duration_seconds=played / rate,
+        bytes_written=out.bytes_written,
+        copied=True,
+        header_patch=patch,
+        sample_rate=rate,
+        channels=1 if scanner.first.channel_mode == 3 else 2,
+        title=tags.get("title", ""),
+    )
+
+
+def _source_lame_tag(src) -> mp3tags.LameTag | None:
+    """The source MP3's own LAME tag (FFmpeg consumes it without telling us).
+
+    Reads past PyAV's back and restores the position, which is safe because
+    PyAV only reads inside its own calls.
+    """
+    pos = src.tell()
+    try:
+        src.seek(0)
+        skip = mp3tags.id3v2_size(src.read(10))
+        src.seek(skip)
+        return mp3tags.read_lame_tag(src.read(4096))
+    finally:
+        src.seek(pos)
+
+
+def _copied_delay_padding(stream, source_tag, first_pts, total: int, rate: int) -> tuple[int, int]:
+    """Delay/padding that make players trim the copy like the source.
+
+    An MP3 file's own LAME tag says it exactly. Otherwise the container does:
+    the demuxer starts the stream after the priming samples (start_time later
+    than the first packet) and its duration is the audio's length.
+    """
+    if source_tag is not None:
+        return source_tag.delay, source_tag.padding
+    tb = stream.time_base
+    skip = 0
+    if first_pts is not None and stream.start_time is not None:
+        skip = max(0, round(float((stream.start_time - first_pts) * tb) * rate))
+    declared = _declared_duration(stream)
+    length = round(declared * rate) if declared else total - skip
+    delay = max(0, skip - DECODER_DELAY)
+    return delay, max(0, total - delay - length)

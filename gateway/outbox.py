@@ -1,0 +1,50 @@
+"""The outbox re-publisher: jobs are recorded before they are published, so a
+job whose publish failed (RabbitMQ down, no confirm) is still in MongoDB with
+published=false. This thread publishes those once RabbitMQ is back."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+import pymongo.errors
+
+from common import jobs
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    def __init__(self, job_store: jobs.JobStore, publish, interval_s: float):
+        self.jobs = job_store
+        self.publish = publish  # Uploads.publish: returns True once confirmed
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="outbox", daemon=True)
+
+    def start(self) -> "Outbox":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def flush(self) -> int:
+        """Publishes what is pending; returns how many were published."""
+        # Skip jobs younger than one interval: their upload RPC may still be publishing.
+        cutoff = jobs.now() - dt.timedelta(seconds=self.interval_s)
+        published = 0
+        for doc in self.jobs.unpublished(older_than=cutoff):
+            if not self.publish(doc):
+                break  # RabbitMQ still down; try again next round
+            published += 1
+        if published:
+            log.info("outbox published %d pending job(s)", published)
+        return published
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.flush()
+            except pymongo.errors.PyMongoError as e:
+                log.warning("outbox cannot read jobs: %s", e)

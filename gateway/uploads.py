@@ -1,0 +1,148 @@
+"""UploadVideo: stream the client's chunks straight into GridFS, then record
+the job and publish it.
+
+Nothing is half-kept: any failure before the job is recorded (bad options,
+empty body, size limit, client cancel, storage error) aborts the GridFS upload,
+which deletes its chunks. Memory holds one chunk at a time.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+import pymongo.errors
+from bson import ObjectId
+from video2mp3.media.v1 import queue_pb2
+
+from common import jobs
+from common.mongo import Mongo
+from common.queue import PublishError, Publisher
+from common.tokens import Caller
+from gateway import validation
+
+log = logging.getLogger(__name__)
+
+
+class Uploads:
+    def __init__(self, mongo: Mongo, job_store: jobs.JobStore, publisher: Publisher,
+                 max_bytes: int, max_concurrent: int):
+        self.mongo = mongo
+        self.jobs = job_store
+        self.publisher = publisher
+        self.max_bytes = max_bytes
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+
+    def handle(self, requests, context, caller: Caller) -> dict:
+        """Returns the created job document, or aborts the RPC with a status."""
+        if not self._slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "too many uploads in progress; retry in a few seconds")
+        try:
+            return self._handle(requests, context, caller)
+        finally:
+            self._slots.release()
+
+    def _handle(self, requests, context, caller: Caller) -> dict:
+        first = next(requests, None)
+        if first is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload is empty: send the video's bytes")
+        try:
+            options = validation.conversion_options(first)
+            filename = validation.filename(first.filename)
+        except validation.InvalidOptions as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+        try:
+            stream = self.mongo.videos.open_upload_stream(
+                filename,
+                metadata={"user_id": caller.user_id,
+                          "content_type": first.body.content_type or "application/octet-stream"},
+            )
+        except pymongo.errors.PyMongoError as e:
+            log.warning("cannot open GridFS upload: %s", e)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "video storage is unavailable; try again shortly")
+
+        size = self._write_all(stream, first, requests, context)
+        video_fid: ObjectId = stream._id
+        job_id = jobs.new_job_id()
+        try:
+            doc = self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
+                                   filename=filename, video_fid=video_fid, video_size=size,
+                                   options=options)
+        except pymongo.errors.PyMongoError as e:
+            log.warning("cannot record job for %s: %s", video_fid, e)
+            self._delete_quietly(video_fid)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "job storage is unavailable; try again shortly")
+
+        self.publish(doc)
+        log.info("job %s queued: %s (%d bytes) for %s", job_id, filename, size, caller.email)
+        return doc
+
+    def _write_all(self, stream, first, requests, context) -> int:
+        """Writes every chunk; returns the size. Aborts the upload and the RPC on any failure."""
+        size = 0
+        try:
+            msg = first
+            while msg is not None:
+                data = msg.body.data
+                size += len(data)
+                if size > self.max_bytes:
+                    raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"the upload is larger than the {self.max_bytes}-byte limit")
+                if data:
+                    stream.write(data)
+                msg = next(requests, None)
+            if not context.is_active():
+                raise _Reject(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
+            if size == 0:
+                raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "the upload is empty: send the video's bytes")
+            stream.close()
+            return size
+        except _Reject as r:
+            self._abort_quietly(stream)
+            context.abort(r.code, r.message)
+        except pymongo.errors.PyMongoError as e:
+            log.warning("GridFS upload failed: %s", e)
+            self._abort_quietly(stream)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "video storage is unavailable; try again shortly")
+        except BaseException:
+            # Client went away mid-stream (grpc raises from the request iterator),
+            # or we are shutting down: keep nothing.
+            self._abort_quietly(stream)
+            raise
+
+    def publish(self, doc: dict) -> bool:
+        """Publish a recorded job; on failure it stays unpublished for the outbox to retry."""
+        task = queue_pb2.ConversionTask(
+            video_fid=str(doc["video_fid"]), user_email=doc["user_email"], job_id=doc["_id"])
+        task.options.CopyFrom(jobs.to_proto(doc).options)
+        try:
+            self.publisher.publish(task)
+        except PublishError as e:
+            log.warning("job %s not published yet (%s); the outbox will retry", doc["_id"], e)
+            return False
+        try:
+            self.jobs.mark_published(doc["_id"])
+        except pymongo.errors.PyMongoError as e:
+            # Published but not marked: the outbox may publish again; the
+            # converter ignores tasks whose job is already final.
+            log.warning("job %s published but not marked: %s", doc["_id"], e)
+        return True
+
+    def _abort_quietly(self, stream) -> None:
+        try:
+            stream.abort()
+        except Exception as e:  # storage down too: the janitor of orphan chunks finds it later
+            log.warning("could not abort GridFS upload %s: %s", stream._id, e)
+
+    def _delete_quietly(self, fid) -> None:
+        try:
+            self.mongo.videos.delete(fid)
+        except Exception as e:
+            log.warning("could not delete video %s: %s", fid, e)
+
+
+class _Reject(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code, self.message = code, message
