@@ -40,9 +40,12 @@ def build_server(
     max_workers: int = 16,
     interceptors: Iterable = (),
     health_servicer: health.HealthServicer | None = None,
+    also_reflect: Iterable[str] = (),
 ) -> tuple[grpc.Server, health.HealthServicer]:
     """Pass `health_servicer` (from new_health()) when something, such as a
-    DependencyMonitor, must drive the health status before the server exists."""
+    DependencyMonitor, must drive the health status before the server exists.
+    `also_reflect` names services served elsewhere behind the same front door
+    whose descriptors this server's reflection should offer too."""
     services = list(services)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
@@ -62,7 +65,8 @@ def build_server(
         health_servicer.set(s.full_name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        [s.full_name for s in services] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [s.full_name for s in services] + list(also_reflect)
+        + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:

@@ -14,8 +14,11 @@ holds the lease, so a losing duplicate deletes its own MP3.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -38,6 +41,7 @@ from converter.transcode import ConversionError, transcode
 log = logging.getLogger(__name__)
 
 ACK, REQUEUE = "ack", "requeue"
+PR_SET_PDEATHSIG = 1
 PROGRESS_EVERY_S = 0.5
 # A worker that has not renewed its claim on a job for this long is presumed
 # dead and another delivery of the job may take it over.
@@ -258,12 +262,23 @@ def _oid(value) -> ObjectId:
         raise ConversionError("the job's video reference is not valid") from None
 
 
+def _stop_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker if the supervisor dies (even by SIGKILL),
+    so no orphan keeps consuming with nobody to stop it."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_worker(cfg: ConverterConfig, index: int) -> None:
     """Entry point of a worker process. SIGTERM: stop taking work, let the
     in-flight job finish within the grace period, else requeue it."""
     from common.logging import setup_logging
 
     setup_logging(f"converter[{index}]")
+    _stop_with_parent()
     worker = Worker(cfg)
 
     def on_term(_signum, _frame):

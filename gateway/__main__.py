@@ -5,6 +5,7 @@ import logging
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from common import grpc_server, jobs
@@ -19,7 +20,7 @@ from gateway.service import MediaService
 from gateway.uploads import Uploads
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
-AUTH_SERVICE_NAME = "video2mp3.auth.v1.AuthService"
+AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 log = logging.getLogger("gateway")
 
 
@@ -54,7 +55,11 @@ def main() -> None:
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port, max_workers=cfg.max_workers, health_servicer=health,
-        interceptors=[AuthInterceptor(cfg.secret_key)])
+        interceptors=[AuthInterceptor(cfg.secret_key)],
+        # Envoy sends every reflection request to the gateway; offering
+        # AuthService's descriptors too lets `grpcurl` through Envoy's single
+        # port describe and call both services without .proto files.
+        also_reflect=[AUTH_SERVICE_NAME])
     monitor.start()
     try:
         job_store.ensure_indexes()

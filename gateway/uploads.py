@@ -88,6 +88,8 @@ class Uploads:
                 data = msg.body.data
                 size += len(data)
                 if size > self.max_bytes:
+                    # Envoy's REST side turns this into 413 (deploy/envoy.yaml's Lua filter).
+                    context.set_trailing_metadata((("x-http-status", "413"),))
                     raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"the upload is larger than the {self.max_bytes}-byte limit")
                 if data:

@@ -1,0 +1,183 @@
+"""`make run`: the whole mesh in the foreground.
+
+Checks that MySQL and RabbitMQ answer, then starts SecantusDB (unless
+MONGO_URI is set), auth, gateway, converter and Envoy, waits until each is
+up, prints where REST and gRPC are served and stays in the foreground.
+Ctrl-C (or SIGTERM) stops every process it started: Envoy first, then the
+services (SIGTERM, so they finish in-flight work within GRACE_SECONDS), then
+SecantusDB. If a child dies on its own, says which and stops the rest.
+
+Configuration (environment, with defaults):
+  MYSQL_HOST 127.0.0.1, MYSQL_PORT 3306          checked, then passed through
+  RABBITMQ_HOST 127.0.0.1, RABBITMQ_PORT 5672    checked, then passed through
+  MONGO_URI        unset: start SecantusDB on MONGO_PORT (27017) with its data
+                   in MONGO_DATA_DIR (./data/mongo, kept across restarts)
+  AUTH_PORT 50051, MEDIA_PORT 50052, ENVOY_PORT 8000, ENVOY_ADMIN_PORT 9901
+  AUTH_ADDR        where the gateway reaches auth (127.0.0.1:AUTH_PORT)
+  QUEUE_NAME video the queue the converter consumes (to know it is ready)
+  GRACE_SECONDS    the services' shutdown grace; we SIGKILL 5 s after it
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from mesh import envoy_config
+from mesh.processes import Child, ChildDied, port_is_open, stop_all, wait_for_mongo
+from mesh.stack import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGINT/SIGTERM."""
+
+
+def _say(text: str = "") -> None:
+    print(f"{'mesh':<10}| {text}" if text else "", flush=True)
+
+
+def _fail(text: str) -> NoReturn:
+    print(text, file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def _env_int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        _fail(f"{name}={raw!r} is not a port number")
+
+
+def preflight(env: dict) -> None:
+    """One clear line per problem, then exit 1: no traceback."""
+    problems = []
+    mysql = (env.get("MYSQL_HOST") or "127.0.0.1", _env_int(env, "MYSQL_PORT", 3306))
+    if not port_is_open(*mysql, timeout=2):
+        problems.append(
+            f"MySQL is not reachable at {mysql[0]}:{mysql[1]} — start it (e.g. "
+            "`start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`) "
+            "or set MYSQL_HOST/MYSQL_PORT"
+        )
+    rabbit = (env.get("RABBITMQ_HOST") or "127.0.0.1", _env_int(env, "RABBITMQ_PORT", 5672))
+    if not port_is_open(*rabbit, timeout=2):
+        problems.append(
+            f"RabbitMQ is not reachable at {rabbit[0]}:{rabbit[1]} — start it (e.g. "
+            "`rabbitmq-server -detached`) or set RABBITMQ_HOST/RABBITMQ_PORT"
+        )
+    if not envoy_config.DESCRIPTOR.exists():
+        problems.append(f"{envoy_config.DESCRIPTOR.relative_to(ROOT)} is missing — run `make protos`")
+    if problems:
+        _fail("\n".join(problems))
+
+
+def main() -> int:
+    env = dict(os.environ)
+    preflight(env)
+
+    auth_port = _env_int(env, "AUTH_PORT", 50051)
+    media_port = _env_int(env, "MEDIA_PORT", 50052)
+    envoy_port = _env_int(env, "ENVOY_PORT", 8000)
+    admin_port = _env_int(env, "ENVOY_ADMIN_PORT", 9901)
+    embedded_mongo = not env.get("MONGO_URI")
+    mongo_port = _env_int(env, "MONGO_PORT", 27017)
+    ports = {"AUTH_PORT": auth_port, "MEDIA_PORT": media_port, "ENVOY_PORT": envoy_port,
+             "ENVOY_ADMIN_PORT": admin_port}
+    if embedded_mongo:
+        ports["MONGO_PORT"] = mongo_port
+    busy = [f"{port} ({name})" for name, port in ports.items() if port_is_open("127.0.0.1", port)]
+    if busy:
+        _fail(f"port {', '.join(busy)} already in use — is another `make run` still running? "
+              "Stop it or choose other ports")
+
+    env.update(AUTH_PORT=str(auth_port), MEDIA_PORT=str(media_port),
+               ENVOY_PORT=str(envoy_port), ENVOY_ADMIN_PORT=str(admin_port))
+    env.setdefault("QUEUE_NAME", "video")
+    # make run is for humans: a converter that is slow to attach to its queue
+    # is reported, not fatal.
+    stack = Stack(env, require_consumer=False, start_timeout=START_TIMEOUT)
+    mongo: Child | None = None
+
+    def on_signal(signum, _frame):
+        raise _Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    exit_code = 0
+    try:
+        if embedded_mongo:
+            data_dir = Path(env.get("MONGO_DATA_DIR") or ROOT / "data" / "mongo").resolve()
+            data_dir.mkdir(parents=True, exist_ok=True)
+            # directConnection: talk to exactly this address, never to the
+            # replica-set member address SecantusDB advertises.
+            uri = f"mongodb://127.0.0.1:{mongo_port}/video2mp3?directConnection=true"
+            mongo = Child("mongo", [
+                _secantusd(), "--host", "127.0.0.1", "--port", str(mongo_port),
+                "--storage-path", str(data_dir), "--log-level", "WARNING",
+            ], env=env, cwd=data_dir).start()
+            wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
+            stack.env["MONGO_URI"] = uri
+            _say(f"SecantusDB up at {uri} (data in {data_dir})")
+
+        for name in ("auth", "gateway", "converter"):
+            stack.child(name).start()
+        stack.wait_ready("auth")
+        _say(f"auth up on {stack.auth_addr}")
+        stack.wait_ready("gateway")
+        _say(f"gateway (MediaService) up on {stack.media_addr}")
+        if stack.wait_ready("converter"):
+            _say(f"converter consuming queue {env['QUEUE_NAME']!r}")
+        else:
+            _say(f"converter running, but not consuming queue {env['QUEUE_NAME']!r} yet")
+        stack.start(["envoy"])
+        _say(f"envoy up on {stack.envoy_addr}")
+
+        _say()
+        _say("video2mp3 is up.")
+        _say(f"  REST  {stack.rest_base_url}          e.g. curl {stack.rest_base_url}/health")
+        _say(f"  gRPC  {stack.envoy_addr} via Envoy     e.g. grpcurl -plaintext {stack.envoy_addr} list")
+        _say(f"        direct: auth {stack.auth_addr}, media {stack.media_addr}")
+        _say(f"  Envoy admin  {stack.envoy_admin_url}")
+        _say("Press Ctrl-C to stop everything.")
+        _say()
+
+        while True:
+            watched = list(stack.children.values()) + ([mongo] if mongo else [])
+            for c in watched:
+                if not c.alive:
+                    _say(f"{c.name} exited unexpectedly (code {c.returncode}); stopping the rest")
+                    exit_code = 1
+                    raise _Stop("")
+            time.sleep(0.5)
+    except _Stop as why:
+        if str(why):
+            _say(f"got {why}, stopping")
+    except (ChildDied, TimeoutError) as e:
+        _say(f"startup failed: {e}")
+        exit_code = 1
+    finally:
+        signal.signal(signal.SIGINT, lambda *_: _say("already stopping…"))
+        signal.signal(signal.SIGTERM, lambda *_: _say("already stopping…"))
+        # Envoy first (no new requests), then the services drain, then the DB.
+        stack.close()
+        if mongo is not None and mongo.alive:
+            stop_all([mongo], deadline=15)
+    _say("stopped")
+    return exit_code
+
+
+def _secantusd() -> str:
+    exe = Path(sys.executable).parent / "secantusd-py"
+    return str(exe) if exe.exists() else "secantusd-py"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Exit 0 if a gRPC server's grpc.health.v1 Check answers SERVING, else 1.
+
+For container health checks where no native gRPC probe exists (docker compose):
+
+    python -m mesh.probe 127.0.0.1:50051 [SERVICE]
+"""
+from __future__ import annotations
+
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def serving(address: str, service: str = "", timeout: float = 3.0) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as e:
+            print(f"{address}: {e.code().name} {e.details() or ''}".rstrip(), file=sys.stderr)
+            return False
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{address} {service or '(server)'}: {status}")
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def main(argv: list[str]) -> int:
+    if not argv or len(argv) > 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0 if serving(argv[0], argv[1] if len(argv) > 1 else "") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,378 @@
+"""Session fixtures shared by the whole suite: the real servers and the mesh.
+
+Dependencies (the machine's shared servers are checked, never started or stopped):
+
+  mysql_server     MariaDB at MYSQL_HOST:MYSQL_PORT (127.0.0.1:3306, root, no
+                   password) answers, else the test FAILS saying how to start it.
+                   -> dict(host, port, user, password)
+  mysql_db         a fresh database `v2m_test_<hex>`, dropped at session end.
+                   -> dict of MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DB
+  rabbitmq_server  RabbitMQ at RABBITMQ_HOST:RABBITMQ_PORT (127.0.0.1:5672,
+                   guest/guest) answers, else FAIL.
+                   -> dict of RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_USER,
+                      RABBITMQ_PASSWORD, RABBITMQ_VHOST
+  queue_name       `video_test_<hex>`; at session end the queue and its companions
+                   (`<name>.dead`, `.dlx`, `.retry`, `.delay`) are deleted.
+  mongo_server     our own SecantusDB (`secantusd-py --storage-path :memory:`) on a
+                   free port, stopped at session end.
+                   -> MongoURI: a str, `mongodb://127.0.0.1:PORT/v2m_test_<hex>?directConnection=true`,
+                      with .host .port .db .child and .via(host, port) for a
+                      proxied URI (fault tests).
+
+The mesh (real `python -m auth|gateway|converter` processes and Envoy):
+
+  mesh_env         the full environment for the services: os.environ plus
+                   MYSQL_*, MONGO_URI, RABBITMQ_*, QUEUE_NAME, SECRET_KEY,
+                   AUTH_PORT, MEDIA_PORT, ENVOY_PORT, ENVOY_ADMIN_PORT, AUTH_ADDR,
+                   CONVERTER_WORKERS=1, GRACE_SECONDS, LOG_LEVEL.
+  mesh             session-wide mesh.stack.Stack, all four processes up and ready
+                   (gRPC health SERVING / consuming / listening):
+                   .auth_addr .media_addr .envoy_addr .rest_base_url .envoy_admin_url
+                   .env (what the services got) .logs {name: Path} .log_dir
+                   .kill(name) .stop_service(name) .start_service(name, env=None)
+                   .restart(name) .log_tail(name) .describe_logs()
+                   .child(name) -> mesh.processes.Child (.pid, .alive,
+                   .descendants() e.g. the converter's worker PIDs, .signal(sig))
+                   When a test that uses it fails, the report gets each
+                   process's state and last log lines.
+  mesh_control     function-scoped: the same `mesh`, for tests that kill, stop or
+                   reconfigure services. At teardown every service is running
+                   again with the session's env (restarted and waited for), so
+                   the next test gets a healthy mesh.
+  mesh_factory     function-scoped: mesh_factory(**env_overrides) starts a SEPARATE
+                   mesh (fresh ports, own logs; same databases and queue unless
+                   overridden), e.g. with MONGO_URI through a TCP proxy or a small
+                   MAX_UPLOAD_BYTES; stopped at test end. services=(...) picks which.
+
+Settings for the test run (environment): MYSQL_HOST/PORT/USER/PASSWORD,
+RABBITMQ_HOST/PORT/USER/PASSWORD/VHOST as above; TEST_LOG_LEVEL (INFO) for the
+services' LOG_LEVEL.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from mesh.processes import Child, free_port, wait_for_mongo
+from mesh.stack import SERVICES, Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hex() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# ------------------------------------------------------------------ MariaDB
+
+@pytest.fixture(scope="session")
+def mysql_server() -> dict:
+    """MariaDB/MySQL as configured (default 127.0.0.1:3306 root, no password).
+    Fails, never skips, when it does not answer."""
+    import pymysql
+
+    cfg = dict(
+        host=os.environ.get("MYSQL_HOST") or "127.0.0.1",
+        port=int(os.environ.get("MYSQL_PORT") or 3306),
+        user=os.environ.get("MYSQL_USER") or "root",
+        password=os.environ.get("MYSQL_PASSWORD", ""),
+    )
+    try:
+        conn = pymysql.connect(**cfg, connect_timeout=5)
+        conn.close()
+    except pymysql.MySQLError as e:
+        pytest.fail(
+            f"MySQL/MariaDB is not usable at {cfg['host']}:{cfg['port']} as {cfg['user']!r}: {e}. "
+            "Start it (e.g. `start-stop-daemon --start --oknodo --background --exec "
+            "/usr/sbin/mariadbd`) or set MYSQL_HOST/MYSQL_PORT/MYSQL_USER/MYSQL_PASSWORD.",
+            pytrace=False,
+        )
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def mysql_db(mysql_server) -> Iterator[dict]:
+    """A database of our own for this run, dropped at the end. Yields MYSQL_* env vars."""
+    import pymysql
+
+    name = f"v2m_test_{_hex()}"
+    conn = pymysql.connect(**mysql_server, connect_timeout=5, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    finally:
+        conn.close()
+    yield {
+        "MYSQL_HOST": mysql_server["host"],
+        "MYSQL_PORT": str(mysql_server["port"]),
+        "MYSQL_USER": mysql_server["user"],
+        "MYSQL_PASSWORD": mysql_server["password"],
+        "MYSQL_DB": name,
+    }
+    with contextlib.suppress(pymysql.MySQLError):
+        conn = pymysql.connect(**mysql_server, connect_timeout=5, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
+
+
+# ------------------------------------------------------------------ RabbitMQ
+
+def _rabbit_params(env: dict):
+    import pika
+
+    return pika.ConnectionParameters(
+        host=env["RABBITMQ_HOST"],
+        port=int(env["RABBITMQ_PORT"]),
+        virtual_host=env["RABBITMQ_VHOST"],
+        credentials=pika.PlainCredentials(env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]),
+        connection_attempts=1,
+        socket_timeout=5,
+        blocked_connection_timeout=5,
+    )
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> dict:
+    """RabbitMQ as configured (default 127.0.0.1:5672 guest/guest, vhost /).
+    Fails, never skips, when it does not answer. Yields RABBITMQ_* env vars."""
+    import pika
+
+    env = {
+        "RABBITMQ_HOST": os.environ.get("RABBITMQ_HOST") or "127.0.0.1",
+        "RABBITMQ_PORT": os.environ.get("RABBITMQ_PORT") or "5672",
+        "RABBITMQ_USER": os.environ.get("RABBITMQ_USER") or "guest",
+        "RABBITMQ_PASSWORD": os.environ.get("RABBITMQ_PASSWORD", "guest"),
+        "RABBITMQ_VHOST": os.environ.get("RABBITMQ_VHOST") or "/",
+    }
+    try:
+        pika.BlockingConnection(_rabbit_params(env)).close()
+    except Exception as e:  # noqa: BLE001 - pika raises many kinds
+        pytest.fail(
+            f"RabbitMQ is not usable at {env['RABBITMQ_HOST']}:{env['RABBITMQ_PORT']} as "
+            f"{env['RABBITMQ_USER']!r}: {e!r}. Start it (e.g. `rabbitmq-server -detached`) "
+            "or set RABBITMQ_HOST/RABBITMQ_PORT/RABBITMQ_USER/RABBITMQ_PASSWORD.",
+            pytrace=False,
+        )
+    return env
+
+
+# Names a service may derive from the main queue (dead-lettering, retries).
+QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay")
+
+
+@pytest.fixture(scope="session")
+def queue_name(rabbitmq_server) -> Iterator[str]:
+    """A queue name of our own for this run; it and its companions are deleted at the end."""
+    import pika
+
+    name = f"video_test_{_hex()}"
+    yield name
+    delete_queues(rabbitmq_server, name)
+
+
+def delete_queues(rabbit_env: dict, name: str) -> None:
+    """Delete queue `name` and its companions (QUEUE_COMPANIONS), ignoring missing ones."""
+    import pika
+
+    try:
+        conn = pika.BlockingConnection(_rabbit_params(rabbit_env))
+    except Exception:  # noqa: BLE001
+        return
+    try:
+        for suffix in QUEUE_COMPANIONS:
+            # A failed delete closes the channel, so one channel per attempt.
+            for kind in ("queue", "exchange"):
+                with contextlib.suppress(Exception):
+                    ch = conn.channel()
+                    if kind == "queue":
+                        ch.queue_delete(name + suffix)
+                    elif suffix:  # never an exchange named exactly like the queue
+                        ch.exchange_delete(name + suffix)
+                    ch.close()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+# ------------------------------------------------------------------ SecantusDB
+
+class MongoURI(str):
+    """The MongoDB URI of the test SecantusDB, plus what fault tests need."""
+
+    host: str
+    port: int
+    db: str
+    child: Child
+
+    def __new__(cls, host: str, port: int, db: str, child: Child):
+        self = super().__new__(cls, cls.build(host, port, db))
+        self.host, self.port, self.db, self.child = host, port, db, child
+        return self
+
+    @staticmethod
+    def build(host: str, port: int, db: str) -> str:
+        # directConnection: SecantusDB advertises itself as a replica-set member
+        # at its real address; without this pymongo would switch to that address
+        # and bypass a proxy placed in front of it.
+        return f"mongodb://{host}:{port}/{db}?directConnection=true"
+
+    def via(self, host: str, port: int) -> str:
+        """The same database reached through host:port (a TcpProxy)."""
+        return self.build(host, port, self.db)
+
+
+def _secantusd() -> str:
+    exe = Path(sys.executable).parent / "secantusd-py"
+    return str(exe) if exe.exists() else "secantusd-py"
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory) -> Iterator[MongoURI]:
+    """An in-memory SecantusDB for this run. Yields its URI (with a unique db name)."""
+    port = free_port()
+    log_dir = tmp_path_factory.mktemp("mongo")
+    child = Child(
+        "mongo",
+        [_secantusd(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
+         "--log-level", "WARNING", "--cache-size", "256M"],
+        cwd=log_dir, log_path=log_dir / "mongo.log",
+    ).start()
+    uri = MongoURI("127.0.0.1", port, f"v2m_test_{_hex()}", child)
+    try:
+        wait_for_mongo(uri, timeout=60, child=child)
+        why = None
+    except Exception as e:  # noqa: BLE001 - ChildDied, TimeoutError
+        why = str(e).splitlines()[0]
+    if why:
+        child.stop(5)
+        pytest.fail(f"SecantusDB did not start: {why}\n{child.log_tail()}", pytrace=False)
+    yield uri
+    child.stop(15)
+
+
+# ------------------------------------------------------------------ the mesh
+
+@pytest.fixture(scope="session")
+def mesh_env(mysql_db, rabbitmq_server, mongo_server, queue_name) -> dict:
+    """Everything the services need, pointing at this run's databases and queue."""
+    auth_port, media_port = free_port(), free_port()
+    env = dict(os.environ)
+    # Never let a developer's MONGO_URI etc. leak in: ours are set below.
+    env.update(mysql_db)
+    env.update(rabbitmq_server)
+    env.update(
+        MONGO_URI=str(mongo_server),
+        QUEUE_NAME=queue_name,
+        SECRET_KEY=f"test-secret-{uuid.uuid4().hex}",
+        AUTH_PORT=str(auth_port),
+        MEDIA_PORT=str(media_port),
+        AUTH_ADDR=f"127.0.0.1:{auth_port}",
+        ENVOY_PORT=str(free_port()),
+        ENVOY_ADMIN_PORT=str(free_port()),
+        CONVERTER_WORKERS="1",
+        GRACE_SECONDS="5",
+        LOG_LEVEL=os.environ.get("TEST_LOG_LEVEL") or "INFO",
+    )
+    return env
+
+
+def _fresh_ports(env: dict) -> dict:
+    auth_port = free_port()
+    return dict(
+        env,
+        AUTH_PORT=str(auth_port),
+        AUTH_ADDR=f"127.0.0.1:{auth_port}",
+        MEDIA_PORT=str(free_port()),
+        ENVOY_PORT=str(free_port()),
+        ENVOY_ADMIN_PORT=str(free_port()),
+    )
+
+
+# Stacks alive right now, so a failed test's report can show their logs.
+_LIVE_STACKS: list[Stack] = []
+
+
+def _start_stack(env: dict, log_dir: Path, services=SERVICES) -> Stack:
+    stack = Stack(env, log_dir=log_dir)
+    _LIVE_STACKS.append(stack)
+    try:
+        stack.start(services)
+        return stack
+    except Exception as e:  # noqa: BLE001 - ChildDied, TimeoutError
+        why = str(e).splitlines()[0]
+    details = stack.describe_logs()
+    _stop_stack(stack)
+    pytest.fail(f"the mesh did not start: {why}\n{details}", pytrace=False)
+
+
+def _stop_stack(stack: Stack) -> None:
+    stack.close()
+    with contextlib.suppress(ValueError):
+        _LIVE_STACKS.remove(stack)
+
+
+@pytest.fixture(scope="session")
+def mesh(mesh_env, tmp_path_factory) -> Iterator[Stack]:
+    """auth, gateway, converter and Envoy, running for the whole session."""
+    log_dir = tmp_path_factory.mktemp("mesh")
+    stack = _start_stack(mesh_env, log_dir)
+    yield stack
+    _stop_stack(stack)
+
+
+@pytest.fixture
+def mesh_control(mesh) -> Iterator[Stack]:
+    """The session mesh, for a test that kills, stops or reconfigures services.
+    Afterwards every service runs again with the session's environment."""
+    yield mesh
+    for name in SERVICES:
+        c = mesh.children.get(name)
+        if c is not None and (c.env != mesh.env or not c.alive):
+            mesh.start_service(name, env=mesh.env)
+
+
+@pytest.fixture
+def mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory):
+    """mesh_factory(services=SERVICES, **env_overrides) -> a separate, started
+    Stack with fresh ports and, unless QUEUE_NAME is overridden, its own queue
+    (deleted afterwards), so the session converter never takes its jobs. It
+    shares the session's MySQL database and MongoDB. Stopped at test end."""
+    started: list[Stack] = []
+    queues: list[str] = []
+
+    def make(services=SERVICES, **overrides) -> Stack:
+        env = _fresh_ports(mesh_env)
+        if "QUEUE_NAME" not in overrides:
+            env["QUEUE_NAME"] = f"{mesh_env['QUEUE_NAME']}_{_hex()[:6]}"
+            queues.append(env["QUEUE_NAME"])
+        env.update({k: str(v) for k, v in overrides.items()})
+        stack = _start_stack(env, tmp_path_factory.mktemp("mesh-extra"), services)
+        started.append(stack)
+        return stack
+
+    yield make
+    for stack in reversed(started):
+        _stop_stack(stack)
+    for q in queues:
+        delete_queues(rabbitmq_server, q)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach each live mesh process's state and log tail to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    uses_mesh = {"mesh", "mesh_control", "mesh_factory"} & set(getattr(item, "fixturenames", ()))
+    if report.failed and uses_mesh and _LIVE_STACKS:
+        for i, stack in enumerate(_LIVE_STACKS):
+            where = f" ({stack.log_dir})" if stack.log_dir else ""
+            report.sections.append((f"mesh #{i + 1} logs{where}", stack.describe_logs()))

@@ -1,0 +1,88 @@
+"""The user journey end to end, against the real mesh (MariaDB, RabbitMQ,
+SecantusDB, Envoy, auth, gateway, converter): sign up, log in, upload a video
+the test generates, wait for DONE, download, and check the MP3 is the source's
+440 Hz tone, as long as the source's audio."""
+from __future__ import annotations
+
+import pytest
+from video2mp3.media.v1 import media_pb2
+
+from tests.clients import GrpcClient, RestClient
+from tests.media import analyse_mp3, audio_duration, make_media
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    make_media(path, container="mp4", video_codec="h264", audio_codec="aac", duration=3.0, freq=440.0)
+    return path
+
+
+def assert_is_the_tone(mp3: bytes, source) -> None:
+    duration, freq, _rate, _channels = analyse_mp3(mp3)
+    assert abs(duration - audio_duration(source)) <= 0.1, (duration, audio_duration(source))
+    assert abs(freq - 440.0) < 5.0, freq
+
+
+def test_grpc_journey_through_envoy(mesh, video):
+    client = GrpcClient(mesh.envoy_addr)
+    client.sign_up_and_login()
+    job = client.upload(video, filename="clip.mp4")
+    assert job.state == media_pb2.JOB_STATE_QUEUED
+    assert job.filename == "clip.mp4" and job.video_size_bytes == video.stat().st_size
+    assert job.options.bitrate_kbps == 192 and job.options.channels == 2
+
+    done = client.wait(job.job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    assert done.progress == 100 and done.mp3_size_bytes > 0
+    assert done.complete_time.seconds >= done.create_time.seconds
+    mp3 = client.download(job.job_id)
+    assert len(mp3) == done.mp3_size_bytes
+    assert_is_the_tone(mp3, video)
+
+    listed = client.media.ListJobs(media_pb2.ListJobsRequest(), metadata=client.md, timeout=10)
+    assert [j.job_id for j in listed.jobs] == [job.job_id]
+
+
+def test_grpc_journey_direct_to_services(mesh, video):
+    """The same stubs work against the services without Envoy in between."""
+    auth, media = GrpcClient(mesh.auth_addr), GrpcClient(mesh.media_addr)
+    auth.sign_up_and_login()
+    media.token = auth.token
+    job = media.wait(media.upload(video).job_id)
+    assert job.state == media_pb2.JOB_STATE_DONE, job.error
+    assert_is_the_tone(media.download(job.job_id), video)
+
+
+def test_rest_journey_through_envoy(mesh, video):
+    rest = RestClient(mesh.rest_base_url)
+    email = rest.sign_up_and_login()
+
+    me = rest.get("/v1/me")
+    assert me.status_code == 200 and me.json()["email"] == email
+
+    r = rest.upload(video, params={"filename": "café clip.mp4", "bitrate_kbps": "128"})
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["state"] == "JOB_STATE_QUEUED"
+    assert job["filename"] == "café clip.mp4"
+    assert job["options"]["bitrate_kbps"] == 128
+    assert int(job["video_size_bytes"]) == video.stat().st_size  # int64 is a JSON string
+
+    done = rest.wait(job["job_id"])
+    assert done["state"] == "JOB_STATE_DONE", done["error"]
+    assert done["progress"] == 100
+
+    r = rest.get(f"/v1/jobs/{job['job_id']}/mp3", stream=True)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/mpeg"
+    mp3 = b"".join(r.iter_content(64 * 1024))
+    assert len(mp3) == int(done["mp3_size_bytes"])
+    assert_is_the_tone(mp3, video)
+
+
+def test_health_reports_each_dependency(mesh):
+    r = RestClient(mesh.rest_base_url).get("/health", token="")
+    assert r.status_code == 200
+    assert r.json() == {"status": "healthy", "mongodb": "connected", "rabbitmq": "connected",
+                        "mysql": "connected"}
