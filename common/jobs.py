@@ -17,7 +17,7 @@ import uuid
 import pymongo
 from bson import ObjectId
 from google.protobuf import json_format, timestamp_pb2
-from video2mp3.media.v1 import media_pb2
+from video2mp3.media.v1 import media_pb2, queue_pb2
 
 QUEUED, PROCESSING, DONE, FAILED = "QUEUED", "PROCESSING", "DONE", "FAILED"
 FINAL_STATES = (DONE, FAILED)
@@ -188,3 +188,11 @@ def to_proto(doc: dict) -> media_pb2.Job:
         if ts is not None:
             getattr(job, field).CopyFrom(ts)
     return job
+
+
+def task_for(doc: dict) -> queue_pb2.ConversionTask:
+    """The queue message that asks a converter to convert this job."""
+    task = queue_pb2.ConversionTask(
+        video_fid=str(doc["video_fid"]), user_email=doc["user_email"], job_id=doc["_id"])
+    task.options.CopyFrom(json_format.ParseDict(doc.get("options", {}), media_pb2.ConversionOptions()))
+    return task

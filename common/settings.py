@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Mapping
 
 
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
+def env_int(name: str, default: int, env: Mapping[str, str] = os.environ) -> int:
+    raw = env.get(name)
     if raw in (None, ""):
         return default
     try:
@@ -16,8 +17,8 @@ def env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
 
 
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
+def env_float(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+    raw = env.get(name)
     if raw in (None, ""):
         return default
     try:
@@ -26,8 +27,8 @@ def env_float(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+def env_str(name: str, default: str, env: Mapping[str, str] = os.environ) -> str:
+    return env.get(name) or default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +38,10 @@ class MongoSettings:
     timeout_ms: int
 
     @classmethod
-    def from_env(cls) -> "MongoSettings":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "MongoSettings":
         return cls(
-            uri=env_str("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3"),
-            timeout_ms=env_int("MONGO_TIMEOUT_MS", 3000),
+            uri=env_str("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3", env),
+            timeout_ms=env_int("MONGO_TIMEOUT_MS", 3000, env),
         )
 
 
@@ -56,14 +57,14 @@ class RabbitSettings:
     timeout_s: float
 
     @classmethod
-    def from_env(cls) -> "RabbitSettings":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "RabbitSettings":
         return cls(
-            host=env_str("RABBITMQ_HOST", "127.0.0.1"),
-            port=env_int("RABBITMQ_PORT", 5672),
-            user=env_str("RABBITMQ_USER", "guest"),
-            password=os.environ.get("RABBITMQ_PASSWORD", "guest"),
-            vhost=env_str("RABBITMQ_VHOST", "/"),
-            queue=env_str("QUEUE_NAME", "video"),
-            heartbeat=env_int("RABBITMQ_HEARTBEAT", 30),
-            timeout_s=env_float("RABBITMQ_TIMEOUT_S", 3.0),
+            host=env_str("RABBITMQ_HOST", "127.0.0.1", env),
+            port=env_int("RABBITMQ_PORT", 5672, env),
+            user=env_str("RABBITMQ_USER", "guest", env),
+            password=env.get("RABBITMQ_PASSWORD", "guest"),
+            vhost=env_str("RABBITMQ_VHOST", "/", env),
+            queue=env_str("QUEUE_NAME", "video", env),
+            heartbeat=env_int("RABBITMQ_HEARTBEAT", 30, env),
+            timeout_s=env_float("RABBITMQ_TIMEOUT_S", 3.0, env),
         )

@@ -13,7 +13,6 @@ import threading
 import grpc
 import pymongo.errors
 from bson import ObjectId
-from video2mp3.media.v1 import queue_pb2
 
 from common import jobs
 from common.mongo import Mongo
@@ -116,11 +115,8 @@ class Uploads:
 
     def publish(self, doc: dict) -> bool:
         """Publish a recorded job; on failure it stays unpublished for the outbox to retry."""
-        task = queue_pb2.ConversionTask(
-            video_fid=str(doc["video_fid"]), user_email=doc["user_email"], job_id=doc["_id"])
-        task.options.CopyFrom(jobs.to_proto(doc).options)
         try:
-            self.publisher.publish(task)
+            self.publisher.publish(jobs.task_for(doc))
         except PublishError as e:
             log.warning("job %s not published yet (%s); the outbox will retry", doc["_id"], e)
             return False

@@ -1,0 +1,39 @@
+"""Submit conversion jobs straight to MongoDB and RabbitMQ, as the gateway
+would, without the gateway: for converter tests and benchmarks that measure
+the converter alone."""
+from __future__ import annotations
+
+import os
+
+from video2mp3.media.v1 import media_pb2
+
+from common import jobs
+from common.mongo import Mongo
+from common.queue import Publisher
+from common.settings import MongoSettings, RabbitSettings
+
+
+class DirectSubmitter:
+    def __init__(self, env: dict):
+        # The services' own settings readers, so variable names never drift.
+        self.mongo = Mongo(MongoSettings.from_env(env))
+        self.publisher = Publisher(RabbitSettings.from_env(env))
+        self.jobs = jobs.JobStore(self.mongo.jobs)
+
+    def submit(self, path, user_id: str = "bench", options: media_pb2.ConversionOptions | None = None,
+               filename: str | None = None) -> str:
+        """Store the file in GridFS, record a QUEUED job and publish it. Returns the job id."""
+        filename = filename or os.path.basename(path)
+        with open(path, "rb") as f:
+            fid = self.mongo.videos.upload_from_stream(filename, f, metadata={"user_id": user_id})
+        doc = self.jobs.create(
+            job_id=jobs.new_job_id(), user_id=user_id, user_email=f"{user_id}@example.com",
+            filename=filename, video_fid=fid, video_size=os.path.getsize(path),
+            options=options or media_pb2.ConversionOptions(bitrate_kbps=192, channels=2))
+        self.publisher.publish(jobs.task_for(doc))
+        self.jobs.mark_published(doc["_id"])
+        return doc["_id"]
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.mongo.close()

@@ -1,0 +1,62 @@
+"""Converter worker behaviour against real RabbitMQ and SecantusDB: a long
+conversion keeps its AMQP connection alive through heartbeats and is acked
+exactly once."""
+from __future__ import annotations
+
+import time
+
+import pika
+from video2mp3.media.v1 import media_pb2
+
+from common import jobs
+from mesh.direct import DirectSubmitter
+from tests.media import make_media
+
+HEARTBEAT_S = 2
+
+
+def wait_final(store: jobs.JobStore, job_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = store.get(job_id)
+        if doc["state"] in jobs.FINAL_STATES:
+            return doc
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not final after {timeout}s: {store.get(job_id)}")
+
+
+def queue_depth(env: dict) -> int:
+    params = pika.ConnectionParameters(
+        host=env["RABBITMQ_HOST"], port=int(env["RABBITMQ_PORT"]),
+        virtual_host=env.get("RABBITMQ_VHOST") or "/",
+        credentials=pika.PlainCredentials(env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]))
+    with pika.BlockingConnection(params) as conn:
+        return conn.channel().queue_declare(env["QUEUE_NAME"], passive=True).method.message_count
+
+
+def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_path):
+    stack = mesh_factory(services=("converter",), RABBITMQ_HEARTBEAT=str(HEARTBEAT_S), CONVERTER_WORKERS="1")
+    # 30 minutes of 8 kHz mono FLAC is small to make and store, but encoding it
+    # as 48 kHz stereo 320 kbps MP3 keeps LAME busy for well over 10 seconds.
+    source = make_media(tmp_path / "long.flac", video_codec=None, audio_codec="flac",
+                        duration=1800, sample_rate=8000, layout="mono")
+    submitter = DirectSubmitter(stack.env)
+    try:
+        job_id = submitter.submit(source, options=media_pb2.ConversionOptions(
+            bitrate_kbps=320, channels=2, sample_rate_hz=48000))
+        doc = wait_final(submitter.jobs, job_id, timeout=600)
+        assert doc["state"] == jobs.DONE, doc["error"]
+        converting = (doc["complete_time"] - doc["create_time"]).total_seconds()
+        # Not a speed check: the test only proves something if the work spanned
+        # many heartbeat intervals (the broker drops a silent peer after ~2).
+        assert converting > 4 * HEARTBEAT_S, f"conversion took only {converting:.1f}s; make the input longer"
+
+        time.sleep(3 * HEARTBEAT_S)  # a lost ack would show up as a redelivery by now
+        doc = submitter.jobs.get(job_id)
+        assert doc["attempts"] == 1 and doc["state"] == jobs.DONE
+        assert queue_depth(stack.env) == 0
+        log = stack.log_tail("converter", 400)
+        assert "connection lost" not in log and "reconnecting" not in log, log
+        assert "duplicate task" not in log, log
+    finally:
+        submitter.close()
