@@ -9,6 +9,8 @@ the placeholder, for the caller to overwrite in the stored file.
 
 from __future__ import annotations
 
+import dataclasses
+
 from converter import mp3tags
 from converter.mp3tags import FrameScanner, InfoFrameParams, MusicCrc
 
@@ -23,10 +25,6 @@ class Mp3Output:
         self._crc = MusicCrc()
         self.info_size = 0
         self.bytes_written = 0
-
-    @property
-    def started(self) -> bool:
-        return self._pending is None
 
     def write(self, data: bytes) -> None:
         """Append MP3 audio frames (any split: frames may span calls)."""
@@ -50,16 +48,17 @@ class Mp3Output:
     def finish(self, delay: int, padding: int) -> tuple[int, bytes]:
         """The real info frame, as (offset in the file, bytes) to patch in."""
         scanner = self.scanner
-        params = self._params
-        if params.vbr:  # the tag's bitrate byte is the minimum for VBR
-            params = InfoFrameParams(**{**params.__dict__, "bitrate_kbps": scanner.min_kbps})
-        elif scanner.first is not None:
-            params = InfoFrameParams(**{**params.__dict__, "bitrate_kbps": scanner.first.bitrate_kbps})
+        # Copied streams say they are VBR only by their varying bitrates.
+        vbr = self._params.vbr or scanner.min_kbps != scanner.max_kbps
+        # The tag's bitrate byte: the real CBR bitrate (LAME may have lowered
+        # the one asked for, e.g. for MPEG-2 rates), or the VBR minimum.
+        kbps = scanner.min_kbps if vbr else scanner.first.bitrate_kbps
+        params = dataclasses.replace(self._params, vbr=vbr, bitrate_kbps=kbps)
         frame = mp3tags.build_info_frame(
             scanner.first, params,
             frames=scanner.frames,
             music_bytes=scanner.bytes,
-            toc=mp3tags.build_toc(scanner, self.info_size),
+            toc=mp3tags.build_toc(scanner),
             delay=delay,
             padding=padding,
             music_crc=self._crc.digest(),

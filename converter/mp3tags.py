@@ -1,8 +1,9 @@
 """MP3 byte-level helpers: frame headers, the Xing/LAME info frame, ID3v2 tags.
 
 Written from the public formats (ISO 11172-3 / 13818-3 frame headers, the
-"Mp3 Info Tag rev 1" spec, ID3v2.3.0). The converter's encoder (lameenc) emits
-bare MP3 frames; this module adds what makes the file a good MP3 file:
+"Mp3 Info Tag rev 1" spec, ID3v2.3.0). LAME, as the converter drives it
+(converter/lame.py), emits bare MP3 frames; this module adds what makes them a
+good MP3 file:
 
   [ID3v2 tag] [info frame: Xing/Info + LAME tag] [audio frames ...]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -52,6 +54,7 @@ class FrameHeader:
 
     @property
     def length(self) -> int:
+        """Bytes in the frame, header included."""
         coef = 72 if self.lsf else 144
         return coef * self.bitrate_kbps * 1000 // self.sample_rate + self.padding
 
@@ -65,7 +68,12 @@ class FrameHeader:
 
 def parse_header(b: bytes) -> FrameHeader | None:
     """The Layer III frame header in the first 4 bytes of b, or None."""
-    if len(b) < 4 or b[0] != 0xFF or (b[1] & 0xE0) != 0xE0:
+    return _parse_header(bytes(b[:4])) if len(b) >= 4 else None
+
+
+@lru_cache(maxsize=4096)  # a stream repeats a handful of distinct headers
+def _parse_header(b: bytes) -> FrameHeader | None:
+    if b[0] != 0xFF or (b[1] & 0xE0) != 0xE0:
         return None
     version_id = (b[1] >> 3) & 3
     layer = (b[1] >> 1) & 3
@@ -129,25 +137,30 @@ class MusicCrc:
     """
 
     BLOCK = 1024
+    _tables = None  # built once per process, shared by all instances
 
     def __init__(self) -> None:
-        n = self.BLOCK
+        if MusicCrc._tables is None:
+            MusicCrc._tables = self._build_tables(self.BLOCK)
+        self._contrib, self._carry_lo, self._carry_hi = MusicCrc._tables
+        self._cols = np.arange(self.BLOCK)
+        self._pending = b""
+        self.value = 0
+
+    @staticmethod
+    def _build_tables(n: int):
         contrib = np.empty((n, 256), np.uint16)
         row = _CRC_TABLE.copy()  # a byte followed by no more bytes
         for k in range(n - 1, -1, -1):
             contrib[k] = row
             row = (row >> 8) ^ _CRC_TABLE[row & 0xFF]  # ... followed by one more zero byte
-        self._contrib = contrib
         # carry[v]: where a register value v ends up after n zero bytes (by halves).
         lo = np.arange(256, dtype=np.uint16)
         hi = lo << 8
         for _ in range(n):
             lo = (lo >> 8) ^ _CRC_TABLE[lo & 0xFF]
             hi = (hi >> 8) ^ _CRC_TABLE[hi & 0xFF]
-        self._carry_lo, self._carry_hi = lo.tolist(), hi.tolist()
-        self._cols = np.arange(n)
-        self._pending = b""
-        self.value = 0
+        return contrib, lo.tolist(), hi.tolist()
 
     def update(self, data: bytes) -> None:
         data = self._pending + data if self._pending else data
@@ -182,7 +195,7 @@ class FrameScanner:
         self.first: FrameHeader | None = None
         self.frames = 0
         self.bytes = 0
-        self.min_kbps = 0
+        self.min_kbps = self.max_kbps = 0
         self.marks: list[tuple[int, int]] = []  # (frame index, byte offset)
         self._stride = 1
         self._next = 0        # offset of the next frame header
@@ -195,7 +208,7 @@ class FrameScanner:
         end = self.bytes
         while self._next + 4 <= end:
             i = self._next - base
-            header = parse_header(buf[i:i + 4])
+            header = _parse_header(buf[i:i + 4])
             if header is None:
                 self._next += 1  # lost sync (junk between frames): search on
                 continue
@@ -207,8 +220,11 @@ class FrameScanner:
     def _on_frame(self, header: FrameHeader) -> None:
         if self.first is None:
             self.first = header
-        if self.min_kbps == 0 or header.bitrate_kbps < self.min_kbps:
-            self.min_kbps = header.bitrate_kbps
+        kbps = header.bitrate_kbps
+        if self.min_kbps == 0 or kbps < self.min_kbps:
+            self.min_kbps = kbps
+        if kbps > self.max_kbps:
+            self.max_kbps = kbps
         if self.frames % self._stride == 0:
             self.marks.append((self.frames, self._next))
             if len(self.marks) > self.MAX_MARKS:
@@ -244,15 +260,16 @@ class InfoFrameParams:
     encoder: bytes = b"LAME3.100"
 
 
-def info_frame_header(first: FrameHeader, vbr: bool, min_size: int) -> FrameHeader:
-    """Header for the info frame: same stream, a bitrate whose frame fits it.
+def info_frame_header(first: FrameHeader, min_size: int) -> FrameHeader:
+    """Header for the info frame: the stream's first header at the stream's
+    bitrate (CBR seeking assumes every frame has the same size), or at the
+    lowest bitrate whose frame holds the tag when that one is too small.
 
-    CBR keeps the stream's bitrate (so every frame has the same size, which
-    CBR seeking relies on) unless that frame is too small for the tag.
+    It depends on nothing learnt later, so the placeholder written first and
+    the final frame always have the same size.
     """
     table = [k for k in _BITRATES[2 if first.lsf else 1] if k]
-    start = table.index(first.bitrate_kbps) if not vbr else 0
-    for kbps in table[start:]:
+    for kbps in [first.bitrate_kbps] + table:
         header = with_bitrate(first, kbps)
         if header.length >= min_size:
             return header
@@ -272,7 +289,7 @@ def build_info_frame(first: FrameHeader, params: InfoFrameParams, *, frames: int
     music_bytes counts the audio frames after this one; the tag's byte count
     and music length include this frame too, as LAME's do.
     """
-    header = info_frame_header(first, params.vbr, _lame_tag_offset(first) + 36)
+    header = info_frame_header(first, _lame_tag_offset(first) + 36)
     size = header.length
     total = size + music_bytes
     xing = b"".join((
@@ -322,12 +339,13 @@ def _misc_byte(channel_mode: int, source_rate: int) -> int:
     return (freq << 6) | (stereo_mode << 2)
 
 
-def build_toc(scanner: FrameScanner, info_size: int) -> bytes:
-    """The Xing seek table: byte position (/256 of the file) at each 1 % of time."""
-    total = info_size + scanner.bytes
+def build_toc(scanner: FrameScanner) -> bytes:
+    """The Xing seek table: where each 1 % of the playing time starts, in
+    256ths of the audio bytes (after the info frame, as LAME counts)."""
+    total = max(1, scanner.bytes)
     toc = bytearray(100)
     for i in range(100):
-        offset = info_size + scanner.offset_of_frame(i * scanner.frames / 100)
+        offset = scanner.offset_of_frame(i * scanner.frames / 100)
         toc[i] = min(255, int(256 * offset / total))
     return bytes(toc)
 

@@ -1,11 +1,11 @@
 """The conversion itself: one audio track of any media file to an MP3 stream.
 
-PyAV demuxes only the chosen audio stream, decodes it and resamples it to
-interleaved 16-bit PCM; lameenc (a LAME build about 3x faster than the one in
-PyAV's wheel, see DESIGN.md) encodes it. An MP3 source with default options is
-copied packet by packet instead. Either way the output gets an ID3v2 tag and a
-Xing/LAME info frame (see converter/mp3out.py), and is written as it is made:
-memory does not grow with the length of the input.
+PyAV demuxes only the chosen audio stream, decodes it and resamples it to what
+the encoder takes; LAME encodes it, through converter/lame.py rather than PyAV
+because the LAME in PyAV's wheel is about 3x slower (see DESIGN.md). An
+MP3 source with default options is copied packet by packet instead. Either way
+the output gets an ID3v2 tag and a Xing/LAME info frame (converter/mp3out.py)
+and is written as it is made: memory does not grow with the input's length.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
 import av
-import lameenc
 
-from converter import mp3tags, options as opts
+from converter import lame, mp3tags, options as opts
+from converter.pipeline import InlineWriter, WriteBehind, run_ahead
 from converter.mp3out import Mp3Output
 from converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 
@@ -27,6 +27,8 @@ from converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 LAME_QUALITY = 3
 # PCM handed to LAME per call: fewer, larger calls cost less Python overhead.
 ENCODE_BATCH_SAMPLES = 32 * 1152
+# Copied MP3 frames are written in batches of about this size.
+COPY_BATCH_BYTES = 256 * 1024
 # Bigger reads from the source file object mean fewer Python callbacks.
 IO_BUFFER_SIZE = 1 << 20
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress calls a second
@@ -58,7 +60,9 @@ ProgressCallback = Callable[[float], None]
 
 
 def transcode(src: BinaryIO, dst, options, filename: str = "",
-              on_progress: ProgressCallback | None = None) -> TranscodeResult:
+              on_progress: ProgressCallback | None = None, *,
+              encoder: str | None = None, overlap: bool = True,
+              copy_mp3: bool = True) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridOut.
@@ -68,7 +72,14 @@ def transcode(src: BinaryIO, dst, options, filename: str = "",
         the default audio track).
     filename: the upload's name; its stem is the title when the file has none.
     on_progress: called with 0..1 from decoded timestamps, at most ~4 times a
-        second, and with 1.0 at the end.
+        second, and with 1.0 at the end, always from the calling thread.
+    encoder: LAME build, "system" or "lameenc" (see converter/lame.py);
+        None picks the fastest one installed.
+    overlap: decode and write in helper threads while LAME encodes, so one
+        conversion finishes sooner by using part of a second core (~1.4
+        cores, ~8 % more CPU in all). With as many busy worker processes as
+        cores, False gives more conversions per second.
+    copy_mp3: False re-encodes MP3 sources even when the fast path applies.
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -86,10 +97,10 @@ def transcode(src: BinaryIO, dst, options, filename: str = "",
         tags = _id3_tags(container, stream, filename)
         progress = _Progress(on_progress, stream)
         try:
-            if _is_copyable_mp3(stream, options):
-                result = _copy_mp3(src, container, stream, dst, tags, progress)
+            if copy_mp3 and _is_copyable_mp3(stream, options):
+                result = _copy_mp3(src, container, stream, dst, tags, progress, overlap)
             else:
-                result = _encode_mp3(container, stream, dst, options, tags, progress)
+                result = _encode_mp3(container, stream, dst, options, tags, progress, encoder, overlap)
         except av.FFmpegError as e:
             raise ConversionError("the file is truncated or corrupt") from e
     progress.report(1.0, force=True)
@@ -101,8 +112,10 @@ def transcode(src: BinaryIO, dst, options, filename: str = "",
 def _open_input(src: BinaryIO):
     head = _peek(src, 64)
     try:
-        container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE)
-    except (av.FFmpegError, ValueError, OSError) as e:
+        # Tags that are not valid UTF-8 (a damaged file, an old tagger) must not
+        # stop the conversion: PyAV would raise UnicodeDecodeError while opening.
+        container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE, metadata_errors="replace")
+    except av.FFmpegError as e:  # errors of src itself (I/O) are not ours to judge
         if _looks_like_media(head):
             raise ConversionError("the file is truncated or corrupt") from e
         raise ConversionError("not a media file") from e
@@ -148,9 +161,13 @@ def _pick_audio_stream(container, options):
         index = options.audio_track
         if not 0 <= index < len(audio):
             raise ConversionError(f"audio track {index} does not exist (the file has {len(audio)})")
-        return audio[index]
-    default = [s for s in audio if s.disposition & av.stream.Disposition.default]
-    return (default or audio)[0]
+        stream = audio[index]
+    else:
+        default = [s for s in audio if s.disposition & av.stream.Disposition.default]
+        stream = (default or audio)[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for it (or a damaged header says so)
+        raise ConversionError("the audio track's format is not supported")
+    return stream
 
 
 # --- Tags -------------------------------------------------------------------
@@ -195,11 +212,17 @@ class _Progress:
         self._start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
         self._duration = _declared_duration(stream)
 
-    def frame(self, frame) -> None:
-        if self._callback is None or not self._duration or frame.pts is None:
-            return
-        if time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
-            self.report((float(frame.pts * frame.time_base) - self._start) / self._duration)
+    def fraction(self, item) -> float | None:
+        """How far into the stream a frame or packet is (None if unknown)."""
+        if not self._duration or item.pts is None or item.time_base is None:
+            return None
+        return (float(item.pts * item.time_base) - self._start) / self._duration
+
+    def frame(self, item) -> None:
+        if self._callback is not None and time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
+            fraction = self.fraction(item)
+            if fraction is not None:
+                self.report(fraction)
 
     def report(self, fraction: float, force: bool = False) -> None:
         if self._callback is None:
@@ -210,18 +233,24 @@ class _Progress:
 
 
 def _declared_duration(stream) -> float | None:
-    """Seconds of audio the container says the stream holds, if it says."""
+    """Seconds of audio the container says the stream holds, if it says.
+
+    Matroska's DURATION tag and a file's overall duration can be end times
+    rather than lengths (they count from 0, not from the first timestamp), so
+    the stream's start is taken off them: an underestimate at worst.
+    """
     if stream.duration:
         return float(stream.duration * stream.time_base)
+    start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
     tagged = stream.metadata.get("DURATION") or stream.metadata.get("duration")  # Matroska
     if tagged:
         m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", tagged.strip())
         if m:
             h, mi, s = m.groups()
-            return int(h) * 3600 + int(mi) * 60 + float(s)
+            return max(0.0, int(h) * 3600 + int(mi) * 60 + float(s) - start)
     container = stream.container
     if container.duration and len(container.streams) == 1:
-        return container.duration / av.time_base
+        return max(0.0, container.duration / av.time_base - start)
     return None
 
 
@@ -233,9 +262,8 @@ _MAX_BAD_PACKET_SHARE = 0.02
 _MIN_BAD_PACKETS = 3
 
 
-def _decode(container, stream, progress: _Progress) -> Iterator:
+def _decode(container, stream) -> Iterator:
     """Decoded frames of `stream`; only its packets are demuxed."""
-    stream.codec_context.thread_type = "AUTO"
     packets = bad = 0
     for packet in container.demux(stream):
         packets += 1
@@ -246,9 +274,7 @@ def _decode(container, stream, progress: _Progress) -> Iterator:
             if bad > _MIN_BAD_PACKETS and bad > packets * _MAX_BAD_PACKET_SHARE:
                 raise ConversionError("the audio is corrupt")
             continue
-        for frame in frames:
-            progress.frame(frame)
-            yield frame
+        yield from frames
 
 
 def _check_complete(stream, decoded_seconds: float) -> None:
@@ -257,69 +283,81 @@ def _check_complete(stream, decoded_seconds: float) -> None:
         raise ConversionError("the audio track is empty")
     declared = _declared_duration(stream)
     if declared and decoded_seconds < 0.9 * declared - 0.5:
-        raise ConversionError("the file is truncated")
+        raise ConversionError("the file is truncated or corrupt")
 
 
 class _Resampler:
-    """av.AudioResampler to s16 interleaved, rebuilt if the input format changes
-    mid-stream (it happens in broadcast captures), 5.1 and up mixed down."""
+    """av.AudioResampler to the encoder's format, rate and layout (5.1 and up
+    mixed down), rebuilt if the input format changes mid-stream (it happens in
+    broadcast captures). Yields (one bytes object per plane, samples)."""
 
-    def __init__(self, rate: int, channels: int) -> None:
+    def __init__(self, fmt: str, rate: int, channels: int) -> None:
+        self._format = fmt
         self._rate = rate
         self._layout = "mono" if channels == 1 else "stereo"
-        self._bytes_per_sample = 2 * channels
+        planar = fmt.endswith("p")
+        self._planes = channels if planar else 1
+        self._bytes_per_sample = av.AudioFormat(fmt).bytes * (1 if planar else channels)
         self._key = None
         self._resampler = None
 
-    def resample(self, frame) -> Iterator[bytes]:
+    def resample(self, frame) -> Iterator[tuple[tuple[bytes, ...], int]]:
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
         if key != self._key:
             yield from self.flush()
             self._key = key
-            self._resampler = av.AudioResampler(format="s16", layout=self._layout, rate=self._rate)
+            self._resampler = av.AudioResampler(format=self._format, layout=self._layout, rate=self._rate)
         for out in self._resampler.resample(frame):
             yield self._pcm(out)
 
-    def flush(self) -> Iterator[bytes]:
+    def flush(self) -> Iterator[tuple[tuple[bytes, ...], int]]:
         if self._resampler is not None:
             for out in self._resampler.resample(None):
                 yield self._pcm(out)
 
-    def _pcm(self, frame) -> bytes:
-        # The plane may be padded past the last sample; cut it to size.
-        return bytes(memoryview(frame.planes[0])[: frame.samples * self._bytes_per_sample])
+    def _pcm(self, frame) -> tuple[tuple[bytes, ...], int]:
+        # Planes may be padded past the last sample; cut them to size.
+        size = frame.samples * self._bytes_per_sample
+        planes = tuple(bytes(memoryview(frame.planes[i])[:size]) for i in range(self._planes))
+        return planes, frame.samples
 
 
 # --- Encode path --------------------------------------------------------------
 
-def _encode_mp3(container, stream, dst, options, tags, progress) -> TranscodeResult:
+def _encode_mp3(container, stream, dst, options, tags, progress, backend, overlap) -> TranscodeResult:
     source_rate = stream.codec_context.sample_rate
     try:
         settings = opts.resolve(options, source_rate)
     except opts.InvalidOptions as e:
         raise ConversionError(str(e)) from e
-    encoder = _lame(settings)
+    encoder = lame.open_encoder(settings.sample_rate, settings.channels, settings.bitrate_kbps,
+                                settings.vbr_quality, LAME_QUALITY, backend)
     out = Mp3Output(dst, mp3tags.build_id3v2(tags), _info_params(settings, source_rate))
-    resampler = _Resampler(settings.sample_rate, settings.channels)
-    frame_bytes = 2 * settings.channels
-    batch: list[bytes] = []
-    batched = samples = 0
-
-    for frame in _decode(container, stream, progress):
-        for pcm in resampler.resample(frame):
-            batch.append(pcm)
-            batched += len(pcm)
-            if batched >= ENCODE_BATCH_SAMPLES * frame_bytes:
-                samples += batched // frame_bytes
-                out.write(bytes(encoder.encode(b"".join(batch))))
-                batch, batched = [], 0
-    batch.extend(resampler.flush())
-    tail = b"".join(batch)
-    samples += len(tail) // frame_bytes
-    _check_complete(stream, samples / settings.sample_rate)
-    if tail:
-        out.write(bytes(encoder.encode(tail)))
-    out.write(bytes(encoder.flush()))
+    samples = 0
+    # With overlap, decoding runs ahead in one thread and writing (frame scan,
+    # CRC, dst) lags behind in another while LAME encodes here; all of them
+    # release the GIL, so LAME never waits for them.
+    batches = _pcm_batches(container, stream, settings, encoder.input_format, progress)
+    if overlap:
+        batches = run_ahead(batches)
+    writer = WriteBehind(out.write) if overlap else InlineWriter(out.write)
+    try:
+        for planes, count, fraction, last in batches:
+            samples += count
+            if last:
+                _check_complete(stream, samples / settings.sample_rate)
+            elif fraction is not None:
+                progress.report(fraction)
+            if count:
+                writer.write(encoder.encode(planes))
+        writer.write(encoder.flush())
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        batches.close()  # now, not at garbage collection: the decoder thread
+        # must be done with the container before the caller closes it
+    writer.close()
 
     # LAME puts `delay` samples before the audio and pads the last frame.
     total = out.scanner.frames * out.scanner.first.samples_per_frame
@@ -335,20 +373,30 @@ def _encode_mp3(container, stream, dst, options, tags, progress) -> TranscodeRes
     )
 
 
-def _lame(settings: opts.Mp3Settings) -> lameenc.Encoder:
-    encoder = lameenc.Encoder()
-    encoder.silence()  # no banner on stdout
-    encoder.set_channels(settings.channels)
-    encoder.set_in_sample_rate(settings.sample_rate)
-    # Without this LAME may pick a lower output rate by itself (e.g. for V9).
-    encoder.set_out_sample_rate(settings.sample_rate)
-    encoder.set_quality(LAME_QUALITY)
-    if settings.vbr:
-        encoder.set_vbr(4)  # vbr_mtrh, LAME's default VBR mode
-        encoder.set_vbr_quality(settings.vbr_quality)
-    else:
-        encoder.set_bit_rate(settings.bitrate_kbps)
-    return encoder
+def _pcm_batches(container, stream, settings, fmt, progress):
+    """(planes, samples, progress fraction, is-last): the decoded audio in the
+    encoder's format, in batches of about ENCODE_BATCH_SAMPLES, because fewer,
+    larger LAME calls cost less overhead."""
+    resampler = _Resampler(fmt, settings.sample_rate, settings.channels)
+    pending: list[tuple[bytes, ...]] = []
+    count = 0
+    fraction = None
+
+    def batch():
+        return tuple(b"".join(plane) for plane in zip(*pending)) if pending else (b"",)
+
+    for frame in _decode(container, stream):
+        for planes, n in resampler.resample(frame):
+            pending.append(planes)
+            count += n
+        if count >= ENCODE_BATCH_SAMPLES:
+            fraction = progress.fraction(frame)
+            yield batch(), count, fraction, False
+            pending, count = [], 0
+    for planes, n in resampler.flush():
+        pending.append(planes)
+        count += n
+    yield batch(), count, fraction, True
 
 
 def _info_params(settings: opts.Mp3Settings, source_rate: int) -> InfoFrameParams:
@@ -375,7 +423,7 @@ def _is_copyable_mp3(stream, options) -> bool:
     return not opts.asks_for_change(options, cc.sample_rate, channels, (cc.bit_rate or 0) // 1000)
 
 
-def _copy_mp3(src, container, stream, dst, tags, progress) -> TranscodeResult:
+def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> TranscodeResult:
     """Write the source's MP3 frames unchanged, under a new ID3 tag and info frame."""
     cc = stream.codec_context
     source_tag = _source_lame_tag(src) if container.format.name == "mp3" else None
@@ -385,15 +433,27 @@ def _copy_mp3(src, container, stream, dst, tags, progress) -> TranscodeResult:
         encoder=source_tag.encoder if source_tag else b"LAME3.100",
     )
     out = Mp3Output(dst, mp3tags.build_id3v2(tags), params)
+    writer = WriteBehind(out.write) if overlap else InlineWriter(out.write)
     first_pts = None
-    for packet in container.demux(stream):
-        if packet.size == 0:
-            continue  # the demuxer's end-of-stream marker
-        if first_pts is None and packet.pts is not None:
-            first_pts = packet.pts
-        out.write(bytes(packet))
-        if packet.pts is not None and packet.duration:
-            progress.frame(packet)
+    batch: list[bytes] = []
+    size = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            if first_pts is None and packet.pts is not None:
+                first_pts = packet.pts
+            batch.append(bytes(packet))
+            size += packet.size
+            if size >= COPY_BATCH_BYTES:  # one write per batch, not per 400-byte frame
+                writer.write(b"".join(batch))
+                batch, size = [], 0
+                progress.frame(packet)
+        writer.write(b"".join(batch))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
 
     scanner = out.scanner
     if scanner.first is None:

@@ -1,0 +1,263 @@
+"""Test media made on the fly with PyAV: no binary fixtures in the repo.
+
+make_media() writes a small video or audio file holding a pure tone (440 Hz by
+default), so a test can check that what comes out of the converter is the same
+tone, as long and at the expected rate. analyse_mp3() decodes a result the way
+a player would (FFmpeg honours the LAME header's delay/padding) and measures it.
+
+Both names and their first arguments are used by other test modules: keep them
+stable.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import os
+from fractions import Fraction
+from typing import Iterable
+
+import av
+import numpy as np
+
+# Which container format FFmpeg should write for a file extension.
+FORMAT_BY_EXT = {
+    ".mp4": "mp4", ".m4a": "ipod", ".mov": "mov", ".mkv": "matroska",
+    ".mka": "matroska", ".webm": "webm", ".avi": "avi", ".flv": "flv",
+    ".ts": "mpegts", ".ogg": "ogg", ".ogv": "ogg", ".opus": "ogg",
+    ".3gp": "3gp", ".wmv": "asf", ".asf": "asf", ".wma": "asf",
+    ".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".aac": "adts",
+    ".ac3": "ac3",
+}
+
+# A cheap video codec per container for the default video_codec="auto".
+AUTO_VIDEO = {
+    "webm": "libvpx", "ogg": "libvpx", "asf": "wmv2", "flv": "flv",
+    "avi": "mpeg4",
+}
+
+# Codecs whose FFmpeg encoders are marked experimental.
+EXPERIMENTAL = {"vorbis", "opus"}
+
+
+def make_media(
+    path: str | os.PathLike,
+    container: str | None = None,
+    video_codec: str | None = "auto",
+    audio_codec: str | None = "aac",
+    duration: float = 3.0,
+    freq: float = 440.0,
+    sample_rate: int = 48000,
+    layout: str = "stereo",
+    n_audio_tracks: int = 1,
+    *,
+    track_freqs: Iterable[float] | None = None,
+    default_track: int | None = None,
+    start_pts: float = 0.0,
+    metadata: dict[str, str] | None = None,
+    faststart: bool = False,
+    sample_fmt: str | None = None,
+    audio_bit_rate: int | None = None,
+    video_size: tuple[int, int] = (64, 48),
+    fps: int = 10,
+    video_options: dict[str, str] | None = None,
+    video_noise: int = 0,
+) -> str:
+    """Write a media file with `n_audio_tracks` tones and maybe a video track.
+
+    container: FFmpeg muxer name; None means from the file extension.
+    video_codec: "h264", "mpeg4", ..., "auto" (a codec the container takes) or
+        None for an audio-only file.
+    audio_codec: FFmpeg encoder name (aac, mp3, libopus, vorbis, ac3, eac3,
+        flac, pcm_s16le, pcm_s24le, pcm_f32le, alac, wmav2, ...) or None for a
+        video without audio.
+    track_freqs: tone of each audio track (default: freq, then 660, 880, ...).
+    default_track: the audio track flagged "default" (None: FFmpeg's choice).
+    start_pts: seconds added to every timestamp (non-zero start).
+    faststart: mp4/mov only; False leaves the moov atom at the end (FFmpeg's
+        default), True moves it to the front.
+    sample_fmt: sample format for the audio encoder (e.g. s32 for flac 24-bit).
+    video_noise: 0..255, random noise in the frames to make the video bigger.
+    """
+    path = os.fspath(path)
+    fmt = container or FORMAT_BY_EXT.get(os.path.splitext(path)[1].lower(), "mp4")
+    freqs = list(track_freqs) if track_freqs is not None else [
+        freq if i == 0 else 440.0 + 220.0 * (i + 1) for i in range(n_audio_tracks)
+    ]
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(path, "w", format=fmt, options=options) as out:
+        out.metadata.update(metadata or {})
+        vstream = _add_video(out, fmt, video_codec, video_size, fps, video_options)
+        astreams = [
+            _add_audio(out, audio_codec, sample_rate, layout, sample_fmt, audio_bit_rate)
+            for _ in range(n_audio_tracks if audio_codec else 0)
+        ]
+        _set_default_track(astreams, default_track)
+        # Open every encoder and write the header first (so even an empty
+        # track gets a file), then interleave the frames by time.
+        out.start_encoding()
+        sources = [_tone_frames(s, f, duration, start_pts) for s, f in zip(astreams, freqs)]
+        if vstream is not None:
+            sources.append(_video_frames(vstream, duration, fps, start_pts, video_noise))
+        for stream, frame in heapq.merge(*sources, key=lambda sf: sf[1].time):
+            out.mux(stream.encode(frame))
+        for stream in [*astreams, vstream]:
+            if stream is not None:
+                out.mux(stream.encode(None))
+    return path
+
+
+def _add_video(out, fmt, codec, size, fps, options):
+    if codec is None:
+        return None
+    if codec == "auto":
+        codec = AUTO_VIDEO.get(fmt, "h264")
+    stream = out.add_stream(codec, rate=fps)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    opts = {"preset": "ultrafast"} if codec in ("h264", "libx264") else {}
+    if codec in ("libvpx", "vp8"):
+        opts = {"deadline": "realtime", "cpu-used": "8"}
+    opts.update(options or {})
+    stream.codec_context.options = opts
+    return stream
+
+
+def _add_audio(out, codec, rate, layout, sample_fmt, bit_rate):
+    stream = out.add_stream(codec, rate=rate)
+    cc = stream.codec_context
+    cc.layout = layout
+    if sample_fmt:
+        cc.format = sample_fmt
+    if bit_rate or codec == "wmav2":
+        cc.bit_rate = bit_rate or 128000  # wmav2 will not open without one
+    if codec in EXPERIMENTAL:
+        cc.options = {"strict": "experimental"}
+    return stream
+
+
+def _set_default_track(streams, default_track):
+    if default_track is None:
+        return
+    for i, stream in enumerate(streams):
+        stream.disposition = (
+            av.stream.Disposition.default if i == default_track else av.stream.Disposition(0)
+        )
+
+
+def tone(freq: float, n: int, rate: int, channels: int, offset: int = 0) -> np.ndarray:
+    """A sine at half scale, the same in every channel, planar float32."""
+    t = (np.arange(n) + offset) / rate
+    mono = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.repeat(mono[None, :], channels, axis=0)
+
+
+def _tone_frames(stream, freq, duration, start_pts):
+    """Yield (stream, frame) of a tone in the encoder's format and frame size."""
+    cc = stream.codec_context  # open by now: frame_size and format are fixed
+    rate, layout = cc.sample_rate, cc.layout.name
+    channels = cc.layout.nb_channels
+    total = int(round(duration * rate))
+    frame_size = cc.frame_size or 1024
+    if total % frame_size and not _takes_small_last_frame(cc.codec):
+        total += frame_size - total % frame_size  # such encoders need whole frames
+    resampler = av.AudioResampler(format=cc.format.name, layout=layout, rate=rate)
+    first = int(round(start_pts * rate))
+    for pos in range(0, total, frame_size):
+        n = min(frame_size, total - pos)
+        frame = av.AudioFrame.from_ndarray(tone(freq, n, rate, channels, pos), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        for converted in resampler.resample(frame):
+            converted.pts, converted.time_base = first + pos, Fraction(1, rate)
+            yield stream, converted
+
+
+def _takes_small_last_frame(codec) -> bool:
+    caps = av.codec.Capabilities
+    return bool(codec.capabilities & (caps.small_last_frame | caps.variable_frame_size))
+
+
+def _video_frames(stream, duration, fps, start_pts, noise):
+    """Yield (stream, frame): a grey picture with a moving bar, or noise."""
+    w, h = stream.width, stream.height
+    rng = np.random.default_rng(1)
+    base = np.full((h, w, 3), 96, np.uint8)
+    for i in range(int(round(duration * fps))):
+        if noise:
+            img = base + rng.integers(0, noise, (h, w, 3), dtype=np.uint8)
+        else:
+            img = base.copy()
+            img[: h // 4, : (i * 7) % w or 1] = 200  # frames differ, as in a real video
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = i + int(round(start_pts * fps))
+        frame.time_base = Fraction(1, fps)
+        yield stream, frame
+
+
+def make_text_file(path: str | os.PathLike, text: str = "not a video\n" * 40) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return os.fspath(path)
+
+
+def make_truncated(src: str | os.PathLike, dst: str | os.PathLike, keep: float = 0.5) -> str:
+    """Copy the first `keep` fraction of a file, like an interrupted upload."""
+    data = open(src, "rb").read()
+    with open(dst, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+    return os.fspath(dst)
+
+
+def _open(path_or_bytes):
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return av.open(io.BytesIO(bytes(path_or_bytes)))
+    return av.open(os.fspath(path_or_bytes))
+
+
+def decode_audio(path_or_bytes, track: int = 0) -> tuple[np.ndarray, int, int]:
+    """Decode one audio track to (mono float64 samples, sample_rate, channels)."""
+    with _open(path_or_bytes) as container:
+        stream = container.streams.audio[track]
+        chunks, rate, channels = [], stream.codec_context.sample_rate, 0
+        for frame in container.decode(stream):
+            arr = frame.to_ndarray().astype(np.float64)
+            if not frame.format.is_planar:
+                arr = arr.reshape(-1, frame.layout.nb_channels).T
+            channels = frame.layout.nb_channels
+            rate = frame.sample_rate
+            chunks.append(arr.mean(axis=0))
+    samples = np.concatenate(chunks) if chunks else np.zeros(0)
+    return samples, rate, channels
+
+
+def dominant_frequency(samples: np.ndarray, rate: int) -> float:
+    if len(samples) == 0:
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate / len(samples))
+
+
+def analyse_mp3(path_or_bytes) -> tuple[float, float, int, int]:
+    """(duration_seconds, dominant_frequency_hz, sample_rate, channels) of an MP3.
+
+    Decoded with PyAV, so the LAME header's encoder delay and padding are
+    applied exactly as FFmpeg-based players apply them.
+    """
+    samples, rate, channels = decode_audio(path_or_bytes)
+    return len(samples) / rate, dominant_frequency(samples, rate), rate, channels
+
+
+def audio_duration(path_or_bytes, track: int = 0) -> float:
+    """Seconds of audio FFmpeg decodes from a source file's track."""
+    samples, rate, _ = decode_audio(path_or_bytes, track)
+    return len(samples) / rate
+
+
+if __name__ == "__main__":
+    # `python -m tests.media demo.mp4`: the README's 5-second demo video
+    # (H.264 + a 440 Hz AAC tone).
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tests.media OUTPUT.mp4")
+    print(make_media(sys.argv[1], video_codec="h264", audio_codec="aac", duration=5.0, freq=440.0))
