@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 # buf and the Node interop client come from npm.
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	# `npm install` (not `npm ci`): npm 11 calls a lock without the other
+	# platforms' optional buf binaries "out of sync"; install still honours the lock.
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Python stubs (grpcio-tools) and the descriptor set Envoy's transcoder reads.

@@ -15,6 +15,7 @@ from common.mongo import Mongo
 from common.queue import Publisher
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
+from gateway.janitor import OrphanChunkJanitor
 from gateway.outbox import Outbox
 from gateway.service import MediaService
 from gateway.uploads import Uploads
@@ -66,9 +67,12 @@ def main() -> None:
     except Exception as e:  # MongoDB down at start: indexes are made on a later start
         log.warning("could not create job indexes now: %s", e)
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
+    janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
+                                 interval_s=cfg.janitor_interval_s).start()
 
     def on_stop():
         outbox.stop()
+        janitor.stop()
         monitor.stop()
 
     grpc_server.run_until_signalled(server, health, grace_seconds=cfg.grace_seconds, on_stop=on_stop)

@@ -20,6 +20,8 @@ class GatewayConfig:
     max_workers: int
     republish_interval_s: float
     grace_seconds: float
+    orphan_chunk_age_s: float
+    janitor_interval_s: float
 
     @classmethod
     def from_env(cls) -> "GatewayConfig":
@@ -34,6 +36,10 @@ class GatewayConfig:
             max_workers=env_int("MEDIA_MAX_WORKERS", 32),
             republish_interval_s=env_float("REPUBLISH_INTERVAL_S", 5.0),
             grace_seconds=env_float("GRACE_SECONDS", 10.0),
+            # Chunks of an upload with no files document and nothing written
+            # for this long are removed (a gateway killed mid-upload).
+            orphan_chunk_age_s=env_float("ORPHAN_CHUNK_AGE_S", 3600.0),
+            janitor_interval_s=env_float("JANITOR_INTERVAL_S", 300.0),
         )
         if cfg.secret_key == DEV_SECRET_KEY:
             logging.getLogger(__name__).warning("SECRET_KEY not set; using the development default")

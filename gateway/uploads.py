@@ -3,7 +3,9 @@ the job and publish it.
 
 Nothing is half-kept: any failure before the job is recorded (bad options,
 empty body, size limit, client cancel, storage error) aborts the GridFS upload,
-which deletes its chunks. Memory holds one chunk at a time.
+which deletes its chunks; chunks a killed gateway could not delete are removed
+later by gateway/janitor.py. Memory holds one GridFS chunk at a time
+(gateway/gridfs_upload.py).
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ import pymongo.errors
 from bson import ObjectId
 
 from common import jobs
-from common.mongo import Mongo
+from common.mongo import VIDEOS_BUCKET, Mongo
 from common.queue import PublishError, Publisher
 from common.tokens import Caller
 from gateway import validation
+from gateway.gridfs_upload import ChunkedUpload
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,8 @@ class Uploads:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
         try:
-            stream = self.mongo.videos.open_upload_stream(
-                filename,
+            stream = ChunkedUpload(
+                self.mongo.db, VIDEOS_BUCKET, filename,
                 metadata={"user_id": caller.user_id,
                           "content_type": first.body.content_type or "application/octet-stream"},
             )
@@ -94,7 +97,7 @@ class Uploads:
                 if data:
                     stream.write(data)
                 msg = next(requests, None)
-            if not context.is_active():
+            if _reset_after_end(context):
                 raise _Reject(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
             if size == 0:
                 raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "the upload is empty: send the video's bytes")
@@ -139,6 +142,22 @@ class Uploads:
             self.mongo.videos.delete(fid)
         except Exception as e:
             log.warning("could not delete video %s: %s", fid, e)
+
+
+# grpcio's sync server ends the request iterator normally when the stream is
+# *reset* (a gRPC client cancelling, or Envoy when a REST client disconnects
+# mid-body), and marks the RPC cancelled a moment later, when it has handled
+# the reset's second event: measured here at about 0.1 ms, this waits up to
+# 1000 times that before a stream end is taken for the client's own.
+END_OF_STREAM_SETTLE_S = 0.1
+
+
+def _reset_after_end(context) -> bool:
+    """True if the stream that just ended was in fact reset by the client."""
+    ended = threading.Event()
+    if not context.add_callback(ended.set):  # the RPC has terminated already
+        return True
+    return ended.wait(END_OF_STREAM_SETTLE_S) or not context.is_active()
 
 
 class _Reject(Exception):

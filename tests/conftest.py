@@ -51,15 +51,14 @@ services' LOG_LEVEL.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from mesh.processes import Child, free_port, wait_for_mongo
+from mesh import testbed
+from mesh.processes import Child
 from mesh.stack import SERVICES, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,12 +76,7 @@ def mysql_server() -> dict:
     Fails, never skips, when it does not answer."""
     import pymysql
 
-    cfg = dict(
-        host=os.environ.get("MYSQL_HOST") or "127.0.0.1",
-        port=int(os.environ.get("MYSQL_PORT") or 3306),
-        user=os.environ.get("MYSQL_USER") or "root",
-        password=os.environ.get("MYSQL_PASSWORD", ""),
-    )
+    cfg = testbed.mysql_settings()
     try:
         conn = pymysql.connect(**cfg, connect_timeout=5)
         conn.close()
@@ -99,62 +93,20 @@ def mysql_server() -> dict:
 @pytest.fixture(scope="session")
 def mysql_db(mysql_server) -> Iterator[dict]:
     """A database of our own for this run, dropped at the end. Yields MYSQL_* env vars."""
-    import pymysql
-
     name = f"v2m_test_{_hex()}"
-    conn = pymysql.connect(**mysql_server, connect_timeout=5, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    finally:
-        conn.close()
-    yield {
-        "MYSQL_HOST": mysql_server["host"],
-        "MYSQL_PORT": str(mysql_server["port"]),
-        "MYSQL_USER": mysql_server["user"],
-        "MYSQL_PASSWORD": mysql_server["password"],
-        "MYSQL_DB": name,
-    }
-    with contextlib.suppress(pymysql.MySQLError):
-        conn = pymysql.connect(**mysql_server, connect_timeout=5, autocommit=True)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            conn.close()
+    yield testbed.create_mysql_db(mysql_server, name)
+    testbed.drop_mysql_db(mysql_server, name)
 
 
 # ------------------------------------------------------------------ RabbitMQ
-
-def _rabbit_params(env: dict):
-    import pika
-
-    return pika.ConnectionParameters(
-        host=env["RABBITMQ_HOST"],
-        port=int(env["RABBITMQ_PORT"]),
-        virtual_host=env["RABBITMQ_VHOST"],
-        credentials=pika.PlainCredentials(env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]),
-        connection_attempts=1,
-        socket_timeout=5,
-        blocked_connection_timeout=5,
-    )
-
 
 @pytest.fixture(scope="session")
 def rabbitmq_server() -> dict:
     """RabbitMQ as configured (default 127.0.0.1:5672 guest/guest, vhost /).
     Fails, never skips, when it does not answer. Yields RABBITMQ_* env vars."""
-    import pika
-
-    env = {
-        "RABBITMQ_HOST": os.environ.get("RABBITMQ_HOST") or "127.0.0.1",
-        "RABBITMQ_PORT": os.environ.get("RABBITMQ_PORT") or "5672",
-        "RABBITMQ_USER": os.environ.get("RABBITMQ_USER") or "guest",
-        "RABBITMQ_PASSWORD": os.environ.get("RABBITMQ_PASSWORD", "guest"),
-        "RABBITMQ_VHOST": os.environ.get("RABBITMQ_VHOST") or "/",
-    }
+    env = testbed.rabbit_env()
     try:
-        pika.BlockingConnection(_rabbit_params(env)).close()
+        testbed.check_rabbit(env)
     except Exception as e:  # noqa: BLE001 - pika raises many kinds
         pytest.fail(
             f"RabbitMQ is not usable at {env['RABBITMQ_HOST']}:{env['RABBITMQ_PORT']} as "
@@ -166,41 +118,17 @@ def rabbitmq_server() -> dict:
 
 
 # Names a service may derive from the main queue (dead-lettering, retries).
-QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay")
+QUEUE_COMPANIONS = testbed.QUEUE_COMPANIONS
+# Delete queue `name` and its companions, ignoring missing ones.
+delete_queues = testbed.delete_queues
 
 
 @pytest.fixture(scope="session")
 def queue_name(rabbitmq_server) -> Iterator[str]:
     """A queue name of our own for this run; it and its companions are deleted at the end."""
-    import pika
-
     name = f"video_test_{_hex()}"
     yield name
     delete_queues(rabbitmq_server, name)
-
-
-def delete_queues(rabbit_env: dict, name: str) -> None:
-    """Delete queue `name` and its companions (QUEUE_COMPANIONS), ignoring missing ones."""
-    import pika
-
-    try:
-        conn = pika.BlockingConnection(_rabbit_params(rabbit_env))
-    except Exception:  # noqa: BLE001
-        return
-    try:
-        for suffix in QUEUE_COMPANIONS:
-            # A failed delete closes the channel, so one channel per attempt.
-            for kind in ("queue", "exchange"):
-                with contextlib.suppress(Exception):
-                    ch = conn.channel()
-                    if kind == "queue":
-                        ch.queue_delete(name + suffix)
-                    elif suffix:  # never an exchange named exactly like the queue
-                        ch.exchange_delete(name + suffix)
-                    ch.close()
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
 
 
 # ------------------------------------------------------------------ SecantusDB
@@ -218,44 +146,28 @@ class MongoURI(str):
         self.host, self.port, self.db, self.child = host, port, db, child
         return self
 
-    @staticmethod
-    def build(host: str, port: int, db: str) -> str:
-        # directConnection: SecantusDB advertises itself as a replica-set member
-        # at its real address; without this pymongo would switch to that address
-        # and bypass a proxy placed in front of it.
-        return f"mongodb://{host}:{port}/{db}?directConnection=true"
+    # mongodb://host:port/db?directConnection=true (see mesh/testbed.py)
+    build = staticmethod(testbed.mongo_uri)
 
     def via(self, host: str, port: int) -> str:
         """The same database reached through host:port (a TcpProxy)."""
         return self.build(host, port, self.db)
 
 
-def _secantusd() -> str:
-    exe = Path(sys.executable).parent / "secantusd-py"
-    return str(exe) if exe.exists() else "secantusd-py"
-
-
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory) -> Iterator[MongoURI]:
     """An in-memory SecantusDB for this run. Yields its URI (with a unique db name)."""
-    port = free_port()
     log_dir = tmp_path_factory.mktemp("mongo")
-    child = Child(
-        "mongo",
-        [_secantusd(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
-         "--log-level", "WARNING", "--cache-size", "256M"],
-        cwd=log_dir, log_path=log_dir / "mongo.log",
-    ).start()
-    uri = MongoURI("127.0.0.1", port, f"v2m_test_{_hex()}", child)
     try:
-        wait_for_mongo(uri, timeout=60, child=child)
+        child, port = testbed.start_mongo(log_dir)
         why = None
     except Exception as e:  # noqa: BLE001 - ChildDied, TimeoutError
         why = str(e).splitlines()[0]
     if why:
-        child.stop(5)
-        pytest.fail(f"SecantusDB did not start: {why}\n{child.log_tail()}", pytrace=False)
-    yield uri
+        tail = (log_dir / "mongo.log").read_text(errors="replace")[-4000:] \
+            if (log_dir / "mongo.log").exists() else ""
+        pytest.fail(f"SecantusDB did not start: {why}\n{tail}", pytrace=False)
+    yield MongoURI("127.0.0.1", port, f"v2m_test_{_hex()}", child)
     child.stop(15)
 
 
@@ -264,37 +176,12 @@ def mongo_server(tmp_path_factory) -> Iterator[MongoURI]:
 @pytest.fixture(scope="session")
 def mesh_env(mysql_db, rabbitmq_server, mongo_server, queue_name) -> dict:
     """Everything the services need, pointing at this run's databases and queue."""
-    auth_port, media_port = free_port(), free_port()
-    env = dict(os.environ)
-    # Never let a developer's MONGO_URI etc. leak in: ours are set below.
-    env.update(mysql_db)
-    env.update(rabbitmq_server)
-    env.update(
-        MONGO_URI=str(mongo_server),
-        QUEUE_NAME=queue_name,
-        SECRET_KEY=f"test-secret-{uuid.uuid4().hex}",
-        AUTH_PORT=str(auth_port),
-        MEDIA_PORT=str(media_port),
-        AUTH_ADDR=f"127.0.0.1:{auth_port}",
-        ENVOY_PORT=str(free_port()),
-        ENVOY_ADMIN_PORT=str(free_port()),
-        CONVERTER_WORKERS="1",
-        GRACE_SECONDS="5",
-        LOG_LEVEL=os.environ.get("TEST_LOG_LEVEL") or "INFO",
-    )
-    return env
+    # Never let a developer's MONGO_URI etc. leak in: ours replace them.
+    return testbed.mesh_env(mysql=mysql_db, rabbit=rabbitmq_server, mongo_uri=str(mongo_server),
+                            queue=queue_name)
 
 
-def _fresh_ports(env: dict) -> dict:
-    auth_port = free_port()
-    return dict(
-        env,
-        AUTH_PORT=str(auth_port),
-        AUTH_ADDR=f"127.0.0.1:{auth_port}",
-        MEDIA_PORT=str(free_port()),
-        ENVOY_PORT=str(free_port()),
-        ENVOY_ADMIN_PORT=str(free_port()),
-    )
+_fresh_ports = testbed.fresh_ports
 
 
 # Stacks alive right now, so a failed test's report can show their logs.

@@ -1,0 +1,253 @@
+"""Throw-away dependencies for a mesh: what the tests and `make soak` share.
+
+The machine's MariaDB and RabbitMQ are used, never started or stopped: each
+run gets its own MySQL database and queue name, removed afterwards. MongoDB
+is an in-memory SecantusDB started here on a free port.
+
+    with Testbed(log_dir) as bed:           # SecantusDB up, database created, queue named
+        env = bed.service_env()              # everything a Stack needs, fresh ports
+        with Stack(env, log_dir=log_dir) as stack:
+            ...
+
+tests/conftest.py builds its session fixtures from the same functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Mapping
+
+from mesh.processes import Child, free_port, wait_for_mongo
+
+# Names a service may derive from the main queue (dead-lettering, retries).
+QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay")
+
+
+def hex_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# ------------------------------------------------------------------ MySQL
+
+def mysql_settings(environ: Mapping[str, str] = os.environ) -> dict:
+    """pymysql.connect() arguments from MYSQL_* (default 127.0.0.1:3306 root, no password)."""
+    return dict(
+        host=environ.get("MYSQL_HOST") or "127.0.0.1",
+        port=int(environ.get("MYSQL_PORT") or 3306),
+        user=environ.get("MYSQL_USER") or "root",
+        password=environ.get("MYSQL_PASSWORD", ""),
+    )
+
+
+def create_mysql_db(server: dict, name: str) -> dict:
+    """Create database `name`; return the MYSQL_* env vars that point at it."""
+    import pymysql
+
+    conn = pymysql.connect(**server, connect_timeout=5, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    finally:
+        conn.close()
+    return {
+        "MYSQL_HOST": server["host"],
+        "MYSQL_PORT": str(server["port"]),
+        "MYSQL_USER": server["user"],
+        "MYSQL_PASSWORD": server["password"],
+        "MYSQL_DB": name,
+    }
+
+
+def drop_mysql_db(server: dict, name: str) -> None:
+    import pymysql
+
+    with contextlib.suppress(pymysql.MySQLError):
+        conn = pymysql.connect(**server, connect_timeout=5, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
+
+
+# ---------------------------------------------------------------- RabbitMQ
+
+def rabbit_env(environ: Mapping[str, str] = os.environ) -> dict:
+    """RABBITMQ_* env vars (default 127.0.0.1:5672 guest/guest, vhost /)."""
+    return {
+        "RABBITMQ_HOST": environ.get("RABBITMQ_HOST") or "127.0.0.1",
+        "RABBITMQ_PORT": environ.get("RABBITMQ_PORT") or "5672",
+        "RABBITMQ_USER": environ.get("RABBITMQ_USER") or "guest",
+        "RABBITMQ_PASSWORD": environ.get("RABBITMQ_PASSWORD", "guest"),
+        "RABBITMQ_VHOST": environ.get("RABBITMQ_VHOST") or "/",
+    }
+
+
+def rabbit_params(env: Mapping[str, str]):
+    import pika
+
+    return pika.ConnectionParameters(
+        host=env["RABBITMQ_HOST"],
+        port=int(env["RABBITMQ_PORT"]),
+        virtual_host=env["RABBITMQ_VHOST"],
+        credentials=pika.PlainCredentials(env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]),
+        connection_attempts=1,
+        socket_timeout=5,
+        blocked_connection_timeout=5,
+    )
+
+
+def check_rabbit(env: Mapping[str, str]) -> None:
+    """Raises if RabbitMQ does not accept a connection."""
+    import pika
+
+    pika.BlockingConnection(rabbit_params(env)).close()
+
+
+def delete_queues(env: Mapping[str, str], name: str) -> None:
+    """Delete queue `name` and its companions (QUEUE_COMPANIONS), ignoring missing ones."""
+    import pika
+
+    try:
+        conn = pika.BlockingConnection(rabbit_params(env))
+    except Exception:  # noqa: BLE001 - pika raises many kinds
+        return
+    try:
+        for suffix in QUEUE_COMPANIONS:
+            # A failed delete closes the channel, so one channel per attempt.
+            for kind in ("queue", "exchange"):
+                with contextlib.suppress(Exception):
+                    ch = conn.channel()
+                    if kind == "queue":
+                        ch.queue_delete(name + suffix)
+                    elif suffix:  # never an exchange named exactly like the queue
+                        ch.exchange_delete(name + suffix)
+                    ch.close()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+# -------------------------------------------------------------- SecantusDB
+
+def mongo_uri(host: str, port: int, db: str) -> str:
+    # directConnection: SecantusDB advertises itself as a replica-set member at
+    # its real address; without this pymongo would switch to that address and
+    # bypass a proxy placed in front of it.
+    return f"mongodb://{host}:{port}/{db}?directConnection=true"
+
+
+def secantusd() -> str:
+    exe = Path(sys.executable).parent / "secantusd-py"
+    return str(exe) if exe.exists() else "secantusd-py"
+
+
+# In memory, the cache holds every byte stored: room for a whole test session.
+def start_mongo(log_dir: str | os.PathLike, *, cache_size: str = "2G",
+                timeout: float = 60) -> tuple[Child, int]:
+    """An in-memory SecantusDB on a free port, waited for. Returns (child, port);
+    raises (after stopping it) if it does not come up."""
+    port = free_port()
+    log_dir = Path(log_dir)
+    child = Child(
+        "mongo",
+        [secantusd(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
+         "--log-level", "WARNING", "--cache-size", cache_size],
+        cwd=log_dir, log_path=log_dir / "mongo.log",
+    ).start()
+    try:
+        wait_for_mongo(mongo_uri("127.0.0.1", port, "admin"), timeout=timeout, child=child)
+    except BaseException:
+        child.stop(5)
+        raise
+    return child, port
+
+
+# --------------------------------------------------------------- the mesh
+
+def fresh_ports(env: Mapping[str, str]) -> dict:
+    """`env` with new free ports for auth, gateway and Envoy."""
+    auth_port = free_port()
+    return dict(
+        env,
+        AUTH_PORT=str(auth_port),
+        AUTH_ADDR=f"127.0.0.1:{auth_port}",
+        MEDIA_PORT=str(free_port()),
+        ENVOY_PORT=str(free_port()),
+        ENVOY_ADMIN_PORT=str(free_port()),
+    )
+
+
+def mesh_env(*, mysql: Mapping[str, str], rabbit: Mapping[str, str], mongo_uri: str, queue: str,
+             base: Mapping[str, str] = os.environ, **overrides) -> dict:
+    """Everything the services need, on fresh ports: `base` (the caller's
+    environment) with MySQL, RabbitMQ, MongoDB and the queue replaced."""
+    env = dict(base)
+    env.update(mysql)
+    env.update(rabbit)
+    env.update(
+        MONGO_URI=mongo_uri,
+        QUEUE_NAME=queue,
+        SECRET_KEY=f"test-secret-{uuid.uuid4().hex}",
+        CONVERTER_WORKERS="1",
+        GRACE_SECONDS="5",
+        LOG_LEVEL=base.get("TEST_LOG_LEVEL") or "INFO",
+    )
+    env = fresh_ports(env)
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+class Testbed:
+    """A SecantusDB, a MySQL database and a queue name of our own (see the module doc)."""
+
+    def __init__(self, log_dir: str | os.PathLike, environ: Mapping[str, str] = os.environ):
+        self.log_dir = Path(log_dir)
+        self.environ = dict(environ)
+        self.mysql_server = mysql_settings(environ)
+        self.rabbit = rabbit_env(environ)
+        self.queue = f"video_bed_{hex_id()}"
+        self.db_name = f"v2m_bed_{hex_id()}"
+        self.mysql: dict = {}
+        self.mongo: Child | None = None
+        self.mongo_port = 0
+
+    def start(self) -> "Testbed":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        check_rabbit(self.rabbit)
+        self.mysql = create_mysql_db(self.mysql_server, self.db_name)
+        try:
+            self.mongo, self.mongo_port = start_mongo(self.log_dir)
+        except BaseException:
+            drop_mysql_db(self.mysql_server, self.db_name)
+            raise
+        return self
+
+    def mongo_uri(self, port: int | None = None, db: str | None = None) -> str:
+        """The URI of our database, optionally through another port (a proxy)."""
+        return mongo_uri("127.0.0.1", port or self.mongo_port, db or self.db_name)
+
+    def service_env(self, *, mongo_port: int | None = None, rabbit_port: int | None = None,
+                    **overrides) -> dict:
+        """The services' environment; `mongo_port` / `rabbit_port` route them through proxies."""
+        rabbit = dict(self.rabbit)
+        if rabbit_port:
+            rabbit["RABBITMQ_PORT"] = str(rabbit_port)
+        return mesh_env(mysql=self.mysql, rabbit=rabbit, mongo_uri=self.mongo_uri(mongo_port),
+                        queue=self.queue, base=self.environ, **overrides)
+
+    def close(self) -> None:
+        delete_queues(self.rabbit, self.queue)
+        if self.mysql:
+            drop_mysql_db(self.mysql_server, self.db_name)
+        if self.mongo is not None:
+            self.mongo.stop(15)
+
+    def __enter__(self) -> "Testbed":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

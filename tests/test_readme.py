@@ -1,0 +1,80 @@
+"""The README's sessions work as written.
+
+The shell blocks of "A REST session (curl)" and "A gRPC session (grpcurl)"
+are run with bash, in that order, in one empty directory laid out like the
+repository's root (`.venv` and `tests` linked in), against the test mesh:
+the only change made to them is `localhost:8000` -> the mesh's Envoy, and
+`set -euo pipefail` in front, so a command that fails stops the session.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.media import analyse_mp3
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+SESSIONS = ("A REST session (curl)", "A gRPC session (grpcurl)")
+
+
+def shell_blocks(section: str) -> list[str]:
+    """The ```sh blocks under the `## <section>` heading."""
+    text = README.read_text(encoding="utf-8")
+    m = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert m, f"README has no section '## {section}'"
+    blocks = re.findall(r"^```sh\n(.*?)^```", m.group(1), re.M | re.S)
+    assert blocks, f"README section '{section}' has no ```sh block"
+    return blocks
+
+
+def run_session(section: str, envoy_addr: str, cwd: Path) -> str:
+    script = "\n".join(shell_blocks(section))
+    assert "localhost:8000" in script
+    script = "set -euo pipefail\n" + script.replace("localhost:8000", envoy_addr)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, (f"README session '{section}' failed ({r.returncode})\n"
+                               f"--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+@pytest.fixture
+def repo_like_dir(tmp_path) -> Path:
+    for name in (".venv", "tests"):
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
+    return tmp_path
+
+
+def test_readme_sessions_run_as_written(mesh, repo_like_dir):
+    rest = run_session(SESSIONS[0], mesh.envoy_addr, repo_like_dir)
+    assert '"email":"ada@example.com"' in rest            # sign up and GET /v1/me
+    assert '"state":"JOB_STATE_DONE"' in rest             # the job, after the wait
+    assert '"filename":"demo.mp4"' in rest                # GET /v1/jobs
+    assert '"status":"healthy"' in rest                   # GET /health
+    duration, freq, _, _ = analyse_mp3(repo_like_dir / "demo.mp3")
+    assert abs(duration - 5.0) < 0.1 and abs(freq - 440) < 5
+
+    grpc_out = run_session(SESSIONS[1], mesh.envoy_addr, repo_like_dir)
+    for service in ("video2mp3.auth.v1.AuthService", "video2mp3.media.v1.MediaService",
+                    "grpc.health.v1.Health"):
+        assert service in grpc_out                          # `list` through Envoy
+    assert '"email": "bob@example.com"' in grpc_out         # GetMe
+    assert '"state": "JOB_STATE_DONE"' in grpc_out          # GetJob, after the wait
+    assert '"status": "SERVING"' in grpc_out                # health
+
+
+def test_readme_error_example_is_what_rest_answers(mesh):
+    text = README.read_text(encoding="utf-8")
+    m = re.search(r"a wrong\s+password is `(\d{3}) (\{.*?\})`", text)
+    assert m, "README no longer shows the wrong-password example"
+    status, body = int(m.group(1)), m.group(2)
+    r = requests.post(f"{mesh.rest_base_url}/v1/login",
+                      json={"email": "nobody@example.com", "password": "wrong password"}, timeout=20)
+    assert (r.status_code, r.text) == (status, body)
