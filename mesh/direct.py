@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from bson import ObjectId
 from video2mp3.media.v1 import media_pb2
 
 from common import jobs
@@ -20,15 +21,20 @@ class DirectSubmitter:
         self.publisher = Publisher(RabbitSettings.from_env(env))
         self.jobs = jobs.JobStore(self.mongo.jobs)
 
-    def submit(self, path, user_id: str = "bench", options: media_pb2.ConversionOptions | None = None,
-               filename: str | None = None) -> str:
-        """Store the file in GridFS, record a QUEUED job and publish it. Returns the job id."""
-        filename = filename or os.path.basename(path)
+    def store(self, path, user_id: str = "bench") -> ObjectId:
+        """Store a video in GridFS; returns its id."""
         with open(path, "rb") as f:
-            fid = self.mongo.videos.upload_from_stream(filename, f, metadata={"user_id": user_id})
+            return self.mongo.videos.upload_from_stream(os.path.basename(path), f,
+                                                        metadata={"user_id": user_id})
+
+    def submit(self, path, user_id: str = "bench", options: media_pb2.ConversionOptions | None = None,
+               video_fid: ObjectId | None = None) -> str:
+        """Record a QUEUED job for the video at `path` and publish it; the video is
+        stored first unless `video_fid` says where it already is. Returns the job id."""
+        fid = video_fid or self.store(path, user_id)
         doc = self.jobs.create(
             job_id=jobs.new_job_id(), user_id=user_id, user_email=f"{user_id}@example.com",
-            filename=filename, video_fid=fid, video_size=os.path.getsize(path),
+            filename=os.path.basename(path), video_fid=fid, video_size=os.path.getsize(path),
             options=options or media_pb2.ConversionOptions(bitrate_kbps=192, channels=2))
         self.publisher.publish(jobs.task_for(doc))
         self.jobs.mark_published(doc["_id"])
