@@ -7,9 +7,11 @@ looping forever. Messages go through the default exchange, as in the seed.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import threading
+from queue import SimpleQueue
 
 import pika
 import pika.exceptions
@@ -78,18 +80,44 @@ def decode_task(body: bytes) -> queue_pb2.ConversionTask:
 
 
 class Publisher:
-    """Publishes persistent task messages with publisher confirms.
+    """Publishes persistent task messages with publisher confirms, within a deadline.
 
-    pika's BlockingConnection is not thread-safe, and gRPC handlers run on many
-    threads, so one lock serialises publishes over one connection, reopened on
-    demand after any failure.
+    pika's BlockingConnection is not thread-safe and cannot time out a publish
+    whose confirm never comes (a broker that accepts bytes and never answers),
+    so one daemon thread owns the connection and does every publish and check,
+    and callers (gRPC handlers, the outbox, the health monitor) wait for its
+    answer at most RABBITMQ_TIMEOUT_S. A caller that gives up gets PublishError;
+    the job stays unpublished for the outbox, and if the late publish does go
+    through after all, the converter acks the duplicate task.
     """
 
     def __init__(self, settings: RabbitSettings):
         self.s = settings
-        self._lock = threading.Lock()
         self._conn: pika.BlockingConnection | None = None
         self._channel = None
+        self._calls: SimpleQueue = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="amqp-publisher", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, future = self._calls.get()
+            if fn is None:
+                return
+            if future.set_running_or_notify_cancel():  # False: its caller gave up already
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # handed to the caller
+                    future.set_exception(e)
+
+    def _call(self, fn, what: str):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((fn, future))
+        try:
+            return future.result(timeout=self.s.timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise PublishError(f"RabbitMQ did not {what} within {self.s.timeout_s:g}s") from None
 
     def _open(self):
         self._conn = pika.BlockingConnection(connection_parameters(self.s))
@@ -107,13 +135,16 @@ class Publisher:
                 pass
 
     def publish(self, task: queue_pb2.ConversionTask) -> None:
+        """Returns once RabbitMQ confirmed the message; raises PublishError if
+        it is unreachable, refuses it or does not confirm within the deadline."""
         body = encode_task(task)
         props = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type="application/json",
             message_id=task.job_id,
         )
-        with self._lock:
+
+        def publish():
             # One retry on a fresh connection: an idle connection may have been
             # dropped by the broker since the last publish.
             for attempt in (1, 2):
@@ -128,9 +159,11 @@ class Publisher:
                     if attempt == 2:
                         raise PublishError(f"RabbitMQ did not accept the job: {e!r}") from None
 
+        self._call(publish, "confirm the job")
+
     def check(self) -> None:
         """Raises PublishError if RabbitMQ cannot be reached now."""
-        with self._lock:
+        def check():
             try:
                 if self._channel is None or self._conn.is_closed:
                     self._open()
@@ -139,6 +172,12 @@ class Publisher:
                 self._drop()
                 raise PublishError(f"{e!r}") from None
 
+        self._call(check, "answer")
+
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        """Closes the connection (if the publisher thread is free to) and ends the thread."""
+        try:
+            self._call(self._drop, "close the connection")
+        except PublishError:
+            pass  # stuck on a hung broker: the daemon thread dies with the process
+        self._calls.put((None, None))

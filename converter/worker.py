@@ -4,8 +4,12 @@ The conversion runs on a thread while the connection's own thread keeps
 servicing heartbeats; the ack is handed back with add_callback_threadsafe
 (pika's documented pattern for long work), and only after the MP3 is stored
 and the job updated. A message is acked once its job is final (DONE/FAILED),
-requeued only when we are shutting down, and retried in place (unacked, so no
-delivery is spent) while MongoDB is unreachable.
+retried in place (unacked, so no delivery is spent) while MongoDB is
+unreachable, and handed back when we are shutting down: a fresh copy is
+queued and the delivery acked, because a requeued message counts against the
+queue's delivery limit, and a job caught by a few restarts in a row must not
+be dead-lettered as if it had crashed its worker. Only an unexpected error
+requeues (and counts).
 
 Exactly one MP3 per job: each attempt takes a lease on the job and writes a
 new GridFS id that is recorded on the job *before* writing; the next attempt
@@ -40,18 +44,15 @@ from converter.transcode import ConversionError, transcode
 
 log = logging.getLogger(__name__)
 
-ACK, REQUEUE = "ack", "requeue"
+ACK, REQUEUE, HAND_BACK = "ack", "requeue", "hand back"
 PR_SET_PDEATHSIG = 1
 PROGRESS_EVERY_S = 0.5
-# A worker that has not renewed its claim on a job for this long is presumed
-# dead and another delivery of the job may take it over.
-LEASE_S = 15.0
 CRASHED_REASON = (f"the converter stopped unexpectedly on this file {MAX_DELIVERIES} times; "
                   "it may be corrupt or unsupported")
 
 
 class Cancelled(Exception):
-    """Shutdown deadline reached mid-conversion: requeue the message."""
+    """Shutdown deadline reached mid-conversion: hand the task back."""
 
 
 class LostLease(Exception):
@@ -109,29 +110,58 @@ class Worker:
     def _busy(self) -> bool:
         return self._inflight is not None and self._inflight.is_alive()
 
-    def _on_message(self, conn, ch, method, _props, body) -> None:
+    def _on_message(self, conn, ch, method, props, body) -> None:
         def work():
             outcome = self.process(body)
-            conn.add_callback_threadsafe(functools.partial(self._settle, ch, method.delivery_tag, outcome))
+            try:
+                conn.add_callback_threadsafe(
+                    functools.partial(self._settle, conn, ch, method.delivery_tag, props, body, outcome))
+            except pika.exceptions.ConnectionWrongStateError:
+                # The connection it came on was lost meanwhile: the broker has
+                # requeued the task, and the job's state makes the redelivery harmless.
+                log.info("connection gone before the task could be settled (%s); it is redelivered", outcome)
 
         self._inflight = threading.Thread(target=work, name="convert", daemon=True)
         self._inflight.start()
 
-    @staticmethod
-    def _settle(ch, delivery_tag, outcome) -> None:
+    def _settle(self, conn, ch, delivery_tag, props, body, outcome) -> None:
         if not ch.is_open:
             return  # the broker redelivers it; the job state makes that harmless
+        if outcome == HAND_BACK and self._queue_copy(conn, props, body):
+            outcome = ACK
         if outcome == ACK:
             ch.basic_ack(delivery_tag)
         else:
             ch.basic_nack(delivery_tag, requeue=True)
 
+    def _queue_copy(self, conn, props, body) -> bool:
+        """Publish (confirmed) a fresh copy of a task we hand back at shutdown.
+        If we die before acking the original, the job sees a duplicate: harmless."""
+        # The broker counts deliveries itself; the header it added is not carried over.
+        headers = {k: v for k, v in (props.headers or {}).items() if k != "x-delivery-count"}
+        copy = pika.BasicProperties(delivery_mode=props.delivery_mode, content_type=props.content_type,
+                                    message_id=props.message_id, headers=headers or None)
+        try:
+            pub = conn.channel()
+            pub.confirm_delivery()
+            pub.basic_publish("", self.cfg.rabbit.queue, body, copy, mandatory=True)
+            pub.close()
+            return True
+        except pika.exceptions.AMQPError as e:
+            log.warning("could not queue a copy of the task (%r); requeueing it instead", e)
+            return False
+
     def _on_dead(self, ch, method, _props, body) -> None:
-        """A message dead-lettered after MAX_DELIVERIES: its job ends FAILED."""
+        """A message dead-lettered after MAX_DELIVERIES: its job ends FAILED, and
+        the MP3s its crashed attempts half-wrote are deleted (no later attempt
+        will come to do it)."""
         try:
             job_id = decode_task(body).job_id
             if self.jobs.finish_failed(job_id, CRASHED_REASON):
                 log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
+            job = self.jobs.get(job_id)
+            if job is not None and job["state"] == jobs.FAILED:
+                self._delete_leftovers(job_id, job.get("pending_mp3_fids") or [])
         except ValueError as e:
             log.error("dropping unreadable dead-lettered message: %s", e)
         except pymongo.errors.PyMongoError as e:
@@ -143,7 +173,7 @@ class Worker:
     # --- conversion side (worker thread) ------------------------------------
 
     def process(self, body: bytes) -> str:
-        """Converts one task message; returns ACK or REQUEUE. Never raises."""
+        """Converts one task message; returns ACK, REQUEUE or HAND_BACK. Never raises."""
         try:
             task = decode_task(body)
         except ValueError as e:
@@ -153,12 +183,12 @@ class Worker:
             try:
                 return self._convert(task.job_id)
             except Cancelled:
-                log.info("job %s interrupted by shutdown; requeued", task.job_id)
-                return REQUEUE
+                log.info("job %s interrupted by shutdown; handed back", task.job_id)
+                return HAND_BACK
             except pymongo.errors.PyMongoError as e:
                 log.warning("job %s: storage unavailable (%s); retrying", task.job_id, e)
                 if self.stopping.wait(self.cfg.retry_delay_s):
-                    return REQUEUE
+                    return HAND_BACK
             except Exception:
                 # A bug or a decoder crash we did not foresee: requeue, and let
                 # the queue's delivery limit dead-letter a file that keeps doing it.
@@ -175,13 +205,13 @@ class Worker:
             if job["state"] in jobs.FINAL_STATES:
                 log.info("job %s already %s; duplicate task acked", job_id, job["state"])
                 return ACK
-            before = self.jobs.start_attempt(job_id, mp3_fid, LEASE_S)
+            before = self.jobs.start_attempt(job_id, mp3_fid, self.cfg.lease_s)
             if before is not None:
                 break
             # Another worker holds a live lease on it (a duplicate delivery):
             # wait until it finishes, or until its lease runs out because it died.
             if self.stopping.wait(1.0):
-                return REQUEUE
+                return HAND_BACK
         self._delete_leftovers(job_id, [f for f in before.get("pending_mp3_fids") or [] if f != mp3_fid])
         log.info("job %s: converting %s (attempt %d)", job_id, before["filename"], before["attempts"] + 1)
         options = json_format.ParseDict(before.get("options", {}), media_pb2.ConversionOptions())
@@ -189,7 +219,8 @@ class Worker:
         try:
             with self.mongo.videos.open_download_stream(_oid(before["video_fid"])) as src:
                 result = transcode(src, dst, options, filename=before["filename"],
-                                   on_progress=self._progress_writer(job_id, mp3_fid))
+                                   on_progress=self._progress_writer(job_id, mp3_fid),
+                                   overlap=self.cfg.overlap)
             dst.close()
         except ConversionError as e:
             self._discard(job_id, mp3_fid)
@@ -246,7 +277,7 @@ class Worker:
             last["at"] = now
             percent = max(0, min(99, int(fraction * 100)))
             try:
-                still_ours = self.jobs.renew(job_id, mp3_fid, percent, LEASE_S)
+                still_ours = self.jobs.renew(job_id, mp3_fid, percent, self.cfg.lease_s)
             except pymongo.errors.PyMongoError:
                 return  # progress is advisory; the final write is what counts
             if not still_ours:

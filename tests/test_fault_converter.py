@@ -1,0 +1,144 @@
+"""Converter crashes and duplicate deliveries (issue #4, "Converter crash" and
+the duplicate half of "Publish safety"), against real RabbitMQ and SecantusDB.
+
+Each test runs its own mesh (mesh_factory: own queue, one worker unless said
+otherwise, a short job lease so a redelivery need not wait 15 s for a dead
+worker's lease) and SIGKILLs worker processes, never the shared servers.
+What must hold every time: the job ends DONE exactly once with exactly one
+MP3 in GridFS bucket `mp3s`, or FAILED with a reason; nothing half-written
+is left behind.
+"""
+from __future__ import annotations
+
+import pytest
+from bson import Binary, ObjectId
+from video2mp3.media.v1 import media_pb2
+
+from common import jobs
+from common.queue import MAX_DELIVERIES, encode_task
+from tests.faults import (
+    SLOW_OPTIONS,
+    Store,
+    kill_worker,
+    make_long_audio,
+    publish_raw,
+    user_client,
+    wait_until,
+    worker_pids,
+)
+from tests.media import analyse_mp3, make_media
+
+SERVICES = ("auth", "gateway", "converter")
+LEASE_S = 2
+
+
+@pytest.fixture(scope="module")
+def store(mongo_server):
+    s = Store(mongo_server)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def long_audio(tmp_path_factory):
+    """10 minutes of tone: several seconds of conversion with SLOW_OPTIONS."""
+    return make_long_audio(tmp_path_factory.mktemp("long") / "long.flac", minutes=10)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
+
+
+def converting(job: dict, attempt: int | None = None) -> bool:
+    """The job is PROCESSING and its current attempt is well under way."""
+    return (job["state"] == "PROCESSING" and 0 < job["progress"] < 80
+            and (attempt is None or job["attempts"] == attempt))
+
+
+def crash_mid_write(stack, store: Store, job: dict) -> tuple[ObjectId, int]:
+    """SIGKILL the (only) worker while it converts `job`. GridFS buffers an
+    upload's chunks (pymongo flushes every 48 MB and at close), so a short MP3
+    killed midway has written none yet: a chunk of the attempt's file id is
+    stored first, standing in for what a long one would have flushed.
+    Returns (the attempt's MP3 id, the killed worker's pid)."""
+    fid = job["current_mp3_fid"]
+    store.db["mp3s.chunks"].insert_one({"files_id": fid, "n": 0, "data": Binary(b"half an mp3")})
+    [worker] = worker_pids(stack)
+    kill_worker(worker)
+    return fid, worker
+
+
+def test_worker_killed_mid_conversion_is_redelivered_and_converts_once(
+        mesh_factory, store, long_audio):
+    stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_LEASE_S=LEASE_S)
+    orphans_before = store.orphan_chunk_files()
+    client = user_client(stack)
+    job_id = client.upload(long_audio, filename="long.flac", **SLOW_OPTIONS).job_id
+
+    doc = store.wait_job(job_id, converting, "to be converting")
+    half_written, worker = crash_mid_write(stack, store, doc)
+
+    done = client.wait(job_id, timeout=120)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    job = store.assert_one_mp3(job_id)
+    assert job["attempts"] == 2  # redelivered once, converted by the new worker
+    assert job["mp3_fid"] != half_written
+    store.assert_attempt_gone(half_written)
+    assert store.orphan_chunk_files() <= orphans_before
+    assert len(worker_pids(stack)) == 1 and worker not in worker_pids(stack)  # replaced
+
+    # The MP3 is whole: as long as the source.
+    duration, freq, rate, channels = analyse_mp3(client.download(job_id))
+    assert abs(duration - 600) < 0.2 and abs(freq - 440) < 5 and (rate, channels) == (48000, 2)
+
+
+def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
+        mesh_factory, store, long_audio, clip):
+    """The killer job ends FAILED with a reason after MAX_DELIVERIES attempts,
+    its attempts' half-written MP3s are gone, and the converter goes on."""
+    stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_LEASE_S=LEASE_S)
+    client = user_client(stack)
+    job_id = client.upload(long_audio, filename="killer.flac", **SLOW_OPTIONS).job_id
+
+    half_written = []
+    for attempt in range(1, MAX_DELIVERIES + 1):
+        doc = store.wait_job(job_id, lambda j: converting(j, attempt),
+                             f"to be converting (attempt {attempt})")
+        half_written.append(crash_mid_write(stack, store, doc)[0])
+
+    failed = client.wait(job_id, timeout=60)
+    assert failed.state == media_pb2.JOB_STATE_FAILED
+    assert "stopped unexpectedly" in failed.error and "corrupt or unsupported" in failed.error
+    job = store.job(job_id)
+    assert job["attempts"] == MAX_DELIVERIES  # never a fourth delivery
+    assert store.mp3_files(job_id) == []
+    wait_until("the dead-lettered job's half-written MP3s to be deleted",
+               lambda: store.job(job_id)["pending_mp3_fids"] == [], timeout=20)
+    for fid in half_written:
+        store.assert_attempt_gone(fid)
+
+    # Other jobs go on, on the replacement worker.
+    other = client.upload(clip, filename="next.mp4")
+    assert client.wait(other.job_id, timeout=60).state == media_pb2.JOB_STATE_DONE
+    store.assert_one_mp3(other.job_id)
+    assert store.job(job_id)["state"] == "FAILED"  # and stays so
+
+
+def test_a_task_published_twice_more_is_converted_once(
+        mesh_factory, store, long_audio, rabbitmq_server):
+    """The gateway's publish plus two copies by hand, taken by two workers at
+    once: one conversion, one MP3; the copies are acked as duplicates."""
+    # The default lease: the second worker waits for the first, never takes over.
+    stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=2)
+    client = user_client(stack)
+    job_id = client.upload(long_audio, filename="twice.flac", **SLOW_OPTIONS).job_id
+    task = encode_task(jobs.task_for(store.job(job_id)))  # what the gateway published
+    publish_raw(rabbitmq_server, stack.env["QUEUE_NAME"], [task, task])
+
+    assert client.wait(job_id, timeout=120).state == media_pb2.JOB_STATE_DONE
+    wait_until("both extra copies to be acked as duplicates",
+               lambda: stack.log_tail("converter", 400).count(
+                   f"job {job_id} already DONE; duplicate task acked") == 2, timeout=30)
+    job = store.assert_one_mp3(job_id)
+    assert job["attempts"] == 1
