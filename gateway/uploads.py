@@ -5,7 +5,7 @@ Nothing is half-kept: any failure before the job is recorded (bad options,
 empty body, size limit, client cancel, storage error) aborts the GridFS upload,
 which deletes its chunks; chunks a killed gateway could not delete are removed
 later by gateway/janitor.py. Memory holds one GridFS chunk at a time
-(gateway/gridfs_upload.py).
+(common/gridfs_upload.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from common.mongo import VIDEOS_BUCKET, Mongo
 from common.queue import PublishError, Publisher
 from common.tokens import Caller
 from gateway import validation
-from gateway.gridfs_upload import ChunkedUpload
+from common.gridfs_upload import ChunkedUpload
 
 log = logging.getLogger(__name__)
 

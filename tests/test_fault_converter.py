@@ -10,8 +10,10 @@ is left behind.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
-from bson import Binary, ObjectId
+from bson import ObjectId
 from video2mp3.media.v1 import media_pb2
 
 from common import jobs
@@ -57,13 +59,14 @@ def converting(job: dict, attempt: int | None = None) -> bool:
 
 
 def crash_mid_write(stack, store: Store, job: dict) -> tuple[ObjectId, int]:
-    """SIGKILL the (only) worker while it converts `job`. GridFS buffers an
-    upload's chunks (pymongo flushes every 48 MB and at close), so a short MP3
-    killed midway has written none yet: a chunk of the attempt's file id is
-    stored first, standing in for what a long one would have flushed.
-    Returns (the attempt's MP3 id, the killed worker's pid)."""
+    """SIGKILL the (only) worker while it converts `job`, once the attempt's MP3
+    has chunks in GridFS (they are stored as they fill), so the kill really
+    leaves a half-written file. Returns (the attempt's MP3 id, the killed worker's pid)."""
     fid = job["current_mp3_fid"]
-    store.db["mp3s.chunks"].insert_one({"files_id": fid, "n": 0, "data": Binary(b"half an mp3")})
+    deadline = time.monotonic() + 60
+    while store.chunks(fid) == 0:
+        assert time.monotonic() < deadline, "the attempt wrote no MP3 chunk in 60 s"
+        time.sleep(0.05)
     [worker] = worker_pids(stack)
     kill_worker(worker)
     return fid, worker

@@ -27,7 +27,7 @@ from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 from common import tokens
 from common.mongo import Mongo
 from common.settings import MongoSettings
-from gateway.gridfs_upload import ChunkedUpload
+from common.gridfs_upload import ChunkedUpload
 from gateway.janitor import OrphanChunkJanitor
 from mesh.processes import wait_for
 

@@ -3,8 +3,8 @@
 pymongo's own upload stream (GridIn, pymongo >= 4.9) batches chunks in memory
 and sends nothing until it holds 48 MB or is closed: up to 48 MB per upload in
 the gateway, times MAX_CONCURRENT_UPLOADS. This writer keeps at most one chunk
-(255 KiB) plus the message being written, so the gateway's memory stays flat
-whatever the file size. The layout is plain GridFS (the spec's `files` and
+(255 KiB) plus the message being written, so the gateway's and the
+converter's memory stays flat whatever the file size. The layout is plain GridFS (the spec's `files` and
 `chunks` documents), so GridFSBucket reads the result unchanged.
 
     up = ChunkedUpload(db, "videos", "clip.mp4", metadata={...})
@@ -43,9 +43,9 @@ def ensure_indexes(db, bucket: str) -> None:
 
 class ChunkedUpload:
     def __init__(self, db, bucket: str, filename: str, metadata: dict | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None):
         ensure_indexes(db, bucket)
-        self._id = ObjectId()
+        self._id = file_id or ObjectId()
         self.filename = filename
         self.metadata = metadata or {}
         self.chunk_size = chunk_size
