@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 ACK, REQUEUE, HAND_BACK = "ack", "requeue", "hand back"
 PR_SET_PDEATHSIG = 1
 PROGRESS_EVERY_S = 0.5
+# A dead letter whose job was not really attempted MAX_DELIVERIES times is
+# queued again at most this often (marked by this header).
+REVIVED_HEADER = "x-video2mp3-revived"
+MAX_REVIVALS = 3
 CRASHED_REASON = (f"the converter stopped unexpectedly on this file {MAX_DELIVERIES} times; "
                   "it may be corrupt or unsupported")
 
@@ -134,11 +138,15 @@ class Worker:
         else:
             ch.basic_nack(delivery_tag, requeue=True)
 
-    def _queue_copy(self, conn, props, body) -> bool:
-        """Publish (confirmed) a fresh copy of a task we hand back at shutdown.
-        If we die before acking the original, the job sees a duplicate: harmless."""
+    def _queue_copy(self, conn, props, body, extra_headers: dict | None = None) -> bool:
+        """Publish (confirmed) a fresh copy of a task: one we hand back at
+        shutdown, or a dead letter that deserves another go. If we die before
+        acking the original, the job sees a duplicate: harmless."""
         # The broker counts deliveries itself; the header it added is not carried over.
-        headers = {k: v for k, v in (props.headers or {}).items() if k != "x-delivery-count"}
+        headers = {k: v for k, v in (props.headers or {}).items()
+                   if k not in ("x-delivery-count", "x-death", "x-first-death-queue",
+                                "x-first-death-reason", "x-first-death-exchange")}
+        headers.update(extra_headers or {})
         copy = pika.BasicProperties(delivery_mode=props.delivery_mode, content_type=props.content_type,
                                     message_id=props.message_id, headers=headers or None)
         try:
@@ -148,24 +156,34 @@ class Worker:
             pub.close()
             return True
         except pika.exceptions.AMQPError as e:
-            log.warning("could not queue a copy of the task (%r); requeueing it instead", e)
+            log.warning("could not queue a copy of the task (%r)", e)
             return False
 
-    def _on_dead(self, ch, method, _props, body) -> None:
-        """A message dead-lettered after MAX_DELIVERIES: its job ends FAILED, and
-        the MP3s its crashed attempts half-wrote are deleted (no later attempt
-        will come to do it)."""
+    def _on_dead(self, ch, method, props, body) -> None:
+        """A message dead-lettered after MAX_DELIVERIES. If its conversion
+        really started that often, the file keeps killing workers: the job
+        ends FAILED and the MP3s its attempts half-wrote are deleted. If not,
+        the deliveries were spent on lost connections (RabbitMQ cuts), so the
+        task is queued again, a bounded number of times."""
         try:
             job_id = decode_task(body).job_id
-            if self.jobs.finish_failed(job_id, CRASHED_REASON):
-                log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
             job = self.jobs.get(job_id)
-            if job is not None and job["state"] == jobs.FAILED:
-                self._delete_leftovers(job_id, job.get("pending_mp3_fids") or [])
+            revived = int((props.headers or {}).get(REVIVED_HEADER, 0))
+            if (job is not None and job["state"] not in jobs.FINAL_STATES
+                    and job.get("attempts", 0) < MAX_DELIVERIES and revived < MAX_REVIVALS
+                    and self._queue_copy(ch.connection, props, body, {REVIVED_HEADER: revived + 1})):
+                log.warning("job %s dead-lettered after only %d conversion attempt(s); queued again",
+                            job_id, job.get("attempts", 0))
+            else:
+                if self.jobs.finish_failed(job_id, CRASHED_REASON):
+                    log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
+                job = self.jobs.get(job_id)
+                if job is not None and job["state"] == jobs.FAILED:
+                    self._delete_leftovers(job_id, job.get("pending_mp3_fids") or [])
         except ValueError as e:
             log.error("dropping unreadable dead-lettered message: %s", e)
         except pymongo.errors.PyMongoError as e:
-            log.warning("cannot mark dead-lettered job failed yet: %s", e)
+            log.warning("cannot settle dead-lettered job yet: %s", e)
             ch.basic_nack(method.delivery_tag, requeue=True)
             return
         ch.basic_ack(method.delivery_tag)

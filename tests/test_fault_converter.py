@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import time
 
+import pika
 import pytest
 from bson import ObjectId
 from video2mp3.media.v1 import media_pb2
 
 from common import jobs
-from common.queue import MAX_DELIVERIES, encode_task
+from common.queue import MAX_DELIVERIES, dead_letter_queue, encode_task
+from converter.worker import REVIVED_HEADER
 from tests.faults import (
     SLOW_OPTIONS,
     Store,
     kill_worker,
     make_long_audio,
     publish_raw,
+    rabbit_connection,
     user_client,
     wait_until,
     worker_pids,
@@ -145,3 +148,37 @@ def test_a_task_published_twice_more_is_converted_once(
                    f"job {job_id} already DONE; duplicate task acked") == 2, timeout=30)
     job = store.assert_one_mp3(job_id)
     assert job["attempts"] == 1
+
+
+def _divert_to_dead_letters(rabbit_env: dict, queue: str, headers: dict | None = None) -> bytes:
+    """Take the one task off `queue` and put it on `<queue>.dead`, as the
+    broker does after MAX_DELIVERIES deliveries that were never acked."""
+    with rabbit_connection(rabbit_env) as conn:
+        ch = conn.channel()
+        method, _props, body = ch.basic_get(queue)
+        assert method is not None, "the gateway published no task"
+        ch.basic_publish("", dead_letter_queue(queue), body,
+                         pika.BasicProperties(delivery_mode=2, headers=headers))
+        ch.basic_ack(method.delivery_tag)
+    return body
+
+
+@pytest.mark.parametrize("revived, final_state", [(0, "DONE"), (3, "FAILED")])
+def test_a_dead_letter_never_attempted_is_queued_again_a_bounded_number_of_times(
+        mesh_factory, store, clip, rabbitmq_server, revived, final_state):
+    """Deliveries lost to connection cuts (no conversion ever started) do not
+    fail the job: its dead letter is queued again, at most MAX_REVIVALS times."""
+    stack = mesh_factory(services=("auth", "gateway"), CONVERTER_LEASE_S=LEASE_S)
+    client = user_client(stack)
+    job_id = client.upload(clip, filename="cut.mp4").job_id
+    wait_until("the task to be published", lambda: store.job(job_id)["published"], timeout=30)
+    _divert_to_dead_letters(rabbitmq_server, stack.env["QUEUE_NAME"],
+                            {REVIVED_HEADER: revived} if revived else None)
+
+    stack.start_service("converter")
+    job = store.wait_final(job_id)
+    assert job["state"] == final_state, job
+    if final_state == "DONE":
+        store.assert_one_mp3(job_id)
+    else:
+        assert job["attempts"] == 0 and "stopped unexpectedly" in job["error"]
