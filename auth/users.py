@@ -154,7 +154,11 @@ class UserRepository:
         with self._cursor(probe=True) as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
-        self._reachable.set()
+        if not self._reachable.is_set():
+            # Back from an outage: the idle pooled connections died with it;
+            # drop them so the next calls open fresh ones (the pool stays usable).
+            self._pool.close()
+            self._reachable.set()
 
     def close(self) -> None:
         self._pool.close()
