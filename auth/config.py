@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Mapping
 
+from common.settings import env_float, env_int, env_str
 from common.tokens import DEV_SECRET_KEY
 
 
@@ -41,40 +42,24 @@ class Config:
         return self.secret_key == DEV_SECRET_KEY
 
 
-def _get(env: Mapping[str, str], name: str, default, kind=str, minimum=None):
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    if kind is str:
-        return raw
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise SystemExit(f"auth: {name} must be {what}, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise SystemExit(f"auth: {name} must be at least {minimum}, got {raw!r}")
-    return value
-
-
 def load(env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     d = Config()
     # An empty MYSQL_PASSWORD is a real value (the default), so it is read as is.
     return Config(
-        port=_get(env, "AUTH_PORT", d.port, int, 1),
-        mysql_host=_get(env, "MYSQL_HOST", d.mysql_host),
-        mysql_port=_get(env, "MYSQL_PORT", d.mysql_port, int, 1),
-        mysql_user=_get(env, "MYSQL_USER", d.mysql_user),
+        port=env_int("AUTH_PORT", d.port, env, 1),
+        mysql_host=env_str("MYSQL_HOST", d.mysql_host, env),
+        mysql_port=env_int("MYSQL_PORT", d.mysql_port, env, 1),
+        mysql_user=env_str("MYSQL_USER", d.mysql_user, env),
         mysql_password=env.get("MYSQL_PASSWORD", d.mysql_password),
-        mysql_db=_get(env, "MYSQL_DB", d.mysql_db),
-        mysql_connect_timeout=_get(env, "MYSQL_CONNECT_TIMEOUT", d.mysql_connect_timeout, float, 0.1),
-        mysql_read_timeout=_get(env, "MYSQL_READ_TIMEOUT", d.mysql_read_timeout, float, 0.1),
-        mysql_write_timeout=_get(env, "MYSQL_WRITE_TIMEOUT", d.mysql_write_timeout, float, 0.1),
-        mysql_pool_size=_get(env, "MYSQL_POOL_SIZE", d.mysql_pool_size, int, 1),
-        secret_key=_get(env, "SECRET_KEY", d.secret_key),
-        token_ttl_seconds=_get(env, "TOKEN_TTL_SECONDS", d.token_ttl_seconds, int, 1),
-        db_check_interval=_get(env, "DB_CHECK_INTERVAL_SECONDS", d.db_check_interval, float, 0.05),
-        grace_seconds=_get(env, "GRACE_SECONDS", d.grace_seconds, float, 0),
-        hash_concurrency=_get(env, "HASH_CONCURRENCY", d.hash_concurrency, int, 1),
+        mysql_db=env_str("MYSQL_DB", d.mysql_db, env),
+        mysql_connect_timeout=env_float("MYSQL_CONNECT_TIMEOUT", d.mysql_connect_timeout, env, 0.1),
+        mysql_read_timeout=env_float("MYSQL_READ_TIMEOUT", d.mysql_read_timeout, env, 0.1),
+        mysql_write_timeout=env_float("MYSQL_WRITE_TIMEOUT", d.mysql_write_timeout, env, 0.1),
+        mysql_pool_size=env_int("MYSQL_POOL_SIZE", d.mysql_pool_size, env, 1),
+        secret_key=env_str("SECRET_KEY", d.secret_key, env),
+        token_ttl_seconds=env_int("TOKEN_TTL_SECONDS", d.token_ttl_seconds, env, 1),
+        db_check_interval=env_float("DB_CHECK_INTERVAL_SECONDS", d.db_check_interval, env, 0.05),
+        grace_seconds=env_float("GRACE_SECONDS", d.grace_seconds, env, 0),
+        hash_concurrency=env_int("HASH_CONCURRENCY", d.hash_concurrency, env, 1),
     )

@@ -7,24 +7,26 @@ import os
 from typing import Mapping
 
 
-def env_int(name: str, default: int, env: Mapping[str, str] = os.environ) -> int:
+def _number(kind, what: str, name: str, default, env: Mapping[str, str], minimum):
     raw = env.get(name)
-    if raw in (None, ""):
+    if raw is None or raw.strip() == "":
         return default
     try:
-        return int(raw)
+        value = kind(raw.strip())
     except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+        raise SystemExit(f"{name} must be {what}, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SystemExit(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
 
 
-def env_float(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+def env_int(name: str, default: int, env: Mapping[str, str] = os.environ, minimum: int | None = None) -> int:
+    return _number(int, "an integer", name, default, env, minimum)
+
+
+def env_float(name: str, default: float, env: Mapping[str, str] = os.environ,
+              minimum: float | None = None) -> float:
+    return _number(float, "a number", name, default, env, minimum)
 
 
 def env_str(name: str, default: str, env: Mapping[str, str] = os.environ) -> str:
