@@ -232,18 +232,6 @@ class SoakClient:
 
 # ------------------------------------------------------------------ faults
 
-def worker_pids(stack: Stack) -> list[int]:
-    """The converter's worker processes (multiprocessing spawn children)."""
-    out = []
-    for pid in stack.child("converter").descendants():
-        try:
-            if "spawn_main" in " ".join(psutil.Process(pid).cmdline()):
-                out.append(pid)
-        except psutil.Error:
-            continue
-    return out
-
-
 class FaultInjector(threading.Thread):
     def __init__(self, stack: Stack, mongo: TcpProxy, rabbit: TcpProxy, rng: random.Random,
                  every_s: float):
@@ -266,7 +254,7 @@ class FaultInjector(threading.Thread):
         while not self.stop_event.wait(self.rng.uniform(0.5, 1.5) * self.every_s):
             kind = next(kinds)
             if kind == "worker_kill":
-                pids = worker_pids(self.stack)
+                pids = self.stack.converter_workers()
                 if not pids:
                     continue
                 pid = self.rng.choice(pids)

@@ -210,6 +210,20 @@ class Stack:
         """SIGKILL `name` (and anything it started). Returns the exit code (-9)."""
         return self.child(name).kill()
 
+    def converter_workers(self) -> list[int]:
+        """PIDs of the converter's worker processes (its multiprocessing spawn
+        children; the supervisor's other child, the resource tracker, is not one)."""
+        import psutil
+
+        out = []
+        for pid in self.child("converter").descendants():
+            try:
+                if "spawn_main" in " ".join(psutil.Process(pid).cmdline()):
+                    out.append(pid)
+            except psutil.Error:
+                continue
+        return out
+
     def dead(self) -> list[Child]:
         """Children that were started and have exited without being asked to."""
         return [c for c in self.children.values()

@@ -253,6 +253,26 @@ def mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory):
         delete_queues(rabbitmq_server, q)
 
 
+# ------------------------------------------------------------------ shared by the fault tests
+
+@pytest.fixture(scope="session")
+def store(mongo_server):
+    """Direct access to the session's MongoDB (not through any proxy): jobs, MP3s, chunks."""
+    from tests.faults import Store
+
+    s = Store(mongo_server)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory):
+    """A 2-second H.264 + 440 Hz AAC MP4."""
+    from tests.media import make_media
+
+    return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On failure, attach each live mesh process's state and log tail to the report."""

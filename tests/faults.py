@@ -129,16 +129,7 @@ class Store:
 # -- the converter's processes ----------------------------------------------------
 
 def worker_pids(stack) -> list[int]:
-    """PIDs of the converter's worker processes (multiprocessing spawn children;
-    the supervisor's other child, multiprocessing's resource tracker, is not one)."""
-    out = []
-    for pid in stack.child("converter").descendants():
-        try:
-            if "spawn_main" in " ".join(psutil.Process(pid).cmdline()):
-                out.append(pid)
-        except psutil.Error:
-            continue
-    return out
+    return stack.converter_workers()
 
 
 def kill_worker(pid: int) -> None:

@@ -31,28 +31,16 @@ from tests.faults import (
     wait_until,
     worker_pids,
 )
-from tests.media import analyse_mp3, make_media
+from tests.media import analyse_mp3
 
 SERVICES = ("auth", "gateway", "converter")
 LEASE_S = 2
 
 
 @pytest.fixture(scope="module")
-def store(mongo_server):
-    s = Store(mongo_server)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
 def long_audio(tmp_path_factory):
     """10 minutes of tone: several seconds of conversion with SLOW_OPTIONS."""
     return make_long_audio(tmp_path_factory.mktemp("long") / "long.flac", minutes=10)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
 
 
 def converting(job: dict, attempt: int | None = None) -> bool:

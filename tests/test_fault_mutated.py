@@ -19,7 +19,7 @@ from video2mp3.media.v1 import media_pb2
 
 from common.queue import MAX_DELIVERIES
 from converter.transcode import ConversionError, transcode
-from tests.faults import Store, queue_depth, user_client, worker_pids
+from tests.faults import queue_depth, user_client, worker_pids
 from tests.media import make_media
 
 SERVICES = ("auth", "gateway", "converter")
@@ -68,13 +68,6 @@ def corpus(tmp_path_factory) -> dict[str, bytes]:
         for kind, mutated in mutations(name, data).items():
             files[f"{stem}-{kind}.{ext}"] = mutated
     return files
-
-
-@pytest.fixture(scope="module")
-def store(mongo_server):
-    s = Store(mongo_server)
-    yield s
-    s.close()
 
 
 def test_every_mutated_file_ends_done_or_failed_and_the_converter_goes_on(

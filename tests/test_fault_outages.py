@@ -15,23 +15,10 @@ from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2
 
 from tests.clients import GrpcClient, RestClient, unique_email, upload_messages
-from tests.faults import SLOW_OPTIONS, Store, make_long_audio, user_client, wait_until
-from tests.media import make_media
+from tests.faults import SLOW_OPTIONS, make_long_audio, user_client, wait_until
 from tests.tcp_proxy import TcpProxy
 
 FAST = 10  # seconds: the deadline an RPC must beat with an answer while a dependency is down
-
-
-@pytest.fixture(scope="module")
-def store(mongo_server):
-    s = Store(mongo_server)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
 
 
 @pytest.fixture(scope="module")

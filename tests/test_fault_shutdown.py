@@ -25,29 +25,16 @@ from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 from common.queue import MAX_DELIVERIES
 from mesh import testbed
 from tests.clients import CHUNK, upload_messages
-from tests.faults import SLOW_OPTIONS, Store, make_long_audio, user_client, wait_until
-from tests.media import make_media
+from tests.faults import SLOW_OPTIONS, make_long_audio, user_client, wait_until
 
 SERVICES = ("auth", "gateway", "converter")
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def store(mongo_server):
-    s = Store(mongo_server)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
 def long_audio(tmp_path_factory):
     """20 minutes: seconds of conversion left when a SIGTERM comes at half-way."""
     return make_long_audio(tmp_path_factory.mktemp("long") / "long.flac", minutes=20)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
 
 
 def _converting(job: dict) -> bool:

@@ -354,11 +354,6 @@ def test_copied_mp3_decodes_like_the_source(tmp_path):
 
 # --- Options ---------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
-
-
 @pytest.mark.parametrize("kbps", [32, 128, 192, 320])
 def test_cbr_bitrate(clip, kbps):
     _, data = convert(clip, options(bitrate_kbps=kbps))
