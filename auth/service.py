@@ -1,6 +1,7 @@
 """AuthService: sign up, log in (JWT access tokens), and who-am-I."""
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import re
@@ -54,6 +55,19 @@ def _rpc(handler):
     return wrapper
 
 
+def basic_credentials(metadata) -> tuple[str, str]:
+    """(email, password) from `authorization: Basic ...` (the seed's login), or empty."""
+    for key, value in metadata or ():
+        if key == "authorization" and value[:6].lower() == "basic ":
+            try:
+                email, _, password = base64.b64decode(value[6:].strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                              "authorization header is not valid Basic credentials") from None
+            return email, password
+    return "", ""
+
+
 def normalise_email(email: str) -> str:
     return email.strip().lower()
 
@@ -99,15 +113,17 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
 
     @_rpc
     def Login(self, request, context):
-        email = normalise_email(request.email)
+        email, password = request.email, request.password
+        if not email and not password:
+            email, password = basic_credentials(context.invocation_metadata())
+        email = normalise_email(email)
         if not email:
             raise Failure(grpc.StatusCode.INVALID_ARGUMENT, "email is required")
-        if not request.password:
+        if not password:
             raise Failure(grpc.StatusCode.INVALID_ARGUMENT, "password is required")
         user = self._users.by_email(email)
         # Unknown email: verified against a dummy hash, so both failures take as long.
-        ok, new_hash = self._passwords.verify(user.password_hash if user else None,
-                                              request.password)
+        ok, new_hash = self._passwords.verify(user.password_hash if user else None, password)
         if not ok:
             raise Failure(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS_MESSAGE)
         if new_hash:

@@ -9,6 +9,7 @@ later by gateway/janitor.py. Memory holds one GridFS chunk at a time
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 
@@ -20,7 +21,7 @@ from common import jobs
 from common.mongo import VIDEOS_BUCKET, Mongo
 from common.queue import PublishError, Publisher
 from common.tokens import Caller
-from gateway import validation
+from gateway import form_upload, validation
 from common.gridfs_upload import ChunkedUpload
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,17 @@ class Uploads:
             log.warning("cannot open GridFS upload: %s", e)
             context.abort(grpc.StatusCode.UNAVAILABLE, "video storage is unavailable; try again shortly")
 
-        size = self._write_all(stream, first, requests, context)
+        messages = itertools.chain([first], requests)
+        if form_upload.is_form(first.body.content_type):
+            try:
+                body = form_upload.FormFile(first.body.content_type, messages)
+            except form_upload.MalformedForm as e:
+                self._abort_quietly(stream)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        else:
+            body = (m.body.data for m in messages)
+        size = self._write_all(stream, body, context, named_by_query=bool(first.filename))
+        filename = stream.filename
         video_fid: ObjectId = stream._id
         job_id = jobs.new_job_id()
         try:
@@ -81,13 +92,12 @@ class Uploads:
         log.info("job %s queued: %s (%d bytes) for %s", job_id, filename, size, caller.email)
         return doc
 
-    def _write_all(self, stream, first, requests, context) -> int:
-        """Writes every chunk; returns the size. Aborts the upload and the RPC on any failure."""
+    def _write_all(self, stream, body, context, named_by_query: bool) -> int:
+        """Writes every chunk of `body` (an iterable of bytes); returns the size.
+        Aborts the upload and the RPC on any failure."""
         size = 0
         try:
-            msg = first
-            while msg is not None:
-                data = msg.body.data
+            for data in body:
                 size += len(data)
                 if size > self.max_bytes:
                     # Envoy's REST side turns this into 413 (deploy/envoy.yaml's Lua filter).
@@ -96,16 +106,20 @@ class Uploads:
                                   f"the upload is larger than the {self.max_bytes}-byte limit")
                 if data:
                     stream.write(data)
-                msg = next(requests, None)
             if _reset_after_end(context):
                 raise _Reject(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
             if size == 0:
                 raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "the upload is empty: send the video's bytes")
+            if getattr(body, "filename", None) and not named_by_query:
+                stream.filename = validation.filename(body.filename)  # a form's own file name
             stream.close()
             return size
         except _Reject as r:
             self._abort_quietly(stream)
             context.abort(r.code, r.message)
+        except (form_upload.MalformedForm, validation.InvalidOptions) as e:
+            self._abort_quietly(stream)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except pymongo.errors.PyMongoError as e:
             log.warning("GridFS upload failed: %s", e)
             self._abort_quietly(stream)

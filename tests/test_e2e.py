@@ -86,3 +86,32 @@ def test_health_reports_each_dependency(mesh):
     assert r.status_code == 200
     assert r.json() == {"status": "healthy", "mongodb": "connected", "rabbitmq": "connected",
                         "mysql": "connected"}
+
+
+def test_the_seeds_login_and_multipart_upload_still_work(mesh, video):
+    """Existing users of the Flask seed: `curl -X POST /login -u email:password`
+    and `curl -F file=@video.mp4 /upload` reach the same RPCs."""
+    rest = RestClient(mesh.rest_base_url)
+    email = rest.sign_up_and_login()
+    r = rest.s.post(f"{rest.base}/login", auth=(email, "correct horse 1"), timeout=20)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    bad = rest.s.post(f"{rest.base}/login", auth=(email, "wrong horse 1"), timeout=20)
+    assert bad.status_code == 401
+
+    with open(video, "rb") as f:  # requests streams the multipart body from the file
+        r = rest.s.post(f"{rest.base}/upload", files={"file": ("seed clip.mp4", f, "video/mp4")},
+                        data={"note": "ignored"}, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["filename"] == "seed clip.mp4"
+    assert int(job["video_size_bytes"]) == video.stat().st_size  # the file part only
+    rest.token = token
+    assert rest.wait(job["job_id"])["state"] == "JOB_STATE_DONE"
+    r = rest.get(f"/v1/jobs/{job['job_id']}/mp3")
+    assert_is_the_tone(r.content, video)
+
+    r = rest.s.post(f"{rest.base}/upload", data=b"--x\r\nbroken", timeout=20,
+                    headers={"Authorization": f"Bearer {token}",
+                             "Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "multipart" in r.json()["message"]
