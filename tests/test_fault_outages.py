@@ -195,6 +195,9 @@ def test_mysql_cut_fails_logins_fast_and_recovers(mysql_proxy, mesh_factory, cli
     """Sign-up and login need MySQL and answer UNAVAILABLE (503 over REST);
     tokens already issued keep working (they are verified without MySQL)."""
     stack = mesh_factory(services=("auth", "gateway", "envoy"), MYSQL_PORT=mysql_proxy.port)
+    # The gateway's first look at auth may predate auth being up: start from a
+    # fresh "connected", so the "disconnected" below is the cut's doing.
+    wait_health(stack, "mysql", "connected")
     client = GrpcClient(stack.envoy_addr)
     email = client.sign_up_and_login()
     rest = RestClient(stack.rest_base_url)
