@@ -9,10 +9,11 @@ paying for the check.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable
 
 from grpc_health.v1 import health_pb2
+
+from common.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,16 @@ class DependencyMonitor:
         self.critical = set(checks) if critical is None else critical
         self.health = health_servicer
         self.service_names = service_names
-        self.interval = interval
         self._status = {name: "unknown: not checked yet" for name in checks}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._loop = Periodic("health", interval, self.check_now)
 
     def start(self) -> "DependencyMonitor":
         self.check_now()
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._loop.stop()
 
     def status(self) -> dict[str, str]:
         return dict(self._status)
@@ -63,7 +62,3 @@ class DependencyMonitor:
                    else health_pb2.HealthCheckResponse.NOT_SERVING)
         for service in self.service_names + [""]:
             self.health.set(service, serving)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.check_now()

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 
 import pymongo.errors
 from bson import ObjectId
 
 from common.mongo import VIDEOS_BUCKET
+from common.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,15 @@ class OrphanChunkJanitor:
         self.chunks = db[f"{bucket}.chunks"]
         self.max_age_s = max_age_s
         self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="orphan-janitor", daemon=True)
+        self._loop = Periodic("orphan-janitor", interval_s, self.sweep,
+                              errors=(pymongo.errors.PyMongoError,))
 
     def start(self) -> "OrphanChunkJanitor":
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._loop.stop()
 
     def sweep(self, now: dt.datetime | None = None) -> int:
         """Deletes the chunks of every abandoned upload; returns how many chunks went."""
@@ -58,10 +58,3 @@ class OrphanChunkJanitor:
             deleted += n
             log.info("removed %d orphan chunk(s) of abandoned upload %s", n, fid)
         return deleted
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sweep()
-            except pymongo.errors.PyMongoError as e:
-                log.warning("orphan janitor cannot reach MongoDB: %s", e)

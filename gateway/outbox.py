@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 
 import pymongo.errors
 
 from common import jobs
+from common.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +19,14 @@ class Outbox:
         self.jobs = job_store
         self.publish = publish  # Uploads.publish: returns True once confirmed
         self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="outbox", daemon=True)
+        self._loop = Periodic("outbox", interval_s, self.flush, errors=(pymongo.errors.PyMongoError,))
 
     def start(self) -> "Outbox":
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._loop.stop()
 
     def flush(self) -> int:
         """Publishes what is pending; returns how many were published."""
@@ -41,10 +40,3 @@ class Outbox:
         if published:
             log.info("outbox published %d pending job(s)", published)
         return published
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.flush()
-            except pymongo.errors.PyMongoError as e:
-                log.warning("outbox cannot read jobs: %s", e)

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from common import tokens
+from tests.faults import wait_until
 from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,17 +51,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
@@ -119,7 +109,7 @@ class AuthServer:
                 raise AssertionError(f"auth server exited with {self.proc.returncode}:\n{self.log()}")
             return self.status("") == expected and self.status(SERVICE) == expected
         try:
-            wait_for(reached, timeout, f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(expected)}")
+            wait_until(f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(expected)}", reached, timeout)
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- auth log ---\n{self.log()}") from None
 
