@@ -2,19 +2,25 @@
 SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
+PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
-export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: install protos lint run test test-fast bench-convert bench-workers soak k8s-validate clean
+.PHONY: install protos lock lint run test test-fast bench-convert bench-workers soak k8s-validate clean
 
-install: $(VENV)/.installed gen/.stamp
+install: $(VENV)/.installed
 
-# Virtualenv + pip from pyproject.toml: the only Python install step.
-$(VENV)/.installed: pyproject.toml
+# The only Python install steps: exact versions from the lock file, the
+# generated stubs, then the project itself (editable; its `video2mp3` package
+# is gen/python/video2mp3, so nothing needs a search path set).
+$(VENV)/.deps: requirements/dev.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements/dev.txt
+	touch $@
+
+$(VENV)/.installed: pyproject.toml gen/.stamp
+	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
 # buf and the Node interop client come from npm.
@@ -24,22 +30,19 @@ node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-# Python stubs (grpcio-tools) and the descriptor set Envoy's transcoder reads.
-# google/api/*.proto come from the googleapis-common-protos wheel, copied to a
-# git-ignored folder so buf and protoc can see them offline.
+# Python stubs and Envoy's descriptor set: tools/codegen.py, the one recipe
+# (the Dockerfile runs it too).
 protos: gen/.stamp
-gen/.stamp: $(PROTO_SRC) $(VENV)/.installed
-	rm -rf gen && mkdir -p gen/python gen/third_party/google/api gen/third_party/google/rpc
-	@site=$$($(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))'); \
-	  cp $$site/google/api/{annotations,http,httpbody,field_behavior}.proto gen/third_party/google/api/; \
-	  cp $$site/google/rpc/status.proto gen/third_party/google/rpc/
-	$(PY) -m grpc_tools.protoc -Iprotos -Igen/third_party \
-	  --python_out=gen/python --pyi_out=gen/python --grpc_python_out=gen/python \
-	  $(PROTO_SRC)
-	$(PY) -m grpc_tools.protoc -Iprotos -Igen/third_party \
-	  --include_imports --include_source_info --descriptor_set_out=gen/descriptor.pb \
-	  $(PROTO_SRC) google/rpc/status.proto
+gen/.stamp: $(PROTO_SRC) tools/codegen.py $(VENV)/.deps
+	$(PY) tools/codegen.py gen
 	touch $@
+
+# Re-pin every dependency after editing pyproject.toml's ranges.
+lock: $(VENV)/.deps
+	$(VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --extra mesh --extra dev -o requirements/dev.txt pyproject.toml
+	$(VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  -o requirements/runtime.txt pyproject.toml
 
 lint: gen/.stamp node_modules/.installed
 	$(BUF) lint
@@ -47,7 +50,7 @@ lint: gen/.stamp node_modules/.installed
 
 # Starts SecantusDB, auth, gateway, converter and Envoy in the foreground.
 run: install
-	$(PY) -m mesh
+	$(PY) -m localmesh
 
 test: install node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -67,7 +67,7 @@ def ensure_ffmpeg() -> str:
 
 
 def make_inputs(workdir: Path) -> dict[str, Path]:
-    from tests.media import make_media  # the test helper that makes media with PyAV
+    from testkit.media import make_media  # the test helper that makes media with PyAV
 
     workdir.mkdir(parents=True, exist_ok=True)
     video = dict(video_codec="h264", video_size=(1280, 720), fps=10, video_noise=12,

@@ -1,9 +1,9 @@
 """`make soak`: many users, random faults, and nothing may be lost.
 
-A bounded run on loopback against a mesh of its own (mesh/testbed.py: an
+A bounded run on loopback against a mesh of its own (testkit/testbed.py: an
 in-memory SecantusDB, a MySQL database and a queue of its own on the
 machine's MariaDB and RabbitMQ, which are never stopped). The gateway and the
-converter reach MongoDB and RabbitMQ through TCP proxies (tests/tcp_proxy.py)
+converter reach MongoDB and RabbitMQ through TCP proxies (testkit/tcp_proxy.py)
 so connections can be cut without touching the real servers.
 
   * CLIENTS concurrent users, half gRPC and half REST, through Envoy, upload
@@ -53,11 +53,11 @@ import psutil
 import pymongo
 import requests
 
-from mesh.stack import Stack
-from mesh.testbed import Testbed
-from tests.clients import GrpcClient, RestClient, unique_email
-from tests.media import make_media
-from tests.tcp_proxy import TcpProxy
+from localmesh.stack import Stack
+from testkit.testbed import Testbed
+from testkit.clients import GrpcClient, RestClient, unique_email
+from testkit.media import make_media
+from testkit.tcp_proxy import TcpProxy
 
 FAULT_KINDS = ("worker_kill", "mongo_cut", "rabbit_cut")
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -2,8 +2,8 @@
 
     python -m bench.workers [--jobs 8] [--runs 2] [--minutes 5]
 
-Starts a SecantusDB and the converter alone (mesh/testbed.py, mesh/stack.py),
-submits N equal jobs straight to MongoDB + RabbitMQ (mesh/direct.py, as the
+Starts a SecantusDB and the converter alone (testkit/testbed.py, localmesh/stack.py),
+submits N equal jobs straight to MongoDB + RabbitMQ (testkit/direct.py, as the
 gateway would) and times until all are DONE, with CONVERTER_WORKERS=1 and =2,
 alternating run by run; prints the medians and the ratio 2 workers / 1 worker.
 Goal (issue #3): <= 0.6 on this 2-core machine. Each job is M minutes of
@@ -24,15 +24,15 @@ import time
 from pathlib import Path
 
 from common import jobs
-from mesh.direct import DirectSubmitter
-from mesh.stack import Stack
-from mesh.testbed import Testbed
+from testkit.direct import DirectSubmitter
+from localmesh.stack import Stack
+from testkit.testbed import Testbed
 
 CACHE = Path(tempfile.gettempdir()) / "video2mp3-bench"
 
 
 def source(minutes: int) -> Path:
-    from tests.media import make_media
+    from testkit.media import make_media
 
     path = CACHE / f"workers-{minutes}min.m4a"
     if not path.exists():

@@ -18,11 +18,8 @@ holds the lease, so a losing duplicate deletes its own MP3.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import logging
-import os
 import signal
 import threading
 import time
@@ -37,6 +34,7 @@ from video2mp3.media.v1 import media_pb2
 
 from common import jobs
 from common.mongo import Mongo
+from common.process import die_with_parent
 from common.queue import MAX_DELIVERIES, connection_parameters, dead_letter_queue, decode_task, declare_topology
 from converter import mp3_store
 from converter.config import ConverterConfig
@@ -45,7 +43,6 @@ from converter.transcode import ConversionError, transcode
 log = logging.getLogger(__name__)
 
 ACK, REQUEUE, HAND_BACK = "ack", "requeue", "hand back"
-PR_SET_PDEATHSIG = 1
 PROGRESS_EVERY_S = 0.5
 # A dead letter whose job was not really attempted MAX_DELIVERIES times is
 # queued again at most this often (marked by this header).
@@ -311,23 +308,13 @@ def _oid(value) -> ObjectId:
         raise ConversionError("the job's video reference is not valid") from None
 
 
-def _stop_with_parent() -> None:
-    """Ask Linux to SIGTERM this worker if the supervisor dies (even by SIGKILL),
-    so no orphan keeps consuming with nobody to stop it."""
-    parent = os.getppid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def run_worker(cfg: ConverterConfig, index: int) -> None:
     """Entry point of a worker process. SIGTERM: stop taking work, let the
     in-flight job finish within the grace period, else requeue it."""
     from common.logging import setup_logging
 
     setup_logging(f"converter[{index}]")
-    _stop_with_parent()
+    die_with_parent()  # never an orphan consuming with no supervisor
     worker = Worker(cfg)
 
     def on_term(_signum, _frame):

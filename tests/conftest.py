@@ -25,13 +25,13 @@ The mesh (real `python -m auth|gateway|converter` processes and Envoy):
                    MYSQL_*, MONGO_URI, RABBITMQ_*, QUEUE_NAME, SECRET_KEY,
                    AUTH_PORT, MEDIA_PORT, ENVOY_PORT, ENVOY_ADMIN_PORT, AUTH_ADDR,
                    CONVERTER_WORKERS=1, GRACE_SECONDS, LOG_LEVEL.
-  mesh             session-wide mesh.stack.Stack, all four processes up and ready
+  mesh             session-wide localmesh.stack.Stack, all four processes up and ready
                    (gRPC health SERVING / consuming / listening):
                    .auth_addr .media_addr .envoy_addr .rest_base_url .envoy_admin_url
                    .env (what the services got) .logs {name: Path} .log_dir
                    .kill(name) .stop_service(name) .start_service(name, env=None)
                    .restart(name) .log_tail(name) .describe_logs()
-                   .child(name) -> mesh.processes.Child (.pid, .alive,
+                   .child(name) -> localmesh.processes.Child (.pid, .alive,
                    .descendants() e.g. the converter's worker PIDs, .signal(sig))
                    When a test that uses it fails, the report gets each
                    process's state and last log lines.
@@ -57,9 +57,9 @@ from typing import Iterator
 
 import pytest
 
-from mesh import testbed
-from mesh.processes import Child
-from mesh.stack import SERVICES, Stack
+from testkit import testbed
+from localmesh.processes import Child
+from localmesh.stack import SERVICES, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ class MongoURI(str):
         self.host, self.port, self.db, self.child = host, port, db, child
         return self
 
-    # mongodb://host:port/db?directConnection=true (see mesh/testbed.py)
+    # mongodb://host:port/db?directConnection=true (see testkit/testbed.py)
     build = staticmethod(testbed.mongo_uri)
 
     def via(self, host: str, port: int) -> str:
@@ -258,7 +258,7 @@ def mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory):
 @pytest.fixture(scope="session")
 def store(mongo_server):
     """Direct access to the session's MongoDB (not through any proxy): jobs, MP3s, chunks."""
-    from tests.faults import Store
+    from testkit.faults import Store
 
     s = Store(mongo_server)
     yield s
@@ -268,7 +268,7 @@ def store(mongo_server):
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory):
     """A 2-second H.264 + 440 Hz AAC MP4."""
-    from tests.media import make_media
+    from testkit.media import make_media
 
     return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,8 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from common import tokens
-from tests.faults import wait_until
-from tests.tcp_proxy import TcpProxy
+from localmesh.processes import Child, free_port, wait_for
+from testkit import testbed
+from testkit.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "video2mp3.auth.v1.AuthService"
@@ -37,21 +35,10 @@ RPC_TIMEOUT = 10  # an RPC that hangs shows up as DEADLINE_EXCEEDED, never as a 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-MYSQL = dict(
-    host=os.environ.get("MYSQL_HOST", "127.0.0.1"),
-    port=int(os.environ.get("MYSQL_PORT", "3306")),
-    user=os.environ.get("MYSQL_USER", "root"),
-    password=os.environ.get("MYSQL_PASSWORD", ""),
-)
+MYSQL = testbed.mysql_settings()
 
 
 # -- helpers --------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
     kwargs.setdefault("timeout", RPC_TIMEOUT)
@@ -66,9 +53,8 @@ class AuthServer:
     def __init__(self, log_path: Path, db: str, mysql_port: int, **extra_env: str):
         self.port = free_port()
         self.log_path = log_path
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen" / "python")]),
+        env = dict(
+            os.environ,
             AUTH_PORT=str(self.port),
             MYSQL_HOST=MYSQL["host"],
             MYSQL_PORT=str(mysql_port),
@@ -85,9 +71,8 @@ class AuthServer:
             LOG_LEVEL="INFO",
         )
         env.update(extra_env)
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "auth"], cwd=ROOT, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.child = Child("auth", [sys.executable, "-m", "auth"], env=env, cwd=ROOT,
+                           log_path=log_path).start()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -105,25 +90,18 @@ class AuthServer:
 
     def wait_status(self, expected: int, timeout: float = 30.0) -> None:
         def reached():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"auth server exited with {self.proc.returncode}:\n{self.log()}")
+            if not self.child.alive:
+                raise AssertionError(f"auth server exited with {self.child.returncode}:\n{self.log()}")
             return self.status("") == expected and self.status(SERVICE) == expected
         try:
-            wait_until(f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(expected)}", reached, timeout)
-        except AssertionError as e:
+            wait_for(f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(expected)}", reached,
+                     timeout, retry_errors=False)
+        except (AssertionError, TimeoutError) as e:
             raise AssertionError(f"{e}\n--- auth log ---\n{self.log()}") from None
 
     def stop(self) -> int:
         self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return self.child.stop(20)
 
 
 def sign_up(stub, email: str, password: str = "correct horse battery"):

@@ -100,8 +100,10 @@ def test_dockerfile_builds_what_the_services_import():
     assert "FROM python:3.11" in text
     for target in ("AS service", "AS envoy"):
         assert target in text
-    for folder in ("common", "auth", "gateway", "converter", "mesh", "protos"):
+    for folder in ("common", "auth", "gateway", "converter", "ops", "protos", "tools"):
         assert f"COPY {folder} ./{folder}" in text
-    # The same protoc steps as `make protos`, including Envoy's descriptor set.
-    assert "--include_imports" in text and "gen/descriptor.pb" in text
-    assert "google/rpc/status.proto" in text
+    # Only service code: no launcher, test kit or benchmarks in the image.
+    for folder in ("localmesh", "testkit", "bench", "tests"):
+        assert f"COPY {folder}" not in text
+    # The same codegen recipe as `make protos`, and the locked versions.
+    assert "tools/codegen.py" in text and "requirements/runtime.txt" in text

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from video2mp3.media.v1 import media_pb2
 
-from tests.clients import GrpcClient, RestClient
-from tests.media import analyse_mp3, audio_duration, make_media
+from testkit.clients import GrpcClient, RestClient
+from testkit.media import analyse_mp3, audio_duration, make_media
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from video2mp3.media.v1 import media_pb2
 from common import tokens
 from common.mongo import Mongo
 from common.settings import MongoSettings
-from tests.clients import GrpcClient, RestClient, unique_email
-from tests.media import make_media, make_text_file
+from testkit.clients import GrpcClient, RestClient, unique_email
+from testkit.media import make_media, make_text_file
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,17 @@ from video2mp3.media.v1 import media_pb2
 from common import jobs
 from common.queue import MAX_DELIVERIES, dead_letter_queue, encode_task
 from converter.worker import REVIVED_HEADER
-from tests.faults import (
+from testkit.faults import (
     SLOW_OPTIONS,
     Store,
     kill_worker,
     make_long_audio,
-    publish_raw,
-    rabbit_connection,
     user_client,
-    wait_until,
     worker_pids,
 )
-from tests.media import analyse_mp3
+from testkit.testbed import publish_raw, rabbit_connection
+from localmesh.processes import wait_for
+from testkit.media import analyse_mp3
 
 SERVICES = ("auth", "gateway", "converter")
 LEASE_S = 2
@@ -107,7 +106,7 @@ def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
     job = store.job(job_id)
     assert job["attempts"] == MAX_DELIVERIES  # never a fourth delivery
     assert store.mp3_files(job_id) == []
-    wait_until("the dead-lettered job's half-written MP3s to be deleted",
+    wait_for("the dead-lettered job's half-written MP3s to be deleted",
                lambda: store.job(job_id)["pending_mp3_fids"] == [], timeout=20)
     for fid in half_written:
         store.assert_attempt_gone(fid)
@@ -131,7 +130,7 @@ def test_a_task_published_twice_more_is_converted_once(
     publish_raw(rabbitmq_server, stack.env["QUEUE_NAME"], [task, task])
 
     assert client.wait(job_id, timeout=120).state == media_pb2.JOB_STATE_DONE
-    wait_until("both extra copies to be acked as duplicates",
+    wait_for("both extra copies to be acked as duplicates",
                lambda: stack.log_tail("converter", 400).count(
                    f"job {job_id} already DONE; duplicate task acked") == 2, timeout=30)
     job = store.assert_one_mp3(job_id)
@@ -159,7 +158,7 @@ def test_a_dead_letter_never_attempted_is_queued_again_a_bounded_number_of_times
     stack = mesh_factory(services=("auth", "gateway"), CONVERTER_LEASE_S=LEASE_S)
     client = user_client(stack)
     job_id = client.upload(clip, filename="cut.mp4").job_id
-    wait_until("the task to be published", lambda: store.job(job_id)["published"], timeout=30)
+    wait_for("the task to be published", lambda: store.job(job_id)["published"], timeout=30)
     _divert_to_dead_letters(rabbitmq_server, stack.env["QUEUE_NAME"],
                             {REVIVED_HEADER: revived} if revived else None)
 

@@ -19,8 +19,9 @@ from video2mp3.media.v1 import media_pb2
 
 from common.queue import MAX_DELIVERIES
 from converter.transcode import ConversionError, transcode
-from tests.faults import queue_depth, user_client, worker_pids
-from tests.media import make_media
+from testkit.faults import user_client, worker_pids
+from testkit.testbed import queue_depth
+from testkit.media import make_media
 
 SERVICES = ("auth", "gateway", "converter")
 WORKERS = 2

@@ -14,9 +14,10 @@ import pytest
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2
 
-from tests.clients import GrpcClient, RestClient, unique_email, upload_messages
-from tests.faults import SLOW_OPTIONS, make_long_audio, user_client, wait_until
-from tests.tcp_proxy import TcpProxy
+from testkit.clients import GrpcClient, RestClient, unique_email, upload_messages
+from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
+from localmesh.processes import wait_for
+from testkit.tcp_proxy import TcpProxy
 
 FAST = 10  # seconds: the deadline an RPC must beat with an answer while a dependency is down
 
@@ -62,7 +63,7 @@ def health(stack) -> dict:
 
 
 def wait_health(stack, dependency: str, prefix: str, timeout: float = 30) -> dict:
-    return wait_until(f"/health to say {dependency} is {prefix}...",
+    return wait_for(f"/health to say {dependency} is {prefix}...",
                       lambda: (h := health(stack))[dependency].startswith(prefix) and h,
                       timeout=timeout, interval=0.3)
 
@@ -180,7 +181,7 @@ def test_converter_holds_a_task_while_mongodb_is_cut_and_converts_it_after(
 
     mongo_proxy.cut()
     job_id = client.upload(clip, filename="held.mp4", timeout=FAST).job_id
-    wait_until("the converter to retry the job",
+    wait_for("the converter to retry the job",
                lambda: stack.log_tail("converter", 200).count(f"job {job_id}: storage unavailable") >= 2)
     assert store.job(job_id)["state"] == "QUEUED"
 

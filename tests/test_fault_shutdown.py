@@ -1,7 +1,7 @@
 """Graceful shutdown (issue #4): SIGTERM makes a service stop taking new work,
 finish or hand back what it is doing within GRACE_SECONDS, and exit 0.
 
-`make run`'s Ctrl-C takes the same path: mesh/__main__.py turns SIGINT into
+`make run`'s Ctrl-C takes the same path: localmesh/__main__.py turns SIGINT into
 Stack.close(), which SIGTERMs every child (each in its own process group, so
 the terminal's SIGINT never reaches them directly) and SIGKILLs only what is
 still running GRACE_SECONDS + 5 s later.
@@ -23,9 +23,10 @@ import pytest
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from common.queue import MAX_DELIVERIES
-from mesh import testbed
-from tests.clients import CHUNK, upload_messages
-from tests.faults import SLOW_OPTIONS, make_long_audio, user_client, wait_until
+from testkit import testbed
+from testkit.clients import CHUNK, upload_messages
+from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
+from localmesh.processes import wait_for
 
 SERVICES = ("auth", "gateway", "converter")
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ def test_converter_sigterm_finishes_the_job_in_hand_and_takes_no_new_one(
     store.wait_job(job_id, _converting, "to be converting")
 
     stack.child("converter").terminate()
-    wait_until("the converter to take the SIGTERM",
+    wait_for("the converter to take the SIGTERM",
                lambda: "stopping workers" in stack.log_tail("converter"), timeout=10)
     later = client.upload(clip, filename="later.mp4").job_id
     assert stack.child("converter").wait(60 + 5) == 0
@@ -153,7 +154,7 @@ def test_gateway_sigterm_refuses_new_rpcs_finishes_short_ones_and_exits(mesh_fac
         return False
 
     try:
-        wait_until("the stopping gateway to refuse new RPCs", refused, timeout=5)
+        wait_for("the stopping gateway to refuse new RPCs", refused, timeout=5)
     finally:
         fresh.close()
 
@@ -175,18 +176,17 @@ def test_gateway_sigterm_refuses_new_rpcs_finishes_short_ones_and_exits(mesh_fac
 
 
 def test_make_run_ctrl_c_stops_every_service_with_sigterm(mesh_env, rabbitmq_server, tmp_path):
-    """`python -m mesh` (make run) on its own ports and queue, then SIGINT as a
+    """`python -m localmesh` (make run) on its own ports and queue, then SIGINT as a
     terminal's Ctrl-C sends it: every service logs the SIGTERM it got, nothing
     needs a SIGKILL, and make run exits 0."""
     env = testbed.fresh_ports(mesh_env)
-    env.update(QUEUE_NAME=f"{mesh_env['QUEUE_NAME']}_run_{uuid.uuid4().hex[:6]}", GRACE_SECONDS="3",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen" / "python")]))
+    env.update(QUEUE_NAME=f"{mesh_env['QUEUE_NAME']}_run_{uuid.uuid4().hex[:6]}", GRACE_SECONDS="3")
     out_path = tmp_path / "make-run.log"
     with open(out_path, "w") as out:
-        run = subprocess.Popen([sys.executable, "-m", "mesh"], env=env, cwd=ROOT,
+        run = subprocess.Popen([sys.executable, "-m", "localmesh"], env=env, cwd=ROOT,
                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until("make run to be up", lambda: "video2mp3 is up." in out_path.read_text(),
+        wait_for("make run to be up", lambda: "video2mp3 is up." in out_path.read_text(),
                    timeout=90, interval=0.2)
         run.send_signal(signal.SIGINT)
         assert run.wait(3 + 5 + 10) == 0, out_path.read_text()

@@ -29,7 +29,7 @@ from common.mongo import Mongo
 from common.settings import MongoSettings
 from common.gridfs_upload import ChunkedUpload
 from gateway.janitor import OrphanChunkJanitor
-from mesh.processes import wait_for
+from localmesh.processes import wait_for
 
 MiB = 1024 * 1024
 PIECE = 64 * 1024

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.media import analyse_mp3, audio_duration, make_media
+from testkit.media import analyse_mp3, audio_duration, make_media
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -67,18 +67,13 @@ def test_every_lint_exception_is_needed(tmp_path, path, line, rule):
 
 
 def test_generated_python_stubs_are_current(tmp_path):
-    """Regenerate into a temp dir exactly as `make protos` does and compare."""
-    out = tmp_path / "python"
-    out.mkdir()
-    r = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"-I{THIRD_PARTY}",
-         f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
-         *[str(p.relative_to(ROOT / "protos")) for p in PROTOS]],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    """Regenerate into a temp dir with the one recipe (tools/codegen.py) and compare."""
+    r = subprocess.run([sys.executable, "tools/codegen.py", str(tmp_path / "gen")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+    out = tmp_path / "gen" / "python"
     fresh = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.py*") if p.is_file()}
-    assert fresh, "protoc generated nothing"
+    assert any(rel.name.endswith("_pb2.py") for rel in fresh), "codegen generated nothing"
     gen = ROOT / "gen" / "python"
     stale = [str(rel) for rel, data in fresh.items()
              if not (gen / rel).exists() or (gen / rel).read_bytes() != data]
@@ -124,12 +119,7 @@ def _fresh_descriptor_set():
     from google.protobuf import descriptor_pb2
 
     with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "fresh.pb"
-        r = subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"-I{THIRD_PARTY}",
-             "--include_imports", f"--descriptor_set_out={out}",
-             *[str(p.relative_to(ROOT / "protos")) for p in PROTOS]],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
-        )
+        r = subprocess.run([sys.executable, "tools/codegen.py", d],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+        return descriptor_pb2.FileDescriptorSet.FromString((Path(d) / "descriptor.pb").read_bytes())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.media import analyse_mp3
+from testkit.media import analyse_mp3
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -37,7 +37,7 @@ def run_session(section: str, envoy_addr: str, cwd: Path) -> str:
     script = "\n".join(shell_blocks(section))
     assert "localhost:8000" in script
     script = "set -euo pipefail\n" + script.replace("localhost:8000", envoy_addr)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     r = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
                        timeout=180)
     assert r.returncode == 0, (f"README session '{section}' failed ({r.returncode})\n"
@@ -47,7 +47,7 @@ def run_session(section: str, envoy_addr: str, cwd: Path) -> str:
 
 @pytest.fixture
 def repo_like_dir(tmp_path) -> Path:
-    for name in (".venv", "tests"):
+    for name in (".venv", "testkit"):
         (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
     return tmp_path
 

@@ -20,7 +20,7 @@ import pytest
 
 from converter import lame, mp3tags, options as opts
 from converter.transcode import ConversionError, TranscodeResult, transcode
-from tests.media import (
+from testkit.media import (
     analyse_mp3, audio_duration, decode_audio, make_media,
     make_text_file, make_truncated,
 )

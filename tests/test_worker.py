@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import time
 
-import pika
 from video2mp3.media.v1 import media_pb2
 
 from common import jobs
-from mesh.direct import DirectSubmitter
-from tests.media import make_media
+from testkit.direct import DirectSubmitter
+from testkit.faults import Store
+from testkit.media import make_media
+from testkit.testbed import queue_depth
 
 HEARTBEAT_S = 2
-
-
-def wait_final(store: jobs.JobStore, job_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        doc = store.get(job_id)
-        if doc["state"] in jobs.FINAL_STATES:
-            return doc
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not final after {timeout}s: {store.get(job_id)}")
-
-
-def queue_depth(env: dict) -> int:
-    params = pika.ConnectionParameters(
-        host=env["RABBITMQ_HOST"], port=int(env["RABBITMQ_PORT"]),
-        virtual_host=env.get("RABBITMQ_VHOST") or "/",
-        credentials=pika.PlainCredentials(env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]))
-    with pika.BlockingConnection(params) as conn:
-        return conn.channel().queue_declare(env["QUEUE_NAME"], passive=True).method.message_count
 
 
 def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_path):
@@ -45,7 +27,7 @@ def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_pa
     try:
         job_id = submitter.submit(source, options=media_pb2.ConversionOptions(
             bitrate_kbps=64, channels=2, sample_rate_hz=48000))
-        doc = wait_final(submitter.jobs, job_id, timeout=600)
+        doc = Store(stack.env["MONGO_URI"]).wait_final(job_id, timeout=600)
         assert doc["state"] == jobs.DONE, doc["error"]
         converting = (doc["complete_time"] - doc["create_time"]).total_seconds()
         # Not a speed check: the test only proves something if the work spanned
@@ -56,7 +38,7 @@ def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_pa
         time.sleep(3 * HEARTBEAT_S)  # a lost ack would show up as a redelivery by now
         doc = submitter.jobs.get(job_id)
         assert doc["attempts"] == 1 and doc["state"] == jobs.DONE
-        assert queue_depth(stack.env) == 0
+        assert queue_depth(stack.env, stack.env["QUEUE_NAME"])[0] == 0
         log = stack.log_tail("converter", 400)
         assert "connection lost" not in log and "reconnecting" not in log, log
         assert "duplicate task" not in log, log

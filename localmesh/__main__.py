@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from mesh import envoy_config
-from mesh.processes import Child, ChildDied, port_is_open, stop_all, wait_for_mongo
-from mesh.stack import Stack
+from ops import envoy_config
+from localmesh.processes import Child, ChildDied, port_is_open, secantusd_argv, stop_all, wait_for_mongo
+from localmesh.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
@@ -119,10 +119,7 @@ def main() -> int:
             # directConnection: talk to exactly this address, never to the
             # replica-set member address SecantusDB advertises.
             uri = f"mongodb://127.0.0.1:{mongo_port}/video2mp3?directConnection=true"
-            mongo = Child("mongo", [
-                _secantusd(), "--host", "127.0.0.1", "--port", str(mongo_port),
-                "--storage-path", str(data_dir), "--log-level", "WARNING",
-            ], env=env, cwd=data_dir).start()
+            mongo = Child("mongo", secantusd_argv(mongo_port, data_dir), env=env, cwd=data_dir).start()
             wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
             stack.env["MONGO_URI"] = uri
             _say(f"SecantusDB up at {uri} (data in {data_dir})")
@@ -172,11 +169,6 @@ def main() -> int:
             stop_all([mongo], deadline=15)
     _say("stopped")
     return exit_code
-
-
-def _secantusd() -> str:
-    exe = Path(sys.executable).parent / "secantusd-py"
-    return str(exe) if exe.exists() else "secantusd-py"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The four mesh processes (auth, gateway, converter, Envoy) as one object.
 
-`python -m mesh` and the test fixtures both use it, so the services are
+`python -m localmesh` and the test fixtures both use it, so the services are
 started, checked and stopped the same way everywhere:
 
     stack = Stack(env, log_dir=tmp)     # env: MYSQL_*, MONGO_URI, RABBITMQ_*, ports...
@@ -21,8 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Mapping
 
-from mesh import envoy_config
-from mesh.processes import (
+from common.settings import RabbitSettings
+from ops import envoy_config
+from localmesh.processes import (
     Child,
     stop_all,
     wait_for_grpc_health,
@@ -41,12 +42,9 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def service_env(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` plus what every Python child needs: the repo and the generated
-    stubs on PYTHONPATH, unbuffered output, AUTH_ADDR defaulting to the local auth."""
+    """`env` plus what every Python child needs: unbuffered output, AUTH_ADDR
+    defaulting to the local auth."""
     out = dict(env)
-    paths = [str(ROOT), str(ROOT / "gen" / "python")]
-    extra = [p for p in (out.get("PYTHONPATH") or "").split(os.pathsep) if p and p not in paths]
-    out["PYTHONPATH"] = os.pathsep.join(paths + extra)
     out["PYTHONUNBUFFERED"] = "1"
     out.setdefault("AUTH_ADDR", f"127.0.0.1:{_int(out, 'AUTH_PORT', 50051)}")
     return out
@@ -181,17 +179,8 @@ class Stack:
         elif name == "gateway":
             wait_for_grpc_health(self.media_addr, timeout=timeout, child=c)
         elif name == "converter":
-            e = c.env
             try:
-                wait_for_queue_consumer(
-                    e.get("QUEUE_NAME") or "video",
-                    host=e.get("RABBITMQ_HOST") or "127.0.0.1",
-                    port=_int(e, "RABBITMQ_PORT", 5672),
-                    user=e.get("RABBITMQ_USER") or "guest",
-                    password=e.get("RABBITMQ_PASSWORD", "guest"),
-                    vhost=e.get("RABBITMQ_VHOST") or "/",
-                    timeout=timeout, child=c,
-                )
+                wait_for_queue_consumer(RabbitSettings.from_env(c.env), timeout=timeout, child=c)
             except TimeoutError:
                 if self.require_consumer:
                     raise

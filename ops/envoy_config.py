@@ -2,7 +2,7 @@
 
 deploy/envoy.yaml holds the defaults (listener :8000, auth 127.0.0.1:50051,
 media 127.0.0.1:50052, admin 127.0.0.1:9901, descriptor gen/descriptor.pb).
-`python -m mesh`, the tests and the container images all start Envoy from a
+`python -m localmesh`, the tests and the container images all start Envoy from a
 copy rendered here with other ports, upstream addresses or descriptor path.
 
     path = render(listen_port=18000, auth=("127.0.0.1", 15051), media=("127.0.0.1", 15052))
@@ -11,7 +11,7 @@ copy rendered here with other ports, upstream addresses or descriptor path.
 Also usable from a shell; with --exec it then runs Envoy on the result (the
 envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR are the defaults):
 
-    python -m mesh.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
+    python -m ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
         --auth auth:50051 --media gateway:50052 [--exec]
 """
 from __future__ import annotations

@@ -254,10 +254,10 @@ def audio_duration(path_or_bytes, track: int = 0) -> float:
 
 
 if __name__ == "__main__":
-    # `python -m tests.media demo.mp4`: the README's 5-second demo video
+    # `python -m testkit.media demo.mp4`: the README's 5-second demo video
     # (H.264 + a 440 Hz AAC tone).
     import sys
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tests.media OUTPUT.mp4")
+        sys.exit("usage: python -m testkit.media OUTPUT.mp4")
     print(make_media(sys.argv[1], video_codec="h264", audio_codec="aac", duration=5.0, freq=440.0))

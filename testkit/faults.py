@@ -11,17 +11,16 @@ never through the proxies the tests cut:
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
-import pika
 import psutil
 import pymongo
 from bson import ObjectId
 
-from tests.clients import GrpcClient
-from tests.media import make_media
+from localmesh.processes import wait_for
+from testkit.clients import GrpcClient
+from testkit.media import make_media
 
 # Options that make a small upload a long conversion: a low-rate mono source
 # encoded at 48 kHz stereo keeps LAME busy while the upload and the MP3 stay
@@ -34,19 +33,6 @@ def make_long_audio(path: str | os.PathLike, minutes: float) -> Path:
     make_media(path, video_codec=None, audio_codec="flac", duration=minutes * 60,
                sample_rate=8000, layout="mono")
     return Path(path)
-
-
-def wait_until(what: str, check: Callable[[], object], timeout: float = 60.0,
-               interval: float = 0.1):
-    """Poll until check() returns something truthy; return it, or fail saying what."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout:.0f}s")
-        time.sleep(interval)
 
 
 def user_client(stack, addr: str | None = None) -> GrpcClient:
@@ -85,8 +71,8 @@ class Store:
             return last["doc"] if cond(last["doc"]) else None
 
         try:
-            return wait_until(f"job {job_id} {what}", check, timeout, interval)
-        except AssertionError as e:
+            return wait_for(f"job {job_id} {what}", check, timeout, interval, retry_errors=False)
+        except TimeoutError as e:
             doc = last.get("doc") or {}
             raise AssertionError(f"{e} (state {doc.get('state')}, attempts {doc.get('attempts')}, "
                                  f"error {doc.get('error')!r})") from None
@@ -137,38 +123,3 @@ def kill_worker(pid: int) -> None:
     p = psutil.Process(pid)
     p.kill()
     p.wait(10)
-
-
-# -- RabbitMQ, by hand ----------------------------------------------------------------
-
-def rabbit_connection(env: dict) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.ConnectionParameters(
-        host=env["RABBITMQ_HOST"], port=int(env["RABBITMQ_PORT"]),
-        virtual_host=env["RABBITMQ_VHOST"],
-        credentials=pika.PlainCredentials(env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]),
-        connection_attempts=1, socket_timeout=5))
-
-
-def publish_raw(rabbit_env: dict, queue: str, bodies: list[bytes]) -> None:
-    """Publish task messages as the gateway does (persistent, confirmed)."""
-    conn = rabbit_connection(rabbit_env)
-    try:
-        ch = conn.channel()
-        ch.confirm_delivery()
-        for body in bodies:
-            ch.basic_publish("", queue, body, pika.BasicProperties(
-                delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"),
-                mandatory=True)
-    finally:
-        conn.close()
-
-
-def queue_depth(rabbit_env: dict, queue: str) -> tuple[int, int]:
-    """(messages ready, consumers) of a queue."""
-    conn = rabbit_connection(rabbit_env)
-    try:
-        ok = conn.channel().queue_declare(queue, passive=True)
-        return ok.method.message_count, ok.method.consumer_count
-    finally:
-        conn.close()
-

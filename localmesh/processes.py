@@ -1,6 +1,6 @@
 """Start, watch and stop the mesh's child processes.
 
-Used by `python -m mesh` (`make run`) and by the test fixtures in
+Used by `python -m localmesh` (`make run`) and by the test fixtures in
 tests/conftest.py, so both run the services exactly the same way.
 
     child = Child("auth", [sys.executable, "-m", "auth"], env=env, log_path=tmp / "auth.log")
@@ -18,7 +18,6 @@ orphans; start children from a long-lived thread (the main thread).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -27,7 +26,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence, TypeVar
+
+from common.process import die_with_parent
+from common.settings import RabbitSettings
+
+T = TypeVar("T")
 
 # Child.start uses a preexec_fn, so subprocess must fork (not vfork) and fork
 # handlers run in the child.
@@ -77,13 +81,6 @@ def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 # ------------------------------------------------------------------- children
 
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class Child:
     """One supervised process.
 
@@ -129,7 +126,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,14 +317,18 @@ def stop_all(children: Sequence[Child], deadline: float = 15.0) -> None:
 
 def wait_for(
     what: str,
-    check: Callable[[], bool],
-    *,
+    check: Callable[[], T],
     timeout: float = 30.0,
     interval: float = 0.1,
+    *,
     child: Child | None = None,
-) -> None:
-    """Poll `check()` until it returns True. Raise ChildDied at once if `child`
-    exits meanwhile, TimeoutError after `timeout` seconds."""
+    retry_errors: bool = True,
+) -> T:
+    """The one polling loop (launcher, tests, benchmarks): call `check()` until
+    it returns something truthy and return that. Raise ChildDied at once if
+    `child` exits meanwhile, TimeoutError naming `what` after `timeout`
+    seconds. An exception from `check()` means "not yet" unless
+    `retry_errors` is False, when it propagates at once."""
     end = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
@@ -338,10 +339,13 @@ def wait_for(
                 + (f"\n--- last lines of {child.log_path} ---\n{tail}" if tail else "")
             )
         try:
-            if check():
-                return
+            value = check()
+            if value:
+                return value
             last_error = None
-        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as e:  # any failure means "not yet"
+            if not retry_errors:
+                raise
             last_error = e
         if time.monotonic() >= end:
             why = f" (last error: {last_error})" if last_error else ""
@@ -380,6 +384,18 @@ def wait_for_grpc_health(
         channel.close()
 
 
+def secantusd_argv(port: int, storage_path: str | os.PathLike, *, cache_size: str | None = None,
+                   host: str = "127.0.0.1", log_level: str = "WARNING") -> list[str]:
+    """The command line of an embedded SecantusDB (the MongoDB-compatible
+    server `make run` and the tests use), from this virtualenv if it has one."""
+    exe = Path(sys.executable).parent / "secantusd-py"
+    argv = [str(exe) if exe.exists() else "secantusd-py", "--host", host, "--port", str(port),
+            "--storage-path", str(storage_path), "--log-level", log_level]
+    if cache_size:
+        argv += ["--cache-size", cache_size]
+    return argv
+
+
 def wait_for_mongo(uri: str, *, timeout: float = 30.0, child: Child | None = None) -> None:
     """Until a MongoDB (or SecantusDB) at `uri` answers ping."""
     import pymongo
@@ -395,26 +411,20 @@ def wait_for_mongo(uri: str, *, timeout: float = 30.0, child: Child | None = Non
 
 
 def wait_for_queue_consumer(
-    queue: str,
+    rabbit: RabbitSettings,
     *,
-    host: str = "127.0.0.1",
-    port: int = 5672,
-    user: str = "guest",
-    password: str = "guest",
-    vhost: str = "/",
     minimum: int = 1,
     timeout: float = 30.0,
     child: Child | None = None,
 ) -> None:
-    """Until RabbitMQ reports at least `minimum` consumers on `queue`: how we
-    know the converter (which has no port) is ready."""
+    """Until RabbitMQ reports at least `minimum` consumers on `rabbit.queue`:
+    how we know the converter (which has no port) is ready."""
     import pika
 
-    params = pika.ConnectionParameters(
-        host=host, port=port, virtual_host=vhost,
-        credentials=pika.PlainCredentials(user, password),
-        connection_attempts=1, socket_timeout=2, blocked_connection_timeout=2,
-    )
+    from common.queue import connection_parameters
+
+    queue = rabbit.queue
+    params = connection_parameters(rabbit)
     conn = None
 
     def check() -> bool:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Mapping
 
-from mesh.processes import Child, free_port, wait_for_mongo
+from common.queue import connection_parameters
+from common.settings import RabbitSettings
+from localmesh.processes import Child, free_port, secantusd_argv, wait_for_mongo
 
 # Names a service may derive from the main queue (dead-lettering, retries).
 QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay")
@@ -86,33 +87,42 @@ def rabbit_env(environ: Mapping[str, str] = os.environ) -> dict:
     }
 
 
-def rabbit_params(env: Mapping[str, str]):
+def rabbit_connection(env: Mapping[str, str]):
+    """A pika BlockingConnection with the services' own parameters for `env`'s RABBITMQ_*."""
     import pika
 
-    return pika.ConnectionParameters(
-        host=env["RABBITMQ_HOST"],
-        port=int(env["RABBITMQ_PORT"]),
-        virtual_host=env["RABBITMQ_VHOST"],
-        credentials=pika.PlainCredentials(env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]),
-        connection_attempts=1,
-        socket_timeout=5,
-        blocked_connection_timeout=5,
-    )
+    return pika.BlockingConnection(connection_parameters(RabbitSettings.from_env(env)))
 
 
 def check_rabbit(env: Mapping[str, str]) -> None:
     """Raises if RabbitMQ does not accept a connection."""
+    rabbit_connection(env).close()
+
+
+def queue_depth(env: Mapping[str, str], queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of a queue."""
+    with rabbit_connection(env) as conn:
+        ok = conn.channel().queue_declare(queue, passive=True)
+        return ok.method.message_count, ok.method.consumer_count
+
+
+def publish_raw(env: Mapping[str, str], queue: str, bodies: list[bytes]) -> None:
+    """Publish task messages as the gateway does (persistent, confirmed)."""
     import pika
 
-    pika.BlockingConnection(rabbit_params(env)).close()
+    with rabbit_connection(env) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for body in bodies:
+            ch.basic_publish("", queue, body, pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"),
+                mandatory=True)
 
 
 def delete_queues(env: Mapping[str, str], name: str) -> None:
     """Delete queue `name` and its companions (QUEUE_COMPANIONS), ignoring missing ones."""
-    import pika
-
     try:
-        conn = pika.BlockingConnection(rabbit_params(env))
+        conn = rabbit_connection(env)
     except Exception:  # noqa: BLE001 - pika raises many kinds
         return
     try:
@@ -140,11 +150,6 @@ def mongo_uri(host: str, port: int, db: str) -> str:
     return f"mongodb://{host}:{port}/{db}?directConnection=true"
 
 
-def secantusd() -> str:
-    exe = Path(sys.executable).parent / "secantusd-py"
-    return str(exe) if exe.exists() else "secantusd-py"
-
-
 # In memory, the cache holds every byte stored: room for a whole test session.
 def start_mongo(log_dir: str | os.PathLike, *, cache_size: str = "2G",
                 timeout: float = 60) -> tuple[Child, int]:
@@ -153,9 +158,7 @@ def start_mongo(log_dir: str | os.PathLike, *, cache_size: str = "2G",
     port = free_port()
     log_dir = Path(log_dir)
     child = Child(
-        "mongo",
-        [secantusd(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
-         "--log-level", "WARNING", "--cache-size", cache_size],
+        "mongo", secantusd_argv(port, ":memory:", cache_size=cache_size),
         cwd=log_dir, log_path=log_dir / "mongo.log",
     ).start()
     try:

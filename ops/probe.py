@@ -2,7 +2,7 @@
 
 For container health checks where no native gRPC probe exists (docker compose):
 
-    python -m mesh.probe 127.0.0.1:50051 [SERVICE]
+    python -m ops.probe 127.0.0.1:50051 [SERVICE]
 """
 from __future__ import annotations
 
