@@ -44,15 +44,19 @@ lock: $(VENV)/.deps
 	$(VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  -o requirements/runtime.txt pyproject.toml
 
-lint: gen/.stamp node_modules/.installed
+# Protos (buf STANDARD), then Python lint/import order (ruff) and types (mypy).
+lint: install node_modules/.installed
 	$(BUF) lint
 	$(BUF) build -o /dev/null
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Starts SecantusDB, auth, gateway, converter and Envoy in the foreground.
 run: install
 	$(PY) -m localmesh
 
-test: install node_modules/.installed
+# Lint and types first: CI enforces them through this target.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench-convert: install

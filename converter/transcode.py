@@ -2,7 +2,7 @@
 
 PyAV demuxes only the chosen audio stream, decodes it and resamples it to what
 the encoder takes; LAME encodes it, through converter/lame.py rather than PyAV
-because the LAME in PyAV's wheel is about 3x slower (see DESIGN.md). An
+because the LAME in PyAV's wheel is about 3x slower (docs/architecture.md, "The converter"). An
 MP3 source with default options is copied packet by packet instead. Either way
 the output gets an ID3v2 tag and a Xing/LAME info frame (converter/mp3out.py)
 and is written as it is made: memory does not grow with the input's length.

@@ -3,6 +3,11 @@
 For container health checks where no native gRPC probe exists (docker compose):
 
     python -m ops.probe 127.0.0.1:50051 [SERVICE]
+    python -m ops.probe --from-env    # the image's HEALTHCHECK: this container's own port
+
+--from-env probes 127.0.0.1 on AUTH_PORT (50051) or MEDIA_PORT (50052),
+whichever this container listens on; the converter listens on neither and
+passes (it is watched through its queue's consumers instead).
 """
 from __future__ import annotations
 
@@ -25,7 +30,23 @@ def serving(address: str, service: str = "", timeout: float = 3.0) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _own_port() -> int | None:
+    import os
+    import socket
+
+    for name, default in (("AUTH_PORT", 50051), ("MEDIA_PORT", 50052)):
+        port = int(os.environ.get(name) or default)
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return port
+    return None
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--from-env"]:
+        port = _own_port()
+        return 0 if port is None else main([f"127.0.0.1:{port}"])
     if not argv or len(argv) > 2:
         print(__doc__, file=sys.stderr)
         return 2
