@@ -5,27 +5,25 @@ import logging
 
 from video2mp3.auth.v1 import auth_pb2_grpc
 
-from auth import config
+from auth.config import AuthConfig
 from auth.passwords import Passwords
 from auth.service import SERVICE_NAME, AuthService
 from auth.users import UserRepository
 from common import grpc_server
 from common.health import DependencyMonitor
 from common.logging import setup_logging
+from common.settings import load
 
 log = logging.getLogger("auth")
 
 
 def main() -> None:
     setup_logging("auth")
-    cfg = config.load()
-    if cfg.secret_key_is_default:
-        log.warning("SECRET_KEY is not set: signing tokens with the insecure development key")
-    elif len(cfg.secret_key.encode()) < 32:
-        log.warning("SECRET_KEY is shorter than 32 bytes; HS256 keys should be at least 32")
+    cfg = load(AuthConfig)
+    cfg.tokens.warn_if_insecure(log)
 
-    users = UserRepository(cfg)
-    service = AuthService(users, Passwords(cfg.hash_concurrency), cfg.secret_key,
+    users = UserRepository(cfg.mysql)
+    service = AuthService(users, Passwords(cfg.hash_concurrency), cfg.tokens.secret_key,
                           cfg.token_ttl_seconds)
     health = grpc_server.new_health()
     # Checks MySQL every few seconds: drives grpc.health.v1 (SERVING / NOT_SERVING)
@@ -38,8 +36,8 @@ def main() -> None:
                              SERVICE_NAME)],
         cfg.port, health_servicer=health)
     monitor.start()
-    log.info("AuthService on :%d, users in MySQL %s@%s:%d/%s", cfg.port, cfg.mysql_user,
-             cfg.mysql_host, cfg.mysql_port, cfg.mysql_db)
+    log.info("AuthService on :%d, users in MySQL %s@%s:%d/%s", cfg.port, cfg.mysql.user,
+             cfg.mysql.host, cfg.mysql.port, cfg.mysql.db)
     try:
         grpc_server.run_until_signalled(server, health, grace_seconds=cfg.grace_seconds,
                                         on_stop=monitor.stop)

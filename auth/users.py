@@ -19,7 +19,7 @@ import pymysql
 from dbutils.pooled_db import PooledDB, PooledDBError
 from pymysql.constants import ER
 
-from auth.config import Config
+from common.settings import MysqlSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,17 @@ class User:
 
 
 class UserRepository:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: MysqlSettings):
         self._cfg = cfg
         self._connect_args = dict(
-            host=cfg.mysql_host,
-            port=cfg.mysql_port,
-            user=cfg.mysql_user,
-            password=cfg.mysql_password,
+            host=cfg.host,
+            port=cfg.port,
+            user=cfg.user,
+            password=cfg.password,
             charset="utf8mb4",
-            connect_timeout=cfg.mysql_connect_timeout,
-            read_timeout=cfg.mysql_read_timeout,
-            write_timeout=cfg.mysql_write_timeout,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            write_timeout=cfg.write_timeout,
             autocommit=True,
             # TIMESTAMP columns come back in the session time zone: make it UTC.
             init_command="SET time_zone = '+00:00'",
@@ -88,13 +88,13 @@ class UserRepository:
         self._pool = PooledDB(
             creator=pymysql,
             mincached=0,
-            maxcached=cfg.mysql_pool_size,
-            maxconnections=cfg.mysql_pool_size,
+            maxcached=cfg.pool_size,
+            maxconnections=cfg.pool_size,
             blocking=True,
             ping=0,
             isfatal=_worth_a_new_connection,
             reset=False,
-            database=cfg.mysql_db,
+            database=cfg.db,
             **self._connect_args,
         )
         self._schema_ready = threading.Event()
@@ -124,15 +124,15 @@ class UserRepository:
         try:
             with con.cursor() as cur:
                 cur.execute(
-                    f"CREATE DATABASE IF NOT EXISTS {_quote_ident(self._cfg.mysql_db)} "
+                    f"CREATE DATABASE IF NOT EXISTS {_quote_ident(self._cfg.db)} "
                     "CHARACTER SET utf8mb4"
                 )
-                cur.execute(f"USE {_quote_ident(self._cfg.mysql_db)}")
+                cur.execute(f"USE {_quote_ident(self._cfg.db)}")
                 cur.execute(CREATE_TABLE)
                 cur.execute(
                     "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
                     " AND TABLE_NAME = 'users' AND COLUMN_NAME = 'created_at'",
-                    (self._cfg.mysql_db,),
+                    (self._cfg.db,),
                 )
                 if cur.fetchone()[0] == 0:
                     log.info("adding created_at to the existing users table")
@@ -142,7 +142,7 @@ class UserRepository:
         finally:
             con.close()
         if not self.schema_ready:
-            log.info("users table ready in %s", self._cfg.mysql_db)
+            log.info("users table ready in %s", self._cfg.db)
         self._schema_ready.set()
 
     def check(self) -> None:
@@ -240,7 +240,7 @@ class UserRepository:
                 con.close()  # back to the pool
 
     def _where(self) -> str:
-        return f"MySQL at {self._cfg.mysql_host}:{self._cfg.mysql_port}"
+        return f"MySQL at {self._cfg.host}:{self._cfg.port}"
 
     def _schema_gone(self, e: Exception) -> None:
         # Someone dropped the database or table: let the monitor recreate it.

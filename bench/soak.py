@@ -53,6 +53,7 @@ import psutil
 import pymongo
 import requests
 
+from common.settings import load, setting
 from localmesh.stack import Stack
 from testkit.testbed import Testbed
 from testkit.clients import GrpcClient, RestClient, unique_email
@@ -468,22 +469,36 @@ def _drive(stack, bed, mongo_proxy, rabbit_proxy, videos, jobs, clients, rng, fa
         say(f"lost {job_id}: {state}")
 
 
+@dataclasses.dataclass(frozen=True)
+class SoakSettings:
+    """`make soak`'s knobs; the command-line options override them."""
+    jobs: int = setting("SOAK_JOBS", 200)
+    clients: int = setting("SOAK_CLIENTS", 20)
+    seed: int = setting("SOAK_SEED", 0)  # 0: from the clock
+    fault_every: float = setting("SOAK_FAULT_EVERY", 2.0)
+    fault_window: float = setting("SOAK_FAULT_WINDOW", 300.0)
+    settle: float = setting("SOAK_SETTLE", 180.0)
+    think: float = setting("SOAK_THINK", 1.0)
+    workers: int = setting("SOAK_WORKERS", 2)
+    log_dir: str | None = setting("SOAK_LOG_DIR", None)
+
+
 def main(argv=None) -> int:
-    env = os.environ
+    s = load(SoakSettings)
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=int(env.get("SOAK_JOBS", 200)))
-    p.add_argument("--clients", type=int, default=int(env.get("SOAK_CLIENTS", 20)))
-    p.add_argument("--seed", type=int, default=int(env.get("SOAK_SEED", 0)) or int(time.time()) % 100000)
-    p.add_argument("--fault-every", type=float, default=float(env.get("SOAK_FAULT_EVERY", 2.0)),
+    p.add_argument("--jobs", type=int, default=s.jobs)
+    p.add_argument("--clients", type=int, default=s.clients)
+    p.add_argument("--seed", type=int, default=s.seed or int(time.time()) % 100000)
+    p.add_argument("--fault-every", type=float, default=s.fault_every,
                    help="mean seconds between faults")
-    p.add_argument("--fault-window", type=float, default=float(env.get("SOAK_FAULT_WINDOW", 300)),
+    p.add_argument("--fault-window", type=float, default=s.fault_window,
                    help="seconds after which no more faults are injected")
-    p.add_argument("--settle", type=float, default=float(env.get("SOAK_SETTLE", 180)),
+    p.add_argument("--settle", type=float, default=s.settle,
                    help="seconds a job may take to finish after the last fault")
-    p.add_argument("--think", type=float, default=float(env.get("SOAK_THINK", 1.0)),
+    p.add_argument("--think", type=float, default=s.think,
                    help="a client waits up to this many seconds between two uploads")
-    p.add_argument("--workers", type=int, default=int(env.get("SOAK_WORKERS", 2)))
-    p.add_argument("--log-dir", default=env.get("SOAK_LOG_DIR") or None)
+    p.add_argument("--workers", type=int, default=s.workers)
+    p.add_argument("--log-dir", default=s.log_dir)
     args = p.parse_args(argv)
 
     def say(text: str) -> None:

@@ -1,10 +1,19 @@
 """One log format for every service: time, service, level, logger, message."""
+import dataclasses
 import logging
-import os
+from typing import Literal
+
+from common.settings import load, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    level: Literal["CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "NOTSET"] = \
+        setting("LOG_LEVEL", "INFO")
 
 
 def setup_logging(service: str) -> None:
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    level = load(LogSettings).level
     logging.basicConfig(
         level=level,
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",

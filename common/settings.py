@@ -1,72 +1,155 @@
-"""Connection settings shared by the gateway and the converter, from the seed's
-environment variable names. Each service's own config.py composes these."""
+"""Settings from the environment: one idiom for every service, the launcher and the tests.
+
+A settings group is a frozen dataclass whose fields name their variable:
+
+    @dataclasses.dataclass(frozen=True)
+    class AuthConfig:
+        port: int = setting("AUTH_PORT", 50051, minimum=1)
+        mysql: MysqlSettings = group(MysqlSettings)
+
+    cfg = load(AuthConfig)            # from os.environ
+    cfg = load(AuthConfig, child_env) # or from the dict about to be handed to a child
+
+Values are converted by the field's type (int, float, str, bool, Path, a
+Literal of strings, or any of these | None); unset or blank means the default
+(allow_empty=True keeps an empty value, e.g. an empty password); a bad value
+exits with one line: "AUTH_PORT must be an integer, got 'x'".
+
+Why not pydantic-settings: the launcher and the tests read the exact mapping
+they are about to give a child process, while pydantic-settings reads
+os.environ unless given custom sources; this module needs no dependency.
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping
+import pathlib
+import types
+import typing
+from typing import TYPE_CHECKING, Any, Literal, Mapping, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def _number(kind, what: str, name: str, default, env: Mapping[str, str], minimum):
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        raise SystemExit(f"{name} must be {what}, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise SystemExit(f"{name} must be at least {minimum}, got {raw!r}")
-    return value
+def setting(env: str, default: Any, *, minimum: float | None = None, allow_empty: bool = False,
+            secret: bool = False) -> Any:
+    """A field read from environment variable `env`; a `secret` one stays out of repr()."""
+    return dataclasses.field(default=default, repr=not secret, metadata={
+        "env": env, "minimum": minimum, "allow_empty": allow_empty})
 
 
-def env_int(name: str, default: int, env: Mapping[str, str] = os.environ, minimum: int | None = None) -> int:
-    return _number(int, "an integer", name, default, env, minimum)
+def group(cls: type) -> Any:
+    """A nested settings group, loaded from the same environment."""
+    return dataclasses.field(default_factory=cls)
 
 
-def env_float(name: str, default: float, env: Mapping[str, str] = os.environ,
-              minimum: float | None = None) -> float:
-    return _number(float, "a number", name, default, env, minimum)
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    text = raw.strip()
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        (kind,) = [a for a in args if a is not type(None)]
+        return _convert(name, kind, raw)
+    if typing.get_origin(kind) is Literal:
+        for choice in args:  # case-insensitive, returned as declared
+            if text.lower() == str(choice).lower():
+                return choice
+        raise SystemExit(f"{name} must be one of {', '.join(map(str, args))}, got {raw!r}")
+    if kind is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise SystemExit(f"{name} must be true or false, got {raw!r}")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise SystemExit(f"{name} must be {what}, got {raw!r}") from None
+    if kind is pathlib.Path:
+        return pathlib.Path(text)
+    if kind is str:
+        return raw  # unstripped: a key or password may hold any character
+    raise TypeError(f"{name}: unsupported settings type {kind!r}")
 
 
-def env_str(name: str, default: str, env: Mapping[str, str] = os.environ) -> str:
-    return env.get(name) or default
+def load(cls: type[T], env: Mapping[str, str] | None = None) -> T:
+    """An instance of settings dataclass `cls` read from `env` (default os.environ)."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if "env" not in f.metadata:
+            if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+                values[f.name] = load(kind, env)
+            continue
+        name, raw = f.metadata["env"], env.get(f.metadata["env"])
+        if raw is None or (not raw.strip() and not f.metadata["allow_empty"]):
+            continue  # the default
+        value = _convert(name, kind, raw)
+        minimum = f.metadata["minimum"]
+        if minimum is not None and value < minimum:
+            raise SystemExit(f"{name} must be at least {minimum}, got {raw!r}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def is_set(cls: type, field: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether `field` of `cls` is given (not blank) in `env`, where unset means something else."""
+    env = os.environ if env is None else env
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[field]
+    return bool((env.get(meta["env"]) or "").strip())
+
+
+def as_env(obj: Any, *fields: str) -> dict[str, str]:
+    """`obj`'s `fields` (default: all direct ones) as the variables that would load them back."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if "env" in f.metadata and (not fields or f.name in fields):
+            out[f.metadata["env"]] = str(getattr(obj, f.name))
+    return out
+
+
+# ---------------------------------------------------------------- shared groups
+
+@dataclasses.dataclass(frozen=True)
+class MysqlSettings:
+    """The auth service's user database; the tests create and drop databases with it."""
+    host: str = setting("MYSQL_HOST", "127.0.0.1")
+    port: int = setting("MYSQL_PORT", 3306, minimum=1)
+    user: str = setting("MYSQL_USER", "root")
+    password: str = setting("MYSQL_PASSWORD", "", allow_empty=True, secret=True)
+    db: str = setting("MYSQL_DB", "video2mp3")
+    # Bounded so that an unreachable or hung MySQL fails an RPC in seconds.
+    connect_timeout: float = setting("MYSQL_CONNECT_TIMEOUT", 3.0, minimum=0.1)
+    read_timeout: float = setting("MYSQL_READ_TIMEOUT", 5.0, minimum=0.1)
+    write_timeout: float = setting("MYSQL_WRITE_TIMEOUT", 5.0, minimum=0.1)
+    pool_size: int = setting("MYSQL_POOL_SIZE", 8, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class MongoSettings:
-    uri: str
+    uri: str = setting("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3")
     # Bounded so an unreachable MongoDB fails an RPC in seconds, not minutes.
-    timeout_ms: int
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "MongoSettings":
-        return cls(
-            uri=env_str("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3", env),
-            timeout_ms=env_int("MONGO_TIMEOUT_MS", 3000, env),
-        )
+    timeout_ms: int = setting("MONGO_TIMEOUT_MS", 3000)
 
 
 @dataclasses.dataclass(frozen=True)
 class RabbitSettings:
-    host: str
-    port: int
-    user: str
-    password: str
-    vhost: str
-    queue: str
-    heartbeat: int
-    timeout_s: float
+    host: str = setting("RABBITMQ_HOST", "127.0.0.1")
+    port: int = setting("RABBITMQ_PORT", 5672)
+    user: str = setting("RABBITMQ_USER", "guest")
+    password: str = setting("RABBITMQ_PASSWORD", "guest", allow_empty=True, secret=True)
+    vhost: str = setting("RABBITMQ_VHOST", "/")
+    queue: str = setting("QUEUE_NAME", "video")
+    heartbeat: int = setting("RABBITMQ_HEARTBEAT", 30)
+    timeout_s: float = setting("RABBITMQ_TIMEOUT_S", 3.0)
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "RabbitSettings":
-        return cls(
-            host=env_str("RABBITMQ_HOST", "127.0.0.1", env),
-            port=env_int("RABBITMQ_PORT", 5672, env),
-            user=env_str("RABBITMQ_USER", "guest", env),
-            password=env.get("RABBITMQ_PASSWORD", "guest"),
-            vhost=env_str("RABBITMQ_VHOST", "/", env),
-            queue=env_str("QUEUE_NAME", "video", env),
-            heartbeat=env_int("RABBITMQ_HEARTBEAT", 30, env),
-            timeout_s=env_float("RABBITMQ_TIMEOUT_S", 3.0, env),
-        )
+
+@dataclasses.dataclass(frozen=True)
+class AuthEndpoint:
+    """Where auth is reached: by the gateway's health check and by Envoy's route."""
+    addr: str = setting("AUTH_ADDR", "127.0.0.1:50051")

@@ -5,9 +5,12 @@ HS256 with the shared SECRET_KEY. Claims: sub (user id), email, iat, exp, iss, a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import jwt
+
+from common.settings import setting
 
 ISSUER = "video2mp3-auth"
 AUDIENCE = "video2mp3"
@@ -15,6 +18,23 @@ ALGORITHM = "HS256"
 # Used by every service when SECRET_KEY is unset, so a local mesh works out of
 # the box; each service logs a warning when it falls back to it.
 DEV_SECRET_KEY = "video2mp3-insecure-dev-secret-set-SECRET_KEY"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSettings:
+    """The signing key, shared by auth (signs) and the gateway (verifies)."""
+    secret_key: str = setting("SECRET_KEY", DEV_SECRET_KEY, secret=True)
+
+    @property
+    def secret_key_is_default(self) -> bool:
+        return self.secret_key == DEV_SECRET_KEY
+
+    def warn_if_insecure(self, log: logging.Logger) -> None:
+        """The one warning about a weak key, logged at every service's start."""
+        if self.secret_key_is_default:
+            log.warning("SECRET_KEY is not set: using the insecure development key")
+        elif len(self.secret_key.encode()) < 32:
+            log.warning("SECRET_KEY is shorter than 32 bytes; HS256 keys should be at least 32")
 
 
 class InvalidToken(Exception):

@@ -15,6 +15,7 @@ import threading
 import time
 
 from common.logging import setup_logging
+from common.settings import load
 from converter.config import ConverterConfig
 from converter.worker import run_worker
 
@@ -24,7 +25,7 @@ RESTART_BACKOFF_S = 1.0
 
 def main() -> None:
     setup_logging("converter")
-    cfg = ConverterConfig.from_env()
+    cfg = load(ConverterConfig)
     ctx = mp.get_context("spawn")  # no pymongo/pika state shared across fork
     stopping = threading.Event()
 

@@ -1,41 +1,36 @@
-"""Every setting of the converter, from the environment."""
+"""Every setting of the converter (see common/settings.py for the idiom)."""
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Literal
 
-from common.settings import MongoSettings, RabbitSettings, env_float, env_int, env_str
+from common.settings import MongoSettings, RabbitSettings, group, setting
+
+CPUS = os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)
 class ConverterConfig:
-    mongo: MongoSettings
-    rabbit: RabbitSettings
-    workers: int
-    grace_seconds: float
+    mongo: MongoSettings = group(MongoSettings)
+    rabbit: RabbitSettings = group(RabbitSettings)
+    # As asked; `workers` is what runs (0 or less means 1).
+    requested_workers: int = setting("CONVERTER_WORKERS", CPUS)
+    grace_seconds: float = setting("GRACE_SECONDS", 10.0)
     # Pause between retries of a job whose storage is unreachable.
-    retry_delay_s: float
-    # Decode/write on helper threads while LAME encodes: one job finishes
-    # sooner (~1.4 cores), but only pays off when cores are left over.
-    overlap: bool
+    retry_delay_s: float = setting("CONVERTER_RETRY_DELAY_S", 2.0)
+    overlap_mode: Literal["auto", "on", "off"] = setting("CONVERTER_OVERLAP", "auto")
     # A worker renews its lease on a job as it makes progress; a job whose
     # lease has run out (its worker died) may be taken over by a redelivery,
     # which waits that long at most. Longer than any pause in progress.
-    lease_s: float
+    lease_s: float = setting("CONVERTER_LEASE_S", 15.0)
 
-    @classmethod
-    def from_env(cls) -> "ConverterConfig":
-        cpus = os.cpu_count() or 1
-        workers = max(1, env_int("CONVERTER_WORKERS", cpus))
-        overlap = env_str("CONVERTER_OVERLAP", "auto").lower()
-        if overlap not in ("auto", "on", "off"):
-            raise SystemExit(f"CONVERTER_OVERLAP must be auto, on or off, got {overlap!r}")
-        return cls(
-            mongo=MongoSettings.from_env(),
-            rabbit=RabbitSettings.from_env(),
-            workers=workers,
-            grace_seconds=env_float("GRACE_SECONDS", 10.0),
-            retry_delay_s=env_float("CONVERTER_RETRY_DELAY_S", 2.0),
-            overlap=overlap == "on" or (overlap == "auto" and workers < cpus),
-            lease_s=env_float("CONVERTER_LEASE_S", 15.0),
-        )
+    @property
+    def workers(self) -> int:
+        return max(1, self.requested_workers)
+
+    @property
+    def overlap(self) -> bool:
+        """Decode/write on helper threads while LAME encodes: one job finishes
+        sooner (~1.4 cores), but only pays off when cores are left over."""
+        return self.overlap_mode == "on" or (self.overlap_mode == "auto" and self.workers < CPUS)

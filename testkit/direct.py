@@ -11,14 +11,14 @@ from video2mp3.media.v1 import media_pb2
 from common import jobs
 from common.mongo import Mongo
 from common.queue import Publisher
-from common.settings import MongoSettings, RabbitSettings
+from common.settings import MongoSettings, RabbitSettings, load
 
 
 class DirectSubmitter:
     def __init__(self, env: dict):
         # The services' own settings readers, so variable names never drift.
-        self.mongo = Mongo(MongoSettings.from_env(env))
-        self.publisher = Publisher(RabbitSettings.from_env(env))
+        self.mongo = Mongo(load(MongoSettings, env))
+        self.publisher = Publisher(load(RabbitSettings, env))
         self.jobs = jobs.JobStore(self.mongo.jobs)
 
     def store(self, path, user_id: str = "bench") -> ObjectId:

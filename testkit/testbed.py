@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping
 
 from common.queue import connection_parameters
-from common.settings import RabbitSettings
+from common.settings import MysqlSettings, RabbitSettings, as_env, load
 from localmesh.processes import Child, free_port, secantusd_argv, wait_for_mongo
 
 # Names a service may derive from the main queue (dead-lettering, retries).
@@ -35,12 +35,8 @@ def hex_id() -> str:
 
 def mysql_settings(environ: Mapping[str, str] = os.environ) -> dict:
     """pymysql.connect() arguments from MYSQL_* (default 127.0.0.1:3306 root, no password)."""
-    return dict(
-        host=environ.get("MYSQL_HOST") or "127.0.0.1",
-        port=int(environ.get("MYSQL_PORT") or 3306),
-        user=environ.get("MYSQL_USER") or "root",
-        password=environ.get("MYSQL_PASSWORD", ""),
-    )
+    s = load(MysqlSettings, environ)
+    return dict(host=s.host, port=s.port, user=s.user, password=s.password)
 
 
 def create_mysql_db(server: dict, name: str) -> dict:
@@ -78,20 +74,14 @@ def drop_mysql_db(server: dict, name: str) -> None:
 
 def rabbit_env(environ: Mapping[str, str] = os.environ) -> dict:
     """RABBITMQ_* env vars (default 127.0.0.1:5672 guest/guest, vhost /)."""
-    return {
-        "RABBITMQ_HOST": environ.get("RABBITMQ_HOST") or "127.0.0.1",
-        "RABBITMQ_PORT": environ.get("RABBITMQ_PORT") or "5672",
-        "RABBITMQ_USER": environ.get("RABBITMQ_USER") or "guest",
-        "RABBITMQ_PASSWORD": environ.get("RABBITMQ_PASSWORD", "guest"),
-        "RABBITMQ_VHOST": environ.get("RABBITMQ_VHOST") or "/",
-    }
+    return as_env(load(RabbitSettings, environ), "host", "port", "user", "password", "vhost")
 
 
 def rabbit_connection(env: Mapping[str, str]):
     """A pika BlockingConnection with the services' own parameters for `env`'s RABBITMQ_*."""
     import pika
 
-    return pika.BlockingConnection(connection_parameters(RabbitSettings.from_env(env)))
+    return pika.BlockingConnection(connection_parameters(load(RabbitSettings, env)))
 
 
 def check_rabbit(env: Mapping[str, str]) -> None:

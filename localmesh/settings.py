@@ -1,0 +1,31 @@
+"""What `make run` and Stack read: the services' own settings classes (so
+AUTH_PORT, MEDIA_PORT, GRACE_SECONDS... are declared once, where the service
+reads them) plus the launcher's own variables."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from auth.config import AuthConfig
+from common.settings import group, setting
+from converter.config import ConverterConfig
+from gateway.config import GatewayConfig
+from ops.envoy_config import EnvoySettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    auth: AuthConfig = group(AuthConfig)
+    gateway: GatewayConfig = group(GatewayConfig)
+    converter: ConverterConfig = group(ConverterConfig)
+    envoy: EnvoySettings = group(EnvoySettings)
+    # The embedded SecantusDB, started when MONGO_URI is unset.
+    mongo_port: int = setting("MONGO_PORT", 27017, minimum=1)
+    mongo_data_dir: Path = setting("MONGO_DATA_DIR", ROOT / "data" / "mongo")
+
+    @property
+    def grace_seconds(self) -> float:
+        """The longest shutdown grace of the services (each waits its own)."""
+        return max(self.auth.grace_seconds, self.gateway.grace_seconds, self.converter.grace_seconds)
