@@ -60,10 +60,10 @@ def time_jobs(bed: Testbed, log_dir: Path, workers: int, video: Path, n: int, ov
         while pending:
             time.sleep(0.1)
             for job_id in list(pending):
-                doc = submitter.jobs.get(job_id)
-                if doc["state"] in jobs.FINAL_STATES:
-                    if doc["state"] != jobs.DONE:
-                        raise SystemExit(f"job {job_id} FAILED: {doc['error']}")
+                job = submitter.jobs.get(job_id)
+                if job.state in jobs.FINAL_STATES:
+                    if job.state != jobs.DONE:
+                        raise SystemExit(f"job {job_id} FAILED: {job.error}")
                     pending.discard(job_id)
         return time.monotonic() - start
     finally:

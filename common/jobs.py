@@ -8,18 +8,37 @@ Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time}.
+
+Readers get a `Job` (a snapshot of the document); the document itself keeps
+its format, states stored as their names.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import enum
 import uuid
+from typing import Any
 
 import pymongo
 from bson import ObjectId
 from google.protobuf import json_format, timestamp_pb2
 from video2mp3.media.v1 import media_pb2, queue_pb2
 
-QUEUED, PROCESSING, DONE, FAILED = "QUEUED", "PROCESSING", "DONE", "FAILED"
+
+class State(enum.StrEnum):
+    """Stored (and compared, and logged) as the plain name."""
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+QUEUED, PROCESSING, DONE, FAILED = State.QUEUED, State.PROCESSING, State.DONE, State.FAILED
 FINAL_STATES = (DONE, FAILED)
 _STATE_TO_PROTO = {
     QUEUED: media_pb2.JOB_STATE_QUEUED,
@@ -27,6 +46,64 @@ _STATE_TO_PROTO = {
     DONE: media_pb2.JOB_STATE_DONE,
     FAILED: media_pb2.JOB_STATE_FAILED,
 }
+
+
+def _options(value) -> media_pb2.ConversionOptions:
+    return json_format.ParseDict(value or {}, media_pb2.ConversionOptions())
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One job document as read; fields missing from older documents get defaults."""
+    id: str
+    user_id: str
+    user_email: str
+    filename: str
+    state: State
+    progress: int = 0
+    error: str = ""
+    video_fid: Any = None  # kept raw: a bad one fails its conversion, not every read
+    video_size: int = 0
+    mp3_fid: ObjectId | None = None
+    mp3_size: int = 0
+    options: media_pb2.ConversionOptions = dataclasses.field(default_factory=media_pb2.ConversionOptions)
+    attempts: int = 0
+    published: bool = False
+    pending_mp3_fids: tuple[ObjectId, ...] = ()
+    current_mp3_fid: ObjectId | None = None
+    lease_until: dt.datetime | None = None
+    create_time: dt.datetime | None = None
+    update_time: dt.datetime | None = None
+    complete_time: dt.datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> Job:
+        return cls(
+            id=doc["_id"],
+            user_id=doc.get("user_id") or "",
+            user_email=doc.get("user_email") or "",
+            filename=doc.get("filename") or "",
+            state=State(doc["state"]),
+            progress=int(doc.get("progress") or 0),
+            error=doc.get("error") or "",
+            video_fid=doc.get("video_fid"),
+            video_size=int(doc.get("video_size") or 0),
+            mp3_fid=doc.get("mp3_fid"),
+            mp3_size=int(doc.get("mp3_size") or 0),
+            options=_options(doc.get("options")),
+            attempts=int(doc.get("attempts") or 0),
+            published=bool(doc.get("published", False)),
+            pending_mp3_fids=tuple(doc.get("pending_mp3_fids") or ()),
+            current_mp3_fid=doc.get("current_mp3_fid"),
+            lease_until=doc.get("lease_until"),
+            create_time=doc.get("create_time"),
+            update_time=doc.get("update_time"),
+            complete_time=doc.get("complete_time"),
+        )
+
+
+def _job(doc: dict | None) -> Job | None:
+    return None if doc is None else Job.from_doc(doc)
 
 
 def now() -> dt.datetime:
@@ -49,7 +126,7 @@ class JobStore:
 
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
-               options: media_pb2.ConversionOptions) -> dict:
+               options: media_pb2.ConversionOptions) -> Job:
         t = now()
         doc = {
             "_id": job_id,
@@ -73,21 +150,21 @@ class JobStore:
             "complete_time": None,
         }
         self.c.insert_one(doc)
-        return doc
+        return Job.from_doc(doc)
 
     def mark_published(self, job_id: str) -> None:
         self.c.update_one({"_id": job_id}, {"$set": {"published": True}})
 
-    def unpublished(self, older_than: dt.datetime, limit: int = 100) -> list[dict]:
-        return list(self.c.find(
+    def unpublished(self, older_than: dt.datetime, limit: int = 100) -> list[Job]:
+        return [Job.from_doc(d) for d in self.c.find(
             {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}},
             limit=limit,
-        ))
+        )]
 
-    def get_for_user(self, job_id: str, user_id: str) -> dict | None:
-        return self.c.find_one({"_id": job_id, "user_id": user_id})
+    def get_for_user(self, job_id: str, user_id: str) -> Job | None:
+        return _job(self.c.find_one({"_id": job_id, "user_id": user_id}))
 
-    def list_for_user(self, user_id: str, limit: int, before: tuple | None) -> list[dict]:
+    def list_for_user(self, user_id: str, limit: int, before: tuple | None) -> list[Job]:
         """Newest first; `before` is the (create_time, _id) of the last job of the previous page."""
         query: dict = {"user_id": user_id}
         if before:
@@ -95,14 +172,14 @@ class JobStore:
             query["$or"] = [{"create_time": {"$lt": t}},
                             {"create_time": t, "_id": {"$lt": jid}}]
         cursor = self.c.find(query).sort([("create_time", -1), ("_id", -1)]).limit(limit)
-        return list(cursor)
+        return [Job.from_doc(d) for d in cursor]
 
     # --- converter side -----------------------------------------------------
 
-    def get(self, job_id: str) -> dict | None:
-        return self.c.find_one({"_id": job_id})
+    def get(self, job_id: str) -> Job | None:
+        return _job(self.c.find_one({"_id": job_id}))
 
-    def start_attempt(self, job_id: str, mp3_fid: ObjectId, lease_s: float) -> dict | None:
+    def start_attempt(self, job_id: str, mp3_fid: ObjectId, lease_s: float) -> Job | None:
         """Take the job for one conversion attempt writing MP3 `mp3_fid`.
 
         Succeeds unless the job is final or another worker holds a live lease
@@ -111,7 +188,7 @@ class JobStore:
         up. Returns the job as it was before, or None.
         """
         t = now()
-        return self.c.find_one_and_update(
+        return _job(self.c.find_one_and_update(
             {"_id": job_id, "state": {"$nin": list(FINAL_STATES)},
              "$or": [{"state": {"$ne": PROCESSING}}, {"lease_until": {"$lt": t}},
                      {"lease_until": None}]},
@@ -120,7 +197,7 @@ class JobStore:
              "$inc": {"attempts": 1},
              "$push": {"pending_mp3_fids": mp3_fid}},
             return_document=pymongo.ReturnDocument.BEFORE,
-        )
+        ))
 
     def renew(self, job_id: str, mp3_fid: ObjectId, percent: int, lease_s: float) -> bool:
         """Record progress and extend the lease; False if this attempt lost the job."""
@@ -172,27 +249,27 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def to_proto(doc: dict) -> media_pb2.Job:
-    job = media_pb2.Job(
-        job_id=doc["_id"],
-        state=_STATE_TO_PROTO[doc["state"]],
-        progress=int(doc.get("progress", 0)),
-        error=doc.get("error", ""),
-        filename=doc.get("filename", ""),
-        video_size_bytes=int(doc.get("video_size", 0)),
-        mp3_size_bytes=int(doc.get("mp3_size", 0)),
-        options=json_format.ParseDict(doc.get("options", {}), media_pb2.ConversionOptions()),
+def to_proto(job: Job) -> media_pb2.Job:
+    proto = media_pb2.Job(
+        job_id=job.id,
+        state=_STATE_TO_PROTO[job.state],
+        progress=job.progress,
+        error=job.error,
+        filename=job.filename,
+        video_size_bytes=job.video_size,
+        mp3_size_bytes=job.mp3_size,
+        options=job.options,
     )
     for field in ("create_time", "update_time", "complete_time"):
-        ts = _ts(doc.get(field))
+        ts = _ts(getattr(job, field))
         if ts is not None:
-            getattr(job, field).CopyFrom(ts)
-    return job
+            getattr(proto, field).CopyFrom(ts)
+    return proto
 
 
-def task_for(doc: dict) -> queue_pb2.ConversionTask:
+def task_for(job: Job) -> queue_pb2.ConversionTask:
     """The queue message that asks a converter to convert this job."""
     task = queue_pb2.ConversionTask(
-        video_fid=str(doc["video_fid"]), user_email=doc["user_email"], job_id=doc["_id"])
-    task.options.CopyFrom(json_format.ParseDict(doc.get("options", {}), media_pb2.ConversionOptions()))
+        video_fid=str(job.video_fid), user_email=job.user_email, job_id=job.id)
+    task.options.CopyFrom(job.options)
     return task

@@ -11,16 +11,17 @@ import logging
 from bson import ObjectId
 
 from common.gridfs_upload import ChunkedUpload
+from common.jobs import Job
 from common.mongo import MP3S_BUCKET, Mongo
 
 log = logging.getLogger(__name__)
 
 
-def open_mp3(mongo: Mongo, mp3_fid: ObjectId, job: dict) -> ChunkedUpload:
-    stem = (job.get("filename") or "audio").rsplit(".", 1)[0] or "audio"
+def open_mp3(mongo: Mongo, mp3_fid: ObjectId, job: Job) -> ChunkedUpload:
+    stem = (job.filename or "audio").rsplit(".", 1)[0] or "audio"
     return ChunkedUpload(
         mongo.db, MP3S_BUCKET, f"{stem}.mp3", file_id=mp3_fid,
-        metadata={"job_id": job["_id"], "user_id": job["user_id"], "content_type": "audio/mpeg"},
+        metadata={"job_id": job.id, "user_id": job.user_id, "content_type": "audio/mpeg"},
     )
 
 

@@ -33,8 +33,8 @@ class Outbox:
         # Skip jobs younger than one interval: their upload RPC may still be publishing.
         cutoff = jobs.now() - dt.timedelta(seconds=self.interval_s)
         published = 0
-        for doc in self.jobs.unpublished(older_than=cutoff):
-            if not self.publish(doc):
+        for job in self.jobs.unpublished(older_than=cutoff):
+            if not self.publish(job):
                 break  # RabbitMQ still down; try again next round
             published += 1
         if published:

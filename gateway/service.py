@@ -38,17 +38,17 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     def UploadVideo(self, request_iterator, context):
         return jobs.to_proto(self.uploads.handle(request_iterator, context, caller(context)))
 
-    def _owned_job(self, job_id: str, context) -> dict:
+    def _owned_job(self, job_id: str, context) -> jobs.Job:
         if not job_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")
         try:
-            doc = self.jobs.get_for_user(job_id, caller(context).user_id)
+            job = self.jobs.get_for_user(job_id, caller(context).user_id)
         except pymongo.errors.PyMongoError as e:
             _unavailable(context, "job storage", e)
-        if doc is None:
+        if job is None:
             # Another user's job looks exactly like a missing one.
             context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id} not found")
-        return doc
+        return job
 
     def GetJob(self, request, context):
         return jobs.to_proto(self._owned_job(request.job_id, context))
@@ -59,20 +59,20 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before = _decode_page_token(request.page_token, context)
         try:
-            docs = self.jobs.list_for_user(caller(context).user_id, size + 1, before)
+            found = self.jobs.list_for_user(caller(context).user_id, size + 1, before)
         except pymongo.errors.PyMongoError as e:
             _unavailable(context, "job storage", e)
-        page, more = docs[:size], len(docs) > size
+        page, more = found[:size], len(found) > size
         token = _encode_page_token(page[-1]) if more else ""
-        return media_pb2.ListJobsResponse(jobs=[jobs.to_proto(d) for d in page], next_page_token=token)
+        return media_pb2.ListJobsResponse(jobs=[jobs.to_proto(j) for j in page], next_page_token=token)
 
     def DownloadMp3(self, request, context):
-        doc = self._owned_job(request.job_id, context)
-        if doc["state"] != jobs.DONE:
+        job = self._owned_job(request.job_id, context)
+        if job.state != jobs.DONE:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"job {doc['_id']} is {doc['state']}; the MP3 can be downloaded once it is DONE")
+                          f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE")
         try:
-            stream = self.mongo.mp3s.open_download_stream(doc["mp3_fid"])
+            stream = self.mongo.mp3s.open_download_stream(job.mp3_fid)
         except pymongo.errors.PyMongoError as e:
             _unavailable(context, "MP3 storage", e)
         return self._stream(stream, context)
@@ -99,8 +99,8 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         )
 
 
-def _encode_page_token(doc: dict) -> str:
-    raw = f"{doc['create_time'].isoformat()}|{doc['_id']}"
+def _encode_page_token(job: jobs.Job) -> str:
+    raw = f"{job.create_time.isoformat()}|{job.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 

@@ -36,8 +36,8 @@ class Uploads:
         self.max_bytes = max_bytes
         self._slots = threading.BoundedSemaphore(max_concurrent)
 
-    def handle(self, requests, context, caller: Caller) -> dict:
-        """Returns the created job document, or aborts the RPC with a status."""
+    def handle(self, requests, context, caller: Caller) -> jobs.Job:
+        """Returns the created job, or aborts the RPC with a status."""
         if not self._slots.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           "too many uploads in progress; retry in a few seconds")
@@ -46,7 +46,7 @@ class Uploads:
         finally:
             self._slots.release()
 
-    def _handle(self, requests, context, caller: Caller) -> dict:
+    def _handle(self, requests, context, caller: Caller) -> jobs.Job:
         first = next(requests, None)
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload is empty: send the video's bytes")
@@ -80,7 +80,7 @@ class Uploads:
         video_fid: ObjectId = stream._id
         job_id = jobs.new_job_id()
         try:
-            doc = self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
+            job = self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
                                    filename=filename, video_fid=video_fid, video_size=size,
                                    options=options)
         except pymongo.errors.PyMongoError as e:
@@ -88,9 +88,9 @@ class Uploads:
             self._delete_quietly(video_fid)
             context.abort(grpc.StatusCode.UNAVAILABLE, "job storage is unavailable; try again shortly")
 
-        self.publish(doc)
+        self.publish(job)
         log.info("job %s queued: %s (%d bytes) for %s", job_id, filename, size, caller.email)
-        return doc
+        return job
 
     def _write_all(self, stream, body, context, named_by_query: bool) -> int:
         """Writes every chunk of `body` (an iterable of bytes); returns the size.
@@ -130,19 +130,19 @@ class Uploads:
             self._abort_quietly(stream)
             raise
 
-    def publish(self, doc: dict) -> bool:
+    def publish(self, job: jobs.Job) -> bool:
         """Publish a recorded job; on failure it stays unpublished for the outbox to retry."""
         try:
-            self.publisher.publish(jobs.task_for(doc))
+            self.publisher.publish(jobs.task_for(job))
         except PublishError as e:
-            log.warning("job %s not published yet (%s); the outbox will retry", doc["_id"], e)
+            log.warning("job %s not published yet (%s); the outbox will retry", job.id, e)
             return False
         try:
-            self.jobs.mark_published(doc["_id"])
+            self.jobs.mark_published(job.id)
         except pymongo.errors.PyMongoError as e:
             # Published but not marked: the outbox may publish again; the
             # converter ignores tasks whose job is already final.
-            log.warning("job %s published but not marked: %s", doc["_id"], e)
+            log.warning("job %s published but not marked: %s", job.id, e)
         return True
 
     def _abort_quietly(self, stream) -> None:

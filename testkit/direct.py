@@ -32,13 +32,13 @@ class DirectSubmitter:
         """Record a QUEUED job for the video at `path` and publish it; the video is
         stored first unless `video_fid` says where it already is. Returns the job id."""
         fid = video_fid or self.store(path, user_id)
-        doc = self.jobs.create(
+        job = self.jobs.create(
             job_id=jobs.new_job_id(), user_id=user_id, user_email=f"{user_id}@example.com",
             filename=os.path.basename(path), video_fid=fid, video_size=os.path.getsize(path),
             options=options or media_pb2.ConversionOptions(bitrate_kbps=192, channels=2))
-        self.publisher.publish(jobs.task_for(doc))
-        self.jobs.mark_published(doc["_id"])
-        return doc["_id"]
+        self.publisher.publish(jobs.task_for(job))
+        self.jobs.mark_published(job.id)
+        return job.id
 
     def close(self) -> None:
         self.publisher.close()

@@ -19,7 +19,7 @@ from video2mp3.media.v1 import media_pb2
 
 from common import jobs
 from common.queue import MAX_DELIVERIES, dead_letter_queue, encode_task
-from converter.worker import REVIVED_HEADER
+from converter.policy import REVIVED_HEADER
 from testkit.faults import (
     SLOW_OPTIONS,
     Store,
@@ -126,7 +126,7 @@ def test_a_task_published_twice_more_is_converted_once(
     stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=2)
     client = user_client(stack)
     job_id = client.upload(long_audio, filename="twice.flac", **SLOW_OPTIONS).job_id
-    task = encode_task(jobs.task_for(store.job(job_id)))  # what the gateway published
+    task = encode_task(jobs.task_for(jobs.Job.from_doc(store.job(job_id))))  # what the gateway published
     publish_raw(rabbitmq_server, stack.env["QUEUE_NAME"], [task, task])
 
     assert client.wait(job_id, timeout=120).state == media_pb2.JOB_STATE_DONE

@@ -36,17 +36,17 @@ def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_pa
         assert converting >= 10, f"conversion took only {converting:.1f}s; make the input longer"
 
         time.sleep(3 * HEARTBEAT_S)  # a lost ack would show up as a redelivery by now
-        doc = submitter.jobs.get(job_id)
-        assert doc["attempts"] == 1 and doc["state"] == jobs.DONE
+        job = submitter.jobs.get(job_id)
+        assert job.attempts == 1 and job.state == jobs.DONE
         assert queue_depth(stack.env, stack.env["QUEUE_NAME"])[0] == 0
         log = stack.log_tail("converter", 400)
         assert "connection lost" not in log and "reconnecting" not in log, log
         assert "duplicate task" not in log, log
     finally:
         # The session's MongoDB is in memory: do not leave ~20 MB behind.
-        doc = submitter.jobs.get(job_id) if job_id else None
-        if doc:
-            submitter.mongo.videos.delete(doc["video_fid"])
-            if doc.get("mp3_fid"):
-                submitter.mongo.mp3s.delete(doc["mp3_fid"])
+        job = submitter.jobs.get(job_id) if job_id else None
+        if job:
+            submitter.mongo.videos.delete(job.video_fid)
+            if job.mp3_fid:
+                submitter.mongo.mp3s.delete(job.mp3_fid)
         submitter.close()

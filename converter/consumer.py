@@ -1,0 +1,136 @@
+"""The RabbitMQ side of a worker: pika mechanics, no decisions about jobs.
+
+Consumes the task queue (prefetch 1, manual acks) and its dead-letter queue,
+reconnecting with backoff. A task runs on its own thread while the
+connection's thread keeps servicing heartbeats; its outcome comes back with
+add_callback_threadsafe (pika's documented pattern for long work) and is
+settled there. What a message's outcome is, the handlers say
+(converter/conversion.py, by the rules of converter/policy.py):
+
+    on_task(body) -> Outcome                              (on the task thread)
+    on_dead_letter(body, headers, queue_copy) -> Outcome  (on the connection thread)
+
+HAND_BACK is a confirmed fresh copy of the task, then an ack of the delivery:
+a requeued message counts against the quorum queue's delivery limit, a copy
+starts afresh.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+
+import pika
+import pika.exceptions
+
+from common.queue import connection_parameters, dead_letter_queue, declare_topology
+from common.settings import RabbitSettings
+from converter.policy import Outcome
+
+log = logging.getLogger(__name__)
+
+TaskHandler = Callable[[bytes], Outcome]
+# queue_copy(extra_headers) -> whether a confirmed copy of the message was queued
+DeadLetterHandler = Callable[[bytes, dict, Callable[[dict], bool]], Outcome]
+
+# Headers the broker adds to a delivery: a copy must not carry them over.
+_BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-queue",
+                   "x-first-death-reason", "x-first-death-exchange")
+
+
+class Consumer:
+    def __init__(self, settings: RabbitSettings, on_task: TaskHandler,
+                 on_dead_letter: DeadLetterHandler, stopping: threading.Event):
+        self.s = settings
+        self.on_task = on_task
+        self.on_dead_letter = on_dead_letter
+        self.stopping = stopping
+        self._inflight: threading.Thread | None = None
+
+    def run(self) -> None:
+        """Consumes until `stopping` is set and the task in hand is settled."""
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                self._consume()
+                backoff = 0.5
+            except (pika.exceptions.AMQPError, OSError) as e:
+                log.warning("RabbitMQ connection lost (%r); reconnecting in %.1fs", e, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 10)
+
+    def _consume(self) -> None:
+        conn = pika.BlockingConnection(connection_parameters(self.s))
+        try:
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=1)
+            queue = self.s.queue
+            declare_topology(ch, queue)
+            tag = ch.basic_consume(queue, functools.partial(self._on_message, conn))
+            dead_tag = ch.basic_consume(dead_letter_queue(queue), self._on_dead)
+            log.info("consuming %s", queue)
+            while not self.stopping.is_set() or self._busy():
+                conn.process_data_events(time_limit=0.5)
+                if self.stopping.is_set():
+                    self._stop_consuming(ch, tag, dead_tag)
+            # Let the last ack/requeue callback go out before closing.
+            conn.process_data_events(time_limit=0.2)
+        finally:
+            if conn.is_open:
+                conn.close()
+
+    def _stop_consuming(self, ch, *tags) -> None:
+        for t in tags:
+            if t in ch.consumer_tags:
+                ch.basic_cancel(t)
+
+    def _busy(self) -> bool:
+        return self._inflight is not None and self._inflight.is_alive()
+
+    def _on_message(self, conn, ch, method, props, body) -> None:
+        def work():
+            outcome = self.on_task(body)
+            try:
+                conn.add_callback_threadsafe(
+                    functools.partial(self._settle, conn, ch, method.delivery_tag, props, body, outcome))
+            except pika.exceptions.ConnectionWrongStateError:
+                # The connection it came on was lost meanwhile: the broker has
+                # requeued the task, and the job's state makes the redelivery harmless.
+                log.info("connection gone before the task could be settled (%s); it is redelivered",
+                         outcome.value)
+
+        self._inflight = threading.Thread(target=work, name="convert", daemon=True)
+        self._inflight.start()
+
+    def _on_dead(self, ch, method, props, body) -> None:
+        queue_copy = functools.partial(self._queue_copy, ch.connection, props, body)
+        outcome = self.on_dead_letter(body, dict(props.headers or {}), queue_copy)
+        self._settle(ch.connection, ch, method.delivery_tag, props, body, outcome)
+
+    def _settle(self, conn, ch, delivery_tag, props, body, outcome: Outcome) -> None:
+        if not ch.is_open:
+            return  # the broker redelivers it; the job state makes that harmless
+        if outcome is Outcome.HAND_BACK and self._queue_copy(conn, props, body):
+            outcome = Outcome.ACK
+        if outcome is Outcome.ACK:
+            ch.basic_ack(delivery_tag)
+        else:
+            ch.basic_nack(delivery_tag, requeue=True)
+
+    def _queue_copy(self, conn, props, body, extra_headers: dict | None = None) -> bool:
+        """Publish (confirmed) a fresh copy of a message on the task queue.
+        If we die before acking the original, the job sees a duplicate: harmless."""
+        headers = {k: v for k, v in (props.headers or {}).items() if k not in _BROKER_HEADERS}
+        headers.update(extra_headers or {})
+        copy = pika.BasicProperties(delivery_mode=props.delivery_mode, content_type=props.content_type,
+                                    message_id=props.message_id, headers=headers or None)
+        try:
+            pub = conn.channel()
+            pub.confirm_delivery()
+            pub.basic_publish("", self.s.queue, body, copy, mandatory=True)
+            pub.close()
+            return True
+        except pika.exceptions.AMQPError as e:
+            log.warning("could not queue a copy of the task (%r)", e)
+            return False

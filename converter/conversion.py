@@ -1,0 +1,220 @@
+"""The conversion step: one task's job, from its video in GridFS to one MP3.
+
+Exactly one MP3 per job: each attempt takes a lease on the job and writes a
+new GridFS id that is recorded on the job *before* writing; the next attempt
+deletes leftovers of crashed ones, and DONE is set only by the attempt that
+holds the lease (renewed as progress is made), so a losing duplicate deletes
+its own MP3. What becomes of the delivery is converter/policy.py's call.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pymongo.errors
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from common import jobs
+from common.mongo import Mongo
+from common.queue import MAX_DELIVERIES, decode_task
+from converter import mp3_store, policy
+from converter.config import ConverterConfig
+from converter.policy import (
+    Cancelled,
+    DeadLetter,
+    LostLease,
+    Outcome,
+    StorageUnavailable,
+)
+from converter.transcode import ConversionError, transcode
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 0.5
+
+
+@contextlib.contextmanager
+def _storage():
+    """MongoDB errors become the policy's StorageUnavailable."""
+    try:
+        yield
+    except pymongo.errors.PyMongoError as e:
+        raise StorageUnavailable(str(e)) from e
+
+
+class JobRunner:
+    """`stopping`: take no new work (waits give up and hand back);
+    `cancel`: the shutdown grace is over, stop the conversion in hand."""
+
+    def __init__(self, cfg: ConverterConfig, mongo: Mongo,
+                 stopping: threading.Event, cancel: threading.Event):
+        self.cfg = cfg
+        self.mongo = mongo
+        self.jobs = jobs.JobStore(mongo.jobs)
+        self.stopping = stopping
+        self.cancel = cancel
+
+    # --- a task (on the consumer's task thread) ------------------------------
+
+    def process(self, body: bytes) -> Outcome:
+        """Converts one task message. Never raises."""
+        try:
+            task = decode_task(body)
+        except ValueError as e:
+            log.error("dropping message: %s", e)
+            return Outcome.ACK
+        job_id = task.job_id
+        while True:
+            try:
+                with _storage():
+                    return self._convert(job_id)
+            except Exception as e:
+                outcome = policy.outcome_for(e)
+                if outcome is None:
+                    log.warning("job %s: storage unavailable (%s); retrying", job_id, e)
+                    if self.stopping.wait(self.cfg.retry_delay_s):
+                        return Outcome.HAND_BACK
+                    continue
+                if isinstance(e, Cancelled):
+                    log.info("job %s interrupted by shutdown; handed back", job_id)
+                elif isinstance(e, LostLease):
+                    log.warning("job %s was taken over by another worker; this attempt stops", job_id)
+                else:
+                    log.exception("job %s: unexpected error; requeueing", job_id)
+                return outcome
+
+    def _convert(self, job_id: str) -> Outcome:
+        mp3_fid = ObjectId()
+        while True:
+            job = self.jobs.get(job_id)
+            if job is None:
+                log.error("dropping task for unknown job %s", job_id)
+                return Outcome.ACK
+            if job.state.final:
+                log.info("job %s already %s; duplicate task acked", job_id, job.state)
+                return Outcome.ACK
+            before = self.jobs.start_attempt(job_id, mp3_fid, self.cfg.lease_s)
+            if before is not None:
+                break
+            # Another worker holds a live lease on it (a duplicate delivery):
+            # wait until it finishes, or until its lease runs out because it died.
+            if self.stopping.wait(1.0):
+                return Outcome.HAND_BACK
+        self._delete_leftovers(job_id, [f for f in before.pending_mp3_fids if f != mp3_fid])
+        log.info("job %s: converting %s (attempt %d)", job_id, before.filename, before.attempts + 1)
+        dst = mp3_store.open_mp3(self.mongo, mp3_fid, before)
+        try:
+            with self.mongo.videos.open_download_stream(_oid(before.video_fid)) as src:
+                result = transcode(src, dst, before.options, filename=before.filename,
+                                   on_progress=self._progress_writer(job_id, mp3_fid),
+                                   overlap=self.cfg.overlap)
+            dst.close()
+        except ConversionError as e:
+            self._discard(job_id, mp3_fid)
+            self.jobs.finish_failed(job_id, str(e))
+            log.info("job %s FAILED: %s", job_id, e)
+            return Outcome.ACK
+        except LostLease:
+            self._discard(job_id, mp3_fid)
+            raise
+        except Exception:
+            self._discard_quietly(job_id, mp3_fid)
+            raise
+        if result.header_patch:
+            mp3_store.patch_bytes(self.mongo, mp3_fid, *result.header_patch)
+        if self.jobs.finish_done(job_id, mp3_fid, result.bytes_written):
+            log.info("job %s DONE: %d bytes, %.2fs of audio", job_id, result.bytes_written,
+                     result.duration_seconds)
+        else:
+            log.info("job %s was finished by another attempt; discarding this MP3", job_id)
+            self._discard(job_id, mp3_fid)
+        return Outcome.ACK
+
+    def _discard(self, job_id: str, mp3_fid: ObjectId) -> None:
+        mp3_store.delete_quietly(self.mongo, mp3_fid)
+        self.jobs.forget_pending(job_id, [mp3_fid])
+
+    def _discard_quietly(self, job_id: str, mp3_fid: ObjectId) -> None:
+        """Drop this attempt and hand the job back, best effort while MongoDB may
+        be down; the next attempt cleans up whatever is left."""
+        try:
+            self._discard(job_id, mp3_fid)
+            self.jobs.release(job_id, mp3_fid)
+        except pymongo.errors.PyMongoError:
+            pass
+
+    def _delete_leftovers(self, job_id: str, leftovers: list) -> None:
+        """MP3s of earlier attempts that crashed mid-write."""
+        for fid in leftovers:
+            mp3_store.delete_quietly(self.mongo, fid)
+        if leftovers:
+            self.jobs.forget_pending(job_id, leftovers)
+            log.info("job %s: removed %d half-written MP3(s) of earlier attempts", job_id, len(leftovers))
+
+    def _progress_writer(self, job_id: str, mp3_fid: ObjectId):
+        last = {"at": 0.0}
+
+        def on_progress(fraction: float) -> None:
+            if self.cancel.is_set():
+                raise Cancelled()
+            now = time.monotonic()
+            if now - last["at"] < PROGRESS_EVERY_S:
+                return
+            last["at"] = now
+            percent = max(0, min(99, int(fraction * 100)))
+            try:
+                still_ours = self.jobs.renew(job_id, mp3_fid, percent, self.cfg.lease_s)
+            except pymongo.errors.PyMongoError:
+                return  # progress is advisory; the final write is what counts
+            if not still_ours:
+                raise LostLease()
+
+        return on_progress
+
+    # --- a dead letter (on the consumer's connection thread) -----------------
+
+    def dead_letter(self, body: bytes, headers: dict, queue_copy: Callable[[dict], bool]) -> Outcome:
+        """A message dead-lettered after MAX_DELIVERIES. If its conversion
+        really started that often, the file keeps killing workers: the job
+        ends FAILED and the MP3s its attempts half-wrote are deleted. If not,
+        the deliveries were spent on lost connections (RabbitMQ cuts), so the
+        task is queued again (`queue_copy(extra headers)`), a bounded number of
+        times. ACK, or REQUEUE while MongoDB is unreachable."""
+        try:
+            job_id = decode_task(body).job_id
+            job = self.jobs.get(job_id)
+            attempts, revived = (job.attempts if job else 0), policy.revivals(headers)
+            decision = policy.dead_letter(job.state if job else None, attempts, revived,
+                                          max_deliveries=MAX_DELIVERIES)
+            if decision is DeadLetter.REVIVE and queue_copy(policy.revived_headers(revived)):
+                log.warning("job %s dead-lettered after only %d conversion attempt(s); queued again",
+                            job_id, attempts)
+            elif decision is not DeadLetter.DROP:
+                # Also when the copy could not be queued: never leave the job hanging.
+                self._fail_crashed(job_id)
+        except ValueError as e:
+            log.error("dropping unreadable dead-lettered message: %s", e)
+        except pymongo.errors.PyMongoError as e:
+            log.warning("cannot settle dead-lettered job yet: %s", e)
+            return Outcome.REQUEUE
+        return Outcome.ACK
+
+    def _fail_crashed(self, job_id: str) -> None:
+        if self.jobs.finish_failed(job_id, policy.crashed_reason(MAX_DELIVERIES)):
+            log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
+        job = self.jobs.get(job_id)
+        if job is not None and job.state == jobs.FAILED:
+            self._delete_leftovers(job_id, list(job.pending_mp3_fids))
+
+
+def _oid(value) -> ObjectId:
+    try:
+        if value is None:  # ObjectId(None) would make up a new id
+            raise InvalidId("no video")
+        return value if isinstance(value, ObjectId) else ObjectId(value)
+    except (InvalidId, TypeError):
+        raise ConversionError("the job's video reference is not valid") from None

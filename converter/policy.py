@@ -1,0 +1,88 @@
+"""What the worker does with a task, decided without touching anything.
+
+Pure functions and types (no pika, no pymongo), so the retry and dead-letter
+rules are testable alone (tests/test_policy.py):
+
+- a processed task is ACKed once its job is final, REQUEUEd (spending one of
+  the queue's MAX_DELIVERIES) after an unexpected error, or HANDed BACK as a
+  fresh copy when we are shutting down, so restarts never look like crashes;
+- while storage is unavailable the task is retried in place, unacked;
+- a dead letter is revived if its job was not really attempted MAX_DELIVERIES
+  times (the deliveries went on lost connections), at most MAX_REVIVALS
+  times; else its job fails with crashed_reason().
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+# A dead letter queued again carries how often it was, in this header.
+REVIVED_HEADER = "x-video2mp3-revived"
+MAX_REVIVALS = 3
+
+
+class Outcome(enum.Enum):
+    """How the broker side settles a delivery."""
+    ACK = "ack"              # done with it: the job is final, or the message is unusable
+    REQUEUE = "requeue"      # nack with requeue: counts against the delivery limit
+    HAND_BACK = "hand back"  # a confirmed fresh copy, then ack: no delivery spent
+
+
+class Cancelled(Exception):
+    """Shutdown deadline reached mid-conversion: hand the task back."""
+
+
+class LostLease(Exception):
+    """Our lease ran out (we stalled) and another worker took the job over."""
+
+
+class StorageUnavailable(Exception):
+    """MongoDB (jobs or GridFS) cannot be reached right now."""
+
+
+def outcome_for(error: BaseException) -> Outcome | None:
+    """The outcome of a task whose processing raised `error`; None means
+    retry in place after a pause (the delivery stays unacked, nothing spent)."""
+    if isinstance(error, Cancelled):
+        return Outcome.HAND_BACK
+    if isinstance(error, LostLease):
+        return Outcome.ACK  # the job is another attempt's now
+    if isinstance(error, StorageUnavailable):
+        return None
+    # A bug or a decoder crash we did not foresee: let the queue's delivery
+    # limit dead-letter a file that keeps doing it.
+    return Outcome.REQUEUE
+
+
+class DeadLetter(enum.Enum):
+    REVIVE = "revive"  # queue a copy with revivals + 1 in REVIVED_HEADER
+    FAIL = "fail"      # mark the job FAILED (if it is not final) and delete its leftover MP3s
+    DROP = "drop"      # no job, or DONE: nothing to do
+
+
+def revivals(headers: Mapping | None) -> int:
+    """How many times a dead letter was queued again already."""
+    try:
+        return max(0, int((headers or {}).get(REVIVED_HEADER, 0)))
+    except (TypeError, ValueError):
+        return MAX_REVIVALS  # a header we did not write: do not loop on it
+
+
+def revived_headers(count: int) -> dict:
+    return {REVIVED_HEADER: count + 1}
+
+
+def dead_letter(state: str | None, attempts: int, revived: int, *,
+                max_deliveries: int, max_revivals: int = MAX_REVIVALS) -> DeadLetter:
+    """For a task dead-lettered after max_deliveries deliveries: `state` and
+    `attempts` of its job (state None: no such job), `revived` from revivals()."""
+    if state is None or state == "DONE":
+        return DeadLetter.DROP
+    if state != "FAILED" and attempts < max_deliveries and revived < max_revivals:
+        return DeadLetter.REVIVE
+    return DeadLetter.FAIL
+
+
+def crashed_reason(max_deliveries: int) -> str:
+    return (f"the converter stopped unexpectedly on this file {max_deliveries} times; "
+            "it may be corrupt or unsupported")
