@@ -19,6 +19,7 @@ import pymysql
 from dbutils.pooled_db import PooledDB, PooledDBError
 from pymysql.constants import ER
 
+from common.errors import DependencyUnavailable, Reason
 from common.settings import MysqlSettings
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ _SCHEMA_GONE = {ER.BAD_DB_ERROR, ER.NO_SUCH_TABLE}
 _CLIENT_ERRORS = 2000
 
 
-class DatabaseUnavailable(Exception):
-    """MySQL cannot be reached (or the schema is not in place yet); worth retrying."""
+class DatabaseUnavailable(DependencyUnavailable):
+    """MySQL cannot be reached (or the schema is not in place yet); worth retrying.
+    An RPC that raises it ends UNAVAILABLE with this message (common/errors.py)."""
+    message = "user database unavailable, try again"
+    reason = Reason.USER_DATABASE_UNAVAILABLE
 
 
 class EmailTaken(Exception):

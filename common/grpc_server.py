@@ -1,8 +1,9 @@
 """The one way every service builds, runs and stops its gRPC server.
 
 Each server gets: a bounded thread pool, explicit message-size limits, the
-standard grpc.health.v1 service, server reflection (so `grpcurl list` works
-without .proto files) and a graceful SIGTERM/SIGINT stop.
+one error-to-status interceptor (common/errors.py), the standard
+grpc.health.v1 service, server reflection (so `grpcurl list` works without
+.proto files) and a graceful SIGTERM/SIGINT stop.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Callable, Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from common.errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ def build_server(
     services = list(services)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=list(interceptors),
+        # First, so errors raised by the other interceptors get a rich status too.
+        interceptors=[ErrorInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -26,7 +26,6 @@ _BITRATES = {
 }
 # Sample rates by index, for each version id (bits 19-20 of the header).
 _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
-MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 # LAME's encoder delay: samples of silence it puts before the audio. The
 # decoder adds 528 + 1 more; FFmpeg skips delay + 529 when the tag says so.

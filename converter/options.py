@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from converter.mp3tags import MP3_SAMPLE_RATES
-
-DEFAULT_BITRATE_KBPS = 192
-DEFAULT_CHANNELS = 2
-MIN_BITRATE_KBPS, MAX_BITRATE_KBPS = 32, 320
+from common import mp3_options
+from common.mp3_options import DEFAULT_BITRATE_KBPS, DEFAULT_CHANNELS, SAMPLE_RATES_HZ
 
 
 class InvalidOptions(ValueError):
@@ -33,27 +30,23 @@ def nearest_mp3_rate(rate: int) -> int:
     Above 48 kHz the rate of the same family wins (88.2k -> 44.1k, 96k -> 48k),
     which keeps the resampling ratio simple; otherwise the nearest one does.
     """
-    if rate in MP3_SAMPLE_RATES:
+    if rate in SAMPLE_RATES_HZ:
         return rate
     if rate > 48000:
         return 44100 if rate % 11025 == 0 else 48000
-    return min(MP3_SAMPLE_RATES, key=lambda r: abs(r - rate))
+    return min(SAMPLE_RATES_HZ, key=lambda r: abs(r - rate))
 
 
 def resolve(options, source_rate: int) -> Mp3Settings:
-    """Apply defaults: 192 kbps CBR, stereo, the source's (nearest MP3) rate."""
+    """Apply defaults: 192 kbps CBR, stereo, the source's (nearest MP3) rate.
+    The rules are the gateway's (common/mp3_options.py)."""
+    wrong = mp3_options.violations(options)
+    if wrong:
+        raise InvalidOptions("; ".join(d for _, d in wrong))
     vbr = options.vbr_quality if options.HasField("vbr_quality") else None
-    if vbr is not None and not 0 <= vbr <= 9:
-        raise InvalidOptions(f"VBR quality must be 0..9, not {vbr}")
     bitrate = options.bitrate_kbps or DEFAULT_BITRATE_KBPS
-    if not MIN_BITRATE_KBPS <= bitrate <= MAX_BITRATE_KBPS:
-        raise InvalidOptions(f"bitrate must be {MIN_BITRATE_KBPS}..{MAX_BITRATE_KBPS} kbps, not {bitrate}")
     channels = options.channels or DEFAULT_CHANNELS
-    if channels not in (1, 2):
-        raise InvalidOptions(f"channels must be 1 or 2, not {channels}")
     rate = options.sample_rate_hz or nearest_mp3_rate(source_rate)
-    if rate not in MP3_SAMPLE_RATES:
-        raise InvalidOptions(f"{rate} Hz is not an MP3 sample rate")
     return Mp3Settings(sample_rate=rate, channels=channels, bitrate_kbps=bitrate, vbr_quality=vbr)
 
 

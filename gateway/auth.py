@@ -3,10 +3,10 @@ JWT in-process (no call to the auth service) for every MediaService RPC except
 GetHealth, and hands the verified Caller to the handler."""
 from __future__ import annotations
 
-import grpc
 from grpc_interceptor import ServerInterceptor
 
 from common import tokens
+from common.errors import Reason, Unauthenticated
 
 MEDIA_SERVICE = "/video2mp3.media.v1.MediaService/"
 PUBLIC_METHODS = {MEDIA_SERVICE + "GetHealth"}
@@ -22,8 +22,8 @@ class AuthInterceptor(ServerInterceptor):
             try:
                 token = tokens.bearer_from_metadata(context.invocation_metadata())
                 context.caller = tokens.verify(self.secret_key, token)
-            except tokens.InvalidToken as e:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+            except tokens.InvalidToken as e:  # common/errors.py's interceptor answers it
+                raise Unauthenticated(str(e), reason=Reason.TOKEN_INVALID) from None
         return method(request_or_iterator, context)
 
 

@@ -8,11 +8,14 @@ from typing import Iterable, Iterator
 
 import multipart
 
+from common.errors import InvalidArgument, Reason
+
 FILE_FIELD = "file"
 
 
-class MalformedForm(ValueError):
-    pass
+class MalformedForm(InvalidArgument):
+    def __init__(self, message: str):
+        super().__init__(message, reason=Reason.INVALID_FORM)
 
 
 def is_form(content_type: str) -> bool:

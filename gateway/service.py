@@ -5,12 +5,11 @@ import base64
 import datetime as dt
 import logging
 
-import grpc
-import pymongo.errors
 from google.api import httpbody_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from common import jobs
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from common.health import DependencyMonitor
 from common.mongo import Mongo
 from gateway.auth import caller
@@ -20,11 +19,6 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_CHUNK = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
-
-
-def _unavailable(context, what: str, e: Exception):
-    log.warning("%s unavailable: %s", what, e)
-    context.abort(grpc.StatusCode.UNAVAILABLE, f"{what} is unavailable; try again shortly")
 
 
 class MediaService(media_pb2_grpc.MediaServiceServicer):
@@ -38,16 +32,16 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     def UploadVideo(self, request_iterator, context):
         return jobs.to_proto(self.uploads.handle(request_iterator, context, caller(context)))
 
+    # MongoDB errors are left to common/errors.py: UNAVAILABLE, in one place.
     def _owned_job(self, job_id: str, context) -> jobs.Job:
         if not job_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")
-        try:
-            job = self.jobs.get_for_user(job_id, caller(context).user_id)
-        except pymongo.errors.PyMongoError as e:
-            _unavailable(context, "job storage", e)
+            raise InvalidArgument("job_id is required", reason=Reason.INVALID_JOB_ID,
+                                  violations=[("job_id", "job_id is required")])
+        job = self.jobs.get_for_user(job_id, caller(context).user_id)
         if job is None:
             # Another user's job looks exactly like a missing one.
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id} not found")
+            raise NotFound(f"job {job_id} not found", reason=Reason.JOB_NOT_FOUND,
+                           metadata={"job_id": job_id})
         return job
 
     def GetJob(self, request, context):
@@ -55,13 +49,10 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
 
     def ListJobs(self, request, context):
         if request.page_size < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+            raise _invalid_page("page_size", "page_size must not be negative")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        before = _decode_page_token(request.page_token, context)
-        try:
-            found = self.jobs.list_for_user(caller(context).user_id, size + 1, before)
-        except pymongo.errors.PyMongoError as e:
-            _unavailable(context, "job storage", e)
+        before = _decode_page_token(request.page_token)
+        found = self.jobs.list_for_user(caller(context).user_id, size + 1, before)
         page, more = found[:size], len(found) > size
         token = _encode_page_token(page[-1]) if more else ""
         return media_pb2.ListJobsResponse(jobs=[jobs.to_proto(j) for j in page], next_page_token=token)
@@ -69,22 +60,17 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     def DownloadMp3(self, request, context):
         job = self._owned_job(request.job_id, context)
         if job.state != jobs.DONE:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE")
-        try:
-            stream = self.mongo.mp3s.open_download_stream(job.mp3_fid)
-        except pymongo.errors.PyMongoError as e:
-            _unavailable(context, "MP3 storage", e)
+            raise FailedPrecondition(
+                f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE",
+                reason=Reason.JOB_NOT_DONE, metadata={"job_id": job.id, "state": str(job.state)})
+        stream = self.mongo.mp3s.open_download_stream(job.mp3_fid)
         return self._stream(stream, context)
 
     def _stream(self, stream, context):
         content_type = "audio/mpeg"
         with stream:
             while context.is_active():
-                try:
-                    data = stream.read(DOWNLOAD_CHUNK)
-                except pymongo.errors.PyMongoError as e:
-                    _unavailable(context, "MP3 storage", e)
+                data = stream.read(DOWNLOAD_CHUNK)
                 if not data:
                     return
                 # Envoy takes the HTTP Content-Type from the first message.
@@ -104,11 +90,15 @@ def _encode_page_token(job: jobs.Job) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def _decode_page_token(token: str, context):
+def _decode_page_token(token: str):
     if not token:
         return None
     try:
         t, jid = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
         return dt.datetime.fromisoformat(t), jid
     except ValueError:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not valid; pass next_page_token as given")
+        raise _invalid_page("page_token", "page_token is not valid; pass next_page_token as given") from None
+
+
+def _invalid_page(field: str, message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=Reason.INVALID_PAGE, violations=[(field, message)])

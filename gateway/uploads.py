@@ -13,18 +13,21 @@ import itertools
 import logging
 import threading
 
-import grpc
 import pymongo.errors
 from bson import ObjectId
 
 from common import jobs
+from common.errors import Cancelled, InvalidArgument, Reason, ResourceExhausted
+from common.gridfs_upload import ChunkedUpload
 from common.mongo import VIDEOS_BUCKET, Mongo
-from common.queue import PublishError, Publisher
+from common.queue import Publisher, PublishError
 from common.tokens import Caller
 from gateway import form_upload, validation
-from common.gridfs_upload import ChunkedUpload
 
 log = logging.getLogger(__name__)
+
+# "Try again in a few seconds", as RetryInfo.
+BUSY_RETRY_S = 3.0
 
 
 class Uploads:
@@ -37,10 +40,11 @@ class Uploads:
         self._slots = threading.BoundedSemaphore(max_concurrent)
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
-        """Returns the created job, or aborts the RPC with a status."""
+        """Returns the created job, or raises (common/errors.py makes the
+        status; a MongoDB error is UNAVAILABLE) having kept nothing."""
         if not self._slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          "too many uploads in progress; retry in a few seconds")
+            raise ResourceExhausted("too many uploads in progress; retry in a few seconds",
+                                    reason=Reason.TOO_MANY_UPLOADS, retry_after_s=BUSY_RETRY_S)
         try:
             return self._handle(requests, context, caller)
         finally:
@@ -49,33 +53,16 @@ class Uploads:
     def _handle(self, requests, context, caller: Caller) -> jobs.Job:
         first = next(requests, None)
         if first is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload is empty: send the video's bytes")
-        try:
-            options = validation.conversion_options(first)
-            filename = validation.filename(first.filename)
-        except validation.InvalidOptions as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-
-        try:
-            stream = ChunkedUpload(
-                self.mongo.db, VIDEOS_BUCKET, filename,
-                metadata={"user_id": caller.user_id,
-                          "content_type": first.body.content_type or "application/octet-stream"},
-            )
-        except pymongo.errors.PyMongoError as e:
-            log.warning("cannot open GridFS upload: %s", e)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "video storage is unavailable; try again shortly")
-
-        messages = itertools.chain([first], requests)
-        if form_upload.is_form(first.body.content_type):
-            try:
-                body = form_upload.FormFile(first.body.content_type, messages)
-            except form_upload.MalformedForm as e:
-                self._abort_quietly(stream)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        else:
-            body = (m.body.data for m in messages)
-        size = self._write_all(stream, body, context, named_by_query=bool(first.filename))
+            raise _empty()
+        options = validation.conversion_options(first)
+        filename = validation.filename(first.filename)
+        stream = ChunkedUpload(
+            self.mongo.db, VIDEOS_BUCKET, filename,
+            metadata={"user_id": caller.user_id,
+                      "content_type": first.body.content_type or "application/octet-stream"},
+        )
+        size = self._write_all(stream, itertools.chain([first], requests), context,
+                               first.body.content_type, named_by_query=bool(first.filename))
         filename = stream.filename
         video_fid: ObjectId = stream._id
         job_id = jobs.new_job_id()
@@ -83,50 +70,44 @@ class Uploads:
             job = self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
                                    filename=filename, video_fid=video_fid, video_size=size,
                                    options=options)
-        except pymongo.errors.PyMongoError as e:
-            log.warning("cannot record job for %s: %s", video_fid, e)
+        except pymongo.errors.PyMongoError:
             self._delete_quietly(video_fid)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "job storage is unavailable; try again shortly")
+            raise
 
         self.publish(job)
         log.info("job %s queued: %s (%d bytes) for %s", job_id, filename, size, caller.email)
         return job
 
-    def _write_all(self, stream, body, context, named_by_query: bool) -> int:
-        """Writes every chunk of `body` (an iterable of bytes); returns the size.
-        Aborts the upload and the RPC on any failure."""
+    def _write_all(self, stream, messages, context, content_type: str, named_by_query: bool) -> int:
+        """Writes the video's bytes from `messages` into `stream`; returns the size.
+        On any failure the upload is aborted (its chunks deleted), then it raises."""
         size = 0
         try:
+            if form_upload.is_form(content_type):
+                body = form_upload.FormFile(content_type, messages)
+            else:
+                body = (m.body.data for m in messages)
             for data in body:
                 size += len(data)
                 if size > self.max_bytes:
-                    # Envoy's REST side turns this into 413 (deploy/envoy.yaml's Lua filter).
-                    context.set_trailing_metadata((("x-http-status", "413"),))
-                    raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"the upload is larger than the {self.max_bytes}-byte limit")
+                    raise ResourceExhausted(
+                        f"the upload is larger than the {self.max_bytes}-byte limit",
+                        reason=Reason.UPLOAD_TOO_LARGE, metadata={"limit_bytes": self.max_bytes},
+                        # Envoy's REST side answers 413 (deploy/envoy.yaml's Lua filter).
+                        trailers=[("x-http-status", "413")])
                 if data:
                     stream.write(data)
             if _reset_after_end(context):
-                raise _Reject(grpc.StatusCode.CANCELLED, "the client cancelled the upload")
+                raise Cancelled("the client cancelled the upload", reason=Reason.UPLOAD_CANCELLED)
             if size == 0:
-                raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "the upload is empty: send the video's bytes")
+                raise _empty()
             if getattr(body, "filename", None) and not named_by_query:
                 stream.filename = validation.filename(body.filename)  # a form's own file name
             stream.close()
             return size
-        except _Reject as r:
-            self._abort_quietly(stream)
-            context.abort(r.code, r.message)
-        except (form_upload.MalformedForm, validation.InvalidOptions) as e:
-            self._abort_quietly(stream)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except pymongo.errors.PyMongoError as e:
-            log.warning("GridFS upload failed: %s", e)
-            self._abort_quietly(stream)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "video storage is unavailable; try again shortly")
         except BaseException:
-            # Client went away mid-stream (grpc raises from the request iterator),
-            # or we are shutting down: keep nothing.
+            # Refused, storage failed, the client went away mid-stream (grpc
+            # raises from the request iterator) or we are shutting down: keep nothing.
             self._abort_quietly(stream)
             raise
 
@@ -174,6 +155,5 @@ def _reset_after_end(context) -> bool:
     return ended.wait(END_OF_STREAM_SETTLE_S) or not context.is_active()
 
 
-class _Reject(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        self.code, self.message = code, message
+def _empty() -> InvalidArgument:
+    return InvalidArgument("the upload is empty: send the video's bytes", reason=Reason.UPLOAD_EMPTY)

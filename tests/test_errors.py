@@ -7,6 +7,8 @@ import time
 import grpc
 import jwt
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2
 
@@ -37,6 +39,21 @@ def mongo(mesh):
     m = Mongo(MongoSettings(uri=mesh.env["MONGO_URI"], timeout_ms=3000))
     yield m
     m.close()
+
+
+def rich_details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest]:
+    """The ErrorInfo and BadRequest (empty if absent) of a failed call."""
+    status = rpc_status.from_call(err)
+    assert status is not None and status.message == err.details()
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert any(d.Unpack(info) for d in status.details), status
+    any(d.Unpack(bad) for d in status.details)
+    return info, bad
+
+
+def rest_details(body: dict) -> dict[str, dict]:
+    """REST error details by type name, as Envoy renders google.rpc.Status."""
+    return {d["@type"].rsplit(".", 1)[-1]: d for d in body["details"]}
 
 
 def user_id(token: str) -> str:
@@ -156,9 +173,18 @@ def test_invalid_options_name_the_field(mesh, grpc_user, rest_user, mongo, tmp_p
         grpc_user.upload(b"\x00" * 1000, **options)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in e.value.details()
+    info, bad = rich_details(e.value)
+    assert (info.reason, info.domain) == ("INVALID_OPTIONS", "video2mp3")
+    assert [v.field for v in bad.field_violations] == [field]
+    assert field in bad.field_violations[0].description
     assert stored_for(mongo, user_id(grpc_user.token)) == before
     assert orphan_chunks(mongo) == 0
 
     video = make_media(tmp_path / "v.mp4", duration=0.5)
     r = rest_user.upload(video, params={"filename": "v.mp4", **{k: str(v) for k, v in options.items()}})
     assert r.status_code == 400 and field in r.json()["message"]
+    details = rest_details(r.json())
+    assert details["ErrorInfo"]["reason"] == "INVALID_OPTIONS", r.text
+    assert details["ErrorInfo"]["domain"] == "video2mp3"
+    violations = details["BadRequest"]["field_violations"]
+    assert [v["field"] for v in violations] == [field], r.text

@@ -75,6 +75,7 @@ def test_readme_error_example_is_what_rest_answers(mesh):
     m = re.search(r"a wrong\s+password is `(\d{3}) (\{.*?\})`", text)
     assert m, "README no longer shows the wrong-password example"
     status, body = int(m.group(1)), m.group(2)
+    assert '"reason":"BAD_CREDENTIALS"' in body  # the example shows the rich details
     r = requests.post(f"{mesh.rest_base_url}/v1/login",
                       json={"email": "nobody@example.com", "password": "wrong password"}, timeout=20)
     assert (r.status_code, r.text) == (status, body)

@@ -1,4 +1,5 @@
-"""Pure logic, no servers: option validation, the queue message shape, tokens."""
+"""Pure logic, no servers: option validation (gateway and converter), file
+names, the queue message shape, tokens."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,9 @@ import time
 import pytest
 from video2mp3.media.v1 import media_pb2, queue_pb2
 
-from common import queue, tokens
+from common import mp3_options, queue, tokens
+from common.errors import InvalidArgument, Reason
+from converter import options as converter_options
 from gateway import validation
 
 
@@ -34,23 +37,55 @@ def test_vbr_replaces_bitrate():
     ({"audio_track": -1}, "audio_track"),
 ])
 def test_invalid_options_name_their_field(kw, field):
-    with pytest.raises(validation.InvalidOptions, match=field):
+    with pytest.raises(InvalidArgument, match=field) as e:
         validation.conversion_options(req(**kw))
+    assert e.value.reason == Reason.INVALID_OPTIONS
+    assert [v.field for v in e.value.violations] == [field]
+
+
+def test_every_bad_option_is_a_violation_of_its_own():
+    e = pytest.raises(InvalidArgument, validation.conversion_options,
+                      req(bitrate_kbps=100, channels=6, sample_rate_hz=96000, audio_track=-1))
+    assert [v.field for v in e.value.violations] == [
+        "bitrate_kbps", "channels", "sample_rate_hz", "audio_track"]
+    assert all(v.field in v.description for v in e.value.violations)
 
 
 def test_every_mp3_bitrate_and_rate_is_accepted():
-    for b in validation.MP3_BITRATES:
+    for b in mp3_options.BITRATES_KBPS:
         assert validation.conversion_options(req(bitrate_kbps=b)).bitrate_kbps == b
-    for r in validation.MP3_SAMPLE_RATES:
+    for r in mp3_options.SAMPLE_RATES_HZ:
         assert validation.conversion_options(req(sample_rate_hz=r)).sample_rate_hz == r
+
+
+@pytest.mark.parametrize("kw", [{"bitrate_kbps": 100}, {"bitrate_kbps": 31}, {"vbr_quality": 10},
+                                {"vbr_quality": 2, "bitrate_kbps": 128}, {"channels": 3},
+                                {"sample_rate_hz": 44000}, {"audio_track": -1}])
+def test_gateway_and_converter_agree_on_the_options(kw):
+    # One rule set: what the gateway refuses, the converter refuses too.
+    assert mp3_options.violations(req(**kw))
+    with pytest.raises(converter_options.InvalidOptions):
+        converter_options.resolve(media_pb2.ConversionOptions(**kw), 44100)
+
+
+def test_what_the_gateway_accepts_the_converter_resolves():
+    ok = validation.conversion_options(req(vbr_quality=3, channels=1, audio_track=1))
+    s = converter_options.resolve(ok, 96000)
+    assert (s.vbr_quality, s.channels, s.sample_rate) == (3, 1, 48000)
 
 
 def test_filename_keeps_the_base_name_only():
     assert validation.filename("C:\\videos\\a.mp4") == "a.mp4"
     assert validation.filename("../../etc/passwd") == "passwd"
     assert validation.filename("") == "upload"
-    with pytest.raises(validation.InvalidOptions):
-        validation.filename("a\nb.mp4")
+    assert validation.filename("/") == "upload"
+
+
+def test_filename_keeps_unicode_drops_control_characters_and_is_bounded():
+    assert validation.filename("a\nb\x00\x7f\x85.mp4") == "ab.mp4"
+    assert validation.filename("Ünïcødé 視頻 🎵.mkv") == "Ünïcødé 視頻 🎵.mkv"
+    long = validation.filename("x" * 1000 + ".mp4")
+    assert len(long) == validation.MAX_FILENAME_CHARS and long.endswith("x.mp4")
 
 
 def test_task_message_keeps_the_seed_shape():

@@ -1,0 +1,61 @@
+"""What each conversion option allows: the one definition, used by the
+gateway to refuse bad uploads (gateway/validation.py) and by the converter to
+resolve a job's options (converter/options.py).
+
+It lives in common/ because both sides read the same message fields
+(UploadVideoRequest and ConversionOptions share them) and the gateway should
+not import the converter, which brings numpy and PyAV. Zero / unset values
+mean the default.
+"""
+from __future__ import annotations
+
+from video2mp3.media.v1 import media_pb2
+
+# The bitrates of an MPEG-1 Layer III stream. LAME picks MPEG-2 for rates up to
+# 24 kHz and then rounds to the nearest bitrate that layer allows.
+BITRATES_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+SAMPLE_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+VBR_QUALITIES = range(10)  # LAME -V: 0 best .. 9 smallest
+CHANNELS = (1, 2)
+DEFAULT_BITRATE_KBPS = 192
+DEFAULT_CHANNELS = 2
+
+
+def violations(options) -> list[tuple[str, str]]:
+    """(field, description) for each option that is not allowed; empty if all are.
+
+    `options`: an UploadVideoRequest or a ConversionOptions."""
+    found = []
+    if options.HasField("vbr_quality"):
+        if options.bitrate_kbps:
+            found.append(("vbr_quality",
+                          "give either bitrate_kbps (CBR) or vbr_quality (VBR), not both"))
+        elif options.vbr_quality not in VBR_QUALITIES:
+            found.append(("vbr_quality",
+                          f"vbr_quality must be 0 (best) to 9, got {options.vbr_quality}"))
+    elif options.bitrate_kbps and options.bitrate_kbps not in BITRATES_KBPS:
+        found.append(("bitrate_kbps", (f"bitrate_kbps must be one of "
+                      f"{', '.join(map(str, BITRATES_KBPS))}, got {options.bitrate_kbps}")))
+    if options.channels and options.channels not in CHANNELS:
+        found.append(("channels", f"channels must be 1 (mono) or 2 (stereo), got {options.channels}"))
+    if options.sample_rate_hz and options.sample_rate_hz not in SAMPLE_RATES_HZ:
+        found.append(("sample_rate_hz", (f"sample_rate_hz must be one MP3 allows "
+                      f"({', '.join(map(str, SAMPLE_RATES_HZ))}), got {options.sample_rate_hz}")))
+    if options.HasField("audio_track") and options.audio_track < 0:
+        found.append(("audio_track", f"audio_track must be 0 or more, got {options.audio_track}"))
+    return found
+
+
+def with_defaults(options) -> media_pb2.ConversionOptions:
+    """Valid `options` with the defaults filled in: 192 kbps CBR unless VBR
+    is asked for, stereo; the sample rate stays 0 (the source's)."""
+    into = media_pb2.ConversionOptions()
+    if options.HasField("vbr_quality"):
+        into.vbr_quality = options.vbr_quality
+    else:
+        into.bitrate_kbps = options.bitrate_kbps or DEFAULT_BITRATE_KBPS
+    into.channels = options.channels or DEFAULT_CHANNELS
+    into.sample_rate_hz = options.sample_rate_hz
+    if options.HasField("audio_track"):
+        into.audio_track = options.audio_track
+    return into
