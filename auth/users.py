@@ -263,7 +263,7 @@ def _user(row) -> User:
         id=int(user_id),
         email=email,
         password_hash=password_hash,
-        created_at=created_at.replace(tzinfo=dt.timezone.utc),
+        created_at=created_at.replace(tzinfo=dt.UTC),
     )
 
 

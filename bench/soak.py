@@ -55,10 +55,10 @@ import requests
 
 from common.settings import load, setting
 from localmesh.stack import Stack
-from testkit.testbed import Testbed
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_media
 from testkit.tcp_proxy import TcpProxy
+from testkit.testbed import Testbed
 
 FAULT_KINDS = ("worker_kill", "mongo_cut", "rabbit_cut")
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,

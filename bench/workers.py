@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from common import jobs
-from testkit.direct import DirectSubmitter
 from localmesh.stack import Stack
+from testkit.direct import DirectSubmitter
 from testkit.testbed import Testbed
 
 CACHE = Path(tempfile.gettempdir()) / "video2mp3-bench"

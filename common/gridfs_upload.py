@@ -76,7 +76,7 @@ class ChunkedUpload:
             "_id": self._id,
             "length": self.length,
             "chunkSize": self.chunk_size,
-            "uploadDate": dt.datetime.now(dt.timezone.utc),
+            "uploadDate": dt.datetime.now(dt.UTC),
             "filename": self.filename,
             "metadata": self.metadata,
         })

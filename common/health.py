@@ -9,7 +9,7 @@ paying for the check.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from grpc_health.v1 import health_pb2
 
@@ -33,7 +33,7 @@ class DependencyMonitor:
         self._status = {name: "unknown: not checked yet" for name in checks}
         self._loop = Periodic("health", interval, self.check_now)
 
-    def start(self) -> "DependencyMonitor":
+    def start(self) -> DependencyMonitor:
         self.check_now()
         self._loop.start()
         return self
@@ -52,7 +52,7 @@ class DependencyMonitor:
             try:
                 check()
                 value = CONNECTED
-            except Exception as e:  # any failure means "down"; say why
+            except Exception as e:  # noqa: BLE001 - any failure means "down"; say why
                 value = f"disconnected: {e}"
             if value != self._status.get(name):
                 (log.info if value == CONNECTED else log.warning)("%s: %s", name, value)

@@ -107,7 +107,7 @@ def _job(doc: dict | None) -> Job | None:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_job_id() -> str:
@@ -243,7 +243,7 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     if value.tzinfo is None:  # pymongo returns naive UTC datetimes by default
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts

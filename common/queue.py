@@ -107,7 +107,7 @@ class Publisher:
             if future.set_running_or_notify_cancel():  # False: its caller gave up already
                 try:
                     future.set_result(fn())
-                except BaseException as e:  # handed to the caller
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
                     future.set_exception(e)
 
     def _call(self, fn, what: str):
@@ -131,7 +131,7 @@ class Publisher:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # already broken; nothing to save
+            except Exception:  # noqa: BLE001 - already broken; nothing to save
                 pass
 
     def publish(self, task: queue_pb2.ConversionTask) -> None:

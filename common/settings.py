@@ -26,7 +26,8 @@ import os
 import pathlib
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Literal, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -46,5 +46,5 @@ def delete_quietly(mongo: Mongo, file_id: ObjectId) -> None:
     """Delete a (possibly half-written) MP3: its chunks even when no files document exists."""
     try:
         mongo.mp3s.delete(file_id)
-    except Exception:  # gridfs.NoFile when only chunks were written: remove those
+    except Exception:  # noqa: BLE001 - gridfs.NoFile when only chunks were written: remove those
         mongo.db[f"{MP3S_BUCKET}.chunks"].delete_many({"files_id": file_id})

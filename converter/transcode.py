@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import av
 
-from converter import lame, mp3tags, options as opts
-from converter.pipeline import InlineWriter, WriteBehind, run_ahead
+from converter import lame, mp3tags
+from converter import options as opts
 from converter.mp3out import Mp3Output
 from converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
+from converter.pipeline import InlineWriter, WriteBehind, run_ahead
 
 # LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
 LAME_QUALITY = 3
@@ -272,7 +274,7 @@ def _decode(container, stream) -> Iterator:
         except av.InvalidDataError:
             bad += 1  # judged below, against the number of packets
             if bad > _MIN_BAD_PACKETS and bad > packets * _MAX_BAD_PACKET_SHARE:
-                raise ConversionError("the audio is corrupt")
+                raise ConversionError("the audio is corrupt") from None
             continue
         yield from frames
 
@@ -383,7 +385,7 @@ def _pcm_batches(container, stream, settings, fmt, progress):
     fraction = None
 
     def batch():
-        return tuple(b"".join(plane) for plane in zip(*pending)) if pending else (b"",)
+        return tuple(b"".join(plane) for plane in zip(*pending, strict=True)) if pending else (b"",)
 
     for frame in _decode(container, stream):
         for planes, n in resampler.resample(frame):

@@ -66,7 +66,7 @@ def main() -> None:
     monitor.start()
     try:
         job_store.ensure_indexes()
-    except Exception as e:  # MongoDB down at start: indexes are made on a later start
+    except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
         log.warning("could not create job indexes now: %s", e)
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,

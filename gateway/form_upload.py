@@ -4,7 +4,7 @@ push parser), so only the `file` part's bytes reach GridFS and memory holds
 one message at a time."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import multipart
 

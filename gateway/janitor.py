@@ -36,7 +36,7 @@ class OrphanChunkJanitor:
         self._loop = Periodic("orphan-janitor", interval_s, self.sweep,
                               errors=(pymongo.errors.PyMongoError,))
 
-    def start(self) -> "OrphanChunkJanitor":
+    def start(self) -> OrphanChunkJanitor:
         self._loop.start()
         return self
 
@@ -45,7 +45,7 @@ class OrphanChunkJanitor:
 
     def sweep(self, now: dt.datetime | None = None) -> int:
         """Deletes the chunks of every abandoned upload; returns how many chunks went."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         cutoff = ObjectId.from_datetime(now - dt.timedelta(seconds=self.max_age_s))
         deleted = 0
         # Only files with at least one chunk older than the cutoff can qualify.

@@ -21,7 +21,7 @@ class Outbox:
         self.interval_s = interval_s
         self._loop = Periodic("outbox", interval_s, self.flush, errors=(pymongo.errors.PyMongoError,))
 
-    def start(self) -> "Outbox":
+    def start(self) -> Outbox:
         self._loop.start()
         return self
 

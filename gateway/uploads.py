@@ -129,13 +129,13 @@ class Uploads:
     def _abort_quietly(self, stream) -> None:
         try:
             stream.abort()
-        except Exception as e:  # storage down too: the janitor of orphan chunks finds it later
+        except Exception as e:  # noqa: BLE001 - storage down too: the janitor of orphan chunks finds it later
             log.warning("could not abort GridFS upload %s: %s", stream._id, e)
 
     def _delete_quietly(self, fid) -> None:
         try:
             self.mongo.videos.delete(fid)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - best effort; the janitor finds leftovers
             log.warning("could not delete video %s: %s", fid, e)
 
 

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence, TypeVar
+from typing import IO, TypeVar
 
 from common.process import die_with_parent
 from common.settings import RabbitSettings
@@ -114,7 +115,7 @@ class Child:
         self._reaped_at: float | None = None
 
     # -- lifecycle --------------------------------------------------------
-    def start(self) -> "Child":
+    def start(self) -> Child:
         if self.alive:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self._kill_leftovers()  # of a previous run that crashed
@@ -272,7 +273,7 @@ class Child:
         self._kill_leftovers()
         return code
 
-    def restart(self, deadline: float = 15.0) -> "Child":
+    def restart(self, deadline: float = 15.0) -> Child:
         self.stop(deadline)
         return self.start()
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Iterable, Mapping
+from typing import IO
 
 from auth.config import AuthConfig
 from common.settings import AuthEndpoint, RabbitSettings, is_set, load
-from localmesh.settings import MeshSettings
-from ops import envoy_config
 from localmesh.processes import (
     Child,
     stop_all,
@@ -32,6 +31,8 @@ from localmesh.processes import (
     wait_for_port,
     wait_for_queue_consumer,
 )
+from localmesh.settings import MeshSettings
+from ops import envoy_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "gateway", "converter", "envoy")
@@ -137,7 +138,7 @@ class Stack:
             )
         return self.children[name]
 
-    def start(self, names: Iterable[str] = SERVICES) -> "Stack":
+    def start(self, names: Iterable[str] = SERVICES) -> Stack:
         """Start `names` (default: all four; the Python services in parallel,
         Envoy last) and wait until each is ready."""
         names = list(names)
@@ -258,7 +259,7 @@ class Stack:
             parts.append(c.log_tail(max_lines))
         return "\n".join(parts)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -11,8 +11,8 @@ never through the proxies the tests cut:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pymongo

@@ -14,8 +14,8 @@ from __future__ import annotations
 import heapq
 import io
 import os
+from collections.abc import Iterable
 from fractions import Fraction
-from typing import Iterable
 
 import av
 import numpy as np
@@ -96,7 +96,7 @@ def make_media(
         # Open every encoder and write the header first (so even an empty
         # track gets a file), then interleave the frames by time.
         out.start_encoding()
-        sources = [_tone_frames(s, f, duration, start_pts) for s, f in zip(astreams, freqs)]
+        sources = [_tone_frames(s, f, duration, start_pts) for s, f in zip(astreams, freqs, strict=False)]
         if vstream is not None:
             sources.append(_video_frames(vstream, duration, fps, start_pts, video_noise))
         for stream, frame in heapq.merge(*sources, key=lambda sf: sf[1].time):

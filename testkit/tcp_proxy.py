@@ -61,7 +61,7 @@ class TcpProxy:
     def is_stalled(self) -> bool:
         return not self._flowing.is_set()
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         """Start listening (also used by restore()); idempotent."""
         with self._lock:
             if self._listener is not None:
@@ -102,7 +102,7 @@ class TcpProxy:
         self.cut()
         self._flowing.set()  # releases pumps parked by stall() so their threads end
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -124,7 +124,7 @@ class TcpProxy:
         while not self._stopping.is_set():
             try:
                 client, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

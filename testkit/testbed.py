@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from common.queue import connection_parameters
 from common.settings import MysqlSettings, RabbitSettings, as_env, load
@@ -208,7 +208,7 @@ class Testbed:
         self.mongo: Child | None = None
         self.mongo_port = 0
 
-    def start(self) -> "Testbed":
+    def start(self) -> Testbed:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         check_rabbit(self.rabbit)
         self.mysql = create_mysql_db(self.mysql_server, self.db_name)
@@ -239,7 +239,7 @@ class Testbed:
         if self.mongo is not None:
             self.mongo.stop(15)
 
-    def __enter__(self) -> "Testbed":
+    def __enter__(self) -> Testbed:
         return self.start()
 
     def __exit__(self, *exc) -> None:

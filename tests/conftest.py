@@ -52,14 +52,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from testkit import testbed
 from localmesh.processes import Child
 from localmesh.stack import SERVICES, Stack
+from testkit import testbed
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -326,7 +326,8 @@ def test_get_me_rejects_a_bad_token(auth_stub, kind):
         "empty": [("authorization", "Bearer ")],
         "malformed": [("authorization", "Bearer not.a.jwt")],
         "expired": [("authorization", "Bearer " + tokens.issue(SECRET, "1", "a@example.com", 60, now=now - 3600))],
-        "wrongly signed": [("authorization", "Bearer " + tokens.issue("another-secret-" + "x" * 32, "1", "a@example.com", 60))],
+        "wrongly signed": [("authorization", "Bearer " + tokens.issue(
+            "another-secret-" + "x" * 32, "1", "a@example.com", 60))],
         "wrong audience": [("authorization", "Bearer " + jwt.encode(
             {"sub": "1", "email": "a@example.com", "iat": int(now), "exp": int(now) + 60,
              "iss": tokens.ISSUER, "aud": "someone-else"}, SECRET, algorithm="HS256"))],

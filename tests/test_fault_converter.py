@@ -20,6 +20,7 @@ from video2mp3.media.v1 import media_pb2
 from common import jobs
 from common.queue import MAX_DELIVERIES, dead_letter_queue, encode_task
 from converter.policy import REVIVED_HEADER
+from localmesh.processes import wait_for
 from testkit.faults import (
     SLOW_OPTIONS,
     Store,
@@ -28,9 +29,8 @@ from testkit.faults import (
     user_client,
     worker_pids,
 )
-from testkit.testbed import publish_raw, rabbit_connection
-from localmesh.processes import wait_for
 from testkit.media import analyse_mp3
+from testkit.testbed import publish_raw, rabbit_connection
 
 SERVICES = ("auth", "gateway", "converter")
 LEASE_S = 2
@@ -96,7 +96,7 @@ def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
 
     half_written = []
     for attempt in range(1, MAX_DELIVERIES + 1):
-        doc = store.wait_job(job_id, lambda j: converting(j, attempt),
+        doc = store.wait_job(job_id, lambda j, n=attempt: converting(j, n),
                              f"to be converting (attempt {attempt})")
         half_written.append(crash_mid_write(stack, store, doc)[0])
 

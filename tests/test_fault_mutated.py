@@ -20,8 +20,8 @@ from video2mp3.media.v1 import media_pb2
 from common.queue import MAX_DELIVERIES
 from converter.transcode import ConversionError, transcode
 from testkit.faults import user_client, worker_pids
-from testkit.testbed import queue_depth
 from testkit.media import make_media
+from testkit.testbed import queue_depth
 
 SERVICES = ("auth", "gateway", "converter")
 WORKERS = 2

@@ -8,7 +8,6 @@ still running GRACE_SECONDS + 5 s later.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,10 +22,10 @@ import pytest
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from common.queue import MAX_DELIVERIES
+from localmesh.processes import wait_for
 from testkit import testbed
 from testkit.clients import CHUNK, upload_messages
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
-from localmesh.processes import wait_for
 
 SERVICES = ("auth", "gateway", "converter")
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +53,7 @@ def test_converter_sigterm_hands_back_a_job_it_cannot_finish_within_the_grace(
     job_id = client.upload(long_audio, filename="long.flac", **SLOW_OPTIONS).job_id
 
     for attempt in range(1, MAX_DELIVERIES + 1):
-        fid = store.wait_job(job_id, lambda j: _converting(j) and j["attempts"] == attempt,
+        fid = store.wait_job(job_id, lambda j, n=attempt: _converting(j) and j["attempts"] == n,
                              f"to be converting (attempt {attempt})")["current_mp3_fid"]
         # 0: the supervisor exited by itself (Child.stop SIGKILLs it after the
         # deadline); no "did not stop in time": its worker did too, within the grace.

@@ -25,9 +25,9 @@ from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from common import tokens
+from common.gridfs_upload import ChunkedUpload
 from common.mongo import Mongo
 from common.settings import MongoSettings
-from common.gridfs_upload import ChunkedUpload
 from gateway.janitor import OrphanChunkJanitor
 from localmesh.processes import wait_for
 
@@ -366,7 +366,7 @@ def test_janitor_removes_only_old_orphan_chunks(mongo_server):
                             timeout_ms=3000))
     try:
         files, chunks = m.db["videos.files"], m.db["videos.chunks"]
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
 
         def oid(age_s: float) -> ObjectId:  # a unique id made `age_s` ago
             stamp = ObjectId.from_datetime(now - dt.timedelta(seconds=age_s)).binary[:4]

@@ -17,14 +17,19 @@ import threading
 import av
 import numpy as np
 import pytest
+from video2mp3.media.v1 import media_pb2
 
-from converter import lame, mp3tags, options as opts
+from converter import lame, mp3tags
+from converter import options as opts
 from converter.transcode import ConversionError, TranscodeResult, transcode
 from testkit.media import (
-    analyse_mp3, audio_duration, decode_audio, make_media,
-    make_text_file, make_truncated,
+    analyse_mp3,
+    audio_duration,
+    decode_audio,
+    make_media,
+    make_text_file,
+    make_truncated,
 )
-from video2mp3.media.v1 import media_pb2
 
 DURATION_TOLERANCE_S = 0.05
 FREQ_TOLERANCE_HZ = 5.0
@@ -656,7 +661,7 @@ def test_sink_error_propagates(tmp_path):
     class Failing(Sink):
         def write(self, data):
             if len(self.chunks) > 3:
-                raise IOError("storage went away")
+                raise OSError("storage went away")
             super().write(data)
 
     with pytest.raises(IOError, match="storage went away"):
