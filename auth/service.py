@@ -108,6 +108,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         ok, new_hash = self._passwords.verify(user.password_hash if user else None, password)
         if not ok:
             raise Unauthenticated(BAD_CREDENTIALS_MESSAGE, reason=Reason.BAD_CREDENTIALS)
+        assert user is not None  # verify() never matches the None hash of an unknown email
         if new_hash:
             try:
                 self._users.update_password_hash(user.id, new_hash)

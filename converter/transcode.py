@@ -300,8 +300,8 @@ class _Resampler:
         planar = fmt.endswith("p")
         self._planes = channels if planar else 1
         self._bytes_per_sample = av.AudioFormat(fmt).bytes * (1 if planar else channels)
-        self._key = None
-        self._resampler = None
+        self._key: tuple[str, str, int] | None = None
+        self._resampler: av.AudioResampler | None = None
 
     def resample(self, frame) -> Iterator[tuple[tuple[bytes, ...], int]]:
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
@@ -309,6 +309,7 @@ class _Resampler:
             yield from self.flush()
             self._key = key
             self._resampler = av.AudioResampler(format=self._format, layout=self._layout, rate=self._rate)
+        assert self._resampler is not None  # made above for the first frame (no key is None)
         for out in self._resampler.resample(frame):
             yield self._pcm(out)
 
@@ -362,6 +363,8 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     writer.close()
 
     # LAME puts `delay` samples before the audio and pads the last frame.
+    # Audio was decoded (_check_complete), so LAME produced frames.
+    assert out.scanner.first is not None, "LAME produced no frames"
     total = out.scanner.frames * out.scanner.first.samples_per_frame
     patch = out.finish(LAME_ENCODER_DELAY, total - LAME_ENCODER_DELAY - samples)
     return TranscodeResult(
@@ -402,12 +405,13 @@ def _pcm_batches(container, stream, settings, fmt, progress):
 
 
 def _info_params(settings: opts.Mp3Settings, source_rate: int) -> InfoFrameParams:
+    vbr_quality = settings.vbr_quality  # None: CBR (settings.vbr is False)
     return InfoFrameParams(
         vbr=settings.vbr,
         bitrate_kbps=settings.bitrate_kbps,
-        preset=500 - 10 * settings.vbr_quality if settings.vbr else settings.bitrate_kbps,
+        preset=500 - 10 * vbr_quality if vbr_quality is not None else settings.bitrate_kbps,
         quality=LAME_QUALITY,
-        vbr_quality=settings.vbr_quality if settings.vbr else 4,
+        vbr_quality=vbr_quality if vbr_quality is not None else 4,
         source_rate=source_rate,
     )
 

@@ -86,6 +86,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
 
 
 def _encode_page_token(job: jobs.Job) -> str:
+    assert job.create_time is not None, "jobs read from the database have a create_time"
     raw = f"{job.create_time.isoformat()}|{job.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from collections.abc import Iterable
 
 import pymongo.errors
 from bson import ObjectId
@@ -82,6 +83,7 @@ class Uploads:
         """Writes the video's bytes from `messages` into `stream`; returns the size.
         On any failure the upload is aborted (its chunks deleted), then it raises."""
         size = 0
+        body: Iterable[bytes]
         try:
             if form_upload.is_form(content_type):
                 body = form_upload.FormFile(content_type, messages)
@@ -92,7 +94,7 @@ class Uploads:
                 if size > self.max_bytes:
                     raise ResourceExhausted(
                         f"the upload is larger than the {self.max_bytes}-byte limit",
-                        reason=Reason.UPLOAD_TOO_LARGE, metadata={"limit_bytes": self.max_bytes},
+                        reason=Reason.UPLOAD_TOO_LARGE, metadata={"limit_bytes": str(self.max_bytes)},
                         # Envoy's REST side answers 413 (deploy/envoy.yaml's Lua filter).
                         trailers=[("x-http-status", "413")])
                 if data:
@@ -101,7 +103,7 @@ class Uploads:
                 raise Cancelled("the client cancelled the upload", reason=Reason.UPLOAD_CANCELLED)
             if size == 0:
                 raise _empty()
-            if getattr(body, "filename", None) and not named_by_query:
+            if isinstance(body, form_upload.FormFile) and body.filename and not named_by_query:
                 stream.filename = validation.filename(body.filename)  # a form's own file name
             stream.close()
             return size
