@@ -39,16 +39,20 @@ def mysql_settings(environ: Mapping[str, str] = os.environ) -> dict:
     return dict(host=s.host, port=s.port, user=s.user, password=s.password)
 
 
-def create_mysql_db(server: dict, name: str) -> dict:
-    """Create database `name`; return the MYSQL_* env vars that point at it."""
+def _admin_sql(server: dict, sql: str) -> None:
     import pymysql
 
     conn = pymysql.connect(**server, connect_timeout=5, autocommit=True)
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+            cur.execute(sql)
     finally:
         conn.close()
+
+
+def create_mysql_db(server: dict, name: str) -> dict:
+    """Create database `name`; return the MYSQL_* env vars that point at it."""
+    _admin_sql(server, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     return {
         "MYSQL_HOST": server["host"],
         "MYSQL_PORT": str(server["port"]),
@@ -62,12 +66,7 @@ def drop_mysql_db(server: dict, name: str) -> None:
     import pymysql
 
     with contextlib.suppress(pymysql.MySQLError):
-        conn = pymysql.connect(**server, connect_timeout=5, autocommit=True)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            conn.close()
+        _admin_sql(server, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 # ---------------------------------------------------------------- RabbitMQ
