@@ -24,6 +24,8 @@ from bson import ObjectId
 from bson.binary import Binary
 from gridfs import DEFAULT_CHUNK_SIZE
 
+from common.gridfs_download import delete_chunks
+
 _indexed: set[tuple[str, str]] = set()
 _index_lock = threading.Lock()
 
@@ -51,6 +53,7 @@ class ChunkedUpload:
         self.chunk_size = chunk_size
         self.length = 0
         self.closed = False
+        self._db, self._bucket = db, bucket
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
         self._buf = bytearray()
@@ -86,7 +89,7 @@ class ChunkedUpload:
         """Delete what was written; the upload never becomes a file."""
         self._buf.clear()
         self.closed = True
-        self._chunks.delete_many({"files_id": self._id})
+        delete_chunks(self._db, self._bucket, self._id, upto=self._n)  # in ranges: see gridfs_download
 
     def _store(self, data: bytes) -> None:
         self._chunks.insert_one({"files_id": self._id, "n": self._n, "data": Binary(data)})

@@ -33,10 +33,11 @@ from google.protobuf import json_format
 from video2mp3.media.v1 import media_pb2
 
 from common import jobs
-from common.mongo import Mongo
+from common.gridfs_download import ChunkedDownload
+from common.mongo import VIDEOS_BUCKET, Mongo
 from common.process import die_with_parent
 from common.queue import MAX_DELIVERIES, connection_parameters, dead_letter_queue, decode_task, declare_topology
-from converter import mp3_store
+from converter import mp3_store, retention
 from converter.config import ConverterConfig
 from converter.transcode import ConversionError, transcode
 
@@ -232,7 +233,7 @@ class Worker:
         options = json_format.ParseDict(before.get("options", {}), media_pb2.ConversionOptions())
         dst = mp3_store.open_mp3(self.mongo, mp3_fid, before)
         try:
-            with self.mongo.videos.open_download_stream(_oid(before["video_fid"])) as src:
+            with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, _oid(before["video_fid"])) as src:
                 result = transcode(src, dst, options, filename=before["filename"],
                                    on_progress=self._progress_writer(job_id, mp3_fid),
                                    overlap=self.cfg.overlap)
@@ -254,6 +255,7 @@ class Worker:
         if self.jobs.finish_done(job_id, mp3_fid, result.bytes_written):
             log.info("job %s DONE: %d bytes, %.2fs of audio", job_id, result.bytes_written,
                      result.duration_seconds)
+            retention.release_video(self.mongo, before)
         else:
             log.info("job %s was finished by another attempt; discarding this MP3", job_id)
             self._discard(job_id, mp3_fid)

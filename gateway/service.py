@@ -12,7 +12,8 @@ from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from common import jobs
 from common.health import DependencyMonitor
-from common.mongo import Mongo
+from common.gridfs_download import ChunkedDownload
+from common.mongo import MP3S_BUCKET, Mongo
 from gateway.auth import caller
 from gateway.uploads import Uploads
 
@@ -72,7 +73,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"job {doc['_id']} is {doc['state']}; the MP3 can be downloaded once it is DONE")
         try:
-            stream = self.mongo.mp3s.open_download_stream(doc["mp3_fid"])
+            stream = ChunkedDownload(self.mongo.db, MP3S_BUCKET, doc["mp3_fid"])
         except pymongo.errors.PyMongoError as e:
             _unavailable(context, "MP3 storage", e)
         return self._stream(stream, context)

@@ -22,6 +22,7 @@ from common.mongo import VIDEOS_BUCKET, Mongo
 from common.queue import PublishError, Publisher
 from common.tokens import Caller
 from gateway import form_upload, validation
+from common.gridfs_download import delete_file
 from common.gridfs_upload import ChunkedUpload
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class Uploads:
 
     def _delete_quietly(self, fid) -> None:
         try:
-            self.mongo.videos.delete(fid)
+            delete_file(self.mongo.db, VIDEOS_BUCKET, fid)
         except Exception as e:
             log.warning("could not delete video %s: %s", fid, e)
 
