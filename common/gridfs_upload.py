@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from typing import Callable
 
 from bson import ObjectId
 from bson.binary import Binary
@@ -45,7 +46,10 @@ def ensure_indexes(db, bucket: str) -> None:
 
 class ChunkedUpload:
     def __init__(self, db, bucket: str, filename: str, metadata: dict | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None,
+                 before_store: Callable[[int], None] | None = None):
+        # before_store(n): called before each chunk is stored; may raise to stop
+        # the upload (common/storage_space.py's disk-space guard).
         ensure_indexes(db, bucket)
         self._id = file_id or ObjectId()
         self.filename = filename
@@ -58,6 +62,7 @@ class ChunkedUpload:
         self._chunks = db[f"{bucket}.chunks"]
         self._buf = bytearray()
         self._n = 0
+        self._before_store = before_store
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -92,5 +97,7 @@ class ChunkedUpload:
         delete_chunks(self._db, self._bucket, self._id, upto=self._n)  # in ranges: see gridfs_download
 
     def _store(self, data: bytes) -> None:
+        if self._before_store is not None:
+            self._before_store(len(data))
         self._chunks.insert_one({"files_id": self._id, "n": self._n, "data": Binary(data)})
         self._n += 1

@@ -8,7 +8,9 @@ GRACE_SECONDS; stragglers are killed after that.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import multiprocessing as mp
 import signal
 import threading
@@ -38,6 +40,9 @@ def main() -> None:
     def start(i: int):
         p = ctx.Process(target=run_worker, args=(cfg, i), name=f"converter-{i}", daemon=False)
         p.start()
+        if cfg.nice:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, p.pid, cfg.nice)
         return p
 
     workers = {i: start(i) for i in range(cfg.workers)}

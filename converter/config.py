@@ -22,6 +22,9 @@ class ConverterConfig:
     # lease has run out (its worker died) may be taken over by a redelivery,
     # which waits that long at most. Longer than any pause in progress.
     lease_s: float
+    # Workers run at this nice level: conversions are batch work, and on a
+    # small box they would otherwise starve the API and the store it reads.
+    nice: int = 0
 
     @classmethod
     def from_env(cls) -> "ConverterConfig":
@@ -38,4 +41,5 @@ class ConverterConfig:
             retry_delay_s=env_float("CONVERTER_RETRY_DELAY_S", 2.0),
             overlap=overlap == "on" or (overlap == "auto" and workers < cpus),
             lease_s=env_float("CONVERTER_LEASE_S", 15.0),
+            nice=env_int("CONVERTER_NICE", 10),
         )

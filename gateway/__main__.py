@@ -19,6 +19,7 @@ from gateway.janitor import OrphanChunkJanitor
 from gateway.outbox import Outbox
 from gateway.service import MediaService
 from gateway.uploads import Uploads
+from common.storage_space import StorageSpace
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
 AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -46,7 +47,8 @@ def main() -> None:
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
     publisher = Publisher(cfg.rabbit)
-    uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads)
+    space = StorageSpace(mongo.db, data_dir=cfg.store_data_dir or None, reserve_bytes=cfg.storage_reserve_bytes)
+    uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space)
 
     health = grpc_server.new_health()
     monitor = DependencyMonitor(

@@ -22,6 +22,8 @@ class GatewayConfig:
     grace_seconds: float
     orphan_chunk_age_s: float
     janitor_interval_s: float
+    store_data_dir: str
+    storage_reserve_bytes: int
 
     @classmethod
     def from_env(cls) -> "GatewayConfig":
@@ -40,6 +42,10 @@ class GatewayConfig:
             # for this long are removed (a gateway killed mid-upload).
             orphan_chunk_age_s=env_float("ORPHAN_CHUNK_AGE_S", 3600.0),
             janitor_interval_s=env_float("JANITOR_INTERVAL_S", 300.0),
+            # Uploads are refused while the store's disk has less than this free
+            # (common/storage_space.py); MONGO_DATA_DIR: its folder, if local.
+            store_data_dir=env_str("MONGO_DATA_DIR", ""),
+            storage_reserve_bytes=env_int("STORAGE_RESERVE_MB", 512) * 2**20,
         )
         if cfg.secret_key == DEV_SECRET_KEY:
             logging.getLogger(__name__).warning("SECRET_KEY not set; using the development default")

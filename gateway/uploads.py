@@ -24,17 +24,19 @@ from common.tokens import Caller
 from gateway import form_upload, validation
 from common.gridfs_download import delete_file
 from common.gridfs_upload import ChunkedUpload
+from common.storage_space import StorageFull, StorageSpace
 
 log = logging.getLogger(__name__)
 
 
 class Uploads:
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, publisher: Publisher,
-                 max_bytes: int, max_concurrent: int):
+                 max_bytes: int, max_concurrent: int, space: StorageSpace | None = None):
         self.mongo = mongo
         self.jobs = job_store
         self.publisher = publisher
         self.max_bytes = max_bytes
+        self.space = space
         self._slots = threading.BoundedSemaphore(max_concurrent)
 
     def handle(self, requests, context, caller: Caller) -> dict:
@@ -62,7 +64,10 @@ class Uploads:
                 self.mongo.db, VIDEOS_BUCKET, filename,
                 metadata={"user_id": caller.user_id,
                           "content_type": first.body.content_type or "application/octet-stream"},
+                before_store=self.space.guard() if self.space else None,
             )
+        except StorageFull as e:
+            _storage_full(context, e)
         except pymongo.errors.PyMongoError as e:
             log.warning("cannot open GridFS upload: %s", e)
             context.abort(grpc.StatusCode.UNAVAILABLE, "video storage is unavailable; try again shortly")
@@ -118,6 +123,9 @@ class Uploads:
         except _Reject as r:
             self._abort_quietly(stream)
             context.abort(r.code, r.message)
+        except StorageFull as e:
+            self._abort_quietly(stream)
+            _storage_full(context, e)
         except (form_upload.MalformedForm, validation.InvalidOptions) as e:
             self._abort_quietly(stream)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -173,6 +181,12 @@ def _reset_after_end(context) -> bool:
     if not context.add_callback(ended.set):  # the RPC has terminated already
         return True
     return ended.wait(END_OF_STREAM_SETTLE_S) or not context.is_active()
+
+
+def _storage_full(context, e: StorageFull):
+    log.warning("upload refused: %s", e)
+    context.set_trailing_metadata((("x-http-status", "507"),))  # REST: 507 Insufficient Storage
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
 
 class _Reject(Exception):

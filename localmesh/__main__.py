@@ -124,6 +124,7 @@ def main() -> int:
             mongo = Child("mongo", secantusd_argv(mongo_port, data_dir), env=secantusd_env(env), cwd=data_dir).start()
             wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
             stack.env["MONGO_URI"] = uri
+            stack.env["MONGO_DATA_DIR"] = str(data_dir)  # the gateway's disk-space guard
             _say(f"SecantusDB up at {uri} (data in {data_dir})")
 
         for name in ("auth", "gateway", "converter"):

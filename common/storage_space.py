@@ -1,0 +1,85 @@
+"""Refuse uploads before the store's disk fills, instead of after.
+
+A store whose disk fills mid-write does not fail that write cleanly:
+WiredTiger (in SecantusDB, and in mongod) panics on ENOSPC and the server
+must be restarted, with its disk still full. So the gateway keeps a reserve:
+an upload is refused (StorageFull, RESOURCE_EXHAUSTED) when the free space of
+the store's filesystem falls below `reserve_bytes`, checked when it starts
+and every few chunks while it is written; the aborted upload deletes its
+chunks (ranged deletes write little).
+
+Free space comes from the store's data folder when it is on this machine
+(MONGO_DATA_DIR, set by `make run` for its embedded store), else from the
+server's dbStats (fsTotalSize - fsUsedSize, MongoDB >= 4.4), else it is not
+checked. Every byte uploaded costs ~4 bytes of disk for a while (document,
+oplog entry, and the journal of both until a checkpoint), so the reserve must
+cover ~4 x what all concurrent uploads write between two checks, plus
+checkpoints: the default 512 MB is generous for 8 uploads checked every 4 MB.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+CHECK_EVERY_BYTES = 4 * 1024 * 1024
+DBSTATS_TTL_S = 1.0
+
+
+class StorageFull(Exception):
+    """The store's disk is (nearly) full."""
+
+
+class StorageSpace:
+    def __init__(self, db, *, data_dir: str | os.PathLike | None, reserve_bytes: int):
+        self.db = db
+        self.data_dir = str(data_dir) if data_dir else None
+        self.reserve_bytes = reserve_bytes
+        self._lock = threading.Lock()
+        self._cached: tuple[float, int | None] = (0.0, None)
+        self._no_dbstats = False
+
+    def free_bytes(self) -> int | None:
+        """Free bytes on the store's filesystem, or None if unknown."""
+        if self.data_dir and os.path.isdir(self.data_dir):
+            return shutil.disk_usage(self.data_dir).free
+        if self._no_dbstats or self.db is None:
+            return None
+        with self._lock:
+            at, value = self._cached
+            if time.monotonic() - at < DBSTATS_TTL_S:
+                return value
+            stats = self.db.command("dbStats")
+            total, used = stats.get("fsTotalSize"), stats.get("fsUsedSize")
+            if total is None or used is None:
+                self._no_dbstats = True  # this server does not say; never ask again
+                return None
+            value = int(total) - int(used)
+            self._cached = (time.monotonic(), value)
+            return value
+
+    def check(self) -> None:
+        """Raise StorageFull if less than the reserve is free."""
+        if self.reserve_bytes <= 0:
+            return
+        free = self.free_bytes()
+        if free is not None and free < self.reserve_bytes:
+            raise StorageFull(
+                f"video storage is full ({free // 2**20} MB free, {self.reserve_bytes // 2**20} MB "
+                "kept in reserve); try again once space is freed")
+
+    def guard(self):
+        """A per-upload callable for ChunkedUpload: checks now, then about every
+        CHECK_EVERY_BYTES it is told were written."""
+        self.check()
+        pending = 0
+
+        def wrote(n: int) -> None:
+            nonlocal pending
+            pending += n
+            if pending >= CHECK_EVERY_BYTES:
+                pending = 0
+                self.check()
+
+        return wrote
