@@ -95,7 +95,9 @@ def delete_chunks(db, bucket: str, file_id, upto: int | None = None,
                                    "n": {"$gte": n, "$lt": n + range_chunks}}).deleted_count
         deleted += gone
         n += range_chunks
-        if upto is None and gone == 0 and chunks.find_one({"files_id": file_id}, {"_id": 1}) is None:
+        # Chunks are written in order, so the first empty range is the end (no
+        # open-ended query: that may scan the whole collection).
+        if upto is None and gone == 0:
             return deleted
 
 
@@ -108,4 +110,5 @@ def delete_file(db, bucket: str, file_id) -> bool:
     if doc is not None and doc.get("chunkSize"):
         upto = -(-int(doc["length"]) // int(doc["chunkSize"]))
     delete_chunks(db, bucket, file_id, upto)
+    db[f"{bucket}.uploads"].delete_one({"_id": file_id})  # an upload's in-progress record, if any
     return doc is not None
