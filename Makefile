@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos lock lint run test test-fast bench-convert bench-workers soak k8s-validate clean
+.PHONY: install protos lock lint run test test-fast bench-convert bench-workers bench-big soak k8s-validate clean
 
 install: $(VENV)/.installed
 
@@ -64,6 +64,12 @@ bench-convert: install
 
 bench-workers: install
 	$(PY) -m bench.workers
+
+# Five phone-sized videos (1.5 GB each) through `make run`: peak RSS per
+# process, store disk, API latency under load (bench/big.py; BIG_* options).
+bench-big: install
+	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y ffmpeg)
+	$(PY) -m bench.big
 
 soak: install
 	$(PY) -m bench.soak

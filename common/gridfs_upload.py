@@ -12,17 +12,27 @@ converter's memory stays flat whatever the file size. The layout is plain GridFS
     up.close()              # last chunk, then the files document: the file exists
     up.abort()              # or: delete every chunk written so far
 
-Until close() writes the files document, the chunks belong to no file; the
-gateway's janitor removes such chunks if the gateway dies before abort().
+Until close() writes the files document, the chunks belong to no file. So
+that they can be found without scanning every chunk (which a server may do by
+building the whole result), an upload in progress is recorded in
+`<bucket>.uploads` ({_id: file id, n: chunks so far, touched}), refreshed at
+most every TOUCH_EVERY_S as chunks are stored and removed by close() and abort(); the gateway's janitor
+deletes the chunks of a record left untouched too long (its gateway died).
 """
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
+from collections.abc import Callable
 
 from bson import ObjectId
 from bson.binary import Binary
 from gridfs import DEFAULT_CHUNK_SIZE
+
+from common.gridfs_download import delete_chunks
+
+TOUCH_EVERY_S = 1.0  # between refreshes of the in-progress record (one small write)
 
 _indexed: set[tuple[str, str]] = set()
 _index_lock = threading.Lock()
@@ -43,7 +53,10 @@ def ensure_indexes(db, bucket: str) -> None:
 
 class ChunkedUpload:
     def __init__(self, db, bucket: str, filename: str, metadata: dict | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None,
+                 before_store: Callable[[int], None] | None = None):
+        # before_store(n): called before each chunk is stored; may raise to stop
+        # the upload (common/storage_space.py's disk-space guard).
         ensure_indexes(db, bucket)
         self._id = file_id or ObjectId()
         self.filename = filename
@@ -51,10 +64,14 @@ class ChunkedUpload:
         self.chunk_size = chunk_size
         self.length = 0
         self.closed = False
+        self._db, self._bucket = db, bucket
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
         self._buf = bytearray()
         self._n = 0
+        self._before_store = before_store
+        self._uploads = db[f"{bucket}.uploads"]
+        self._touched = float("-inf")
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -81,13 +98,21 @@ class ChunkedUpload:
             "metadata": self.metadata,
         })
         self.closed = True
+        self._uploads.delete_one({"_id": self._id})
 
     def abort(self) -> None:
         """Delete what was written; the upload never becomes a file."""
         self._buf.clear()
         self.closed = True
-        self._chunks.delete_many({"files_id": self._id})
+        delete_chunks(self._db, self._bucket, self._id, upto=self._n)  # in ranges: see gridfs_download
+        self._uploads.delete_one({"_id": self._id})
 
     def _store(self, data: bytes) -> None:
+        if self._before_store is not None:
+            self._before_store(len(data))
+        if time.monotonic() - self._touched >= TOUCH_EVERY_S:
+            self._touched = time.monotonic()
+            self._uploads.update_one({"_id": self._id}, {"$set": {
+                "n": self._n, "touched": dt.datetime.now(dt.UTC)}}, upsert=True)
         self._chunks.insert_one({"files_id": self._id, "n": self._n, "data": Binary(data)})
         self._n += 1

@@ -136,6 +136,11 @@ class MongoSettings:
     uri: str = setting("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3")
     # Bounded so an unreachable MongoDB fails an RPC in seconds, not minutes.
     timeout_ms: int = setting("MONGO_TIMEOUT_MS", 3000)
+    # The store's data folder when it is on this machine: `make run` keeps its
+    # embedded SecantusDB there (default ./data/mongo, localmesh/settings.py) and
+    # hands it to the gateway, whose disk-space guard (common/storage_space.py)
+    # measures it; unset for a remote store.
+    data_dir: pathlib.Path | None = setting("MONGO_DATA_DIR", None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,10 @@ GRACE_SECONDS; stragglers are killed after that.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -39,6 +41,10 @@ def main() -> None:
     def start(i: int):
         p = ctx.Process(target=run_worker, args=(cfg, i), name=f"converter-{i}", daemon=False)
         p.start()
+        if cfg.nice and p.pid is not None:
+            # Batch work: the API and the store come first (CONVERTER_NICE).
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, p.pid, cfg.nice)
         return p
 
     workers = {i: start(i) for i in range(cfg.workers)}

@@ -24,6 +24,9 @@ class ConverterConfig:
     # lease has run out (its worker died) may be taken over by a redelivery,
     # which waits that long at most. Longer than any pause in progress.
     lease_s: float = setting("CONVERTER_LEASE_S", 15.0)
+    # Workers run at this nice level: conversions are batch work, and on a
+    # small box they would otherwise starve the API and the store it reads.
+    nice: int = setting("CONVERTER_NICE", 10)
 
     @property
     def workers(self) -> int:

@@ -19,9 +19,10 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from common import jobs
-from common.mongo import Mongo
+from common.gridfs_download import ChunkedDownload
+from common.mongo import VIDEOS_BUCKET, Mongo
 from common.queue import MAX_DELIVERIES, decode_task
-from converter import mp3_store, policy
+from converter import mp3_store, policy, retention
 from converter.config import ConverterConfig
 from converter.policy import (
     Cancelled,
@@ -108,7 +109,9 @@ class JobRunner:
         log.info("job %s: converting %s (attempt %d)", job_id, before.filename, before.attempts + 1)
         dst = mp3_store.open_mp3(self.mongo, mp3_fid, before)
         try:
-            with self.mongo.videos.open_download_stream(_oid(before.video_fid)) as src:
+            # Read in bounded ranges, never one cursor over the whole file
+            # (common/gridfs_download.py).
+            with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, _oid(before.video_fid)) as src:
                 result = transcode(src, dst, before.options, filename=before.filename,
                                    on_progress=self._progress_writer(job_id, mp3_fid),
                                    overlap=self.cfg.overlap)
@@ -129,6 +132,7 @@ class JobRunner:
         if self.jobs.finish_done(job_id, mp3_fid, result.bytes_written):
             log.info("job %s DONE: %d bytes, %.2fs of audio", job_id, result.bytes_written,
                      result.duration_seconds)
+            retention.release_video(self.mongo, before)
         else:
             log.info("job %s was finished by another attempt; discarding this MP3", job_id)
             self._discard(job_id, mp3_fid)

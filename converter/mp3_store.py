@@ -10,6 +10,7 @@ import logging
 
 from bson import ObjectId
 
+from common.gridfs_download import delete_file
 from common.gridfs_upload import ChunkedUpload
 from common.jobs import Job
 from common.mongo import MP3S_BUCKET, Mongo
@@ -49,7 +50,4 @@ def patch_bytes(mongo: Mongo, file_id: ObjectId, offset: int, data: bytes) -> No
 
 def delete_quietly(mongo: Mongo, file_id: ObjectId) -> None:
     """Delete a (possibly half-written) MP3: its chunks even when no files document exists."""
-    try:
-        mongo.mp3s.delete(file_id)
-    except Exception:  # noqa: BLE001 - gridfs.NoFile when only chunks were written: remove those
-        mongo.db[f"{MP3S_BUCKET}.chunks"].delete_many({"files_id": file_id})
+    delete_file(mongo.db, MP3S_BUCKET, file_id)

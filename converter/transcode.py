@@ -10,6 +10,7 @@ and is written as it is made: memory does not grow with the input's length.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import time
@@ -33,6 +34,8 @@ ENCODE_BATCH_SAMPLES = 32 * 1152
 COPY_BATCH_BYTES = 256 * 1024
 # Bigger reads from the source file object mean fewer Python callbacks.
 IO_BUFFER_SIZE = 1 << 20
+# What transcode reads: any seekable binary file object.
+Source = BinaryIO | io.RawIOBase
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress calls a second
 
 # Demuxers FFmpeg picks for things that are not audio/video files.
@@ -61,13 +64,14 @@ class TranscodeResult:
 ProgressCallback = Callable[[float], None]
 
 
-def transcode(src: BinaryIO, dst, options, filename: str = "",
+def transcode(src: Source, dst, options, filename: str = "",
               on_progress: ProgressCallback | None = None, *,
               encoder: str | None = None, overlap: bool = True,
               copy_mp3: bool = True) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
-    src: a seekable binary file object (read/seek/tell), e.g. a GridOut.
+    src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
+    read in ranges (common/gridfs_download.ChunkedDownload).
     dst: anything with .write(bytes); it is only ever appended to.
     options: video2mp3.media.v1.ConversionOptions (zero values mean defaults:
         192 kbps CBR, stereo, the source's sample rate or the nearest MP3 one,
@@ -111,7 +115,7 @@ def transcode(src: BinaryIO, dst, options, filename: str = "",
 
 # --- Input ------------------------------------------------------------------
 
-def _open_input(src: BinaryIO):
+def _open_input(src: Source):
     head = _peek(src, 64)
     try:
         # Tags that are not valid UTF-8 (a damaged file, an old tagger) must not
@@ -127,7 +131,7 @@ def _open_input(src: BinaryIO):
     return container
 
 
-def _peek(src: BinaryIO, n: int) -> bytes:
+def _peek(src: Source, n: int) -> bytes:
     pos = src.tell()
     try:
         return src.read(n) or b""

@@ -14,6 +14,7 @@ from common.logging import setup_logging
 from common.mongo import Mongo
 from common.queue import Publisher
 from common.settings import load
+from common.storage_space import StorageSpace
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
@@ -48,7 +49,9 @@ def main() -> None:
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
     publisher = Publisher(cfg.rabbit)
-    uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads)
+    # Uploads are refused (507) before the store's disk fills (common/storage_space.py).
+    space = StorageSpace(mongo.db, data_dir=cfg.mongo.data_dir, reserve_bytes=cfg.storage_reserve_bytes)
+    uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space)
 
     health = grpc_server.new_health()
     monitor = DependencyMonitor(

@@ -23,3 +23,10 @@ class GatewayConfig:
     # long are removed (a gateway killed mid-upload).
     orphan_chunk_age_s: float = setting("ORPHAN_CHUNK_AGE_S", 3600.0)
     janitor_interval_s: float = setting("JANITOR_INTERVAL_S", 300.0)
+    # Uploads are refused while the store's disk has less than this free
+    # (common/storage_space.py; its folder is MongoSettings.data_dir if local).
+    storage_reserve_mb: int = setting("STORAGE_RESERVE_MB", 512, minimum=0)
+
+    @property
+    def storage_reserve_bytes(self) -> int:
+        return self.storage_reserve_mb * 2**20

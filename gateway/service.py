@@ -10,8 +10,9 @@ from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from common import jobs
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
+from common.gridfs_download import ChunkedDownload
 from common.health import DependencyMonitor
-from common.mongo import Mongo
+from common.mongo import MP3S_BUCKET, Mongo
 from gateway.auth import caller
 from gateway.uploads import Uploads
 
@@ -63,7 +64,9 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             raise FailedPrecondition(
                 f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE",
                 reason=Reason.JOB_NOT_DONE, metadata={"job_id": job.id, "state": str(job.state)})
-        stream = self.mongo.mp3s.open_download_stream(job.mp3_fid)
+        # Read in bounded ranges (common/gridfs_download.py); a MongoDB error is
+        # UNAVAILABLE through common/errors.py.
+        stream = ChunkedDownload(self.mongo.db, MP3S_BUCKET, job.mp3_fid)
         return self._stream(stream, context)
 
     def _stream(self, stream, context):

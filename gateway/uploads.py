@@ -2,7 +2,8 @@
 the job and publish it.
 
 Nothing is half-kept: any failure before the job is recorded (bad options,
-empty body, size limit, client cancel, storage error) aborts the GridFS upload,
+empty body, size limit, client cancel, storage error, the store's disk nearly
+full: common/storage_space.py) aborts the GridFS upload,
 which deletes its chunks; chunks a killed gateway could not delete are removed
 later by gateway/janitor.py. Memory holds one GridFS chunk at a time
 (common/gridfs_upload.py).
@@ -19,9 +20,11 @@ from bson import ObjectId
 
 from common import jobs
 from common.errors import Cancelled, InvalidArgument, Reason, ResourceExhausted
+from common.gridfs_download import delete_file
 from common.gridfs_upload import ChunkedUpload
 from common.mongo import VIDEOS_BUCKET, Mongo
 from common.queue import Publisher, PublishError
+from common.storage_space import StorageSpace
 from common.tokens import Caller
 from gateway import form_upload, validation
 
@@ -33,11 +36,12 @@ BUSY_RETRY_S = 3.0
 
 class Uploads:
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, publisher: Publisher,
-                 max_bytes: int, max_concurrent: int):
+                 max_bytes: int, max_concurrent: int, space: StorageSpace | None = None):
         self.mongo = mongo
         self.jobs = job_store
         self.publisher = publisher
         self.max_bytes = max_bytes
+        self.space = space
         self._slots = threading.BoundedSemaphore(max_concurrent)
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
@@ -61,6 +65,9 @@ class Uploads:
             self.mongo.db, VIDEOS_BUCKET, filename,
             metadata={"user_id": caller.user_id,
                       "content_type": first.body.content_type or "application/octet-stream"},
+            # The disk-space guard: checks now (StorageFull before anything is
+            # written) and about every 4 MB; StorageFull aborts like any error.
+            before_store=self.space.guard() if self.space else None,
         )
         size = self._write_all(stream, itertools.chain([first], requests), context,
                                first.body.content_type, named_by_query=bool(first.filename))
@@ -136,7 +143,7 @@ class Uploads:
 
     def _delete_quietly(self, fid) -> None:
         try:
-            self.mongo.videos.delete(fid)
+            delete_file(self.mongo.db, VIDEOS_BUCKET, fid)  # in ranges: see gridfs_download
         except Exception as e:  # noqa: BLE001 - best effort; the janitor finds leftovers
             log.warning("could not delete video %s: %s", fid, e)
 

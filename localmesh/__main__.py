@@ -5,7 +5,8 @@ MONGO_URI is set), auth, gateway, converter and Envoy, waits until each is
 up, prints where REST and gRPC are served and stays in the foreground.
 Ctrl-C (or SIGTERM) stops every process it started: Envoy first, then the
 services (SIGTERM, so they finish in-flight work within GRACE_SECONDS), then
-SecantusDB. If a child dies on its own, says which and stops the rest.
+SecantusDB. A child that dies on its own is logged (which, exit code or
+signal, OOM kill when the cgroup counted one) and restarted with backoff.
 
 Configuration (environment, with defaults):
   MYSQL_HOST 127.0.0.1, MYSQL_PORT 3306          checked, then passed through
@@ -27,9 +28,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from common.settings import MongoSettings, is_set, load
-from localmesh.processes import Child, ChildDied, port_is_open, secantusd_argv, stop_all, wait_for_mongo
+from localmesh.processes import (
+    Child,
+    ChildDied,
+    port_is_open,
+    secantusd_argv,
+    secantusd_env,
+    stop_all,
+    wait_for_mongo,
+)
 from localmesh.settings import MeshSettings
 from localmesh.stack import Stack
+from localmesh.supervise import Supervisor
 from ops import envoy_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,9 +120,10 @@ def main() -> int:
             # directConnection: talk to exactly this address, never to the
             # replica-set member address SecantusDB advertises.
             uri = f"mongodb://127.0.0.1:{mongo_port}/video2mp3?directConnection=true"
-            mongo = Child("mongo", secantusd_argv(mongo_port, data_dir), env=env, cwd=data_dir).start()
+            mongo = Child("mongo", secantusd_argv(mongo_port, data_dir), env=secantusd_env(env), cwd=data_dir).start()
             wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
             stack.env["MONGO_URI"] = uri
+            stack.env["MONGO_DATA_DIR"] = str(data_dir)  # the gateway's disk-space guard
             _say(f"SecantusDB up at {uri} (data in {data_dir})")
 
         for name in ("auth", "gateway", "converter"):
@@ -137,13 +148,10 @@ def main() -> int:
         _say("Press Ctrl-C to stop everything.")
         _say()
 
+        # A child that dies is logged and restarted with backoff (localmesh/supervise.py).
+        supervisor = Supervisor(_say)
         while True:
-            watched = list(stack.children.values()) + ([mongo] if mongo else [])
-            for c in watched:
-                if not c.alive:
-                    _say(f"{c.name} exited unexpectedly (code {c.returncode}); stopping the rest")
-                    exit_code = 1
-                    raise _Stop("")
+            supervisor.check(([mongo] if mongo else []) + list(stack.children.values()))
             time.sleep(0.5)
     except _Stop as why:
         if str(why):

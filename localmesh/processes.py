@@ -53,6 +53,8 @@ __all__ = [
     "wait_for_port",
     "wait_for_grpc_health",
     "wait_for_mongo",
+    "secantusd_argv",
+    "secantusd_env",
     "wait_for_queue_consumer",
     "stop_all",
 ]
@@ -385,16 +387,43 @@ def wait_for_grpc_health(
         channel.close()
 
 
+# The embedded SecantusDB, configured for GridFS (README "Big files"). Every
+# write is also an oplog entry holding the whole document, so each 255 KiB
+# chunk costs its size again in the oplog: the built-in 100,000 entries / 1 h
+# meant ~25 GB of oplog. Entries are capped by count (time cannot bound bytes
+# at upload speed); 1000 keeps minutes of job updates for change streams
+# (a later WatchJob), which must fall back to GetJob when a resume token has
+# fallen out. SecantusDB prunes every 1000 writes, so the oplog peaks at ~2000
+# entries (~0.5 GB).
+SECANTUS_OPLOG_MAX_ENTRIES = 1000
+# WiredTiger cache: the store's memory, beyond ~100 MB of Python. GridFS data
+# is streamed once, so a big cache buys nothing.
+SECANTUS_CACHE_SIZE = "256M"
+# WiredTiger deletes journal files only after a checkpoint (SecantusDB: every
+# 60 s): ~2x the bytes written meanwhile, ~4 GB at upload speed. 10 s keeps it
+# under ~1 GB.
+SECANTUS_CHECKPOINT_SECONDS = "10"
+
+
 def secantusd_argv(port: int, storage_path: str | os.PathLike, *, cache_size: str | None = None,
-                   host: str = "127.0.0.1", log_level: str = "WARNING") -> list[str]:
+                   host: str = "127.0.0.1", log_level: str = "WARNING",
+                   oplog_max_entries: int | None = SECANTUS_OPLOG_MAX_ENTRIES) -> list[str]:
     """The command line of an embedded SecantusDB (the MongoDB-compatible
     server `make run` and the tests use), from this virtualenv if it has one."""
     exe = Path(sys.executable).parent / "secantusd-py"
     argv = [str(exe) if exe.exists() else "secantusd-py", "--host", host, "--port", str(port),
-            "--storage-path", str(storage_path), "--log-level", log_level]
-    if cache_size:
-        argv += ["--cache-size", cache_size]
+            "--storage-path", str(storage_path), "--log-level", log_level,
+            "--cache-size", cache_size or SECANTUS_CACHE_SIZE]
+    if oplog_max_entries is not None:
+        argv += ["--oplog-max-entries", str(oplog_max_entries)]
     return argv
+
+
+def secantusd_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: ours) plus the settings SecantusDB reads from the environment."""
+    out = dict(os.environ if env is None else env)
+    out.setdefault("SECANTUS_CHECKPOINT_SECONDS", SECANTUS_CHECKPOINT_SECONDS)
+    return out
 
 
 def wait_for_mongo(uri: str, *, timeout: float = 30.0, child: Child | None = None) -> None:

@@ -23,7 +23,11 @@ class MeshSettings:
     envoy: EnvoySettings = group(EnvoySettings)
     # The embedded SecantusDB, started when MONGO_URI is unset.
     mongo_port: int = setting("MONGO_PORT", 27017, minimum=1)
-    mongo_data_dir: Path = setting("MONGO_DATA_DIR", ROOT / "data" / "mongo")
+
+    @property
+    def mongo_data_dir(self) -> Path:
+        """MONGO_DATA_DIR (declared in common/settings.MongoSettings), else ./data/mongo."""
+        return self.gateway.mongo.data_dir or ROOT / "data" / "mongo"
 
     @property
     def grace_seconds(self) -> float:

@@ -96,11 +96,12 @@ class RestClient:
         self.token = r.json()["access_token"]
         return email
 
-    def upload(self, path, params: dict | None = None, token: str | None = None) -> requests.Response:
+    def upload(self, path, params: dict | None = None, token: str | None = None,
+               timeout: float = 120) -> requests.Response:
         with open(path, "rb") as f:  # a file object: requests streams it
             return self.s.post(f"{self.base}/v1/videos", params=params or {"filename": Path(path).name},
                                data=f, headers={**self.headers(token), "Content-Type": "video/mp4"},
-                               timeout=120)
+                               timeout=timeout)
 
     def get(self, path: str, token: str | None = None, **kw) -> requests.Response:
         return self.s.get(f"{self.base}{path}", headers=self.headers(token), timeout=60, **kw)

@@ -73,6 +73,23 @@ def test_each_class_has_its_code_and_the_status_round_trips(cls, code):
     assert back == errors.to_proto(err)
 
 
+def test_a_full_store_disk_is_resource_exhausted_507_storage_full(tmp_path):
+    """common/storage_space.py's refusal goes the one error path: reason
+    STORAGE_FULL, and REST 507 through the x-http-status trailer."""
+    from common.storage_space import StorageFull, StorageSpace
+
+    StorageSpace(None, data_dir=tmp_path, reserve_bytes=0).check()  # 0: never refused
+    with pytest.raises(StorageFull) as info:
+        StorageSpace(None, data_dir=tmp_path, reserve_bytes=2**62).guard()  # checks at once
+    err = info.value
+    assert errors.as_service_error(err) is err
+    status = errors.to_status(err)
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status.details.startswith("video storage is full")
+    assert dict(status.trailing_metadata)["x-http-status"] == "507"
+    assert details(errors.to_proto(err))["ErrorInfo"].reason == "STORAGE_FULL"
+
+
 def test_dependency_errors_are_unavailable_with_a_retry_delay():
     mongo = errors.as_service_error(pymongo.errors.ServerSelectionTimeoutError("no servers"))
     mysql = errors.as_service_error(DatabaseUnavailable("MySQL at x:3306: lost connection"))

@@ -360,7 +360,7 @@ def test_chunked_upload_stores_each_chunk_when_full_and_reads_back_as_gridfs(mon
 # ------------------------------------------------------------------ janitor
 
 def test_janitor_removes_only_old_orphan_chunks(mongo_server):
-    """sweep() against real MongoDB with hand-made chunks of known ages."""
+    """sweep() against real MongoDB with hand-made uploads last touched at known ages."""
     m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
                                                    f"janitor_{uuid.uuid4().hex[:8]}"),
                             timeout_ms=3000))
@@ -368,18 +368,20 @@ def test_janitor_removes_only_old_orphan_chunks(mongo_server):
         files, chunks = m.db["videos.files"], m.db["videos.chunks"]
         now = dt.datetime.now(dt.UTC)
 
-        def oid(age_s: float) -> ObjectId:  # a unique id made `age_s` ago
-            stamp = ObjectId.from_datetime(now - dt.timedelta(seconds=age_s)).binary[:4]
-            return ObjectId(stamp + os.urandom(8))
+        uploads = m.db["videos.uploads"]  # in-progress records (common/gridfs_upload.py)
+
+        def upload(fid, n_chunks: int, touched_age_s: float, data: bytes) -> None:
+            for n in range(n_chunks):
+                chunks.insert_one({"files_id": fid, "n": n, "data": data})
+            uploads.insert_one({"_id": fid, "n": n_chunks - 1,
+                                "touched": now - dt.timedelta(seconds=touched_age_s)})
 
         abandoned, active, complete, young = ObjectId(), ObjectId(), ObjectId(), ObjectId()
-        for n, age in enumerate((7200, 7100, 7000)):  # killed an hour and more ago
-            chunks.insert_one({"_id": oid(age), "files_id": abandoned, "n": n, "data": b"a"})
-        for n, age in enumerate((7200, 10)):  # long upload, still writing
-            chunks.insert_one({"_id": oid(age), "files_id": active, "n": n, "data": b"b"})
-        chunks.insert_one({"_id": oid(7200), "files_id": complete, "n": 0, "data": b"c"})
+        upload(abandoned, 3, 7000, b"a")  # killed an hour and more ago
+        upload(active, 2, 10, b"b")       # long upload, still writing
+        upload(complete, 1, 7200, b"c")   # completed; its gateway died before dropping the record
         files.insert_one({"_id": complete, "length": 1, "chunkSize": 261120, "filename": "c"})
-        chunks.insert_one({"_id": oid(30), "files_id": young, "n": 0, "data": b"d"})
+        upload(young, 1, 30, b"d")
 
         janitor = OrphanChunkJanitor(m.db, max_age_s=3600, interval_s=60)
         assert janitor.sweep(now) == 3
@@ -388,7 +390,7 @@ def test_janitor_removes_only_old_orphan_chunks(mongo_server):
         assert chunks.count_documents({"files_id": active}) == 2
         assert janitor.sweep(now) == 0
         # An hour later the young one is abandoned too; the active one is
-        # judged by its newest chunk.
+        # judged by its record's last refresh.
         later = now + dt.timedelta(seconds=3600 + 5)
         assert janitor.sweep(later) == 3
         assert {c["files_id"] for c in chunks.find()} == {complete}

@@ -136,6 +136,20 @@ def test_one_variable_is_read_alike_by_every_class():
     assert load(MeshSettings, {}).grace_seconds == 10.0  # auth's 5, the others' 10
 
 
+def test_big_files_settings():
+    gw, conv = load(GatewayConfig, {}), load(ConverterConfig, {})
+    assert (gw.storage_reserve_mb, gw.storage_reserve_bytes, gw.mongo.data_dir) == (512, 512 * 2**20, None)
+    assert conv.nice == 10
+    assert load(ConverterConfig, {"CONVERTER_NICE": "0"}).nice == 0
+    # MONGO_DATA_DIR is declared once (MongoSettings): where make run keeps its
+    # store is where the gateway measures free space.
+    env = {"MONGO_DATA_DIR": "/srv/mongo", "STORAGE_RESERVE_MB": "100"}
+    mesh = load(MeshSettings, env)
+    assert mesh.mongo_data_dir == mesh.gateway.mongo.data_dir == Path("/srv/mongo")
+    assert mesh.gateway.storage_reserve_bytes == 100 * 2**20
+    assert load(MeshSettings, {}).mongo_data_dir.parts[-2:] == ("data", "mongo")
+
+
 def test_the_insecure_key_warning(caplog):
     log = logging.getLogger("test")
     with caplog.at_level(logging.WARNING, "test"):
