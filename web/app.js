@@ -49,8 +49,8 @@
   function formatBytes(n) {
     n = Number(n) || 0;
     const units = ['bytes', 'KB', 'MB', 'GB', 'TB'];
-    let i = 0;
-    while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+    let i = 0; // binary multiples, so a 2 GiB limit reads "2.0 GB"
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
     return i === 0 ? `${n} bytes` : `${n.toFixed(n < 10 ? 1 : 0)} ${units[i]}`;
   }
 
@@ -442,7 +442,8 @@
     remove() {
       this.dispose();
       this.el.remove();
-      rows.splice(rows.indexOf(this), 1);
+      const i = rows.indexOf(this);
+      if (i >= 0) rows.splice(i, 1);
       updateEmpty();
       ui.jobs.querySelector('button, a')?.focus?.({ preventScroll: true });
     }
@@ -529,7 +530,11 @@
     showNotice('');
     const known = new Set(rows.map((r) => r.job?.job_id).filter(Boolean));
     for (const job of page.jobs || []) {
-      if (known.has(job.job_id)) continue;
+      if (known.has(job.job_id)) {
+        const row = rows.find((r) => r.job?.job_id === job.job_id);
+        if (!row.follow || row.follow.signal.aborted) row.showJob(job);
+        continue;
+      }
       const row = new Row({ job });
       rows.push(row);
       ui.jobs.append(row.el);
@@ -579,18 +584,20 @@
     }
   }
 
-  function logout(message = '') {
+  function logout(message, kind = 'info') {
+    const email = session.email;
     clearRows();
     setSession('', '');
-    showNotice(message, 'info');
+    showNotice(message, kind);
     showAuth();
+    ui.email.value = email;
   }
 
   // Any 401 on an authenticated call: the token expired or was revoked.
   function sessionExpired() {
     if (!session.token) return;
-    logout('Your session has expired. Please log in again.');
-    ui.notice.className = 'banner banner-error';
+    logout('Your session has expired. Please log in again.', 'error');
+    ui.password.focus();
   }
 
   async function signIn(create) {
