@@ -479,7 +479,7 @@ def test_keyboard_only(web, videos):
     outline = page.evaluate("() => getComputedStyle(document.getElementById('drop-zone')).outlineStyle")
     assert outline == "solid", outline
     with page.expect_file_chooser() as fc:
-        page.keyboard.press("Enter")
+        page.keyboard.press("Space")
     fc.value.set_files(str(videos[0]))
     p.wait_state("holiday.mp4", "JOB_STATE_DONE")
     p.row("holiday.mp4").locator("a[download]").wait_for()
