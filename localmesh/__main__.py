@@ -2,7 +2,8 @@
 
 Checks that MySQL and RabbitMQ answer, then starts SecantusDB (unless
 MONGO_URI is set), auth, gateway, converter and Envoy, waits until each is
-up, prints where REST and gRPC are served and stays in the foreground.
+up, prints where the web page, REST and gRPC are served and stays in the
+foreground.
 Ctrl-C (or SIGTERM) stops every process it started: Envoy first, then the
 services (SIGTERM, so they finish in-flight work within GRACE_SECONDS), then
 SecantusDB. If a child dies on its own, says which and stops the rest.
@@ -130,6 +131,7 @@ def main() -> int:
 
         _say()
         _say("video2mp3 is up.")
+        _say(f"  Web   {stack.rest_base_url}/          open it in a browser")
         _say(f"  REST  {stack.rest_base_url}          e.g. curl {stack.rest_base_url}/health")
         _say(f"  gRPC  {stack.envoy_addr} via Envoy     e.g. grpcurl -plaintext {stack.envoy_addr} list")
         _say(f"        direct: auth {stack.auth_addr}, media {stack.media_addr}")

@@ -12,7 +12,7 @@ Also usable from a shell; with --exec it then runs Envoy on the result (the
 envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR are the defaults):
 
     python -m ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
-        --auth auth:50051 --media gateway:50052 [--exec]
+        --auth auth:50051 --media gateway:50052 [--web-root /etc/envoy/web] [--exec]
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from common.settings import AuthEndpoint, group, load, setting
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "gen" / "descriptor.pb"
+WEB_ROOT = ROOT / "web"  # the page Envoy serves at / (index.html, app.js, app.css)
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 HCM = "envoy.filters.network.http_connection_manager"
@@ -78,6 +79,12 @@ def transcoder(cfg: dict) -> dict:
     raise KeyError(f"no {TRANSCODER} filter in the Envoy config")
 
 
+def web_routes(cfg: dict) -> list[dict]:
+    """The routes that serve a web file (a direct_response read from a file)."""
+    vhost = _hcm(cfg)["route_config"]["virtual_hosts"][0]
+    return [r for r in vhost["routes"] if "filename" in r.get("direct_response", {}).get("body", {})]
+
+
 def _cluster(cfg: dict, name: str) -> dict:
     for c in cfg["static_resources"]["clusters"]:
         if c["name"] == name:
@@ -103,12 +110,14 @@ def build(
     admin_address: str | None = None,
     admin_port: int | None = None,
     descriptor: str | os.PathLike | None = None,
+    web_root: str | os.PathLike | None = None,
     access_log: bool = True,
     template: dict | None = None,
 ) -> dict[str, Any]:
     """The patched config as a dict. None keeps the template's value, except
-    `descriptor`, which defaults to this checkout's gen/descriptor.pb as an
-    absolute path (so Envoy can run from any working directory)."""
+    `descriptor` and `web_root`, which default to this checkout's
+    gen/descriptor.pb and web/ as absolute paths (so Envoy can run from any
+    working directory)."""
     cfg = copy.deepcopy(template if template is not None else load_template())
     lsock = _listener(cfg)["address"]["socket_address"]
     if listen_address is not None:
@@ -125,6 +134,10 @@ def build(
     if media is not None:
         _set_endpoint(_cluster(cfg, "media"), media)
     transcoder(cfg)["proto_descriptor"] = str(Path(descriptor or DESCRIPTOR).resolve())
+    web = Path(web_root or WEB_ROOT).resolve()
+    for route in web_routes(cfg):
+        body = route["direct_response"]["body"]
+        body["filename"] = str(web / Path(body["filename"]).name)
     if not access_log:
         _hcm(cfg).pop("access_log", None)
     return cfg
@@ -201,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--admin-address")
     p.add_argument("--admin-port", type=int)
     p.add_argument("--descriptor")
+    p.add_argument("--web-root", help="folder holding the web page's files (default: this checkout's web/)")
     p.add_argument("--exec", action="store_true",
                    help="then replace this process with Envoy running the rendered file "
                         "(container entrypoint); extra arguments after -- go to Envoy")
@@ -214,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         admin_address=a.admin_address,
         admin_port=a.admin_port,
         descriptor=a.descriptor,
+        web_root=a.web_root,
     )
     if not a.exec:
         print(path)

@@ -68,6 +68,50 @@ def test_rendered_config_is_valid_and_patched(tmp_path):
     assert tc["proto_descriptor"] == str(envoy_config.DESCRIPTOR)
 
 
+def test_web_page_routes_are_rendered_with_absolute_paths(tmp_path):
+    """The page's files (web/) are served by direct_response routes that read
+    them at start-up: rendered as absolute paths (to this checkout's web/ by
+    default, or --web-root as in the container image), each with the security
+    headers, and without the transcoder (which would 404 them)."""
+    served = {"/": "index.html", "/static/app.js": "app.js", "/static/app.css": "app.css"}
+    cfg = envoy_config.build()
+    routes = envoy_config.web_routes(cfg)
+    assert {r["match"]["path"]: r["direct_response"]["body"]["filename"] for r in routes} == {
+        path: str(envoy_config.WEB_ROOT / name) for path, name in served.items()}
+    for name in served.values():
+        assert (envoy_config.WEB_ROOT / name).stat().st_size < 1048576  # max_direct_response_body_size_bytes
+    for r in routes:
+        headers = {h["header"]["key"]: h["header"]["value"] for h in r["response_headers_to_add"]}
+        assert "script-src 'self';" in headers["content-security-policy"]
+        assert "'unsafe-inline'" not in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert r["typed_per_filter_config"][envoy_config.TRANSCODER]["disabled"] is True
+    # The web routes come before the catch-all to the gateway.
+    vhost_routes = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert vhost_routes[: len(routes)] == routes
+
+    image = envoy_config.build(web_root="/etc/envoy/web")
+    assert sorted(r["direct_response"]["body"]["filename"] for r in envoy_config.web_routes(image)) == [
+        "/etc/envoy/web/app.css", "/etc/envoy/web/app.js", "/etc/envoy/web/index.html"]
+    # Rendered from elsewhere, Envoy still finds the files.
+    path = envoy_config.render(tmp_path / "envoy.yaml", listen_port=free_port(), admin_port=free_port())
+    r = subprocess.run([envoy_config.envoy_binary(), "--mode", "validate", "-c", str(path),
+                        "--disable-hot-restart", "--log-level", "error"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerfile_ships_the_web_page():
+    text = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    envoy_stage = text.split("AS envoy", 1)[1]
+    assert "COPY web/index.html web/app.js web/app.css /etc/envoy/web/" in envoy_stage
+    assert "--web-root /etc/envoy/web" in text
+    ignore = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile.dockerignore").read_text()
+    assert "!web/**" in ignore.splitlines()
+
+
 def test_transcoder_serves_every_service_in_the_descriptor():
     from google.protobuf import descriptor_pb2
 
