@@ -95,7 +95,9 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             raise FailedPrecondition(
                 f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE "
                 "(WatchJob tells you when)",
-                reason=Reason.JOB_NOT_DONE, metadata={"job_id": job.id, "state": str(job.state)})
+                reason=Reason.JOB_NOT_DONE, metadata={"job_id": job.id, "state": str(job.state)},
+                # REST: 409 Conflict (the job's state, not the request, is the problem).
+                trailers=[("x-http-status", "409")])
         if retention.mp3_expired(job, self.retention):
             expired = retention.expire_time(job, self.retention)
             when = f"{expired:%Y-%m-%dT%H:%M:%SZ}" if expired else "?"

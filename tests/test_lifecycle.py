@@ -386,3 +386,15 @@ def test_a_malformed_request_id_is_invalid_argument(mesh, clip, rid):
     d = details(err)
     assert d["ErrorInfo"].reason == "INVALID_REQUEST_ID"
     assert [v.field for v in d["BadRequest"].field_violations] == ["request_id"]
+
+
+def test_the_video_is_deleted_once_the_job_is_done(mesh, store, clip):
+    """VIDEO_RETENTION defaults to 0: the converter deletes the video as it finishes."""
+    client = user_client(mesh)
+    job = client.upload(clip)
+    video = store.job(job.job_id)["video_fid"]
+    assert client.wait(job.job_id).state == DONE
+    doc = store.wait_job(job.job_id, lambda j: j["video_fid"] is None, "to drop its video", timeout=10)
+    assert store.db["videos.files"].count_documents({"_id": video}) == 0
+    assert store.db["videos.chunks"].count_documents({"files_id": video}) == 0
+    assert store.chunks(doc["mp3_fid"]) > 0 and client.download(job.job_id)
