@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos lock lint browser run test test-fast bench-convert bench-workers soak k8s-validate clean
+.PHONY: install protos lock lint browser run test test-fast bench-convert bench-workers bench-watch soak k8s-validate clean
 
 install: $(VENV)/.installed
 
@@ -69,6 +69,9 @@ bench-convert: install
 
 bench-workers: install
 	$(PY) -m bench.workers
+
+bench-watch: install
+	$(PY) -m bench.watch
 
 soak: install
 	$(PY) -m bench.soak

@@ -4,14 +4,16 @@ from __future__ import annotations
 import logging
 
 import grpc
+import pymongo.errors
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import grpc_server, jobs
+from common import grpc_server, jobs, retention
 from common.health import DependencyMonitor
 from common.logging import setup_logging
-from common.mongo import Mongo
+from common.mongo import MP3S_BUCKET, Mongo
+from common.periodic import Periodic
 from common.queue import Publisher
 from common.settings import load
 from gateway.auth import AuthInterceptor
@@ -20,6 +22,7 @@ from gateway.janitor import OrphanChunkJanitor
 from gateway.outbox import Outbox
 from gateway.service import MediaService
 from gateway.uploads import Uploads
+from gateway.watch import WatchHub
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
 AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -54,7 +57,8 @@ def main() -> None:
     monitor = DependencyMonitor(
         {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(cfg.auth.addr)},
         health, [SERVICE_NAME], critical={"mongodb"})
-    service = MediaService(mongo, job_store, uploads, monitor)
+    hub = WatchHub(job_store, interval_s=cfg.watch_poll_interval_s, max_watchers=cfg.max_watchers)
+    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port, max_workers=cfg.max_workers, health_servicer=health,
@@ -71,10 +75,25 @@ def main() -> None:
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
                                  interval_s=cfg.janitor_interval_s).start()
+    # MP3 chunks of a conversion whose job was deleted and whose worker died
+    # before it could delete them.
+    mp3_janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
+                                     interval_s=cfg.janitor_interval_s, bucket=MP3S_BUCKET).start()
+
+    def sweep():
+        retention.sweep(mongo, job_store, cfg.retention)
+        uploads.request_ids.sweep()
+
+    sweeper = Periodic("retention-sweep", cfg.retention.sweep_interval_s, sweep,
+                       errors=(pymongo.errors.PyMongoError,)).start()
+    hub.start()
 
     def on_stop():
+        hub.stop()
+        sweeper.stop()
         outbox.stop()
         janitor.stop()
+        mp3_janitor.stop()
         monitor.stop()
 
     grpc_server.run_until_signalled(server, health, grace_seconds=cfg.grace_seconds, on_stop=on_stop)
