@@ -1,32 +1,62 @@
-"""Runs the auth service: `python -m auth`."""
+"""Runs the auth service: `python -m auth`; admin commands: `python -m auth keys|users ...` (auth/cli.py)."""
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 from video2mp3.auth.v1 import auth_pb2_grpc
 
 from auth import config
+from auth.accounts import MediaData
+from auth.keys import KeyRing, NoSigningKey, generate
+from auth.login_limits import CREATE_TABLE as LOGIN_FAILURES_TABLE
+from auth.login_limits import Limits, LoginLimits
 from auth.passwords import Passwords
 from auth.service import SERVICE_NAME, AuthService
-from auth.users import UserRepository
+from auth.users import DatabaseUnavailable, UserRepository
 from common import grpc_server
 from common.health import DependencyMonitor
 from common.logging import setup_logging
+from common.periodic import Periodic
 
 log = logging.getLogger("auth")
 
 
+def key_ring(cfg: config.Config) -> KeyRing:
+    """The configured keys; SystemExit with one line saying what to provide when there are none."""
+    ttl, reload_s, activate = cfg.token_ttl_seconds, cfg.keys_reload_s, cfg.key_activate_after_s
+    if cfg.keys_dir:
+        try:
+            return KeyRing(Path(cfg.keys_dir), token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate)
+        except NoSigningKey as e:
+            raise SystemExit(f"auth: {e}") from None
+    if cfg.production:
+        raise SystemExit(
+            "auth: no signing key: VIDEO2MP3_ENV=production needs AUTH_KEYS_DIR, a directory of Ed25519 "
+            "private keys (create one with `python -m auth keys new --dir DIR`; in Kubernetes, the "
+            "video2mp3-auth-keys Secret)")
+    log.warning("AUTH_KEYS_DIR is not set: signing with an ephemeral key; every token dies with this "
+                "process (set AUTH_KEYS_DIR, as `make run` does)")
+    return KeyRing(None, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate, ephemeral=generate())
+
+
 def main() -> None:
+    if len(sys.argv) > 1:
+        from auth import cli
+
+        sys.exit(cli.main(sys.argv[1:]))
     setup_logging("auth")
     cfg = config.load()
-    if cfg.secret_key_is_default:
-        log.warning("SECRET_KEY is not set: signing tokens with the insecure development key")
-    elif len(cfg.secret_key.encode()) < 32:
-        log.warning("SECRET_KEY is shorter than 32 bytes; HS256 keys should be at least 32")
+    keys = key_ring(cfg)
+    log.info("signing with key %s; publishing %s", keys.signing().kid,
+             ", ".join(k.kid for k in keys.published()))
 
-    users = UserRepository(cfg)
-    service = AuthService(users, Passwords(cfg.hash_concurrency), cfg.secret_key,
-                          cfg.token_ttl_seconds)
+    users = UserRepository(cfg, extra_tables=(LOGIN_FAILURES_TABLE,))
+    limits = LoginLimits(users, Limits(cfg.login_account_failures, cfg.login_address_failures,
+                                       cfg.login_window_s, cfg.login_block_base_s, cfg.login_block_max_s))
+    service = AuthService(users, Passwords(cfg.hash_concurrency), keys, cfg.token_ttl_seconds, limits,
+                          MediaData(cfg.media_addr), allow_signup=cfg.allow_signup)
     health = grpc_server.new_health()
     # Checks MySQL every few seconds: drives grpc.health.v1 (SERVING / NOT_SERVING)
     # and, until it first succeeds, keeps retrying the creation of the users table,
@@ -38,11 +68,19 @@ def main() -> None:
                              SERVICE_NAME)],
         cfg.port, health_servicer=health)
     monitor.start()
+    # New key files (rotation) are picked up without a restart.
+    reloader = Periodic("keys-reload", cfg.keys_reload_s, keys.reload, errors=(OSError,)).start()
+    pruner = Periodic("login-failures-prune", 600, limits.prune, errors=(DatabaseUnavailable,)).start()
     log.info("AuthService on :%d, users in MySQL %s@%s:%d/%s", cfg.port, cfg.mysql_user,
              cfg.mysql_host, cfg.mysql_port, cfg.mysql_db)
+
+    def on_stop():
+        monitor.stop()
+        reloader.stop()
+        pruner.stop()
+
     try:
-        grpc_server.run_until_signalled(server, health, grace_seconds=cfg.grace_seconds,
-                                        on_stop=monitor.stop)
+        grpc_server.run_until_signalled(server, health, grace_seconds=cfg.grace_seconds, on_stop=on_stop)
     finally:
         users.close()
 

@@ -1,4 +1,5 @@
-"""AuthService: sign up, log in (JWT access tokens), and who-am-I."""
+"""AuthService: sign up, log in (EdDSA-signed JWT access tokens), who-am-I,
+delete-me, and the public keys (JWKS) verifiers check tokens with."""
 from __future__ import annotations
 
 import base64
@@ -10,6 +11,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from auth.accounts import MediaData, delete_account
+from auth.keys import KeyRing
+from auth.login_limits import LoginBlocked, LoginLimits, client_address
 from auth.passwords import Passwords
 from auth.users import MAX_EMAIL_LENGTH, DatabaseUnavailable, EmailTaken, User, UserRepository
 from common import tokens
@@ -25,6 +29,7 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 
 UNAVAILABLE_MESSAGE = "user database unavailable, try again"
 BAD_CREDENTIALS_MESSAGE = "incorrect email or password"
+SIGNUP_OFF_MESSAGE = "sign-up is switched off on this server; ask an administrator to create your account"
 
 
 class Failure(Exception):
@@ -45,6 +50,8 @@ def _rpc(handler):
             return handler(self, request, context)
         except Failure as f:
             context.abort(f.code, f.message)
+        except LoginBlocked as b:
+            context.abort_with_status(b.status())
         except DatabaseUnavailable as e:
             log.warning("%s: user database unavailable: %s", handler.__name__, e)
             context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
@@ -79,15 +86,31 @@ def _user_message(user: User) -> auth_pb2.User:
 
 
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, users: UserRepository, passwords: Passwords, secret_key: str,
-                 token_ttl_seconds: int):
+    def __init__(self, users: UserRepository, passwords: Passwords, keys: KeyRing,
+                 token_ttl_seconds: int, limits: LoginLimits, media: MediaData,
+                 allow_signup: bool = True):
         self._users = users
         self._passwords = passwords
-        self._secret = secret_key
+        self._keys = keys
         self._ttl = token_ttl_seconds
+        self._limits = limits
+        self._media = media
+        self._allow_signup = allow_signup
+
+    def _caller(self, context) -> tuple[int, str]:
+        """(user id, bearer token) of a validly signed token; one public message for every failure."""
+        try:
+            token = tokens.bearer_from_metadata(context.invocation_metadata())
+            caller = tokens.verify(token, self._keys.public_key)
+            return int(caller.user_id), token
+        except (tokens.InvalidToken, ValueError) as e:
+            log.info("refused a token: %s", e)
+            raise Failure(grpc.StatusCode.UNAUTHENTICATED, tokens.PUBLIC_MESSAGE) from None
 
     @_rpc
     def SignUp(self, request, context):
+        if not self._allow_signup:
+            raise Failure(grpc.StatusCode.PERMISSION_DENIED, SIGNUP_OFF_MESSAGE)
         email = normalise_email(request.email)
         if not email:
             raise Failure(grpc.StatusCode.INVALID_ARGUMENT, "email is required")
@@ -121,32 +144,50 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             raise Failure(grpc.StatusCode.INVALID_ARGUMENT, "email is required")
         if not password:
             raise Failure(grpc.StatusCode.INVALID_ARGUMENT, "password is required")
+        address = client_address(context.invocation_metadata(), context.peer())
+        if not self._users.available:  # fail before spending anything on it
+            raise DatabaseUnavailable("MySQL unreachable or users table not created yet")
+        self._limits.check(email, address)  # blocked: no lookup, no hash
         user = self._users.by_email(email)
         # Unknown email: verified against a dummy hash, so both failures take as long.
         ok, new_hash = self._passwords.verify(user.password_hash if user else None, password)
-        if not ok:
+        if not ok or user is None:
+            self._limits.failed(email, address)
             raise Failure(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS_MESSAGE)
+        self._limits.succeeded(email)
         if new_hash:
             try:
                 self._users.update_password_hash(user.id, new_hash)
                 log.info("rehashed the password of user %d with current parameters", user.id)
             except DatabaseUnavailable as e:  # the login itself succeeded; retry next time
                 log.warning("could not store the rehashed password of user %d: %s", user.id, e)
-        token = tokens.issue(self._secret, str(user.id), user.email, self._ttl)
+        key = self._keys.signing()
+        token = tokens.issue(key.private_key, key.kid, str(user.id), user.email, self._ttl)
         return auth_pb2.LoginResponse(access_token=token, token_type="Bearer",
                                       expires_in=self._ttl)
 
     @_rpc
     def GetMe(self, request, context):
-        try:
-            caller = tokens.verify(self._secret,
-                                   tokens.bearer_from_metadata(context.invocation_metadata()))
-            user_id = int(caller.user_id)
-        except tokens.InvalidToken as e:
-            raise Failure(grpc.StatusCode.UNAUTHENTICATED, str(e)) from None
-        except ValueError:  # signed by us, so this would be our own bug
-            raise Failure(grpc.StatusCode.UNAUTHENTICATED, "access token is not valid") from None
+        user_id, _ = self._caller(context)
         user = self._users.by_id(user_id)
         if user is None:
             raise Failure(grpc.StatusCode.NOT_FOUND, "the user of this token no longer exists")
         return _user_message(user)
+
+    @_rpc
+    def DeleteMe(self, request, context):
+        user_id, token = self._caller(context)
+        if self._users.by_id(user_id) is None:
+            raise Failure(grpc.StatusCode.NOT_FOUND, "the user of this token no longer exists")
+        try:
+            delete_account(self._users, self._media, user_id, token)
+        except grpc.RpcError as e:
+            log.warning("DeleteMe of user %d: the Media service did not delete the data: %s %s",
+                        user_id, e.code().name, e.details())
+            raise Failure(grpc.StatusCode.UNAVAILABLE,
+                          "could not delete your files right now; your account is kept, "
+                          "try again shortly") from None
+        return auth_pb2.DeleteMeResponse()
+
+    def GetJwks(self, request, context):
+        return auth_pb2.GetJwksResponse(keys=[auth_pb2.JsonWebKey(**jwk) for jwk in self._keys.jwks()])

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 from common.settings import MongoSettings, RabbitSettings, env_float, env_int, env_str
-from common.tokens import DEV_SECRET_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,8 +11,12 @@ class GatewayConfig:
     port: int
     mongo: MongoSettings
     rabbit: RabbitSettings
-    secret_key: str
     auth_addr: str
+    # Token keys (gateway/jwks.py) and user existence (gateway/user_check.py).
+    jwks_refresh_s: float
+    jwks_min_refetch_s: float
+    user_cache_ttl_s: float
+    user_cache_stale_s: float
     max_upload_bytes: int
     max_concurrent_uploads: int
     max_workers: int
@@ -25,12 +27,16 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls) -> "GatewayConfig":
-        cfg = cls(
+        return cls(
             port=env_int("MEDIA_PORT", 50052),
             mongo=MongoSettings.from_env(),
             rabbit=RabbitSettings.from_env(),
-            secret_key=env_str("SECRET_KEY", DEV_SECRET_KEY),
             auth_addr=env_str("AUTH_ADDR", "127.0.0.1:50051"),
+            jwks_refresh_s=env_float("JWKS_REFRESH_S", 60.0),
+            # An unknown kid refetches the JWKS at most this often.
+            jwks_min_refetch_s=env_float("JWKS_MIN_REFETCH_S", 10.0),
+            user_cache_ttl_s=env_float("USER_CACHE_TTL_S", 30.0),
+            user_cache_stale_s=env_float("USER_CACHE_STALE_S", 600.0),
             max_upload_bytes=env_int("MAX_UPLOAD_BYTES", 2 * 1024**3),
             max_concurrent_uploads=env_int("MAX_CONCURRENT_UPLOADS", 8),
             max_workers=env_int("MEDIA_MAX_WORKERS", 32),
@@ -41,6 +47,3 @@ class GatewayConfig:
             orphan_chunk_age_s=env_float("ORPHAN_CHUNK_AGE_S", 3600.0),
             janitor_interval_s=env_float("JANITOR_INTERVAL_S", 300.0),
         )
-        if cfg.secret_key == DEV_SECRET_KEY:
-            logging.getLogger(__name__).warning("SECRET_KEY not set; using the development default")
-        return cfg

@@ -43,10 +43,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def service_env(env: Mapping[str, str]) -> dict[str, str]:
     """`env` plus what every Python child needs: unbuffered output, AUTH_ADDR
-    defaulting to the local auth."""
+    and MEDIA_ADDR defaulting to the local auth and gateway."""
     out = dict(env)
     out["PYTHONUNBUFFERED"] = "1"
     out.setdefault("AUTH_ADDR", f"127.0.0.1:{_int(out, 'AUTH_PORT', 50051)}")
+    out.setdefault("MEDIA_ADDR", f"127.0.0.1:{_int(out, 'MEDIA_PORT', 50052)}")
     return out
 
 
