@@ -110,8 +110,8 @@ def load_dir(keys_dir: Path) -> list[SigningKey]:
         if not isinstance(key, Ed25519PrivateKey):
             log.warning("ignoring key file %s: not an Ed25519 private key", path)
             continue
-        if path.stat().st_mode & 0o077:
-            log.warning("key file %s is readable by others than its owner; chmod 600 it", path)
+        if path.stat().st_mode & 0o007:  # group access is how Kubernetes' fsGroup grants it
+            log.warning("key file %s is readable by every user; chmod 600 it", path)
         found.append(SigningKey(kid, key, _created(kid, path)))
     found.sort(key=lambda k: (k.created, k.kid))
     return found

@@ -171,14 +171,16 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         user_id, _ = self._caller(context)
         user = self._users.by_id(user_id)
         if user is None:
-            raise Failure(grpc.StatusCode.NOT_FOUND, "the user of this token no longer exists")
+            log.info("refused a token: user %d no longer exists", user_id)
+            raise Failure(grpc.StatusCode.UNAUTHENTICATED, tokens.PUBLIC_MESSAGE)
         return _user_message(user)
 
     @_rpc
     def DeleteMe(self, request, context):
         user_id, token = self._caller(context)
         if self._users.by_id(user_id) is None:
-            raise Failure(grpc.StatusCode.NOT_FOUND, "the user of this token no longer exists")
+            log.info("refused a token: user %d no longer exists", user_id)
+            raise Failure(grpc.StatusCode.UNAUTHENTICATED, tokens.PUBLIC_MESSAGE)
         try:
             delete_account(self._users, self._media, user_id, token)
         except grpc.RpcError as e:

@@ -116,6 +116,7 @@ class Stack:
                 auth=("127.0.0.1", self.auth_port),
                 media=("127.0.0.1", self.media_port),
                 descriptor=self.env.get("ENVOY_DESCRIPTOR") or None,
+                limits=envoy_config.limits_from_env(self.env),
             )
         return self._envoy_config
 

@@ -344,14 +344,15 @@ def test_get_me_rejects_a_bad_token(auth_stub, kind):
     assert err.details() == tokens.PUBLIC_MESSAGE
 
 
-def test_get_me_for_a_deleted_user_is_not_found(auth_stub, auth_sql):
+def test_get_me_for_a_deleted_user_is_unauthenticated(auth_stub, auth_sql):
     email = unique_email()
     sign_up(auth_stub, email)
     token = login(auth_stub, email).access_token
     with auth_sql.cursor() as cur:
         cur.execute("DELETE FROM users WHERE email = %s", (email,))
     err = rpc_error(auth_stub.GetMe, auth_pb2.GetMeRequest(), metadata=[("authorization", f"Bearer {token}")])
-    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.details() == tokens.PUBLIC_MESSAGE
 
 
 # -- health ---------------------------------------------------------------------
