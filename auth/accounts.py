@@ -31,7 +31,10 @@ class MediaData:
     def _media(self) -> media_pb2_grpc.MediaServiceStub:
         with self._lock:
             if self._stub is None:
-                self._stub = media_pb2_grpc.MediaServiceStub(grpc.insecure_channel(self._addr))
+                # Short reconnect backoff: a user retrying after an outage gets through at once.
+                channel = grpc.insecure_channel(self._addr, options=[("grpc.initial_reconnect_backoff_ms", 200),
+                                                                     ("grpc.max_reconnect_backoff_ms", 2000)])
+                self._stub = media_pb2_grpc.MediaServiceStub(channel)
             return self._stub
 
     def delete_all(self, bearer_token: str) -> media_pb2.DeleteMyDataResponse:

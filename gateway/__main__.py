@@ -17,7 +17,7 @@ from common.queue import Publisher
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
-from gateway.jwks import JwksCache, grpc_fetcher
+from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from gateway.outbox import Outbox
 from gateway.service import MediaService
 from gateway.uploads import Uploads
@@ -55,8 +55,9 @@ def main() -> None:
     monitor = DependencyMonitor(
         {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(cfg.auth_addr)},
         health, [SERVICE_NAME], critical={"mongodb"})
-    keys = JwksCache(grpc_fetcher(cfg.auth_addr), min_refetch_s=cfg.jwks_min_refetch_s)
-    users = UserCheck(grpc_get_me(cfg.auth_addr), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
+    to_auth = auth_channel(cfg.auth_addr)
+    keys = JwksCache(grpc_fetcher(to_auth), min_refetch_s=cfg.jwks_min_refetch_s)
+    users = UserCheck(grpc_get_me(to_auth), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
     service = MediaService(mongo, job_store, uploads, monitor, users)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],

@@ -26,8 +26,15 @@ Fetch = Callable[[], dict[str, Ed25519PublicKey]]
 FETCH_TIMEOUT_S = 3.0
 
 
-def grpc_fetcher(auth_addr: str) -> Fetch:
-    stub = auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel(auth_addr))
+def auth_channel(auth_addr: str) -> grpc.Channel:
+    """A channel to auth that reconnects within ~2 s of auth coming back (gRPC's
+    default backoff grows to 120 s), for the key fetches and user checks."""
+    return grpc.insecure_channel(auth_addr, options=[("grpc.initial_reconnect_backoff_ms", 200),
+                                                     ("grpc.max_reconnect_backoff_ms", 2000)])
+
+
+def grpc_fetcher(channel: grpc.Channel) -> Fetch:
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
 
     def fetch() -> dict[str, Ed25519PublicKey]:
         resp = stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=FETCH_TIMEOUT_S)

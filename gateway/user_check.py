@@ -31,9 +31,9 @@ class AuthUnreachable(Exception):
     """Auth could not say whether the user exists."""
 
 
-def grpc_get_me(auth_addr: str) -> Callable[[str, str], bool]:
+def grpc_get_me(channel: grpc.Channel) -> Callable[[str, str], bool]:
     """get_me(user_id, token) -> True (exists) / False (gone or not accepted); raises AuthUnreachable."""
-    stub = auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel(auth_addr))
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
 
     def get_me(user_id: str, token: str) -> bool:
         try:
