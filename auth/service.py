@@ -154,7 +154,10 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         if not ok or user is None:
             self._limits.failed(email, address)
             raise Failure(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS_MESSAGE)
-        self._limits.succeeded(email)
+        try:
+            self._limits.succeeded(email)
+        except DatabaseUnavailable as e:  # the login itself succeeded; the count just ages out
+            log.warning("could not clear the failed-login count of user %d: %s", user.id, e)
         if new_hash:
             try:
                 self._users.update_password_hash(user.id, new_hash)
