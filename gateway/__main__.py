@@ -19,10 +19,12 @@ from common.settings import load
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
+from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from gateway.outbox import Outbox
 from gateway.service import MediaService
 from gateway.uploads import Uploads
 from gateway.watch import WatchHub
+from gateway.user_check import UserCheck, grpc_get_me
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
 AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -47,7 +49,6 @@ def auth_health_check(addr: str):
 def main() -> None:
     setup_logging("gateway")
     cfg = load(GatewayConfig)
-    cfg.tokens.warn_if_insecure(log)
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
     publisher = Publisher(cfg.rabbit)
@@ -57,17 +58,25 @@ def main() -> None:
     monitor = DependencyMonitor(
         {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(cfg.auth.addr)},
         health, [SERVICE_NAME], critical={"mongodb"})
+    to_auth = auth_channel(cfg.auth.addr)
+    keys = JwksCache(grpc_fetcher(to_auth), min_refetch_s=cfg.jwks_min_refetch_s)
+    users = UserCheck(grpc_get_me(to_auth), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
     hub = WatchHub(job_store, interval_s=cfg.watch_poll_interval_s, max_watchers=cfg.max_watchers)
-    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention)
+    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port, max_workers=cfg.max_workers, health_servicer=health,
-        interceptors=[AuthInterceptor(cfg.tokens.secret_key)],
+        interceptors=[AuthInterceptor(keys, users)],
         # Envoy sends every reflection request to the gateway; offering
         # AuthService's descriptors too lets `grpcurl` through Envoy's single
         # port describe and call both services without .proto files.
         also_reflect=[AUTH_SERVICE_NAME])
     monitor.start()
+    # Auth may not be up yet: an unknown kid fetches on demand anyway.
+    if not keys.refresh():
+        log.warning("no token keys yet; fetching them from auth at %s when the first token arrives",
+                    cfg.auth.addr)
+    key_refresher = Periodic("jwks-refresh", cfg.jwks_refresh_s, keys.refresh).start()
     try:
         job_store.ensure_indexes()
     except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
@@ -91,6 +100,7 @@ def main() -> None:
     def on_stop():
         hub.stop()
         sweeper.stop()
+        key_refresher.stop()
         outbox.stop()
         janitor.stop()
         mp3_janitor.stop()

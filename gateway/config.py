@@ -5,7 +5,6 @@ import dataclasses
 
 from common.retention import RetentionSettings
 from common.settings import AuthEndpoint, MongoSettings, RabbitSettings, group, setting
-from common.tokens import TokenSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,8 +12,15 @@ class GatewayConfig:
     port: int = setting("MEDIA_PORT", 50052)
     mongo: MongoSettings = group(MongoSettings)
     rabbit: RabbitSettings = group(RabbitSettings)
-    tokens: TokenSettings = group(TokenSettings)
     auth: AuthEndpoint = group(AuthEndpoint)
+    # Token keys (gateway/jwks.py): the whole set is refetched this often, and an
+    # unknown kid refetches it at most this often.
+    jwks_refresh_s: float = setting("JWKS_REFRESH_S", 60.0, minimum=0.1)
+    jwks_min_refetch_s: float = setting("JWKS_MIN_REFETCH_S", 10.0, minimum=0)
+    # User existence (gateway/user_check.py): a deleted user's tokens stop working
+    # within the TTL; while auth is down, a confirmed user is trusted this long.
+    user_cache_ttl_s: float = setting("USER_CACHE_TTL_S", 30.0, minimum=0)
+    user_cache_stale_s: float = setting("USER_CACHE_STALE_S", 600.0, minimum=0)
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 2 * 1024**3)
     max_concurrent_uploads: int = setting("MAX_CONCURRENT_UPLOADS", 8)
     # Each WatchJob (a server stream) holds one handler thread while it runs:

@@ -19,6 +19,8 @@ from gateway import validation
 from gateway.auth import caller
 from gateway.uploads import Uploads
 from gateway.watch import WatchHub
+from gateway.user_check import UserCheck
+from gateway.user_data import delete_user_data
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 class MediaService(media_pb2_grpc.MediaServiceServicer):
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, uploads: Uploads,
                  monitor: DependencyMonitor, watch_hub: WatchHub,
-                 retention_settings: retention.RetentionSettings):
+                 retention_settings: retention.RetentionSettings, users: UserCheck):
         self.mongo = mongo
+        self.users = users
         self.jobs = job_store
         self.uploads = uploads
         self.monitor = monitor
@@ -120,6 +123,15 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 # Envoy takes the HTTP Content-Type from the first message.
                 yield httpbody_pb2.HttpBody(content_type=content_type, data=data)
                 content_type = ""
+
+    def DeleteMyData(self, request, context):
+        user_id = caller(context).user_id
+        # MongoDB down: common/errors.py answers UNAVAILABLE (the account is kept; retry).
+        n_jobs, n_videos, n_mp3s = delete_user_data(self.mongo, user_id)
+        # The account is about to go: look it up afresh on its next request.
+        self.users.forget(user_id)
+        log.info("deleted the data of user %s: %d jobs, %d videos, %d MP3s", user_id, n_jobs, n_videos, n_mp3s)
+        return media_pb2.DeleteMyDataResponse(jobs_deleted=n_jobs, videos_deleted=n_videos, mp3s_deleted=n_mp3s)
 
     def GetHealth(self, request, context):
         status = self.monitor.status()

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
+from common.settings import load
 from localmesh.processes import Child, free_port, wait_for_port
 from ops import envoy_config
 
@@ -307,3 +308,17 @@ def test_concurrent_rest_and_grpc_share_the_listener(envoy):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_edge_limits_are_configurable():
+    assert set(envoy_config.edge_limits(envoy_config.load_template())) == {"Login", "SignUp"}
+    cfg = envoy_config.build(limits={"Login": (3, 60), "SignUp": (2, 0.5)})
+    limits = envoy_config.edge_limits(cfg)
+    assert limits["Login"]["token_bucket"] == {"max_tokens": 3, "tokens_per_fill": 3, "fill_interval": "60s"}
+    assert limits["Login"]["response_headers_to_add"][0]["header"] == {"key": "retry-after", "value": "60"}
+    assert limits["SignUp"]["token_bucket"]["fill_interval"] == "0.5s"
+    assert load(envoy_config.EnvoySettings, {"ENVOY_LOGIN_LIMIT": "5/10"}).rate_limits() == {"Login": (5, 10.0)}
+    with pytest.raises(SystemExit, match="ENVOY_SIGNUP_LIMIT"):
+        load(envoy_config.EnvoySettings, {"ENVOY_SIGNUP_LIMIT": "lots"}).rate_limits()
+    with pytest.raises(KeyError):
+        envoy_config.build(limits={"GetMe": (1, 1)})
