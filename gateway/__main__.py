@@ -23,8 +23,8 @@ from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from gateway.outbox import Outbox
 from gateway.service import MediaService
 from gateway.uploads import Uploads
-from gateway.watch import WatchHub
 from gateway.user_check import UserCheck, grpc_get_me
+from gateway.watch import WatchHub
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
 AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name

@@ -18,9 +18,9 @@ from common.mongo import Mongo
 from gateway import validation
 from gateway.auth import caller
 from gateway.uploads import Uploads
-from gateway.watch import WatchHub
 from gateway.user_check import UserCheck
 from gateway.user_data import delete_user_data
+from gateway.watch import WatchHub
 
 log = logging.getLogger(__name__)
 
