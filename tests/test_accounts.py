@@ -48,7 +48,9 @@ def owned(mongo: Mongo, uid: str) -> tuple[int, int, int]:
             mongo.db["mp3s.files"].count_documents({"metadata.user_id": uid}))
 
 
-def test_delete_me_removes_the_user_and_everything_they_own(mesh, mongo, clip, tmp_path):
+def test_delete_me_removes_the_user_and_everything_they_own(mesh_factory, mongo, clip, tmp_path):
+    # Videos kept after their job ends (VIDEO_RETENTION), so there are some to delete.
+    mesh = mesh_factory(VIDEO_RETENTION="3600")
     client = GrpcClient(mesh.envoy_addr)
     email = client.sign_up_and_login()
     uid = jwt.decode(client.token, options={"verify_signature": False})["sub"]
