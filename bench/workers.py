@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 from common import jobs
+from common.gridfs_download import delete_file
+from common.mongo import MP3S_BUCKET, VIDEOS_BUCKET
 from localmesh.stack import Stack
 from testkit.direct import DirectSubmitter
 from testkit.testbed import Testbed
@@ -45,7 +47,9 @@ def source(minutes: int) -> Path:
 
 
 def time_jobs(bed: Testbed, log_dir: Path, workers: int, video: Path, n: int, overlap: str) -> float:
-    env = bed.service_env(CONVERTER_WORKERS=str(workers), CONVERTER_OVERLAP=overlap)
+    # Every job reads one stored copy: keep it past each job's end.
+    env = bed.service_env(CONVERTER_WORKERS=str(workers), CONVERTER_OVERLAP=overlap,
+                          VIDEO_RETENTION="86400")
     stack = Stack(env, log_dir=log_dir / f"w{workers}-{time.monotonic_ns()}")
     stack.start(["converter"])
     submitter = DirectSubmitter(env)
@@ -68,9 +72,9 @@ def time_jobs(bed: Testbed, log_dir: Path, workers: int, video: Path, n: int, ov
         return time.monotonic() - start
     finally:
         # The test MongoDB keeps everything in memory: drop this run's files.
-        submitter.mongo.videos.delete(fid)
+        delete_file(submitter.mongo.db, VIDEOS_BUCKET, fid)  # in ranges (common/gridfs_download.py)
         for doc in submitter.mongo.jobs.find({"_id": {"$in": ids}, "mp3_fid": {"$ne": None}}):
-            submitter.mongo.mp3s.delete(doc["mp3_fid"])
+            delete_file(submitter.mongo.db, MP3S_BUCKET, doc["mp3_fid"])
         submitter.close()
         stack.close()
 

@@ -81,10 +81,11 @@ class ChunkedDownload(io.RawIOBase):
 
 
 def delete_chunks(db, bucket: str, file_id, upto: int | None = None,
-                  range_chunks: int = 4 * RANGE_CHUNKS) -> int:
+                  range_chunks: int = 4 * RANGE_CHUNKS, at_least: int = 0) -> int:
     """Delete the chunks of `file_id`, a range of `n` at a time; `upto`: how many
-    there are at most (unknown for an abandoned upload: then until none is left).
-    Returns how many went."""
+    there are at most (unknown for an abandoned upload: then until none is left,
+    but not before `at_least`: chunks below it may be gone already, e.g. an
+    in-progress file deleted while its writer went on). Returns how many went."""
     chunks = db[f"{bucket}.chunks"]
     deleted, n = 0, 0
     while True:
@@ -97,18 +98,22 @@ def delete_chunks(db, bucket: str, file_id, upto: int | None = None,
         n += range_chunks
         # Chunks are written in order, so the first empty range is the end (no
         # open-ended query: that may scan the whole collection).
-        if upto is None and gone == 0:
+        if upto is None and gone == 0 and n >= at_least:
             return deleted
 
 
 def delete_file(db, bucket: str, file_id) -> bool:
     """Delete a GridFS file: its files document first (so it stops existing at
     once), then its chunks in ranges. False if there was no files document
-    (its chunks, if any, are deleted anyway)."""
+    (its chunks, if any, are deleted anyway). A complete file's leftover
+    in-progress record goes too; a file still being written keeps its record
+    (common/gridfs_upload.py): its writer may store more chunks before it
+    notices, and then abort() them, or die and leave them to the janitor."""
     doc = db[f"{bucket}.files"].find_one_and_delete({"_id": file_id})
     upto = None
     if doc is not None and doc.get("chunkSize"):
         upto = -(-int(doc["length"]) // int(doc["chunkSize"]))
     delete_chunks(db, bucket, file_id, upto)
-    db[f"{bucket}.uploads"].delete_one({"_id": file_id})  # an upload's in-progress record, if any
+    if doc is not None:
+        db[f"{bucket}.uploads"].delete_one({"_id": file_id})
     return doc is not None

@@ -5,8 +5,11 @@ document only when it completes, and aborts (deleting its chunks) on every
 failure the gateway lives through. A gateway that is SIGKILLed, or loses the
 machine, mid-upload cannot abort: its chunks stay, with no `files` document.
 
-Every upload in progress is recorded in `videos.uploads` and refreshed about
-every second while it stores chunks (common/gridfs_upload.py). This thread deletes the chunks of uploads
+Every upload in progress is recorded in `<bucket>.uploads` and refreshed about
+every second while it stores chunks (common/gridfs_upload.py). The gateway runs
+one janitor per bucket: `videos` (uploads) and `mp3s` (a conversion's MP3, whose
+worker died after its job was deleted: the job, and with it the MP3's id, is
+gone, but the record stays). This thread deletes the chunks of uploads
 whose record was not refreshed for ORPHAN_CHUNK_AGE_S, then the record. It
 never queries the chunks as a whole: a server may build such a query's whole
 result (SecantusDB held +1 GB of RSS per 500 MB stored). The age must be
@@ -21,7 +24,7 @@ import logging
 
 import pymongo.errors
 
-from common.gridfs_download import delete_chunks
+from common.gridfs_download import RANGE_CHUNKS, delete_chunks
 from common.mongo import VIDEOS_BUCKET
 from common.periodic import Periodic
 
@@ -53,7 +56,11 @@ class OrphanChunkJanitor:
         for rec in list(self.uploads.find({"touched": {"$lt": cutoff}}).limit(1000)):
             fid = rec["_id"]
             if self.files.find_one({"_id": fid}, {"_id": 1}) is None:  # else: it completed
-                n = delete_chunks(self.db, self.bucket, fid)
+                # Chunks below the record's count may be gone already (an MP3
+                # deleted with its job while its worker went on, then died):
+                # go at least one range past it, the most written between refreshes.
+                n = delete_chunks(self.db, self.bucket, fid,
+                                  at_least=int(rec.get("n") or 0) + 4 * RANGE_CHUNKS)
                 deleted += n
                 log.info("removed %d orphan chunk(s) of abandoned upload %s", n, fid)
             # Only if still stale: a refresh meanwhile means it is alive after all.

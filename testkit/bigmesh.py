@@ -42,7 +42,9 @@ class MakeRun:
     def start(self, timeout: float = 120) -> MakeRun:
         testbed.check_rabbit(self.rabbit)
         self.mysql = testbed.create_mysql_db(testbed.mysql_settings(), self.db_name)
-        env = testbed.mesh_env(mysql=self.mysql, rabbit=self.rabbit, mongo_uri="", queue=self.queue)
+        # The signing key next to the store, as make run keeps ./data/keys next to ./data/mongo.
+        env = testbed.mesh_env(mysql=self.mysql, rabbit=self.rabbit, mongo_uri="", queue=self.queue,
+                               keys_dir=self.data_dir.parent / "keys")
         # make run's own defaults: the embedded store, the default worker count, INFO logs.
         for k in ("MONGO_URI", "CONVERTER_WORKERS", "GRACE_SECONDS"):
             env.pop(k, None)

@@ -17,6 +17,7 @@ import time
 import uuid
 
 import grpc
+import jwt
 import pytest
 import requests
 from bson import ObjectId
@@ -24,12 +25,12 @@ from google.api import httpbody_pb2
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import tokens
 from common.gridfs_upload import ChunkedUpload
 from common.mongo import Mongo
 from common.settings import MongoSettings
 from gateway.janitor import OrphanChunkJanitor
 from localmesh.processes import wait_for
+from testkit.clients import GrpcClient
 
 MiB = 1024 * 1024
 PIECE = 64 * 1024
@@ -51,13 +52,16 @@ def mongo(mesh):
 
 
 class User:
-    """A caller with a fresh identity; its token is signed with the mesh's key,
-    so the tests need not go through the auth service."""
+    """A caller with a fresh identity, signed up and logged in at the stack's
+    auth service directly (Envoy need not run). Only auth can sign tokens."""
 
     def __init__(self, stack):
-        self.user_id = f"fault-{uuid.uuid4().hex[:12]}"
-        self.email = f"{self.user_id}@example.com"
-        self.token = tokens.issue(stack.env["SECRET_KEY"], self.user_id, self.email, ttl_seconds=600)
+        self.email = f"fault-{uuid.uuid4().hex[:12]}@example.com"
+        client = GrpcClient(stack.env["AUTH_ADDR"])
+        client.sign_up_and_login(self.email)
+        client.close()
+        self.token = client.token
+        self.user_id = jwt.decode(self.token, options={"verify_signature": False})["sub"]
         self.md = [("authorization", f"Bearer {self.token}")]
 
 
@@ -203,8 +207,9 @@ def test_rest_client_disconnect_mid_body_leaves_nothing(mesh, mongo, how):
 # ------------------------------------------------------------- size limit
 
 @pytest.fixture
-def small_limit_mesh(mesh_factory):
-    return mesh_factory(services=("gateway", "envoy"), MAX_UPLOAD_BYTES=LIMIT)
+def small_limit_mesh(mesh, mesh_factory):
+    # Tokens are checked against the session's auth service.
+    return mesh_factory(services=("gateway", "envoy"), AUTH_ADDR=mesh.auth_addr, MAX_UPLOAD_BYTES=LIMIT)
 
 
 @pytest.mark.parametrize("route", ["envoy", "direct"])
@@ -246,8 +251,8 @@ def test_rest_upload_over_the_limit_is_413_as_soon_as_it_crosses_it(small_limit_
 
 # ---------------------------------------------------------------- overload
 
-def test_uploads_past_max_concurrent_are_refused_at_once_while_the_others_finish(mesh_factory, mongo):
-    stack = mesh_factory(services=("gateway", "envoy"), MAX_CONCURRENT_UPLOADS=2)
+def test_uploads_past_max_concurrent_are_refused_at_once_while_the_others_finish(mesh, mesh_factory, mongo):
+    stack = mesh_factory(services=("gateway", "envoy"), AUTH_ADDR=mesh.auth_addr, MAX_CONCURRENT_UPLOADS=2)
     user = User(stack)
     before = chunk_owners(mongo)
     ch = grpc.insecure_channel(stack.envoy_addr)
@@ -399,9 +404,43 @@ def test_janitor_removes_only_old_orphan_chunks(mongo_server):
         m.close()
 
 
-def test_gateway_killed_mid_upload_leaves_orphans_that_the_janitor_removes(mesh_factory, mongo):
+def test_an_mp3_deleted_while_written_then_abandoned_is_removed_by_its_record(mongo_server):
+    """DeleteJob deletes a job's in-progress MP3 by id (ranged deletes) while its
+    worker goes on writing, then the worker dies: the chunks it wrote after the
+    delete sit past a gap. delete_file keeps the in-progress record, and the
+    mp3s janitor deletes from 0 to past the record's count, across the gap."""
+    import common.gridfs_upload as gridfs_upload
+    from common.gridfs_download import RANGE_CHUNKS, delete_file
+
+    m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
+                                                   f"mp3janitor_{uuid.uuid4().hex[:8]}"),
+                            timeout_ms=3000))
+    saved = gridfs_upload.TOUCH_EVERY_S
+    try:
+        gridfs_upload.TOUCH_EVERY_S = 0.0  # the record follows every chunk
+        up = ChunkedUpload(m.db, "mp3s", "a.mp3", chunk_size=4)
+        up.write(b"x" * 4 * (4 * RANGE_CHUNKS + 10))  # more than one delete range
+        fid = up._id
+        assert not delete_file(m.db, "mp3s", fid)  # in progress: no files document
+        assert m.db["mp3s.chunks"].count_documents({"files_id": fid}) == 0
+        assert m.db["mp3s.uploads"].count_documents({"_id": fid}) == 1  # kept for the writer
+        gridfs_upload.TOUCH_EVERY_S = 3600.0  # the writer dies before its next refresh
+        up.write(b"y" * 4 * 3)  # stored after the delete, past the first ranges
+        assert m.db["mp3s.chunks"].count_documents({"files_id": fid}) == 3
+        janitor = OrphanChunkJanitor(m.db, max_age_s=60, interval_s=60, bucket="mp3s")
+        assert janitor.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)) == 3
+        assert m.db["mp3s.chunks"].count_documents({}) == 0
+        assert m.db["mp3s.uploads"].count_documents({}) == 0
+    finally:
+        gridfs_upload.TOUCH_EVERY_S = saved
+        m.client.drop_database(m.db.name)
+        m.close()
+
+
+def test_gateway_killed_mid_upload_leaves_orphans_that_the_janitor_removes(mesh, mesh_factory, mongo):
     age = 3
-    stack = mesh_factory(services=("gateway",), ORPHAN_CHUNK_AGE_S=age, JANITOR_INTERVAL_S=0.5)
+    stack = mesh_factory(services=("gateway",), AUTH_ADDR=mesh.auth_addr, ORPHAN_CHUNK_AGE_S=age,
+                         JANITOR_INTERVAL_S=0.5)
     user = User(stack)
     before = chunk_owners(mongo)
     body = Sender(total=8 * MiB, send=1 * MiB, filename="killed.mp4")

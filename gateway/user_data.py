@@ -1,0 +1,27 @@
+"""Everything one user owns in MongoDB, deleted (DeleteMyData, for account deletion).
+
+Idempotent, so a retry after a partial failure finishes the job. GridFS files
+go before the jobs that point at them, each a bounded range of chunks per
+query (common/gridfs_download.delete_file; an unbounded chunk query can make
+the store build its whole result); a conversion running meanwhile may still
+write its MP3, which the converter drops once it finds its job gone.
+"""
+from __future__ import annotations
+
+from common.gridfs_download import delete_file
+from common.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
+
+
+def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:
+    """(jobs, videos, MP3s) deleted."""
+    counts = []
+    for bucket in (VIDEOS_BUCKET, MP3S_BUCKET):
+        n = 0
+        for doc in mongo.db[f"{bucket}.files"].find({"metadata.user_id": user_id}, {"_id": 1}):
+            if delete_file(mongo.db, bucket, doc["_id"]):  # False: deleted concurrently
+                n += 1
+        counts.append(n)
+    jobs = mongo.jobs.delete_many({"user_id": user_id}).deleted_count
+    # Upload reservations (gateway/request_ids.py) go too: nothing of the user is kept.
+    mongo.db["requests"].delete_many({"user_id": user_id})
+    return jobs, counts[0], counts[1]
