@@ -9,7 +9,7 @@ from auth.config import AuthConfig
 from auth.passwords import Passwords
 from auth.service import SERVICE_NAME, AuthService
 from auth.users import UserRepository
-from common import grpc_server
+from common import grpc_server, metrics, tracing
 from common.health import DependencyMonitor
 from common.logging import setup_logging
 from common.settings import load
@@ -19,7 +19,9 @@ log = logging.getLogger("auth")
 
 def main() -> None:
     setup_logging("auth")
+    tracing.setup_tracing("auth")
     cfg = load(AuthConfig)
+    metrics.serve(cfg.metrics_port)
     cfg.tokens.warn_if_insecure(log)
 
     users = UserRepository(cfg.mysql)

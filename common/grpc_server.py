@@ -1,7 +1,8 @@
 """The one way every service builds, runs and stops its gRPC server.
 
 Each server gets: a bounded thread pool, explicit message-size limits, the
-one error-to-status interceptor (common/errors.py), the standard
+observing interceptor (common/observe.py: request id, span, metrics, one log
+line per RPC), the one error-to-status interceptor (common/errors.py), the standard
 grpc.health.v1 service, server reflection (so `grpcurl list` works without
 .proto files) and a graceful SIGTERM/SIGINT stop.
 """
@@ -18,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.errors import ErrorInterceptor
+from common.observe import ObserveInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,9 @@ def build_server(
     services = list(services)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        # First, so errors raised by the other interceptors get a rich status too.
-        interceptors=[ErrorInterceptor(), *interceptors],
+        # Observe outermost, so it sees the status the error interceptor sets;
+        # errors next, so errors raised by the other interceptors get a rich status too.
+        interceptors=[ObserveInterceptor(), ErrorInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

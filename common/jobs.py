@@ -7,7 +7,8 @@ is a conditional update, so a job that is DONE can never be redone.
 Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
-complete_time}.
+complete_time, trace}; `trace` is the upload's request id and trace context
+(common/tracing.carrier), so a job the outbox publishes later keeps them.
 
 Readers get a `Job` (a snapshot of the document); the document itself keeps
 its format, states stored as their names.
@@ -75,6 +76,7 @@ class Job:
     create_time: dt.datetime | None = None
     update_time: dt.datetime | None = None
     complete_time: dt.datetime | None = None
+    trace: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -99,6 +101,7 @@ class Job:
             create_time=doc.get("create_time"),
             update_time=doc.get("update_time"),
             complete_time=doc.get("complete_time"),
+            trace=dict(doc.get("trace") or {}),
         )
 
 
@@ -126,7 +129,7 @@ class JobStore:
 
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
-               options: media_pb2.ConversionOptions) -> Job:
+               options: media_pb2.ConversionOptions, trace: dict | None = None) -> Job:
         t = now()
         doc = {
             "_id": job_id,
@@ -148,6 +151,7 @@ class JobStore:
             "create_time": t,
             "update_time": t,
             "complete_time": None,
+            "trace": dict(trace or {}),
         }
         self.c.insert_one(doc)
         return Job.from_doc(doc)
@@ -160,6 +164,18 @@ class JobStore:
             {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}},
             limit=limit,
         )]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (one aggregate query; for metrics)."""
+        return {d["_id"]: d["n"] for d in self.c.aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}])
+                if d["_id"]}
+
+    def unpublished_summary(self) -> tuple[int, dt.datetime | None]:
+        """(how many QUEUED jobs are unpublished, the oldest one's create_time); for metrics."""
+        found = list(self.c.aggregate([
+            {"$match": {"published": False, "state": QUEUED}},
+            {"$group": {"_id": None, "n": {"$sum": 1}, "oldest": {"$min": "$create_time"}}}]))
+        return (found[0]["n"], found[0]["oldest"]) if found else (0, None)
 
     def get_for_user(self, job_id: str, user_id: str) -> Job | None:
         return _job(self.c.find_one({"_id": job_id, "user_id": user_id}))

@@ -24,6 +24,10 @@ class ConverterConfig:
     # lease has run out (its worker died) may be taken over by a redelivery,
     # which waits that long at most. Longer than any pause in progress.
     lease_s: float = setting("CONVERTER_LEASE_S", 15.0)
+    # Prometheus /metrics, summed over the workers by the supervisor; 0: off.
+    metrics_port: int = setting("CONVERTER_METRICS_PORT", 9103, minimum=0)
+    # How often the supervisor checks MongoDB and RabbitMQ (video2mp3_dependency_up).
+    dependency_check_s: float = setting("CONVERTER_CHECK_INTERVAL_S", 5.0, minimum=0.1)
 
     @property
     def workers(self) -> int:

@@ -8,7 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import grpc_server, jobs
+from common import grpc_server, jobs, metrics, tracing
 from common.health import DependencyMonitor
 from common.logging import setup_logging
 from common.mongo import Mongo
@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
 from gateway.outbox import Outbox
 from gateway.service import MediaService
+from gateway.stats import JobStats
 from gateway.uploads import Uploads
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
@@ -28,7 +29,7 @@ log = logging.getLogger("gateway")
 
 def auth_health_check(addr: str):
     """MySQL is behind the auth service; its grpc.health.v1 status says whether it is reachable."""
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(addr))
+    stub = health_pb2_grpc.HealthStub(tracing.client_channel(addr))
 
     def check():
         try:
@@ -43,7 +44,9 @@ def auth_health_check(addr: str):
 
 def main() -> None:
     setup_logging("gateway")
+    tracing.setup_tracing("gateway")
     cfg = load(GatewayConfig)
+    metrics.serve(cfg.metrics_port)
     cfg.tokens.warn_if_insecure(log)
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
@@ -71,8 +74,10 @@ def main() -> None:
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
                                  interval_s=cfg.janitor_interval_s).start()
+    stats = JobStats(job_store, cfg.job_stats_interval_s).start()
 
     def on_stop():
+        stats.stop()
         outbox.stop()
         janitor.stop()
         monitor.stop()

@@ -1,7 +1,8 @@
 """Render deploy/envoy.yaml for a particular run: the one place that patches it.
 
 deploy/envoy.yaml holds the defaults (listener :8000, auth 127.0.0.1:50051,
-media 127.0.0.1:50052, admin 127.0.0.1:9901, descriptor gen/descriptor.pb).
+media 127.0.0.1:50052, admin 127.0.0.1:9901, metrics listener :9902,
+descriptor gen/descriptor.pb).
 `python -m localmesh`, the tests and the container images all start Envoy from a
 copy rendered here with other ports, upstream addresses or descriptor path.
 
@@ -50,6 +51,8 @@ class EnvoySettings:
     descriptor: Path | None = setting("ENVOY_DESCRIPTOR", None)
     binary: str | None = setting("ENVOY_BIN", None)
     log_level: str = setting("ENVOY_LOG_LEVEL", "info")
+    # /stats/prometheus and /ready of the admin interface, on all addresses; 0: none.
+    metrics_port: int = setting("ENVOY_METRICS_PORT", 9902, minimum=0)
     # Worker threads; 0 lets Envoy take one per core.
     concurrency: int = setting("ENVOY_CONCURRENCY", 2)
 
@@ -59,8 +62,20 @@ def load_template(path: str | os.PathLike = TEMPLATE) -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
+METRICS_LISTENER = "metrics"
+ADMIN_CLUSTER = "envoy_admin"
+# The JSON access log's fields as one line, for a terminal (`make run`).
+TEXT_ACCESS_LOG = ("[%START_TIME%] rid=%REQ(X-REQUEST-ID)% %PROTOCOL% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% -> "
+                   "%REQ(:PATH)% %RESPONSE_CODE% grpc=%GRPC_STATUS% flags=%RESPONSE_FLAGS% rx=%BYTES_RECEIVED% "
+                   "tx=%BYTES_SENT% %DURATION%ms cluster=%UPSTREAM_CLUSTER%\n")
+
+
 def _listener(cfg: dict) -> dict:
     return cfg["static_resources"]["listeners"][0]
+
+
+def _named_listener(cfg: dict, name: str) -> dict | None:
+    return next((x for x in cfg["static_resources"]["listeners"] if x["name"] == name), None)
 
 
 def _hcm(cfg: dict) -> dict:
@@ -104,11 +119,17 @@ def build(
     admin_port: int | None = None,
     descriptor: str | os.PathLike | None = None,
     access_log: bool = True,
+    access_log_format: str = "json",
+    metrics_port: int | None = None,
+    metrics_address: str | None = None,
     template: dict | None = None,
 ) -> dict[str, Any]:
     """The patched config as a dict. None keeps the template's value, except
     `descriptor`, which defaults to this checkout's gen/descriptor.pb as an
-    absolute path (so Envoy can run from any working directory)."""
+    absolute path (so Envoy can run from any working directory), and
+    `metrics_port`: the metrics listener is kept only when a port is given
+    (so Envoys started side by side in tests never fight over :9902).
+    `access_log_format`: "json" (the template's) or "text"."""
     cfg = copy.deepcopy(template if template is not None else load_template())
     lsock = _listener(cfg)["address"]["socket_address"]
     if listen_address is not None:
@@ -120,6 +141,16 @@ def build(
         asock["address"] = admin_address
     if admin_port is not None:
         asock["port_value"] = int(admin_port)
+    _set_endpoint(_cluster(cfg, ADMIN_CLUSTER), ("127.0.0.1", asock["port_value"]))
+    metrics = _named_listener(cfg, METRICS_LISTENER)
+    if metrics is not None:
+        if not metrics_port:
+            cfg["static_resources"]["listeners"].remove(metrics)
+        else:
+            msock = metrics["address"]["socket_address"]
+            msock["port_value"] = int(metrics_port)
+            if metrics_address is not None:
+                msock["address"] = metrics_address
     if auth is not None:
         _set_endpoint(_cluster(cfg, "auth"), auth)
     if media is not None:
@@ -127,6 +158,9 @@ def build(
     transcoder(cfg)["proto_descriptor"] = str(Path(descriptor or DESCRIPTOR).resolve())
     if not access_log:
         _hcm(cfg).pop("access_log", None)
+    elif access_log_format == "text":
+        for entry in _hcm(cfg).get("access_log", []):
+            entry["typed_config"]["log_format"] = {"text_format_source": {"inline_string": TEXT_ACCESS_LOG}}
     return cfg
 
 
@@ -200,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="HOST:PORT of MediaService (default $MEDIA_ADDR, 127.0.0.1:50052)")
     p.add_argument("--admin-address")
     p.add_argument("--admin-port", type=int)
+    p.add_argument("--metrics-port", type=int, default=s.metrics_port,
+                   help="the /stats/prometheus + /ready listener (default $ENVOY_METRICS_PORT, 9902; 0: none)")
     p.add_argument("--descriptor")
     p.add_argument("--exec", action="store_true",
                    help="then replace this process with Envoy running the rendered file "
@@ -213,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         media=a.media,
         admin_address=a.admin_address,
         admin_port=a.admin_port,
+        metrics_port=a.metrics_port,
         descriptor=a.descriptor,
     )
     if not a.exec:
