@@ -23,6 +23,11 @@ from common.observe import ObserveInterceptor
 
 log = logging.getLogger(__name__)
 
+# A grpc.health.v1 service name that is SERVING while the server runs,
+# whatever its dependencies: what Kubernetes' liveness probe asks for, so an
+# outage takes pods out of rotation (readiness, service "") without restarting them.
+LIVENESS = "liveness"
+
 # Upload chunks from Envoy are well under 1 MiB; 4 MiB leaves room without
 # letting one message eat memory.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -71,6 +76,7 @@ def build_server(
         s.add_to_server(s.servicer, server)
         health_servicer.set(s.full_name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         [s.full_name for s in services] + list(also_reflect)
         + [health.SERVICE_NAME, reflection.SERVICE_NAME], server

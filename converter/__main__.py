@@ -77,8 +77,9 @@ def main() -> None:
 
     metrics.serve(cfg.metrics_port)
     mongo, publisher = Mongo(cfg.mongo), Publisher(cfg.rabbit)
+    # The check also services the connection's heartbeats: at least two per heartbeat period.
     monitor = DependencyMonitor({"mongodb": mongo.ping, "rabbitmq": publisher.check}, None, [],
-                                interval=cfg.dependency_check_s)
+                                interval=min(cfg.dependency_check_s, cfg.rabbit.heartbeat / 2))
     workers = {i: start(i) for i in range(cfg.workers)}
     log.info("started %d worker(s) on queue %s", cfg.workers, cfg.rabbit.queue)
     # First check in the background: a dependency that is down must not delay the workers.
