@@ -14,6 +14,7 @@ ends with the stream.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import logging
 import time
 
@@ -68,7 +69,10 @@ class _Call:
 
     def leave(self) -> None:
         otel_context.detach(self._otel)
-        self._rid.__exit__(None, None, None)
+        # A stream abandoned by its client may be closed by the garbage
+        # collector, in another context than it was entered in.
+        with contextlib.suppress(ValueError):
+            self._rid.__exit__(None, None, None)
 
     def stream(self, responses):
         self.enter()

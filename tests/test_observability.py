@@ -64,6 +64,9 @@ def journey(module_mesh_factory, clip, tmp_path_factory):
         job = client.upload(clip, filename="traced.mp4")
     done = client.wait(job.job_id)
     assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    with pytest.raises(grpc.RpcError) as missing:  # an error status is counted under its code
+        client.media.GetJob(media_pb2.GetJobRequest(job_id="no-such-job"), metadata=client.md, timeout=10)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
     # Gauges are read periodically, counters at once: wait until they settle.
     def settled():
@@ -98,6 +101,7 @@ def test_one_upload_moves_each_counter_by_what_it_did(journey):
 
     # gateway: one upload of `size` bytes, one task published and confirmed.
     assert d("gateway", "video2mp3_grpc_server_handled_total", grpc_method="UploadVideo", grpc_code="OK") == 1
+    assert d("gateway", "video2mp3_grpc_server_handled_total", grpc_method="GetJob", grpc_code="NOT_FOUND") == 1
     assert d("gateway", "video2mp3_grpc_server_handling_seconds_count", grpc_method="UploadVideo") == 1
     assert d("gateway", "video2mp3_upload_bytes_total") == size
     assert d("gateway", "video2mp3_upload_duration_seconds_count") == 1
@@ -276,3 +280,52 @@ def test_the_uploads_spans_form_one_trace(journey):
     assert server["attributes"]["rpc.grpc.status_code"] == 0
     assert convert["attributes"]["video2mp3.job_id"] == journey["job"].job_id
     assert consume["attributes"]["video2mp3.request_id"] == server["attributes"]["video2mp3.request_id"]
+
+
+# ------------------------------------------------------------------ in a process of their own
+
+def _run(code: str, **env) -> str:
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACE_", "LOG_"))}
+    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return r.stdout + r.stderr
+
+
+TRACING_PROBE = """
+import sys
+from opentelemetry import trace
+from common import tracing
+tracing.setup_tracing("x")
+print(type(trace.get_tracer_provider()).__name__, "opentelemetry.sdk" in sys.modules)
+"""
+
+
+def test_without_an_otlp_endpoint_no_tracing_sdk_is_loaded():
+    assert _run(TRACING_PROBE).split() == ["ProxyTracerProvider", "False"]
+    out = _run(TRACING_PROBE, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
+    assert out.split()[:2] == ["TracerProvider", "True"]
+
+
+LOGGING_PROBE = """
+import logging
+from common import request_id
+from common.logging import setup_logging
+setup_logging("gateway", worker=3)
+with request_id.bound("rid-1", job_id="job-1"):
+    logging.getLogger("t").info("hello %s", "there", extra={"step": "queued"})
+"""
+
+
+def test_log_lines_are_json_by_default_and_text_on_request():
+    (line,) = [x for x in _run(LOGGING_PROBE).splitlines() if x]
+    entry = json.loads(line)
+    assert entry["message"] == "hello there" and entry["level"] == "INFO" and entry["service"] == "gateway"
+    assert (entry["request_id"], entry["job_id"], entry["worker"], entry["step"]) == ("rid-1", "job-1", 3, "queued")
+    assert entry["time"].endswith("+00:00")
+    (line,) = [x for x in _run(LOGGING_PROBE, LOG_FORMAT="text").splitlines() if x]
+    assert line.endswith("gateway[3] INFO t: hello there [request_id=rid-1 job_id=job-1]"), line
