@@ -96,7 +96,8 @@ def multiprocess_registry() -> CollectorRegistry:
 
 def serve(port: int, *, registry: CollectorRegistry | None = None, addr: str = "0.0.0.0"):
     """Serve /metrics on `port` in a daemon thread; port 0 serves nothing.
-    Returns the HTTP server (or None)."""
+    Returns the HTTP server (or None). A port in use is logged, not fatal:
+    the service matters more than its metrics (and the scrape's `up` says so)."""
     if port <= 0:
         return None
     if registry is None and os.environ.get(MULTIPROC_ENV):
@@ -105,7 +106,8 @@ def serve(port: int, *, registry: CollectorRegistry | None = None, addr: str = "
         server, _thread = prometheus_client.start_http_server(
             port, addr=addr, registry=registry or prometheus_client.REGISTRY)
     except OSError as e:
-        raise SystemExit(f"cannot serve metrics on {addr}:{port}: {e}") from None
+        log.error("cannot serve metrics on %s:%d (%s); running without them", addr, port, e)
+        return None
     log.info("metrics on :%d/metrics", port)
     return server
 

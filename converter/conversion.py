@@ -117,7 +117,8 @@ class JobRunner:
                 metrics.CONVERSIONS.labels("interrupted").inc()
                 return Outcome.HAND_BACK
         self._delete_leftovers(job_id, [f for f in before.pending_mp3_fids if f != mp3_fid])
-        log.info("job %s: converting %s (attempt %d)", job_id, before.filename, before.attempts + 1)
+        log.info("job %s: converting %s (attempt %d)", job_id, before.filename, before.attempts + 1,
+                 extra={"step": "converting"})
         with tracing.tracer().start_as_current_span(
                 "convert", attributes={"video2mp3.job_id": job_id, "video2mp3.attempt": before.attempts + 1,
                                        "video2mp3.video_bytes": before.video_size}) as span:

@@ -47,10 +47,12 @@ def journey(module_mesh_factory, clip, tmp_path_factory):
     stack = module_mesh_factory(TRACE_SPANS_DIR=spans_dir, JOB_STATS_INTERVAL_S="0.3",
                                 CONVERTER_CHECK_INTERVAL_S="0.3", CONVERTER_WORKERS="2")
     assert set(stack.metrics_urls) == {"auth", "gateway", "converter", "envoy"}
-    # The dependency gauges exist once each service has checked.
+    # Every service has seen every dependency up (the gateway's first look at
+    # auth may have been before auth was serving).
+    deps = {"auth": ("mysql",), "gateway": ("mongodb", "rabbitmq", "mysql"), "converter": ("mongodb", "rabbitmq")}
     wait_for("dependency checks", lambda: all(
-        scrape(stack.metrics_urls[n]).has("video2mp3_dependency_up") for n in ("auth", "gateway", "converter")),
-        timeout=30)
+        scrape(stack.metrics_urls[n]).value("video2mp3_dependency_up", dependency=d) == 1
+        for n, ds in deps.items() for d in ds), timeout=30)
     before = scrape_all(stack)
 
     provider = TracerProvider()
@@ -236,7 +238,7 @@ def test_request_id_follows_the_upload_from_envoy_to_the_converter(journey):
     assert all(line.get("job_id") == job_id for line in gateway if line.get("step"))
 
     converter = [line for line in logs["converter"] if line.get("request_id") == rid]
-    assert any("converting" in line["message"] for line in converter), converter
+    assert any(line.get("step") == "converting" for line in converter), converter
     done = [line for line in converter if line.get("step") == "done"]
     assert len(done) == 1 and done[0]["job_id"] == job_id and "worker" in done[0]
     # ...and no other request's lines carry it.
