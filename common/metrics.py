@@ -45,6 +45,11 @@ JOBS = Gauge("video2mp3_jobs", "Jobs in MongoDB by state, counted every JOB_STAT
 OUTBOX_BACKLOG = Gauge("video2mp3_outbox_backlog", "QUEUED jobs RabbitMQ has not confirmed yet")
 OUTBOX_OLDEST_AGE = Gauge("video2mp3_outbox_oldest_age_seconds",
                           "Age of the oldest job RabbitMQ has not confirmed yet (0: none)")
+JOBS_DELETED = Counter("video2mp3_jobs_deleted",
+                       "Jobs deleted on request, by whom: owner (DeleteJob), account (DeleteMyData)", ["by"])
+RETENTION_DELETED = Counter("video2mp3_retention_deleted",
+                            "What the retention sweep deleted, by kind: videos, mp3s, jobs", ["kind"])
+WATCHERS = Gauge("video2mp3_watchers", "WatchJob streams open on this gateway")
 OUTBOX_REPUBLISHED = Counter("video2mp3_outbox_republished", "Jobs the outbox published after a failed publish")
 
 # ---------------------------------------------------------------- RabbitMQ (gateway, converter)
@@ -66,7 +71,7 @@ QUEUE_CONSUMERS = Gauge("video2mp3_queue_consumers", "Consumers of a queue, read
 # ---------------------------------------------------------------- conversions (converter)
 CONVERSIONS = Counter(
     "video2mp3_conversions", "Conversion attempts by outcome: done, failed (bad input), superseded, "
-    "duplicate, interrupted (shutdown), error (unexpected; requeued), dropped", ["outcome"])
+    "duplicate, interrupted (shutdown), error (unexpected; requeued), deleted (the job was deleted)", ["outcome"])
 CONVERSION_SECONDS = Histogram(
     "video2mp3_conversion_seconds", "Wall time of a successful conversion",
     buckets=(.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600))

@@ -2,6 +2,8 @@
 bounded timeouts, and the collections/buckets both sides use."""
 from __future__ import annotations
 
+from typing import Any
+
 import gridfs
 import pymongo
 from pymongo.uri_parser import parse_uri
@@ -16,7 +18,7 @@ MP3S_BUCKET = "mp3s"
 class Mongo:
     def __init__(self, settings: MongoSettings):
         t = settings.timeout_ms
-        self.client = pymongo.MongoClient(
+        self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             settings.uri,
             serverSelectionTimeoutMS=t,
             connectTimeoutMS=t,

@@ -12,11 +12,11 @@ import json
 import logging
 import threading
 from queue import SimpleQueue
-from typing import Any
 
 import pika
 import pika.exceptions
 from google.protobuf import json_format
+from pika.adapters.blocking_connection import BlockingChannel
 from video2mp3.media.v1 import queue_pb2
 
 from common import metrics, tracing
@@ -96,7 +96,7 @@ class Publisher:
     def __init__(self, settings: RabbitSettings):
         self.s = settings
         self._conn: pika.BlockingConnection | None = None
-        self._channel = None
+        self._channel: BlockingChannel | None = None
         self._calls: SimpleQueue = SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="amqp-publisher", daemon=True)
         self._thread.start()
@@ -121,12 +121,19 @@ class Publisher:
             future.cancel()
             raise PublishError(f"RabbitMQ did not {what} within {self.s.timeout_s:g}s") from None
 
-    def _open(self):
-        self._conn = pika.BlockingConnection(connection_parameters(self.s))
-        ch = self._conn.channel()
+    def _open(self) -> tuple[pika.BlockingConnection, BlockingChannel]:
+        conn = self._conn = pika.BlockingConnection(connection_parameters(self.s))
+        ch = conn.channel()
         ch.confirm_delivery()
         declare_topology(ch, self.s.queue)
         self._channel = ch
+        return conn, ch
+
+    def _connected(self) -> tuple[pika.BlockingConnection, BlockingChannel]:
+        """The open connection and its channel, (re)opened if need be."""
+        if self._conn is None or self._channel is None or self._conn.is_closed:
+            return self._open()
+        return self._conn, self._channel
 
     def _drop(self):
         conn, self._conn, self._channel = self._conn, None, None
@@ -163,10 +170,9 @@ class Publisher:
             # dropped by the broker since the last publish.
             for attempt in (1, 2):
                 try:
-                    if self._channel is None or self._conn.is_closed:
-                        self._open()
-                    self._conn.process_data_events(0)  # service heartbeats
-                    self._channel.basic_publish("", self.s.queue, body, props, mandatory=True)
+                    conn, channel = self._connected()
+                    conn.process_data_events(0)  # service heartbeats
+                    channel.basic_publish("", self.s.queue, body, props, mandatory=True)
                     return
                 except (pika.exceptions.AMQPError, OSError) as e:
                     self._drop()
@@ -180,10 +186,8 @@ class Publisher:
         queues' depth and consumers (video2mp3_queue_messages / _consumers)."""
         def check():
             try:
-                if self._channel is None or self._conn.is_closed:
-                    self._open()
-                self._conn.process_data_events(0)
-                channel: Any = self._channel
+                conn, channel = self._connected()
+                conn.process_data_events(0)
                 for queue in (self.s.queue, dead_letter_queue(self.s.queue)):
                     ok = channel.queue_declare(queue, passive=True).method
                     metrics.QUEUE_MESSAGES.labels(queue).set(ok.message_count)

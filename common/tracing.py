@@ -67,7 +67,7 @@ def setup_tracing(service: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if s.spans_dir is not None:
         path = s.spans_dir / f"{service}-{os.getpid()}.jsonl"
-        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(path)))
+        provider.add_span_processor(SimpleSpanProcessor(json_lines_exporter(path)))
     trace.set_tracer_provider(provider)
     _provider = provider
     atexit.register(shutdown)
@@ -81,29 +81,32 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-class JsonLinesExporter:
-    """A SpanExporter writing each finished span as one JSON line (tests)."""
+def json_lines_exporter(path: Path):
+    """A SpanExporter writing each finished span as one JSON line (tests).
+    Defined on first use: the SDK is imported only when something records."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the process's life
-        self._lock = threading.Lock()
+    class JsonLinesExporter(SpanExporter):
+        def __init__(self):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the process's life
+            self._lock = threading.Lock()
 
-    def export(self, spans):
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        def export(self, spans):
+            with self._lock:
+                for span in spans:
+                    self._file.write(json.dumps(json.loads(span.to_json())) + "\n")
+                self._file.flush()
+            return SpanExportResult.SUCCESS
 
-        with self._lock:
-            for span in spans:
-                self._file.write(json.dumps(json.loads(span.to_json())) + "\n")
-            self._file.flush()
-        return SpanExportResult.SUCCESS
+        def shutdown(self) -> None:
+            with self._lock:
+                self._file.close()
 
-    def shutdown(self) -> None:
-        with self._lock:
-            self._file.close()
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return True
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    return JsonLinesExporter()
 
 
 # ---------------------------------------------------------------- propagation

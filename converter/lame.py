@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Literal
 
 import lameenc
 
@@ -32,7 +33,7 @@ class _SystemLame:
 
     name = "system"
     input_format = "fltp"  # LAME's float path is the fastest (see above)
-    _lib = None
+    _lib: ctypes.CDLL | Literal[False] | None = None  # None: not probed yet; False: unusable
 
     @classmethod
     def available(cls) -> bool:
@@ -55,7 +56,10 @@ class _SystemLame:
     def __init__(self, sample_rate: int, channels: int, bitrate_kbps: int,
                  vbr_quality: int | None, quality: int) -> None:
         lib = self._lib
-        self._gfp = ctypes.c_void_p(lib.lame_init())
+        if not lib:
+            raise RuntimeError("libmp3lame is not available (check available() first)")
+        self._lame = lib
+        self._gfp: ctypes.c_void_p | None = ctypes.c_void_p(lib.lame_init())
         if not self._gfp:
             raise MemoryError("lame_init failed")
         g = self._gfp
@@ -79,7 +83,7 @@ class _SystemLame:
         """Float samples in -1..1, one plane per channel."""
         samples = len(planes[0]) // 4
         out = self._buffer(samples * 5 // 4 + 7200)  # LAME's documented worst case
-        n = self._lib.lame_encode_buffer_ieee_float(
+        n = self._lame.lame_encode_buffer_ieee_float(
             self._gfp, planes[0], planes[-1], samples, out, len(out))  # mono: right is ignored
         if n < 0:
             raise RuntimeError(f"LAME encode failed ({n})")
@@ -87,7 +91,7 @@ class _SystemLame:
 
     def flush(self) -> bytes:
         out = self._buffer(7200 * 4)
-        n = self._lib.lame_encode_flush(self._gfp, out, len(out))
+        n = self._lame.lame_encode_flush(self._gfp, out, len(out))
         return out.raw[:max(n, 0)]
 
     def _buffer(self, size: int):
@@ -96,8 +100,8 @@ class _SystemLame:
         return self._out
 
     def __del__(self) -> None:
-        if getattr(self, "_gfp", None) and self._lib:
-            self._lib.lame_close(self._gfp)
+        if getattr(self, "_gfp", None):  # set only once self._lame is
+            self._lame.lame_close(self._gfp)
             self._gfp = None
 
 
@@ -134,7 +138,7 @@ class _LameEnc:
         return bytes(self._enc.flush())
 
 
-_BACKENDS = {"system": _SystemLame, "lameenc": _LameEnc}
+_BACKENDS: dict[str, type[_SystemLame] | type[_LameEnc]] = {"system": _SystemLame, "lameenc": _LameEnc}
 
 
 def backend_name(preferred: str | None = None) -> str:

@@ -28,11 +28,16 @@ def open_mp3(mongo: Mongo, mp3_fid: ObjectId, job: Job) -> ChunkedUpload:
 def patch_bytes(mongo: Mongo, file_id: ObjectId, offset: int, data: bytes) -> None:
     """Overwrite len(data) bytes at `offset` of a stored GridFS file."""
     files, chunks = mongo.db[f"{MP3S_BUCKET}.files"], mongo.db[f"{MP3S_BUCKET}.chunks"]
-    chunk_size = files.find_one({"_id": file_id}, {"chunkSize": 1})["chunkSize"]
+    doc = files.find_one({"_id": file_id}, {"chunkSize": 1})
+    if doc is None:
+        raise ValueError(f"no GridFS file {file_id} to patch")
+    chunk_size = doc["chunkSize"]
     pos = 0
     while pos < len(data):
         n, within = divmod(offset + pos, chunk_size)
         chunk = chunks.find_one({"files_id": file_id, "n": n})
+        if chunk is None:
+            raise ValueError(f"patch at {offset} runs past the end of file {file_id}")
         buf = bytearray(chunk["data"])
         take = min(len(data) - pos, len(buf) - within)
         if take <= 0:

@@ -48,14 +48,16 @@ class Mp3Output:
     def finish(self, delay: int, padding: int) -> tuple[int, bytes]:
         """The real info frame, as (offset in the file, bytes) to patch in."""
         scanner = self.scanner
+        first = scanner.first
+        assert first is not None, "finish() before any audio frame was written"
         # Copied streams say they are VBR only by their varying bitrates.
         vbr = self._params.vbr or scanner.min_kbps != scanner.max_kbps
         # The tag's bitrate byte: the real CBR bitrate (LAME may have lowered
         # the one asked for, e.g. for MPEG-2 rates), or the VBR minimum.
-        kbps = scanner.min_kbps if vbr else scanner.first.bitrate_kbps
+        kbps = scanner.min_kbps if vbr else first.bitrate_kbps
         params = dataclasses.replace(self._params, vbr=vbr, bitrate_kbps=kbps)
         frame = mp3tags.build_info_frame(
-            scanner.first, params,
+            first, params,
             frames=scanner.frames,
             music_bytes=scanner.bytes,
             toc=mp3tags.build_toc(scanner),

@@ -100,7 +100,9 @@ def with_bitrate(header: FrameHeader, kbps: int) -> FrameHeader:
         (table.index(kbps) << 4) | (header.raw[2] & 0x0C),     # keep rate, clear padding/private
         header.raw[3] & 0xCF,                                  # clear mode extension
     ))
-    return parse_header(raw)
+    new = parse_header(raw)
+    assert new is not None, "a valid header with a valid bitrate parses"
+    return new
 
 
 # --- CRC-16 (the "ARC" variant: poly 0x8005 reflected, init 0) -------------

@@ -210,6 +210,7 @@ class _Progress:
     def __init__(self, callback: ProgressCallback | None, stream) -> None:
         self._callback = callback
         self._last = 0.0
+        self._fraction = 0.0
         tb = stream.time_base
         self._start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
         self._duration = _declared_duration(stream)
@@ -222,16 +223,18 @@ class _Progress:
 
     def frame(self, item) -> None:
         if self._callback is not None and time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
+            # Unknown position: call anyway (last value), the caller's
+            # lease renewal and cancel check depend on being called.
             fraction = self.fraction(item)
-            if fraction is not None:
-                self.report(fraction)
+            self.report(self._fraction if fraction is None else fraction)
 
     def report(self, fraction: float, force: bool = False) -> None:
         if self._callback is None:
             return
         if force or time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
             self._last = time.monotonic()
-            self._callback(min(1.0, max(0.0, fraction)))
+            self._fraction = max(self._fraction, min(1.0, max(0.0, fraction)))
+            self._callback(self._fraction)
 
 
 def _declared_duration(stream) -> float | None:
@@ -300,8 +303,8 @@ class _Resampler:
         planar = fmt.endswith("p")
         self._planes = channels if planar else 1
         self._bytes_per_sample = av.AudioFormat(fmt).bytes * (1 if planar else channels)
-        self._key = None
-        self._resampler = None
+        self._key: tuple[str, str, int] | None = None
+        self._resampler: av.AudioResampler | None = None
 
     def resample(self, frame) -> Iterator[tuple[tuple[bytes, ...], int]]:
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
@@ -309,6 +312,7 @@ class _Resampler:
             yield from self.flush()
             self._key = key
             self._resampler = av.AudioResampler(format=self._format, layout=self._layout, rate=self._rate)
+        assert self._resampler is not None  # made above for the first frame (no key is None)
         for out in self._resampler.resample(frame):
             yield self._pcm(out)
 
@@ -348,8 +352,8 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
             samples += count
             if last:
                 _check_complete(stream, samples / settings.sample_rate)
-            elif fraction is not None:
-                progress.report(fraction)
+            else:
+                progress.report(0.0 if fraction is None else fraction)
             if count:
                 writer.write(encoder.encode(planes))
         writer.write(encoder.flush())
@@ -362,6 +366,8 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     writer.close()
 
     # LAME puts `delay` samples before the audio and pads the last frame.
+    # Audio was decoded (_check_complete), so LAME produced frames.
+    assert out.scanner.first is not None, "LAME produced no frames"
     total = out.scanner.frames * out.scanner.first.samples_per_frame
     patch = out.finish(LAME_ENCODER_DELAY, total - LAME_ENCODER_DELAY - samples)
     return TranscodeResult(
@@ -402,12 +408,13 @@ def _pcm_batches(container, stream, settings, fmt, progress):
 
 
 def _info_params(settings: opts.Mp3Settings, source_rate: int) -> InfoFrameParams:
+    vbr_quality = settings.vbr_quality  # None: CBR (settings.vbr is False)
     return InfoFrameParams(
         vbr=settings.vbr,
         bitrate_kbps=settings.bitrate_kbps,
-        preset=500 - 10 * settings.vbr_quality if settings.vbr else settings.bitrate_kbps,
+        preset=500 - 10 * vbr_quality if vbr_quality is not None else settings.bitrate_kbps,
         quality=LAME_QUALITY,
-        vbr_quality=settings.vbr_quality if settings.vbr else 4,
+        vbr_quality=vbr_quality if vbr_quality is not None else 4,
         source_rate=source_rate,
     )
 

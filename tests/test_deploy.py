@@ -30,9 +30,15 @@ APPS = ("auth", "gateway", "converter", "envoy")
 GRPC_PORTS = {"auth": 50051, "gateway": 50052}
 METRICS_PORTS = {"auth": 9101, "gateway": 9102, "converter": 9103, "envoy": 9902}
 CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
-SECRETS = {"video2mp3-secret", "video2mp3-auth-keys"}
+AUTH_KEYS_SECRET = "video2mp3-auth-keys"
+SECRETS = {"video2mp3-secret", AUTH_KEYS_SECRET}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|TOKEN|MONGO_URI|_URL$")
-NOT_SECRETS = {"MYSQL_RANDOM_ROOT_PASSWORD", "OTEL_EXPORTER_OTLP_ENDPOINT"}  # a flag; an address
+# A flag; an address; a path (the keys themselves are in a Secret volume).
+NOT_SECRETS = {"MYSQL_RANDOM_ROOT_PASSWORD", "OTEL_EXPORTER_OTLP_ENDPOINT", "AUTH_KEYS_DIR"}
+# The seed's names, less SECRET_KEY: tokens are signed with Ed25519 keys the
+# operator creates (AUTH_KEYS_DIR), never a shared secret.
+SEED_ENV = {"MYSQL_HOST", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DB", "MONGO_URI",
+            "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USER", "RABBITMQ_PASSWORD"}
 
 
 def _docs(text: str) -> list[dict]:
@@ -281,7 +287,7 @@ def test_network_policies_allow_only_the_documented_paths():
         # Our own pods may not: they have no egress to Envoy.
         (8000, "envoy"): {"outside", "monitoring", "keda"},
         (50051, "auth"): {"envoy", "gateway"},
-        (50052, "gateway"): {"envoy"},
+        (50052, "gateway"): {"envoy", "auth"},  # auth: DeleteMe's DeleteMyData
         (3306, "mysql"): {"auth"},
         (27017, "mongo"): {"gateway", "converter"},
         (5672, "rabbitmq"): {"gateway", "converter"},
@@ -307,6 +313,48 @@ def _image_envoy_args() -> dict:
     return {args[i].lstrip("-"): args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
 
 
+def test_services_get_the_seed_settings_and_run_in_production(built):
+    name, docs = built
+    kinds = _by_kind(docs)
+    config = kinds[("ConfigMap", "video2mp3-config")]["data"]
+    given = set(config)
+    for app in ("auth", "gateway", "converter"):
+        (c,) = _pod(kinds[("Deployment", app)])["containers"]
+        assert {r["configMapRef"]["name"] for r in c["envFrom"]} == {"video2mp3-config"}, app
+        given |= set(_env(c))
+    assert SEED_ENV <= given, SEED_ENV - given
+    assert "SECRET_KEY" not in given
+    assert "SECRET_KEY" not in yaml.safe_dump_all(docs)
+    # Auth refuses to start without a signing key.
+    assert config["VIDEO2MP3_ENV"] == "production", name
+    # Auth's DeleteMe asks the gateway to delete the user's data first.
+    assert config["MEDIA_ADDR"] == f"gateway:{GRPC_PORTS['gateway']}"
+    assert config["AUTH_ADDR"] == f"auth:{GRPC_PORTS['auth']}"
+
+
+def test_signing_keys_come_from_a_secret_the_operator_creates(built):
+    _, docs = built
+    kinds = _by_kind(docs)
+    # Not part of the manifests: created with `kubectl create secret generic`.
+    assert ("Secret", AUTH_KEYS_SECRET) not in kinds
+    text = (K8S / "base" / "auth.yaml").read_text()
+    assert "kubectl create secret generic video2mp3-auth-keys --from-file=keys/" in text
+    assert "python -m auth keys rotate --dir keys/" in text
+    pod = _pod(kinds[("Deployment", "auth")])
+    (c,) = pod["containers"]
+    keys_dir = _env(c)["AUTH_KEYS_DIR"]["value"]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == keys_dir)
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == AUTH_KEYS_SECRET
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    # Group-readable (0440) by the pod's fsGroup, as the files are root's.
+    assert volume["secret"]["defaultMode"] & 0o040 and pod["securityContext"]["fsGroup"] == 10001
+    # Only auth holds private keys.
+    for app in ("gateway", "converter", "envoy"):
+        assert AUTH_KEYS_SECRET not in yaml.safe_dump(_pod(kinds[("Deployment", app)])), app
+
+
 def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
@@ -319,7 +367,7 @@ def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
     # The clusters the config routes to are exactly those two upstreams.
     cfg = envoy_config.load_template()
     routed = {r["route"]["cluster"] for vh in envoy_config._hcm(cfg)["route_config"]["virtual_hosts"]
-              for r in vh["routes"]}
+              for r in vh["routes"] if "route" in r}  # (the web page's routes answer directly)
     assert routed == {"auth", "media"}
 
     for name in ("auth", "gateway", "converter"):
@@ -333,6 +381,12 @@ def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
     assert {d: c["condition"] for d, c in services["envoy"]["depends_on"].items()} == {
         "auth": "service_healthy", "gateway": "service_healthy"}
     assert services["envoy"]["build"]["target"] == "envoy"
+    assert "SECRET_KEY" not in COMPOSE.read_text()
+    for name in ("auth", "gateway", "converter"):
+        assert services[name]["environment"]["VIDEO2MP3_ENV"] == "production"
+    keys_dir = services["auth"]["environment"]["AUTH_KEYS_DIR"]
+    assert any(v.split(":")[1] == keys_dir and v.endswith(":ro") for v in services["auth"]["volumes"])
+    assert "python -m auth keys new --dir deploy/keys" in COMPOSE.read_text()
     assert (ROOT / "deploy" / services["auth"]["build"]["context"] / "pyproject.toml").exists()
     # Official images: MySQL 8, RabbitMQ 3.13 with management, MongoDB.
     assert services["mysql"]["image"].startswith("mysql:8")
@@ -374,11 +428,14 @@ def test_dockerfile_copies_only_what_exists_and_the_context_lets_it_through():
     text = DOCKERFILE.read_text()
     sources = _copies(text)
     assert {"requirements", "common", "auth", "gateway", "converter", "ops", "protos", "tools"} <= set(sources)
+    # The envoy image serves the web page from its own copy of web/.
+    assert {"web/index.html", "web/app.js", "web/app.css"} <= set(sources)
     rules = [line for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")]
     included = {r[1:].removesuffix("/**") for r in rules if r.startswith("!")}
     for src in sources:
         assert (ROOT / src).exists(), src
-        assert src in included, f"{src} is copied but the .dockerignore leaves it out"
+        let_through = {"/".join(src.split("/")[:n]) for n in range(1, src.count("/") + 2)} & included
+        assert let_through, f"{src} is copied but the .dockerignore leaves it out"
     for inc in included:
         assert (ROOT / inc).exists(), f".dockerignore lets through {inc}, which does not exist"
 

@@ -313,6 +313,14 @@ def test_without_an_otlp_endpoint_no_tracing_sdk_is_loaded():
     assert out.split()[:2] == ["TracerProvider", "True"]
 
 
+def test_the_converter_supervisor_sets_its_multiprocess_dir_before_prometheus_client_loads():
+    """converter/__main__.py sets PROMETHEUS_MULTIPROC_DIR after loading its
+    config; if anything the config imports loads prometheus_client first, the
+    supervisor's own series (video2mp3_dependency_up...) silently vanish."""
+    probe = "import sys, converter.config\nprint('prometheus_client' in sys.modules)"
+    assert _run(probe).split() == ["False"]
+
+
 LOGGING_PROBE = """
 import logging
 from common import request_id
