@@ -50,6 +50,11 @@ JOBS_DELETED = Counter("video2mp3_jobs_deleted",
 RETENTION_DELETED = Counter("video2mp3_retention_deleted",
                             "What the retention sweep deleted, by kind: videos, mp3s, jobs", ["kind"])
 WATCHERS = Gauge("video2mp3_watchers", "WatchJob streams open on this gateway")
+# Every label value from the start, so a rate() has a series before the first deletion.
+for _by in ("owner", "account"):
+    JOBS_DELETED.labels(_by)
+for _kind in ("videos", "mp3s", "jobs"):
+    RETENTION_DELETED.labels(_kind)
 OUTBOX_REPUBLISHED = Counter("video2mp3_outbox_republished", "Jobs the outbox published after a failed publish")
 
 # ---------------------------------------------------------------- RabbitMQ (gateway, converter)
