@@ -1,7 +1,8 @@
 """The README's sessions work as written.
 
-The shell blocks of "A REST session (curl)" and "A gRPC session (grpcurl)"
-are run with bash, in that order, in one empty directory laid out like the
+The shell blocks of "A REST session (curl)", "A gRPC session (grpcurl)" and
+"The Flask seed's curl session" (the seed README's own commands, with the
+real curl) are run with bash, in one empty directory laid out like the
 repository's root (`.venv` and `tests` linked in), against the test mesh:
 the only change made to them is `localhost:8000` -> the mesh's Envoy, and
 `set -euo pipefail` in front, so a command that fails stops the session.
@@ -21,6 +22,7 @@ from testkit.media import analyse_mp3
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SESSIONS = ("A REST session (curl)", "A gRPC session (grpcurl)")
+SEED_SESSION = "The Flask seed's curl session"
 
 
 def shell_blocks(section: str) -> list[str]:
@@ -79,3 +81,10 @@ def test_readme_error_example_is_what_rest_answers(mesh):
     r = requests.post(f"{mesh.rest_base_url}/v1/login",
                       json={"email": "nobody@example.com", "password": "wrong password"}, timeout=20)
     assert (r.status_code, r.text) == (status, body)
+
+
+def test_the_seeds_curl_session_runs_as_written(mesh, repo_like_dir):
+    out = run_session(SEED_SESSION, mesh.envoy_addr, repo_like_dir)
+    assert '"status":"healthy","mongodb":"connected","rabbitmq":"connected"' in out
+    duration, freq, _, _ = analyse_mp3(repo_like_dir / "video.mp3")  # named by Content-Disposition
+    assert abs(duration - 5.0) < 0.1 and abs(freq - 440) < 5
