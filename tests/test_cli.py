@@ -110,11 +110,10 @@ def test_convert_two_files_at_once_in_a_terminal(env, user, clip, wav, tmp_path)
     assert re.search(r"uploading\s+tone\.wav .*\d+\.\d/11\.5 MB .*/s eta", screen), screen[-3000:]
     assert re.search(r"converting\s+(tone\.wav|fête à Paris\.mp4) .*\d+%", screen)
     assert "━" in screen
-    for name, source in (("tone.mp3", wav), ("fête à Paris.mp3", unicode_clip)):
+    for name in ("tone.mp3", "fête à Paris.mp3"):
         mp3 = out / name
         assert f"-> {mp3} (" in screen  # the one-line summary
-        duration, freq, _, _ = analyse_mp3(mp3)
-        assert abs(freq - 440) < 5
+        assert abs(analyse_mp3(mp3)[1] - 440) < 5
     assert abs(analyse_mp3(out / "tone.mp3")[0] - 60.0) < 0.1
 
 
