@@ -5,8 +5,9 @@ The shell blocks of "A REST session (curl)", "A gRPC session (grpcurl)" and
 real curl) are run with bash; "The command line client" in a pseudo-terminal,
 typing the passwords it asks for, with VIDEO2MP3_SERVER set to the mesh's
 Envoy. All are run in one empty directory laid out like the repository's
-root (`.venv` and `testkit` linked in), against the test mesh: the only change made to them is `localhost:8000` -> the mesh's Envoy, and
-`set -euo pipefail` in front, so a command that fails stops the session.
+root (`.venv` and `testkit` linked in), against the test mesh: the only
+change made to them is `localhost:8000` -> the mesh's Envoy, and `set -euo
+pipefail` in front, so a command that fails stops the session.
 """
 from __future__ import annotations
 
