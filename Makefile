@@ -33,7 +33,7 @@ node_modules/.installed: package.json package-lock.json
 # Python stubs and Envoy's descriptor set: tools/codegen.py, the one recipe
 # (the Dockerfile runs it too).
 protos: gen/.stamp
-gen/.stamp: $(PROTO_SRC) tools/codegen.py $(VENV)/.deps
+gen/.stamp: $(PROTO_SRC) tools/codegen.py tools/openapi.py $(VENV)/.deps
 	$(PY) tools/codegen.py gen
 	touch $@
 

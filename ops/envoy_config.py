@@ -32,6 +32,7 @@ from common.settings import AuthEndpoint, group, load, setting
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "gen" / "descriptor.pb"
+OPENAPI = ROOT / "gen" / "openapi.json"
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 HCM = "envoy.filters.network.http_connection_manager"
@@ -78,6 +79,14 @@ def transcoder(cfg: dict) -> dict:
     raise KeyError(f"no {TRANSCODER} filter in the Envoy config")
 
 
+def _openapi_route(cfg: dict) -> dict:
+    for host in _hcm(cfg)["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            if route["match"].get("path") == "/openapi.json":
+                return route
+    raise KeyError("no /openapi.json route in the Envoy config")
+
+
 def _cluster(cfg: dict, name: str) -> dict:
     for c in cfg["static_resources"]["clusters"]:
         if c["name"] == name:
@@ -103,12 +112,14 @@ def build(
     admin_address: str | None = None,
     admin_port: int | None = None,
     descriptor: str | os.PathLike | None = None,
+    openapi: str | os.PathLike | None = None,
     access_log: bool = True,
     template: dict | None = None,
 ) -> dict[str, Any]:
     """The patched config as a dict. None keeps the template's value, except
-    `descriptor`, which defaults to this checkout's gen/descriptor.pb as an
-    absolute path (so Envoy can run from any working directory)."""
+    `descriptor` and `openapi`, which default to this checkout's
+    gen/descriptor.pb and gen/openapi.json as absolute paths (so Envoy can
+    run from any working directory)."""
     cfg = copy.deepcopy(template if template is not None else load_template())
     lsock = _listener(cfg)["address"]["socket_address"]
     if listen_address is not None:
@@ -125,6 +136,7 @@ def build(
     if media is not None:
         _set_endpoint(_cluster(cfg, "media"), media)
     transcoder(cfg)["proto_descriptor"] = str(Path(descriptor or DESCRIPTOR).resolve())
+    _openapi_route(cfg)["direct_response"]["body"]["filename"] = str(Path(openapi or OPENAPI).resolve())
     if not access_log:
         _hcm(cfg).pop("access_log", None)
     return cfg
@@ -201,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--admin-address")
     p.add_argument("--admin-port", type=int)
     p.add_argument("--descriptor")
+    p.add_argument("--openapi", help="the OpenAPI document served at /openapi.json")
     p.add_argument("--exec", action="store_true",
                    help="then replace this process with Envoy running the rendered file "
                         "(container entrypoint); extra arguments after -- go to Envoy")
@@ -214,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         admin_address=a.admin_address,
         admin_port=a.admin_port,
         descriptor=a.descriptor,
+        openapi=a.openapi,
     )
     if not a.exec:
         print(path)
