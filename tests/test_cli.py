@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pexpect
 import pytest
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
@@ -239,3 +240,96 @@ def test_ctrl_c_during_a_conversion_leaves_the_job_running(env, user, mesh_contr
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(str(tmp_path / "later.mp3"))  # named after the upload
     assert abs(analyse_mp3(tmp_path / "later.mp3")[1] - 440) < 5
+
+
+# ------------------------------------------------------------------ without the mesh
+
+class _Unimplemented(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNIMPLEMENTED
+
+
+class _FakeMedia:
+    """GetJob walks through QUEUED, PROCESSING, DONE; WatchJob streams the same or is unimplemented."""
+
+    def __init__(self, watch: str | None):
+        self.calls: list[str] = []
+        self.states = [media_pb2.Job(job_id="j", state=media_pb2.JOB_STATE_PROCESSING, progress=50),
+                       media_pb2.Job(job_id="j", state=media_pb2.JOB_STATE_DONE, progress=100)]
+        if watch == "streams":
+            self.WatchJob = self._watch
+        elif watch == "unimplemented":
+            self.WatchJob = self._unimplemented
+
+    def GetJob(self, request, **kw):
+        self.calls.append("GetJob")
+        return self.states.pop(0)
+
+    def _watch(self, request, **kw):
+        self.calls.append("WatchJob")
+        assert request.job_id == "j"
+        return _Stream(list(self.states))
+
+    def _unimplemented(self, request, **kw):
+        self.calls.append("WatchJob")
+        return _Stream([], error=_Unimplemented())
+
+
+class _Stream:
+    def __init__(self, jobs, error=None):
+        self.jobs, self.error = jobs, error
+
+    def __iter__(self):
+        yield from self.jobs
+        if self.error:
+            raise self.error
+
+    def cancel(self):
+        pass
+
+
+@pytest.mark.parametrize("watch", ["streams", "unimplemented", None])
+def test_following_a_job_uses_watchjob_where_it_exists_else_polls(watch, monkeypatch):
+    from rich.console import Console
+
+    from cli import convert
+
+    if not hasattr(media_pb2, "WatchJobRequest"):  # until the job-lifecycle protos land
+        monkeypatch.setattr(media_pb2, "WatchJobRequest", media_pb2.GetJobRequest, raising=False)
+    monkeypatch.setattr(convert, "POLL_S", 0.01)
+    media = _FakeMedia(watch)
+    session = type("S", (), {"media": media, "metadata": [], "server": None})()
+    item = convert.Item(Path("v.mp4"), Path("v.mp3"))
+    converter = convert.Converter(session, {}, convert.Display(Console(file=open(os.devnull, "w"))))
+    converter.display.add(item)
+    job = converter._follow(item, media_pb2.Job(job_id="j", state=media_pb2.JOB_STATE_QUEUED))
+    assert job.state == media_pb2.JOB_STATE_DONE
+    assert media.calls == {"streams": ["WatchJob"], "unimplemented": ["WatchJob", "GetJob", "GetJob"],
+                           None: ["GetJob", "GetJob"]}[watch]
+
+
+def test_tls_with_a_private_ca(env, tmp_path):
+    """--server https://... with --ca FILE trusts that CA; the system roots do not."""
+    from concurrent import futures
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+
+    class Health(media_pb2_grpc.MediaServiceServicer):
+        def GetHealth(self, request, context):
+            return media_pb2.GetHealthResponse(status="healthy", mongodb="connected", rabbitmq="connected",
+                                               mysql="connected")
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    media_pb2_grpc.add_MediaServiceServicer_to_server(Health(), server)
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    server.start()
+    try:
+        r = run(env, "--server", f"https://localhost:{port}", "--ca", str(cert), "health", timeout=60)
+        assert r.returncode == 0 and "status:   healthy" in r.stdout, r.stderr
+        r = run(env, "--server", f"https://localhost:{port}", "health", timeout=60)  # system roots
+        assert r.returncode == 4, r.stdout + r.stderr
+    finally:
+        server.stop(0)
