@@ -108,7 +108,7 @@ def test_dockerfile_builds_what_the_services_import():
     service_stage = text.split("AS service", 1)[1].split("AS envoy", 1)[0]
     assert "COPY --from=build /opt/venv /opt/venv" in service_stage
     assert "USER 10001" in service_stage and "HEALTHCHECK" in service_stage
-    for folder in ("common", "auth", "gateway", "converter", "ops", "protos", "tools"):
+    for folder in ("common", "auth", "gateway", "converter", "ops", "cli", "protos", "tools"):
         assert f"COPY {folder} ./{folder}" in text
     # Only service code: no launcher, test kit or benchmarks in the image.
     for folder in ("localmesh", "testkit", "bench", "tests"):
