@@ -77,6 +77,32 @@ def test_video2mp3_is_an_installed_command():
         assert re.search(rf"^\s+{code}\s+\w", r.stdout, re.M), code  # every exit code is listed
 
 
+def test_a_fresh_clone_builds_a_wheel_with_the_command_and_the_stubs(tmp_path):
+    """`pip install .` on a fresh clone: setup.py generates the stubs (no gen/
+    yet) and the wheel declares the `video2mp3` script. (Dependencies are
+    not installed here: no index needed.)"""
+    import shutil
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    clone = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (root / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, clone / name)
+    assert not (clone / "gen").exists()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(clone)], check=True, capture_output=True, timeout=300)
+    [wheel] = (tmp_path / "dist").glob("video2mp3-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "video2mp3 = cli.__main__:main" in entry_points
+    assert {"cli/__main__.py", "video2mp3/media/v1/media_pb2_grpc.py", "video2mp3/auth/v1/auth_pb2.py"} <= names
+
+
 def test_login_prompts_hides_the_password_and_keeps_the_token_private(env):
     email = signed_up(env)
     child = pexpect.spawn(CLI, ["login"], env=env, encoding="utf-8", timeout=60)
