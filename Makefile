@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos lock lint run test test-fast bench-convert bench-workers soak k8s-validate clean
+.PHONY: install protos lock lint browser run test test-fast bench-convert bench-workers bench-watch soak k8s-validate clean
 
 install: $(VENV)/.installed
 
@@ -57,8 +57,13 @@ lint: install node_modules/.installed
 run: install
 	$(PY) -m localmesh
 
+# The browser tests (tests/test_web.py) drive Debian's Chromium; Playwright's
+# own browser download is not used.
+browser:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
 # Lint and types first: CI enforces them through this target.
-test: lint
+test: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench-convert: install
@@ -66,6 +71,9 @@ bench-convert: install
 
 bench-workers: install
 	$(PY) -m bench.workers
+
+bench-watch: install
+	$(PY) -m bench.watch
 
 soak: install
 	$(PY) -m bench.soak

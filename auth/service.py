@@ -1,13 +1,18 @@
-"""AuthService: sign up, log in (JWT access tokens), and who-am-I."""
+"""AuthService: sign up, log in (EdDSA-signed JWT access tokens), who-am-I,
+delete-me, and the public keys (JWKS) verifiers check tokens with."""
 from __future__ import annotations
 
 import base64
 import logging
 import re
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from auth.accounts import MediaData, delete_account
+from auth.keys import KeyRing
+from auth.login_limits import LoginLimits, client_address
 from auth.passwords import Passwords
 from auth.users import (
     MAX_EMAIL_LENGTH,
@@ -18,11 +23,13 @@ from auth.users import (
 )
 from common import tokens
 from common.errors import (
+    DEPENDENCY_RETRY_S,
     AlreadyExists,
     InvalidArgument,
-    NotFound,
+    PermissionDenied,
     Reason,
     Unauthenticated,
+    Unavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,7 @@ MAX_PASSWORD_LENGTH = 1024
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 
 BAD_CREDENTIALS_MESSAGE = "incorrect email or password"
+SIGNUP_OFF_MESSAGE = "sign-up is switched off on this server; ask an administrator to create your account"
 
 
 def basic_credentials(metadata) -> tuple[str, str]:
@@ -66,14 +74,39 @@ def _user_message(user: User) -> auth_pb2.User:
 
 
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, users: UserRepository, passwords: Passwords, secret_key: str,
-                 token_ttl_seconds: int):
+    def __init__(self, users: UserRepository, passwords: Passwords, keys: KeyRing,
+                 token_ttl_seconds: int, limits: LoginLimits, media: MediaData,
+                 allow_signup: bool = True):
         self._users = users
         self._passwords = passwords
-        self._secret = secret_key
+        self._keys = keys
         self._ttl = token_ttl_seconds
+        self._limits = limits
+        self._media = media
+        self._allow_signup = allow_signup
+
+    def _caller(self, context) -> tuple[int, str]:
+        """(user id, bearer token) of a validly signed token; one public message for every failure."""
+        try:
+            token = tokens.bearer_from_metadata(context.invocation_metadata())
+            caller = tokens.verify(token, self._keys.public_key)
+            return int(caller.user_id), token
+        except (tokens.InvalidToken, ValueError) as e:  # ValueError: a non-numeric sub
+            log.info("refused a token: %s", e)
+            raise Unauthenticated(tokens.PUBLIC_MESSAGE, reason=Reason.TOKEN_INVALID) from None
+
+    def _caller_user(self, context) -> tuple[User, str]:
+        """(user, bearer token) of a valid token whose user still exists (the same message if not)."""
+        user_id, token = self._caller(context)
+        user = self._users.by_id(user_id)
+        if user is None:
+            log.info("refused a token: user %d no longer exists", user_id)
+            raise Unauthenticated(tokens.PUBLIC_MESSAGE, reason=Reason.USER_DELETED)
+        return user, token
 
     def SignUp(self, request, context):
+        if not self._allow_signup:
+            raise PermissionDenied(SIGNUP_OFF_MESSAGE, reason=Reason.SIGNUP_DISABLED)
         email = normalise_email(request.email)
         if not email:
             raise _invalid("email", "email is required")
@@ -103,32 +136,47 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             raise _invalid("email", "email is required")
         if not password:
             raise _invalid("password", "password is required")
+        address = client_address(context.invocation_metadata(), context.peer())
+        if not self._users.available:  # fail before spending anything on it
+            raise DatabaseUnavailable("MySQL unreachable or users table not created yet")
+        self._limits.check(email, address)  # blocked: no lookup, no hash
         user = self._users.by_email(email)
         # Unknown email: verified against a dummy hash, so both failures take as long.
         ok, new_hash = self._passwords.verify(user.password_hash if user else None, password)
-        if not ok:
+        if not ok or user is None:
+            self._limits.failed(email, address)
             raise Unauthenticated(BAD_CREDENTIALS_MESSAGE, reason=Reason.BAD_CREDENTIALS)
-        assert user is not None  # verify() never matches the None hash of an unknown email
+        try:
+            self._limits.succeeded(email)
+        except DatabaseUnavailable as e:  # the login itself succeeded; the count just ages out
+            log.warning("could not clear the failed-login count of user %d: %s", user.id, e)
         if new_hash:
             try:
                 self._users.update_password_hash(user.id, new_hash)
                 log.info("rehashed the password of user %d with current parameters", user.id)
             except DatabaseUnavailable as e:  # the login itself succeeded; retry next time
                 log.warning("could not store the rehashed password of user %d: %s", user.id, e)
-        token = tokens.issue(self._secret, str(user.id), user.email, self._ttl)
+        key = self._keys.signing()
+        token = tokens.issue(key.private_key, key.kid, str(user.id), user.email, self._ttl)
         return auth_pb2.LoginResponse(access_token=token, token_type="Bearer",
                                       expires_in=self._ttl)
 
     def GetMe(self, request, context):
-        try:
-            caller = tokens.verify(self._secret,
-                                   tokens.bearer_from_metadata(context.invocation_metadata()))
-            user_id = int(caller.user_id)
-        except tokens.InvalidToken as e:
-            raise Unauthenticated(str(e), reason=Reason.TOKEN_INVALID) from None
-        except ValueError:  # signed by us, so this would be our own bug
-            raise Unauthenticated("access token is not valid", reason=Reason.TOKEN_INVALID) from None
-        user = self._users.by_id(user_id)
-        if user is None:
-            raise NotFound("the user of this token no longer exists", reason=Reason.USER_NOT_FOUND)
+        user, _ = self._caller_user(context)
         return _user_message(user)
+
+    def DeleteMe(self, request, context):
+        user, token = self._caller_user(context)
+        user_id = user.id
+        try:
+            delete_account(self._users, self._media, user_id, token)
+        except grpc.RpcError as e:
+            log.warning("DeleteMe of user %d: the Media service did not delete the data: %s %s",
+                        user_id, e.code().name, e.details())
+            raise Unavailable("could not delete your files right now; your account is kept, "
+                              "try again shortly", reason=Reason.MEDIA_UNAVAILABLE,
+                              retry_after_s=DEPENDENCY_RETRY_S) from None
+        return auth_pb2.DeleteMeResponse()
+
+    def GetJwks(self, request, context):
+        return auth_pb2.GetJwksResponse(keys=[auth_pb2.JsonWebKey(**jwk) for jwk in self._keys.jwks()])

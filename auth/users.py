@@ -67,8 +67,11 @@ class User:
 
 
 class UserRepository:
-    def __init__(self, cfg: MysqlSettings):
+    def __init__(self, cfg: MysqlSettings, extra_tables: tuple[str, ...] = ()):
+        """`extra_tables`: CREATE TABLE IF NOT EXISTS statements of other modules
+        (auth/login_limits.py), created with the users table."""
         self._cfg = cfg
+        self._extra_tables = extra_tables
         self._connect_args = dict(
             host=cfg.host,
             port=cfg.port,
@@ -133,6 +136,8 @@ class UserRepository:
                 )
                 cur.execute(f"USE {_quote_ident(self._cfg.db)}")
                 cur.execute(CREATE_TABLE)
+                for ddl in self._extra_tables:
+                    cur.execute(ddl)
                 cur.execute(
                     "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
                     " AND TABLE_NAME = 'users' AND COLUMN_NAME = 'created_at'",
@@ -204,6 +209,20 @@ class UserRepository:
     def update_password_hash(self, user_id: int, password_hash: str) -> None:
         with self._cursor() as cur:
             cur.execute("UPDATE users SET password = %s WHERE id = %s", (password_hash, user_id))
+
+    def delete(self, user_id: int) -> bool:
+        """True if the user existed."""
+        with self._cursor() as cur:
+            return cur.execute("DELETE FROM users WHERE id = %s", (user_id,)) > 0
+
+    def all(self) -> list[User]:
+        with self._cursor() as cur:
+            cur.execute("SELECT id, email, password, created_at FROM users ORDER BY id")
+            return [_user(row) for row in cur.fetchall()]
+
+    def cursor(self):
+        """A cursor with this repository's error handling, for the other auth tables."""
+        return self._cursor()
 
     # -- plumbing -------------------------------------------------------------
 

@@ -45,7 +45,9 @@ def source(minutes: int) -> Path:
 
 
 def time_jobs(bed: Testbed, log_dir: Path, workers: int, video: Path, n: int, overlap: str) -> float:
-    env = bed.service_env(CONVERTER_WORKERS=str(workers), CONVERTER_OVERLAP=overlap)
+    # Every job reads one stored copy: keep it past each job's end.
+    env = bed.service_env(CONVERTER_WORKERS=str(workers), CONVERTER_OVERLAP=overlap,
+                          VIDEO_RETENTION="86400")
     stack = Stack(env, log_dir=log_dir / f"w{workers}-{time.monotonic_ns()}")
     stack.start(["converter"])
     submitter = DirectSubmitter(env)

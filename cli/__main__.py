@@ -272,15 +272,12 @@ def _when(t: dt.datetime) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-@command(main, help="Delete a job, its video and its MP3 (servers with DeleteJob).")
+@command(main, help="Delete a job, its video and its MP3 (a running conversion is cancelled).")
 @click.argument("job_id", metavar="JOB")
 def delete(ctx: Context, job_id: str) -> None:
     session = ctx.session
-    request_type = getattr(media_pb2, "DeleteJobRequest", None)
-    if request_type is None or not hasattr(session.media, "DeleteJob"):
-        raise CliError("deleting jobs is not supported by this server (it has no DeleteJob)")
     try:
-        session.media.DeleteJob(request_type(job_id=job_id), metadata=session.metadata, timeout=30)
+        session.media.DeleteJob(media_pb2.DeleteJobRequest(job_id=job_id), metadata=session.metadata, timeout=30)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNIMPLEMENTED:
             raise CliError("deleting jobs is not supported by this server (it has no DeleteJob)") from None

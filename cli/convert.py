@@ -310,7 +310,7 @@ class Converter:
         watched = self._watch(item, job.job_id)
         if watched is not None:
             return watched
-        while True:  # polling: servers without WatchJob
+        while True:  # polling: servers without WatchJob, or with no watcher slot free
             if self.cancelled.wait(POLL_S):
                 raise Interrupted()
             job = self.s.media.GetJob(media_pb2.GetJobRequest(job_id=job.job_id),
@@ -320,12 +320,13 @@ class Converter:
                 return job
 
     def _watch(self, item: Item, job_id: str) -> media_pb2.Job | None:
-        """The final job through WatchJob's stream; None if the server (or these
-        stubs) have no WatchJob or the stream ended early: then poll."""
-        request_type = getattr(media_pb2, "WatchJobRequest", None)
-        if request_type is None or not hasattr(self.s.media, "WatchJob"):
+        """The final job through WatchJob's stream; None if the server has no
+        WatchJob (an older one), no watcher slot free (RESOURCE_EXHAUSTED), or
+        the stream ended before the job was final: then poll."""
+        if not hasattr(self.s.media, "WatchJob"):  # a stand-in without it (tests)
             return None
-        stream = self._track(self.s.media.WatchJob(request_type(job_id=job_id), metadata=self.s.metadata))
+        stream = self._track(self.s.media.WatchJob(media_pb2.WatchJobRequest(job_id=job_id),
+                                                   metadata=self.s.metadata))
         try:
             for job in stream:
                 self._show(item, job)
@@ -334,7 +335,7 @@ class Converter:
         except grpc.RpcError as e:
             if self.cancelled.is_set():
                 raise Interrupted() from None
-            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+            if e.code() not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise
         finally:
             self._untrack(stream)

@@ -41,9 +41,16 @@ class Reason(enum.StrEnum):
     INVALID_BASIC_AUTH = "INVALID_BASIC_AUTH"
     BAD_CREDENTIALS = "BAD_CREDENTIALS"
     EMAIL_TAKEN = "EMAIL_TAKEN"
+    # Every token verification failure (malformed, expired, unknown kid, bad
+    # signature...): the message is one and the same, the details are logged.
     TOKEN_INVALID = "TOKEN_INVALID"
-    USER_NOT_FOUND = "USER_NOT_FOUND"
+    # A validly signed token whose user has been deleted.
+    USER_DELETED = "USER_DELETED"
     USER_DATABASE_UNAVAILABLE = "USER_DATABASE_UNAVAILABLE"
+    LOGIN_BLOCKED = "LOGIN_BLOCKED"
+    SIGNUP_DISABLED = "SIGNUP_DISABLED"
+    # DeleteMe: the Media service did not confirm deleting the user's data.
+    MEDIA_UNAVAILABLE = "MEDIA_UNAVAILABLE"
     # media
     INVALID_OPTIONS = "INVALID_OPTIONS"
     INVALID_FORM = "INVALID_FORM"
@@ -55,9 +62,16 @@ class Reason(enum.StrEnum):
     INVALID_PAGE = "INVALID_PAGE"
     JOB_NOT_FOUND = "JOB_NOT_FOUND"
     JOB_NOT_DONE = "JOB_NOT_DONE"
+    MP3_EXPIRED = "MP3_EXPIRED"
+    INVALID_FILTER = "INVALID_FILTER"
+    INVALID_REQUEST_ID = "INVALID_REQUEST_ID"
+    TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    # The gateway could not ask auth whether the caller's user still exists.
+    AUTH_UNAVAILABLE = "AUTH_UNAVAILABLE"
     # any server
     DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
+    SERVER_STOPPING = "SERVER_STOPPING"
     INTERNAL = "INTERNAL"
 
 
@@ -107,6 +121,10 @@ class AlreadyExists(ServiceError):
 
 class Unauthenticated(ServiceError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    status_code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class FailedPrecondition(ServiceError):

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # Upload chunks from Envoy are well under 1 MiB; 4 MiB leaves room without
 # letting one message eat memory.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# All of a request's metadata (headers): a bearer token is well under 1 KiB.
+# Beyond this grpc refuses the call (RESOURCE_EXHAUSTED); Envoy's own bound
+# for REST and gRPC clients is max_request_headers_kb in deploy/envoy.yaml.
+MAX_METADATA_BYTES = 16 * 1024
 
 
 class Service:
@@ -57,6 +61,7 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             # Reject rather than queue once every worker thread is busy.
             ("grpc.max_concurrent_streams", max_workers * 4),
         ],

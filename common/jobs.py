@@ -7,7 +7,12 @@ is a conditional update, so a job that is DONE can never be redone.
 Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
-complete_time}.
+complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until}.
+
+Deleting is two steps (DeleteJob, or the retention sweep): the document is
+marked `deleted` first, which hides it from every reader and makes the
+converter's next lease renewal fail (so a conversion in progress stops), then
+its files go, then the document. A sweep finishes what a dead gateway left.
 
 Readers get a `Job` (a snapshot of the document); the document itself keeps
 its format, states stored as their names.
@@ -40,7 +45,7 @@ class State(enum.StrEnum):
 
 QUEUED, PROCESSING, DONE, FAILED = State.QUEUED, State.PROCESSING, State.DONE, State.FAILED
 FINAL_STATES = (DONE, FAILED)
-_STATE_TO_PROTO = {
+STATE_TO_PROTO = {
     QUEUED: media_pb2.JOB_STATE_QUEUED,
     PROCESSING: media_pb2.JOB_STATE_PROCESSING,
     DONE: media_pb2.JOB_STATE_DONE,
@@ -75,6 +80,9 @@ class Job:
     create_time: dt.datetime | None = None
     update_time: dt.datetime | None = None
     complete_time: dt.datetime | None = None
+    request_id: str = ""
+    mp3_expired: bool = False
+    deleted: bool = False
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -99,11 +107,23 @@ class Job:
             create_time=doc.get("create_time"),
             update_time=doc.get("update_time"),
             complete_time=doc.get("complete_time"),
+            request_id=doc.get("request_id") or "",
+            mp3_expired=bool(doc.get("mp3_expired", False)),
+            deleted=bool(doc.get("deleted", False)),
         )
+
+    @property
+    def changes(self) -> tuple:
+        """What a watcher is told about: a new value here is a new message."""
+        return self.state, self.progress, self.error, self.mp3_expired
 
 
 def _job(doc: dict | None) -> Job | None:
     return None if doc is None else Job.from_doc(doc)
+
+
+# Readers never see a job being deleted.
+LIVE: dict = {"deleted": None}
 
 
 def now() -> dt.datetime:
@@ -121,12 +141,17 @@ class JobStore:
     def ensure_indexes(self) -> None:
         self.c.create_index([("user_id", 1), ("create_time", -1)])
         self.c.create_index([("published", 1), ("state", 1)])
+        self.c.create_index([("state", 1), ("complete_time", 1)])
+        # AIP-155: one job per (caller, request_id), whatever races happen.
+        self.c.create_index([("user_id", 1), ("request_id", 1)], unique=True,
+                            partialFilterExpression={"request_id": {"$type": "string"}})
 
     # --- gateway side -------------------------------------------------------
 
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
-               options: media_pb2.ConversionOptions) -> Job:
+               options: media_pb2.ConversionOptions, request_id: str = "") -> Job:
+        """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`."""
         t = now()
         doc = {
             "_id": job_id,
@@ -149,6 +174,8 @@ class JobStore:
             "update_time": t,
             "complete_time": None,
         }
+        if request_id:
+            doc["request_id"] = request_id
         self.c.insert_one(doc)
         return Job.from_doc(doc)
 
@@ -157,22 +184,65 @@ class JobStore:
 
     def unpublished(self, older_than: dt.datetime, limit: int = 100) -> list[Job]:
         return [Job.from_doc(d) for d in self.c.find(
-            {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}},
+            {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}, **LIVE},
             limit=limit,
         )]
 
     def get_for_user(self, job_id: str, user_id: str) -> Job | None:
-        return _job(self.c.find_one({"_id": job_id, "user_id": user_id}))
+        return _job(self.c.find_one({"_id": job_id, "user_id": user_id, **LIVE}))
 
-    def list_for_user(self, user_id: str, limit: int, before: tuple | None) -> list[Job]:
+    def get_by_request(self, user_id: str, request_id: str) -> Job | None:
+        return _job(self.c.find_one({"user_id": user_id, "request_id": request_id, **LIVE}))
+
+    def live(self, job_ids: list[str]) -> dict[str, Job]:
+        """The jobs among `job_ids` that exist (one query, for the watchers)."""
+        return {d["_id"]: Job.from_doc(d) for d in self.c.find({"_id": {"$in": job_ids}, **LIVE})}
+
+    def list_for_user(self, user_id: str, limit: int, before: tuple | None,
+                      states: list[State] | None = None) -> list[Job]:
         """Newest first; `before` is the (create_time, _id) of the last job of the previous page."""
-        query: dict = {"user_id": user_id}
+        query: dict = {"user_id": user_id, **LIVE}
+        if states:
+            query["state"] = {"$in": [str(x) for x in states]}
         if before:
             t, jid = before
             query["$or"] = [{"create_time": {"$lt": t}},
                             {"create_time": t, "_id": {"$lt": jid}}]
         cursor = self.c.find(query).sort([("create_time", -1), ("_id", -1)]).limit(limit)
         return [Job.from_doc(d) for d in cursor]
+
+    def mark_deleted(self, job_id: str, user_id: str | None = None) -> Job | None:
+        """Step one of a delete: hide the job and stop its conversion. Returns
+        it, or None if there is no such (live) job: only one caller wins."""
+        query: dict = {"_id": job_id, **LIVE}
+        if user_id is not None:
+            query["user_id"] = user_id
+        return _job(self.c.find_one_and_update(
+            query,
+            # The request_id is free again at once: a new upload with it is a new job.
+            {"$set": {"deleted": True, "update_time": now(), "lease_until": None},
+             "$unset": {"request_id": ""}},
+            return_document=pymongo.ReturnDocument.AFTER))
+
+    # --- retention sweep (common/retention.py) ------------------------------
+
+    def claim_for_sweep(self, due: dict, owner: str, t: dt.datetime, lease_s: float) -> Job | None:
+        """Take one job matching `due` that no live sweep holds; None if none is left."""
+        return _job(self.c.find_one_and_update(
+            {"$and": [due, {"$or": [{"sweep_until": None}, {"sweep_until": {"$lte": t}}]}]},
+            {"$set": {"sweep_owner": owner, "sweep_until": t + dt.timedelta(seconds=lease_s)}},
+            return_document=pymongo.ReturnDocument.AFTER))
+
+    def swept(self, job_id: str, owner: str, fields: dict) -> None:
+        """Record what the sweep removed and release its claim."""
+        self.c.update_one({"_id": job_id, "sweep_owner": owner},
+                          {"$set": {**fields, "sweep_until": None}})
+
+    def purge(self, job_id: str) -> None:
+        self.c.delete_one({"_id": job_id})
+
+    def forget_video(self, job_id: str) -> None:
+        self.c.update_one({"_id": job_id}, {"$set": {"video_fid": None}})
 
     # --- converter side -----------------------------------------------------
 
@@ -189,10 +259,11 @@ class JobStore:
         """
         t = now()
         return _job(self.c.find_one_and_update(
-            {"_id": job_id, "state": {"$nin": list(FINAL_STATES)},
+            {"_id": job_id, "state": {"$nin": list(FINAL_STATES)}, **LIVE,
              "$or": [{"state": {"$ne": PROCESSING}}, {"lease_until": {"$lt": t}},
                      {"lease_until": None}]},
-            {"$set": {"state": PROCESSING, "progress": 0, "update_time": t,
+            # progress is kept: a watcher never sees it go back on a retry.
+            {"$set": {"state": PROCESSING, "update_time": t,
                       "current_mp3_fid": mp3_fid, "lease_until": t + dt.timedelta(seconds=lease_s)},
              "$inc": {"attempts": 1},
              "$push": {"pending_mp3_fids": mp3_fid}},
@@ -200,12 +271,13 @@ class JobStore:
         ))
 
     def renew(self, job_id: str, mp3_fid: ObjectId, percent: int, lease_s: float) -> bool:
-        """Record progress and extend the lease; False if this attempt lost the job."""
+        """Record progress (it only grows) and extend the lease; False if this
+        attempt lost the job (another attempt took it, or it was deleted)."""
         t = now()
         r = self.c.update_one(
-            {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid},
-            {"$set": {"progress": percent, "update_time": t,
-                      "lease_until": t + dt.timedelta(seconds=lease_s)}})
+            {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
+            {"$set": {"update_time": t, "lease_until": t + dt.timedelta(seconds=lease_s)},
+             "$max": {"progress": percent}})
         return r.matched_count == 1
 
     def finish_done(self, job_id: str, mp3_fid: ObjectId, mp3_size: int) -> bool:
@@ -213,7 +285,7 @@ class JobStore:
         already or another attempt took it over."""
         t = now()
         r = self.c.update_one(
-            {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid},
+            {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
             {"$set": {"state": DONE, "progress": 100, "mp3_fid": mp3_fid,
                       "mp3_size": mp3_size, "error": "", "update_time": t, "complete_time": t,
                       "lease_until": None},
@@ -229,7 +301,7 @@ class JobStore:
     def finish_failed(self, job_id: str, reason: str) -> bool:
         t = now()
         r = self.c.update_one(
-            {"_id": job_id, "state": {"$nin": list(FINAL_STATES)}},
+            {"_id": job_id, "state": {"$nin": list(FINAL_STATES)}, **LIVE},
             {"$set": {"state": FAILED, "error": reason, "update_time": t, "complete_time": t,
                       "lease_until": None}},
         )
@@ -249,10 +321,12 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def to_proto(job: Job) -> media_pb2.Job:
+def to_proto(job: Job, expire_time: dt.datetime | None = None,
+             purge_time: dt.datetime | None = None) -> media_pb2.Job:
+    """`expire_time`, `purge_time`: from common/retention.py (the gateway's settings)."""
     proto = media_pb2.Job(
         job_id=job.id,
-        state=_STATE_TO_PROTO[job.state],
+        state=STATE_TO_PROTO[job.state],
         progress=job.progress,
         error=job.error,
         filename=job.filename,
@@ -260,8 +334,11 @@ def to_proto(job: Job) -> media_pb2.Job:
         mp3_size_bytes=job.mp3_size,
         options=job.options,
     )
-    for field in ("create_time", "update_time", "complete_time"):
-        ts = _ts(getattr(job, field))
+    times = {"create_time": job.create_time, "update_time": job.update_time,
+             "complete_time": job.complete_time, "expire_time": expire_time,
+             "purge_time": purge_time}
+    for field, value in times.items():
+        ts = _ts(value)
         if ts is not None:
             getattr(proto, field).CopyFrom(ts)
     return proto

@@ -154,3 +154,21 @@ class RabbitSettings:
 class AuthEndpoint:
     """Where auth is reached: by the gateway's health check and by Envoy's route."""
     addr: str = setting("AUTH_ADDR", "127.0.0.1:50051")
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaEndpoint:
+    """Where the Media service (the gateway) is reached: by Envoy's route and by
+    auth, which asks it to delete a user's data (DeleteMe)."""
+    addr: str = setting("MEDIA_ADDR", "127.0.0.1:50052")
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    """What kind of deployment this is; compose and Kubernetes set production
+    on every service. In production auth refuses to start without signing keys."""
+    name: Literal["development", "production"] = setting("VIDEO2MP3_ENV", "development")
+
+    @property
+    def production(self) -> bool:
+        return self.name == "production"

@@ -1,44 +1,43 @@
-"""JWT access tokens: issued by auth, verified in-process by every other service.
+"""JWT access tokens: signed by auth with an Ed25519 private key (EdDSA), verified
+in-process by every other service against auth's published public keys (JWKS).
 
-HS256 with the shared SECRET_KEY. Claims: sub (user id), email, iat, exp, iss, aud.
+No shared secret: only auth holds private keys (auth/keys.py); verifiers get
+public keys by `kid` from a lookup (gateway/jwks.py). Claims: sub (user id),
+email, iat, nbf, exp, iss, aud; header: alg EdDSA, kid.
+
+Verification pins the algorithm (EdDSA only, whatever the header says), takes
+the key only from the lookup by a well-formed kid (never from a URL, path or
+embedded key in the token) and checks exp, nbf, iat, iss and aud with a small
+leeway. InvalidToken's text says exactly what failed: for logs only. Callers
+answer every failure with the one PUBLIC_MESSAGE.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
-import logging
+import re
 import time
+from collections.abc import Callable
 
 import jwt
-
-from common.settings import setting
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ISSUER = "video2mp3-auth"
 AUDIENCE = "video2mp3"
-ALGORITHM = "HS256"
-# Used by every service when SECRET_KEY is unset, so a local mesh works out of
-# the box; each service logs a warning when it falls back to it.
-DEV_SECRET_KEY = "video2mp3-insecure-dev-secret-set-SECRET_KEY"
+ALGORITHM = "EdDSA"
+# Clock skew tolerated between auth and the verifiers.
+LEEWAY_S = 30
+# kids we issue (auth/keys.py): short, URL- and file-name-safe.
+KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The one answer to every verification failure: says what to do, not what failed.
+PUBLIC_MESSAGE = "your access token is not valid (expired, revoked or malformed); log in again"
+REQUIRED_CLAIMS = ["sub", "email", "iat", "nbf", "exp", "iss", "aud"]
 
-
-@dataclasses.dataclass(frozen=True)
-class TokenSettings:
-    """The signing key, shared by auth (signs) and the gateway (verifies)."""
-    secret_key: str = setting("SECRET_KEY", DEV_SECRET_KEY, secret=True)
-
-    @property
-    def secret_key_is_default(self) -> bool:
-        return self.secret_key == DEV_SECRET_KEY
-
-    def warn_if_insecure(self, log: logging.Logger) -> None:
-        """The one warning about a weak key, logged at every service's start."""
-        if self.secret_key_is_default:
-            log.warning("SECRET_KEY is not set: using the insecure development key")
-        elif len(self.secret_key.encode()) < 32:
-            log.warning("SECRET_KEY is shorter than 32 bytes; HS256 keys should be at least 32")
+KeyLookup = Callable[[str], "Ed25519PublicKey | None"]
 
 
 class InvalidToken(Exception):
-    """The token is missing, malformed, expired or not signed by us. str() says which."""
+    """The token is missing, malformed, expired or not signed by us. str() says which (log it; don't send it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,38 +46,66 @@ class Caller:
     email: str
 
 
-def issue(secret: str, user_id: str, email: str, ttl_seconds: int, now: float | None = None) -> str:
+def issue(private_key: Ed25519PrivateKey, kid: str, user_id: str, email: str, ttl_seconds: int,
+          now: float | None = None) -> str:
     iat = int(now if now is not None else time.time())
     claims = {
         "sub": str(user_id),
         "email": email,
         "iat": iat,
+        "nbf": iat,
         "exp": iat + ttl_seconds,
         "iss": ISSUER,
         "aud": AUDIENCE,
     }
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return jwt.encode(claims, private_key, algorithm=ALGORITHM, headers={"kid": kid})
 
 
-def verify(secret: str, token: str) -> Caller:
+def unverified_kid(token: str) -> str:
+    """The header's kid, if the header is ours in shape (alg EdDSA, a well-formed kid)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as e:
+        raise InvalidToken(f"malformed token: {e}") from None
+    if header.get("alg") != ALGORITHM:
+        raise InvalidToken(f"algorithm {header.get('alg')!r} is not {ALGORITHM}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not KID_RE.match(kid):
+        raise InvalidToken(f"kid {kid!r} is missing or not one we issue")
+    return kid
+
+
+def verify(token: str, lookup: KeyLookup) -> Caller:
+    kid = unverified_kid(token)
+    key = lookup(kid)
+    if key is None:
+        raise InvalidToken(f"unknown kid {kid!r}")
+    if not isinstance(key, Ed25519PublicKey):  # never let a key's type choose the algorithm
+        raise InvalidToken(f"key {kid!r} is not an Ed25519 public key")
     try:
         claims = jwt.decode(
             token,
-            secret,
+            key,
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=ISSUER,
-            options={"require": ["sub", "email", "iat", "exp", "iss", "aud"]},
+            leeway=LEEWAY_S,
+            options={"require": REQUIRED_CLAIMS, "verify_signature": True, "verify_exp": True,
+                     "verify_nbf": True, "verify_iat": True, "verify_aud": True, "verify_iss": True,
+                     "strict_aud": True},
         )
     except jwt.ExpiredSignatureError:
-        raise InvalidToken("access token has expired; log in again") from None
+        raise InvalidToken("expired") from None
+    except jwt.ImmatureSignatureError:
+        raise InvalidToken("not valid yet (nbf/iat in the future)") from None
     except jwt.InvalidSignatureError:
-        raise InvalidToken("access token signature is not valid") from None
-    except jwt.DecodeError:
-        raise InvalidToken("access token is malformed") from None
+        raise InvalidToken(f"bad signature for kid {kid!r}") from None
     except jwt.InvalidTokenError as e:
-        raise InvalidToken(f"access token is not valid: {e}") from None
-    return Caller(user_id=claims["sub"], email=claims["email"])
+        raise InvalidToken(f"{type(e).__name__}: {e}") from None
+    sub, email = claims["sub"], claims["email"]
+    if not isinstance(sub, str) or not sub or not isinstance(email, str):
+        raise InvalidToken("sub/email claims are not strings")
+    return Caller(user_id=sub, email=email)
 
 
 def bearer_from_metadata(metadata) -> str:
@@ -87,6 +114,35 @@ def bearer_from_metadata(metadata) -> str:
         if key == "authorization":
             scheme, _, token = value.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise InvalidToken("authorization header must be 'Bearer <token>'")
+                raise InvalidToken("authorization header is not 'Bearer <token>'")
             return token.strip()
-    raise InvalidToken("missing authorization header; send 'Authorization: Bearer <token>'")
+    raise InvalidToken("no authorization header")
+
+
+# -- JWK (RFC 8037: OKP / Ed25519) ---------------------------------------------------
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def public_jwk(kid: str, public_key: Ed25519PublicKey) -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": kid, "alg": ALGORITHM, "use": "sig"}
+
+
+def key_from_jwk(jwk: dict) -> Ed25519PublicKey | None:
+    """The Ed25519 public key of a JWK, or None for anything else (other types, private parts)."""
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or "d" in jwk:
+        return None
+    if jwk.get("alg", ALGORITHM) != ALGORITHM or jwk.get("use", "sig") != "sig":
+        return None
+    x = jwk.get("x")
+    if not isinstance(x, str):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        return None

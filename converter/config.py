@@ -5,6 +5,7 @@ import dataclasses
 import os
 from typing import Literal
 
+from common.retention import RetentionSettings
 from common.settings import MongoSettings, RabbitSettings, group, setting
 
 CPUS = os.cpu_count() or 1
@@ -14,6 +15,8 @@ CPUS = os.cpu_count() or 1
 class ConverterConfig:
     mongo: MongoSettings = group(MongoSettings)
     rabbit: RabbitSettings = group(RabbitSettings)
+    # Only VIDEO_RETENTION matters here: 0 deletes the video as the job ends.
+    retention: RetentionSettings = group(RetentionSettings)
     # As asked; `workers` is what runs (0 or less means 1).
     requested_workers: int = setting("CONVERTER_WORKERS", CPUS)
     grace_seconds: float = setting("GRACE_SECONDS", 10.0)

@@ -4,7 +4,9 @@ Exactly one MP3 per job: each attempt takes a lease on the job and writes a
 new GridFS id that is recorded on the job *before* writing; the next attempt
 deletes leftovers of crashed ones, and DONE is set only by the attempt that
 holds the lease (renewed as progress is made), so a losing duplicate deletes
-its own MP3. What becomes of the delivery is converter/policy.py's call.
+its own MP3. A job deleted meanwhile (DeleteJob) fails that renewal too:
+the attempt stops within PROGRESS_EVERY_S and deletes what it wrote. What
+becomes of the delivery is converter/policy.py's call.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pymongo.errors
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from common import jobs
+from common import jobs, retention
 from common.mongo import Mongo
 from common.queue import MAX_DELIVERIES, decode_task
 from converter import mp3_store, policy
@@ -26,6 +28,7 @@ from converter.config import ConverterConfig
 from converter.policy import (
     Cancelled,
     DeadLetter,
+    JobGone,
     LostLease,
     Outcome,
     StorageUnavailable,
@@ -81,6 +84,8 @@ class JobRunner:
                     continue
                 if isinstance(e, Cancelled):
                     log.info("job %s interrupted by shutdown; handed back", job_id)
+                elif isinstance(e, JobGone):
+                    log.info("job %s was deleted; its conversion stopped and its MP3 was removed", job_id)
                 elif isinstance(e, LostLease):
                     log.warning("job %s was taken over by another worker; this attempt stops", job_id)
                 else:
@@ -91,8 +96,8 @@ class JobRunner:
         mp3_fid = ObjectId()
         while True:
             job = self.jobs.get(job_id)
-            if job is None:
-                log.error("dropping task for unknown job %s", job_id)
+            if job is None or job.deleted:
+                log.info("job %s no longer exists (deleted); task acked", job_id)
                 return Outcome.ACK
             if job.state.final:
                 log.info("job %s already %s; duplicate task acked", job_id, job.state)
@@ -113,26 +118,39 @@ class JobRunner:
                                    on_progress=self._progress_writer(job_id, mp3_fid),
                                    overlap=self.cfg.overlap)
             dst.close()
-        except ConversionError as e:
+        except (LostLease, JobGone):
             self._discard(job_id, mp3_fid)
-            self.jobs.finish_failed(job_id, str(e))
+            raise
+        except Exception as e:
+            # Deleted under us: its video's chunks vanish mid-read.
+            if self._gone(job_id):
+                self._discard(job_id, mp3_fid)
+                raise JobGone() from e
+            if not isinstance(e, ConversionError):
+                self._discard_quietly(job_id, mp3_fid)
+                raise
+            self._discard(job_id, mp3_fid)
+            if self.jobs.finish_failed(job_id, str(e)):
+                retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
             log.info("job %s FAILED: %s", job_id, e)
             return Outcome.ACK
-        except LostLease:
-            self._discard(job_id, mp3_fid)
-            raise
-        except Exception:
-            self._discard_quietly(job_id, mp3_fid)
-            raise
         if result.header_patch:
             mp3_store.patch_bytes(self.mongo, mp3_fid, *result.header_patch)
         if self.jobs.finish_done(job_id, mp3_fid, result.bytes_written):
             log.info("job %s DONE: %d bytes, %.2fs of audio", job_id, result.bytes_written,
                      result.duration_seconds)
+            retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         else:
             log.info("job %s was finished by another attempt; discarding this MP3", job_id)
             self._discard(job_id, mp3_fid)
         return Outcome.ACK
+
+    def _gone(self, job_id: str) -> bool:
+        try:
+            job = self.jobs.get(job_id)
+        except pymongo.errors.PyMongoError:
+            return False
+        return job is None or job.deleted
 
     def _discard(self, job_id: str, mp3_fid: ObjectId) -> None:
         mp3_store.delete_quietly(self.mongo, mp3_fid)
@@ -156,7 +174,10 @@ class JobRunner:
             log.info("job %s: removed %d half-written MP3(s) of earlier attempts", job_id, len(leftovers))
 
     def _progress_writer(self, job_id: str, mp3_fid: ObjectId):
+        """Writes 0..99 (DONE writes 100), never less than before, every
+        PROGRESS_EVERY_S; that write renews the lease and notices a delete."""
         last = {"at": 0.0}
+        best = [0]  # the highest percent written
 
         def on_progress(fraction: float) -> None:
             if self.cancel.is_set():
@@ -165,13 +186,13 @@ class JobRunner:
             if now - last["at"] < PROGRESS_EVERY_S:
                 return
             last["at"] = now
-            percent = max(0, min(99, int(fraction * 100)))
+            percent = best[0] = max(best[0], min(99, int(fraction * 100)))
             try:
                 still_ours = self.jobs.renew(job_id, mp3_fid, percent, self.cfg.lease_s)
             except pymongo.errors.PyMongoError:
                 return  # progress is advisory; the final write is what counts
             if not still_ours:
-                raise LostLease()
+                raise JobGone() if self._gone(job_id) else LostLease()
 
         return on_progress
 
@@ -206,6 +227,7 @@ class JobRunner:
     def _fail_crashed(self, job_id: str) -> None:
         if self.jobs.finish_failed(job_id, policy.crashed_reason(MAX_DELIVERIES)):
             log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
+            retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         job = self.jobs.get(job_id)
         if job is not None and job.state == jobs.FAILED:
             self._delete_leftovers(job_id, list(job.pending_mp3_fids))

@@ -36,6 +36,10 @@ class LostLease(Exception):
     """Our lease ran out (we stalled) and another worker took the job over."""
 
 
+class JobGone(Exception):
+    """The job was deleted (DeleteJob) while queued or converting: stop, keep nothing."""
+
+
 class StorageUnavailable(Exception):
     """MongoDB (jobs or GridFS) cannot be reached right now."""
 
@@ -45,8 +49,8 @@ def outcome_for(error: BaseException) -> Outcome | None:
     retry in place after a pause (the delivery stays unacked, nothing spent)."""
     if isinstance(error, Cancelled):
         return Outcome.HAND_BACK
-    if isinstance(error, LostLease):
-        return Outcome.ACK  # the job is another attempt's now
+    if isinstance(error, (LostLease, JobGone)):
+        return Outcome.ACK  # the job is another attempt's now, or nobody's
     if isinstance(error, StorageUnavailable):
         return None
     # A bug or a decoder crash we did not foresee: let the queue's delivery

@@ -210,6 +210,7 @@ class _Progress:
     def __init__(self, callback: ProgressCallback | None, stream) -> None:
         self._callback = callback
         self._last = 0.0
+        self._fraction = 0.0
         tb = stream.time_base
         self._start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
         self._duration = _declared_duration(stream)
@@ -222,16 +223,18 @@ class _Progress:
 
     def frame(self, item) -> None:
         if self._callback is not None and time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
+            # Unknown position: call anyway (last value), the caller's
+            # lease renewal and cancel check depend on being called.
             fraction = self.fraction(item)
-            if fraction is not None:
-                self.report(fraction)
+            self.report(self._fraction if fraction is None else fraction)
 
     def report(self, fraction: float, force: bool = False) -> None:
         if self._callback is None:
             return
         if force or time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
             self._last = time.monotonic()
-            self._callback(min(1.0, max(0.0, fraction)))
+            self._fraction = max(self._fraction, min(1.0, max(0.0, fraction)))
+            self._callback(self._fraction)
 
 
 def _declared_duration(stream) -> float | None:
@@ -349,8 +352,8 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
             samples += count
             if last:
                 _check_complete(stream, samples / settings.sample_rate)
-            elif fraction is not None:
-                progress.report(fraction)
+            else:
+                progress.report(0.0 if fraction is None else fraction)
             if count:
                 writer.write(encoder.encode(planes))
         writer.write(encoder.flush())

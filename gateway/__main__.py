@@ -4,22 +4,27 @@ from __future__ import annotations
 import logging
 
 import grpc
+import pymongo.errors
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import grpc_server, jobs
+from common import grpc_server, jobs, retention
 from common.health import DependencyMonitor
 from common.logging import setup_logging
-from common.mongo import Mongo
+from common.mongo import MP3S_BUCKET, Mongo
+from common.periodic import Periodic
 from common.queue import Publisher
 from common.settings import load
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
+from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from gateway.outbox import Outbox
 from gateway.service import MediaService
 from gateway.uploads import Uploads
+from gateway.user_check import UserCheck, grpc_get_me
+from gateway.watch import WatchHub
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
 AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -44,7 +49,6 @@ def auth_health_check(addr: str):
 def main() -> None:
     setup_logging("gateway")
     cfg = load(GatewayConfig)
-    cfg.tokens.warn_if_insecure(log)
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
     publisher = Publisher(cfg.rabbit)
@@ -54,16 +58,25 @@ def main() -> None:
     monitor = DependencyMonitor(
         {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(cfg.auth.addr)},
         health, [SERVICE_NAME], critical={"mongodb"})
-    service = MediaService(mongo, job_store, uploads, monitor)
+    to_auth = auth_channel(cfg.auth.addr)
+    keys = JwksCache(grpc_fetcher(to_auth), min_refetch_s=cfg.jwks_min_refetch_s)
+    users = UserCheck(grpc_get_me(to_auth), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
+    hub = WatchHub(job_store, interval_s=cfg.watch_poll_interval_s, max_watchers=cfg.max_watchers)
+    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port, max_workers=cfg.max_workers, health_servicer=health,
-        interceptors=[AuthInterceptor(cfg.tokens.secret_key)],
+        interceptors=[AuthInterceptor(keys, users)],
         # Envoy sends every reflection request to the gateway; offering
         # AuthService's descriptors too lets `grpcurl` through Envoy's single
         # port describe and call both services without .proto files.
         also_reflect=[AUTH_SERVICE_NAME])
     monitor.start()
+    # Auth may not be up yet: an unknown kid fetches on demand anyway.
+    if not keys.refresh():
+        log.warning("no token keys yet; fetching them from auth at %s when the first token arrives",
+                    cfg.auth.addr)
+    key_refresher = Periodic("jwks-refresh", cfg.jwks_refresh_s, keys.refresh).start()
     try:
         job_store.ensure_indexes()
     except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
@@ -71,10 +84,26 @@ def main() -> None:
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
                                  interval_s=cfg.janitor_interval_s).start()
+    # MP3 chunks of a conversion whose job was deleted and whose worker died
+    # before it could delete them.
+    mp3_janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
+                                     interval_s=cfg.janitor_interval_s, bucket=MP3S_BUCKET).start()
+
+    def sweep():
+        retention.sweep(mongo, job_store, cfg.retention)
+        uploads.request_ids.sweep()
+
+    sweeper = Periodic("retention-sweep", cfg.retention.sweep_interval_s, sweep,
+                       errors=(pymongo.errors.PyMongoError,)).start()
+    hub.start()
 
     def on_stop():
+        hub.stop()
+        sweeper.stop()
+        key_refresher.stop()
         outbox.stop()
         janitor.stop()
+        mp3_janitor.stop()
         monitor.stop()
 
     grpc_server.run_until_signalled(server, health, grace_seconds=cfg.grace_seconds, on_stop=on_stop)

@@ -1,22 +1,29 @@
-"""MediaService: uploads, jobs, MP3 downloads and health."""
+"""MediaService: uploads, jobs (get, watch, list, delete), MP3 downloads and health."""
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import logging
 import unicodedata
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
+import pymongo.errors
 from google.api import httpbody_pb2
+from google.protobuf import empty_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import jobs
+from common import jobs, retention
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from common.health import DependencyMonitor
 from common.mongo import Mongo
+from gateway import validation
 from gateway.auth import caller
 from gateway.uploads import Uploads
+from gateway.user_check import UserCheck
+from gateway.user_data import delete_user_data
+from gateway.watch import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +33,22 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 
 class MediaService(media_pb2_grpc.MediaServiceServicer):
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, uploads: Uploads,
-                 monitor: DependencyMonitor):
+                 monitor: DependencyMonitor, watch_hub: WatchHub,
+                 retention_settings: retention.RetentionSettings, users: UserCheck):
         self.mongo = mongo
+        self.users = users
         self.jobs = job_store
         self.uploads = uploads
         self.monitor = monitor
+        self.watch_hub = watch_hub
+        self.retention = retention_settings
+
+    def _proto(self, job: jobs.Job) -> media_pb2.Job:
+        return jobs.to_proto(job, retention.expire_time(job, self.retention),
+                             retention.purge_time(job, self.retention))
 
     def UploadVideo(self, request_iterator, context):
-        return jobs.to_proto(self.uploads.handle(request_iterator, context, caller(context)))
+        return self._proto(self.uploads.handle(request_iterator, context, caller(context)))
 
     # MongoDB errors are left to common/errors.py: UNAVAILABLE, in one place.
     def _owned_job(self, job_id: str, context) -> jobs.Job:
@@ -48,17 +63,37 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         return job
 
     def GetJob(self, request, context):
-        return jobs.to_proto(self._owned_job(request.job_id, context))
+        return self._proto(self._owned_job(request.job_id, context))
+
+    def WatchJob(self, request, context):
+        first = self._owned_job(request.job_id, context)
+        return (self._proto(j) for j in self.watch_hub.watch(first, context))
+
+    def DeleteJob(self, request, context):
+        if not request.job_id:
+            self._owned_job(request.job_id, context)  # the INVALID_ARGUMENT
+        job = self.jobs.mark_deleted(request.job_id, caller(context).user_id)
+        if job is None:
+            raise NotFound(f"job {request.job_id} not found (deleted already, or never yours)",
+                           reason=Reason.JOB_NOT_FOUND, metadata={"job_id": request.job_id})
+        try:
+            retention.delete_job(self.mongo, self.jobs, job)
+        except pymongo.errors.PyMongoError as e:
+            # The job is gone for its owner already; the retention sweep finishes it.
+            log.warning("job %s deleted; its files will be removed by the sweep: %s", job.id, e)
+        log.info("job %s deleted by its owner (was %s)", job.id, job.state)
+        return empty_pb2.Empty()
 
     def ListJobs(self, request, context):
         if request.page_size < 0:
-            raise _invalid_page("page_size", "page_size must not be negative")
+            raise _invalid_page("page_size", "page_size must not be negative (0 means 50; at most 1000)")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        before = _decode_page_token(request.page_token)
-        found = self.jobs.list_for_user(caller(context).user_id, size + 1, before)
+        states = validation.state_filter(request.filter)
+        before = _decode_page_token(request.page_token, request.filter)
+        found = self.jobs.list_for_user(caller(context).user_id, size + 1, before, states)
         page, more = found[:size], len(found) > size
-        token = _encode_page_token(page[-1]) if more else ""
-        return media_pb2.ListJobsResponse(jobs=[jobs.to_proto(j) for j in page], next_page_token=token)
+        token = _encode_page_token(page[-1], request.filter) if more else ""
+        return media_pb2.ListJobsResponse(jobs=[self._proto(j) for j in page], next_page_token=token)
 
     def DownloadMp3(self, request, context):
         if request.job_id and request.fid and request.job_id != request.fid:
@@ -67,8 +102,20 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         job = self._owned_job(request.job_id or request.fid, context)
         if job.state != jobs.DONE:
             raise FailedPrecondition(
-                f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE",
-                reason=Reason.JOB_NOT_DONE, metadata={"job_id": job.id, "state": str(job.state)})
+                f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE "
+                "(WatchJob tells you when)",
+                reason=Reason.JOB_NOT_DONE, metadata={"job_id": job.id, "state": str(job.state)},
+                # REST: 409 Conflict (the job's state, not the request, is the problem).
+                trailers=[("x-http-status", "409")])
+        if retention.mp3_expired(job, self.retention):
+            expired = retention.expire_time(job, self.retention)
+            when = f"{expired:%Y-%m-%dT%H:%M:%SZ}" if expired else "?"
+            raise FailedPrecondition(
+                f"the MP3 of job {job.id} expired at {when} and was deleted; "
+                "upload the video again to convert it again",
+                reason=Reason.MP3_EXPIRED, metadata={"job_id": job.id, "expire_time": when},
+                # REST: 410 Gone (deploy/envoy.yaml's Lua filter); gRPC keeps FAILED_PRECONDITION.
+                trailers=[("x-http-status", "410")])
         stream = self.mongo.mp3s.open_download_stream(job.mp3_fid)
         # Envoy's transcoder passes initial metadata on as HTTP response headers.
         context.send_initial_metadata([("content-disposition", content_disposition(mp3_name(job.filename)))])
@@ -84,6 +131,15 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 # Envoy takes the HTTP Content-Type from the first message.
                 yield httpbody_pb2.HttpBody(content_type=content_type, data=data)
                 content_type = ""
+
+    def DeleteMyData(self, request, context):
+        user_id = caller(context).user_id
+        # MongoDB down: common/errors.py answers UNAVAILABLE (the account is kept; retry).
+        n_jobs, n_videos, n_mp3s = delete_user_data(self.mongo, user_id)
+        # The account is about to go: look it up afresh on its next request.
+        self.users.forget(user_id)
+        log.info("deleted the data of user %s: %d jobs, %d videos, %d MP3s", user_id, n_jobs, n_videos, n_mp3s)
+        return media_pb2.DeleteMyDataResponse(jobs_deleted=n_jobs, videos_deleted=n_videos, mp3s_deleted=n_mp3s)
 
     def GetHealth(self, request, context):
         status = self.monitor.status()
@@ -112,20 +168,29 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _encode_page_token(job: jobs.Job) -> str:
+def _filter_key(filter_text: str) -> str:
+    return hashlib.sha256(filter_text.encode()).hexdigest()[:12]
+
+
+def _encode_page_token(job: jobs.Job, filter_text: str) -> str:
     assert job.create_time is not None, "jobs read from the database have a create_time"
-    raw = f"{job.create_time.isoformat()}|{job.id}"
+    # The filter's hash rides along: a token is only valid for the same filter (AIP-158).
+    raw = f"{job.create_time.isoformat()}|{job.id}|{_filter_key(filter_text)}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def _decode_page_token(token: str):
+def _decode_page_token(token: str, filter_text: str):
     if not token:
         return None
     try:
-        t, jid = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-        return dt.datetime.fromisoformat(t), jid
+        t, jid, key = base64.urlsafe_b64decode(token.encode()).decode().split("|", 2)
+        before = dt.datetime.fromisoformat(t), jid
     except ValueError:
         raise _invalid_page("page_token", "page_token is not valid; pass next_page_token as given") from None
+    if key != _filter_key(filter_text):
+        raise _invalid_page("page_token", "page_token was made for another filter; "
+                            "send the same filter with it, or start again without a token")
+    return before
 
 
 def _invalid_page(field: str, message: str) -> InvalidArgument:

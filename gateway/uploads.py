@@ -5,7 +5,8 @@ Nothing is half-kept: any failure before the job is recorded (bad options,
 empty body, size limit, client cancel, storage error) aborts the GridFS upload,
 which deletes its chunks; chunks a killed gateway could not delete are removed
 later by gateway/janitor.py. Memory holds one GridFS chunk at a time
-(common/gridfs_upload.py).
+(common/gridfs_upload.py). An upload with a request_id reserves it before
+storing anything (gateway/request_ids.py), so a retry never stores a copy.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from common.mongo import VIDEOS_BUCKET, Mongo
 from common.queue import Publisher, PublishError
 from common.tokens import Caller
 from gateway import form_upload, validation
+from gateway.request_ids import RequestIds, Reservation
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ BUSY_RETRY_S = 3.0
 class Uploads:
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, publisher: Publisher,
                  max_bytes: int, max_concurrent: int):
+        self.request_ids = RequestIds(mongo.db, job_store)
         self.mongo = mongo
         self.jobs = job_store
         self.publisher = publisher
@@ -57,20 +60,43 @@ class Uploads:
             raise _empty()
         options = validation.conversion_options(first)
         filename = validation.filename(first.filename)
+        request_id = validation.request_id(first.request_id)
+        if not request_id:
+            return self._store(first, requests, context, caller, options, filename, None)
+        found = self.request_ids.begin(caller.user_id, request_id, context)
+        if isinstance(found, jobs.Job):
+            self._drain(requests)
+            return found
+        try:
+            return self._store(first, requests, context, caller, options, filename, found,
+                               request_id)
+        finally:
+            found.release()
+
+    def _store(self, first, requests, context, caller: Caller, options, filename: str,
+               reservation: Reservation | None, request_id: str = "") -> jobs.Job:
         stream = ChunkedUpload(
             self.mongo.db, VIDEOS_BUCKET, filename,
             metadata={"user_id": caller.user_id,
                       "content_type": first.body.content_type or "application/octet-stream"},
         )
         size = self._write_all(stream, itertools.chain([first], requests), context,
-                               first.body.content_type, named_by_query=bool(first.filename))
+                               first.body.content_type, named_by_query=bool(first.filename),
+                               on_data=reservation.renew if reservation else None)
         filename = stream.filename
         video_fid: ObjectId = stream._id
         job_id = jobs.new_job_id()
         try:
             job = self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
                                    filename=filename, video_fid=video_fid, video_size=size,
-                                   options=options)
+                                   options=options, request_id=request_id)
+        except pymongo.errors.DuplicateKeyError:
+            # Another upload with this request_id won (our reservation had lapsed): its job it is.
+            self._delete_quietly(video_fid)
+            first_job = self.jobs.get_by_request(caller.user_id, request_id)
+            if first_job is None:
+                raise
+            return first_job
         except pymongo.errors.PyMongoError:
             self._delete_quietly(video_fid)
             raise
@@ -79,7 +105,20 @@ class Uploads:
         log.info("job %s queued: %s (%d bytes) for %s", job_id, filename, size, caller.email)
         return job
 
-    def _write_all(self, stream, messages, context, content_type: str, named_by_query: bool) -> int:
+    def _drain(self, requests) -> None:
+        """Read a retry's remaining bytes and drop them, so an HTTP client
+        finishes sending before it reads the answer. At most max_bytes."""
+        read = 0
+        try:
+            for m in requests:
+                read += len(m.body.data)
+                if read > self.max_bytes:
+                    return
+        except Exception:  # noqa: BLE001 - the client went away: nothing to answer anyway
+            return
+
+    def _write_all(self, stream, messages, context, content_type: str, named_by_query: bool,
+                   on_data=None) -> int:
         """Writes the video's bytes from `messages` into `stream`; returns the size.
         On any failure the upload is aborted (its chunks deleted), then it raises."""
         size = 0
@@ -99,6 +138,8 @@ class Uploads:
                         trailers=[("x-http-status", "413")])
                 if data:
                     stream.write(data)
+                    if on_data is not None:
+                        on_data()
             if _reset_after_end(context):
                 raise Cancelled("the client cancelled the upload", reason=Reason.UPLOAD_CANCELLED)
             if size == 0:

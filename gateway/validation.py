@@ -1,12 +1,13 @@
-"""Checks an upload's first message: its conversion options (the rules are
-common/mp3_options.py's) and its file name."""
+"""Checks what callers send: an upload's conversion options (the rules are
+common/mp3_options.py's), its file name and request_id, and ListJobs' filter."""
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from video2mp3.media.v1 import media_pb2
 
-from common import mp3_options
+from common import jobs, mp3_options
 from common.errors import InvalidArgument, Reason
 
 MAX_FILENAME_CHARS = 255
@@ -33,3 +34,41 @@ def filename(raw: str) -> str:
         keep = f"{dot}{ext}" if stem and len(ext) <= 16 else ""
         name = name[:MAX_FILENAME_CHARS - len(keep)].rstrip() + keep
     return name or "upload"
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def request_id(raw: str) -> str:
+    """'' (none given) or the UUID in lower case; InvalidArgument otherwise."""
+    if not raw:
+        return ""
+    if not _UUID.fullmatch(raw):
+        shown = raw if len(raw) <= 64 else raw[:64] + "..."
+        message = (f"request_id must be a UUID such as 123e4567-e89b-42d3-a456-426614174000 "
+                   f"(make one with uuidgen), got {shown!r}")
+        raise InvalidArgument(message, reason=Reason.INVALID_REQUEST_ID,
+                              violations=[("request_id", message)])
+    return raw.lower()
+
+
+MAX_FILTER_CHARS = 1000
+_STATES = {media_pb2.JobState.Name(v): s for s, v in jobs.STATE_TO_PROTO.items()}
+_TERM = re.compile(r"\s*state\s*=\s*(\w+)\s*")
+
+
+def state_filter(text: str) -> list[jobs.State]:
+    """ListJobs' filter (AIP-160 subset): `state = JOB_STATE_DONE`, terms
+    joined by OR. The states asked for; empty for no filter."""
+    if not text.strip():
+        return []
+    wanted: list[jobs.State] = []
+    for term in re.split(r"\s+OR\s+", text.strip()) if len(text) <= MAX_FILTER_CHARS else [""]:
+        m = _TERM.fullmatch(term)
+        if not m or m.group(1) not in _STATES:
+            message = ("filter must be `state = <JobState>`, several joined by OR, with JobState one of "
+                       f"{', '.join(_STATES)}; e.g. `state = JOB_STATE_DONE`")
+            raise InvalidArgument(message, reason=Reason.INVALID_FILTER, violations=[("filter", message)],
+                                  metadata={"filter": text[:100]})
+        wanted.append(_STATES[m.group(1)])
+    return wanted

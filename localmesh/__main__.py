@@ -2,7 +2,8 @@
 
 Checks that MySQL and RabbitMQ answer, then starts SecantusDB (unless
 MONGO_URI is set), auth, gateway, converter and Envoy, waits until each is
-up, prints where REST and gRPC are served and stays in the foreground.
+up, prints where the web page, REST and gRPC are served and stays in the
+foreground.
 Ctrl-C (or SIGTERM) stops every process it started: Envoy first, then the
 services (SIGTERM, so they finish in-flight work within GRACE_SECONDS), then
 SecantusDB. If a child dies on its own, says which and stops the rest.
@@ -14,6 +15,8 @@ Configuration (environment, with defaults):
                    in MONGO_DATA_DIR (./data/mongo, kept across restarts)
   AUTH_PORT 50051, MEDIA_PORT 50052, ENVOY_PORT 8000, ENVOY_ADMIN_PORT 9901
   AUTH_ADDR        where the gateway reaches auth (127.0.0.1:AUTH_PORT)
+  AUTH_KEYS_DIR    auth's signing keys; unset: ./data/keys, where a key is
+                   generated (mode 0600) on first start and reused after
   QUEUE_NAME video the queue the converter consumes (to know it is ready)
   GRACE_SECONDS    the services' shutdown grace; we SIGKILL 5 s after it
 """
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from auth.keys import ensure_key
 from common.settings import MongoSettings, is_set, load
 from localmesh.processes import Child, ChildDied, port_is_open, secantusd_argv, stop_all, wait_for_mongo
 from localmesh.settings import MeshSettings
@@ -92,6 +96,11 @@ def main() -> int:
     env.update(AUTH_PORT=str(auth_port), MEDIA_PORT=str(media_port),
                ENVOY_PORT=str(envoy_port), ENVOY_ADMIN_PORT=str(admin_port))
     queue = mesh.converter.rabbit.queue
+    if mesh.auth.keys_dir is None:
+        keys_dir = (ROOT / "data" / "keys").resolve()
+        if ensure_key(keys_dir):
+            _say(f"generated a token signing key in {keys_dir}")
+        env["AUTH_KEYS_DIR"] = str(keys_dir)
     # make run is for humans: a converter that is slow to attach to its queue
     # is reported, not fatal.
     stack = Stack(env, require_consumer=False, start_timeout=START_TIMEOUT)
@@ -130,6 +139,7 @@ def main() -> int:
 
         _say()
         _say("video2mp3 is up.")
+        _say(f"  Web   {stack.rest_base_url}/          open it in a browser")
         _say(f"  REST  {stack.rest_base_url}          e.g. curl {stack.rest_base_url}/health")
         _say(f"  gRPC  {stack.envoy_addr} via Envoy     e.g. grpcurl -plaintext {stack.envoy_addr} list")
         _say(f"        direct: auth {stack.auth_addr}, media {stack.media_addr}")

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import IO
 
 from auth.config import AuthConfig
-from common.settings import AuthEndpoint, RabbitSettings, is_set, load
+from common.settings import AuthEndpoint, MediaEndpoint, RabbitSettings, is_set, load
+from gateway.config import GatewayConfig
 from localmesh.processes import (
     Child,
     stop_all,
@@ -41,11 +42,13 @@ PYTHON_SERVICES = ("auth", "gateway", "converter")
 
 def service_env(env: Mapping[str, str]) -> dict[str, str]:
     """`env` plus what every Python child needs: unbuffered output, AUTH_ADDR
-    defaulting to the local auth."""
+    and MEDIA_ADDR defaulting to the local auth and gateway."""
     out = dict(env)
     out["PYTHONUNBUFFERED"] = "1"
     if not is_set(AuthEndpoint, "addr", out):
         out["AUTH_ADDR"] = f"127.0.0.1:{load(AuthConfig, out).port}"
+    if not is_set(MediaEndpoint, "addr", out):
+        out["MEDIA_ADDR"] = f"127.0.0.1:{load(GatewayConfig, out).port}"
     return out
 
 
@@ -115,6 +118,7 @@ class Stack:
                 auth=("127.0.0.1", self.auth_port),
                 media=("127.0.0.1", self.media_port),
                 descriptor=self.settings.envoy.descriptor,
+                limits=self.settings.envoy.rate_limits(),
             )
         return self._envoy_config
 

@@ -9,10 +9,12 @@ copy rendered here with other ports, upstream addresses or descriptor path.
     subprocess.Popen([envoy_binary(), "-c", path, *envoy_args()])
 
 Also usable from a shell; with --exec it then runs Envoy on the result (the
-envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR are the defaults):
+envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR, ENVOY_LOGIN_LIMIT,
+ENVOY_SIGNUP_LIMIT are the defaults):
 
     python -m ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
-        --auth auth:50051 --media gateway:50052 [--exec]
+        --auth auth:50051 --media gateway:50052 [--openapi /etc/envoy/openapi.json] \\
+        [--web-root /etc/envoy/web] [--exec]
 """
 from __future__ import annotations
 
@@ -27,15 +29,18 @@ from typing import Any
 
 import yaml
 
-from common.settings import AuthEndpoint, group, load, setting
+from common.settings import AuthEndpoint, MediaEndpoint, group, load, setting
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "gen" / "descriptor.pb"
 OPENAPI = ROOT / "gen" / "openapi.json"
+WEB_ROOT = ROOT / "web"  # the page Envoy serves at / (index.html, app.js, app.css)
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 HCM = "envoy.filters.network.http_connection_manager"
+LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+AUTH_SERVICE_PATH = "/video2mp3.auth.v1.AuthService/"
 
 Address = tuple[str, int]
 
@@ -47,12 +52,28 @@ class EnvoySettings:
     port: int = setting("ENVOY_PORT", 8000, minimum=1)
     admin_port: int = setting("ENVOY_ADMIN_PORT", 9901, minimum=1)
     auth: AuthEndpoint = group(AuthEndpoint)
-    media_addr: str = setting("MEDIA_ADDR", "127.0.0.1:50052")
+    media: MediaEndpoint = group(MediaEndpoint)
     descriptor: Path | None = setting("ENVOY_DESCRIPTOR", None)
     binary: str | None = setting("ENVOY_BIN", None)
     log_level: str = setting("ENVOY_LOG_LEVEL", "info")
     # Worker threads; 0 lets Envoy take one per core.
     concurrency: int = setting("ENVOY_CONCURRENCY", 2)
+    # Edge rate limits, "REQUESTS/SECONDS" (e.g. 200/10); unset: the template's.
+    login_limit: str | None = setting("ENVOY_LOGIN_LIMIT", None)
+    signup_limit: str | None = setting("ENVOY_SIGNUP_LIMIT", None)
+
+    def rate_limits(self) -> dict[str, tuple[int, float]]:
+        """{"Login" | "SignUp": (requests, per_seconds)} for build(limits=...), where set;
+        a bad value exits with one line, like any other bad setting."""
+        out = {}
+        for rpc, name, text in (("Login", "ENVOY_LOGIN_LIMIT", self.login_limit),
+                                ("SignUp", "ENVOY_SIGNUP_LIMIT", self.signup_limit)):
+            if text is not None:
+                try:
+                    out[rpc] = parse_limit(text)
+                except argparse.ArgumentTypeError as e:
+                    raise SystemExit(f"{name}: {e}") from None
+        return out
 
 
 def load_template(path: str | os.PathLike = TEMPLATE) -> dict[str, Any]:
@@ -87,6 +108,26 @@ def _openapi_route(cfg: dict) -> dict:
     raise KeyError("no /openapi.json route in the Envoy config")
 
 
+def web_routes(cfg: dict) -> list[dict]:
+    """The routes that serve a web file (a direct_response read from a file)."""
+    vhost = _hcm(cfg)["route_config"]["virtual_hosts"][0]
+    return [r for r in vhost["routes"]
+            if "filename" in r.get("direct_response", {}).get("body", {})
+            and r["match"].get("path") != "/openapi.json"]
+
+
+def edge_limits(cfg: dict) -> dict[str, dict]:
+    """RPC name ("Login", "SignUp") -> its route's local_ratelimit config."""
+    out = {}
+    for vh in _hcm(cfg)["route_config"]["virtual_hosts"]:
+        for route in vh["routes"]:
+            limit = route.get("typed_per_filter_config", {}).get(LOCAL_RATELIMIT)
+            path = route["match"].get("path", "")
+            if limit is not None and path.startswith(AUTH_SERVICE_PATH):
+                out[path[len(AUTH_SERVICE_PATH):]] = limit
+    return out
+
+
 def _cluster(cfg: dict, name: str) -> dict:
     for c in cfg["static_resources"]["clusters"]:
         if c["name"] == name:
@@ -113,13 +154,17 @@ def build(
     admin_port: int | None = None,
     descriptor: str | os.PathLike | None = None,
     openapi: str | os.PathLike | None = None,
+    web_root: str | os.PathLike | None = None,
     access_log: bool = True,
+    limits: dict[str, tuple[int, float]] | None = None,
     template: dict | None = None,
 ) -> dict[str, Any]:
     """The patched config as a dict. None keeps the template's value, except
-    `descriptor` and `openapi`, which default to this checkout's
-    gen/descriptor.pb and gen/openapi.json as absolute paths (so Envoy can
-    run from any working directory)."""
+    `descriptor`, `openapi` and `web_root`, which default to this checkout's
+    gen/descriptor.pb, gen/openapi.json and web/ as absolute paths (so Envoy
+    can run from any working directory).
+    `limits`: {"Login" | "SignUp": (requests, per_seconds)}, the edge rate
+    limits (a token bucket of `requests`, refilled whole every `per_seconds`)."""
     cfg = copy.deepcopy(template if template is not None else load_template())
     lsock = _listener(cfg)["address"]["socket_address"]
     if listen_address is not None:
@@ -137,8 +182,21 @@ def build(
         _set_endpoint(_cluster(cfg, "media"), media)
     transcoder(cfg)["proto_descriptor"] = str(Path(descriptor or DESCRIPTOR).resolve())
     _openapi_route(cfg)["direct_response"]["body"]["filename"] = str(Path(openapi or OPENAPI).resolve())
+    web = Path(web_root or WEB_ROOT).resolve()
+    for route in web_routes(cfg):
+        body = route["direct_response"]["body"]
+        body["filename"] = str(web / Path(body["filename"]).name)
     if not access_log:
         _hcm(cfg).pop("access_log", None)
+    routes = edge_limits(cfg)
+    for rpc, (requests, per_s) in (limits or {}).items():
+        if rpc not in routes:
+            raise KeyError(f"no edge limit for {rpc!r}; the template has {sorted(routes)}")
+        routes[rpc]["token_bucket"] = {"max_tokens": int(requests), "tokens_per_fill": int(requests),
+                                       "fill_interval": f"{per_s:g}s"}
+        for h in routes[rpc].get("response_headers_to_add", []):
+            if h["header"]["key"] == "retry-after":
+                h["header"]["value"] = str(max(1, round(per_s)))
     return cfg
 
 
@@ -192,6 +250,18 @@ def envoy_args(*, log_level: str = "warning", concurrency: int | None = None) ->
     return args
 
 
+def parse_limit(text: str) -> tuple[int, float]:
+    """"N/S": N requests per S seconds (e.g. "200/10")."""
+    n, _, per = text.partition("/")
+    try:
+        requests, per_s = int(n), float(per)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected REQUESTS/SECONDS (e.g. 200/10), got {text!r}") from None
+    if requests < 1 or per_s <= 0:
+        raise argparse.ArgumentTypeError(f"expected REQUESTS/SECONDS (e.g. 200/10), got {text!r}")
+    return requests, per_s
+
+
 def _addr(text: str) -> Address:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -208,12 +278,17 @@ def main(argv: list[str] | None = None) -> None:
     # String defaults go through `type` too, so a bad $AUTH_ADDR is reported like a bad --auth.
     p.add_argument("--auth", type=_addr, default=s.auth.addr,
                    help="HOST:PORT of AuthService (default $AUTH_ADDR, 127.0.0.1:50051)")
-    p.add_argument("--media", type=_addr, default=s.media_addr,
+    p.add_argument("--media", type=_addr, default=s.media.addr,
                    help="HOST:PORT of MediaService (default $MEDIA_ADDR, 127.0.0.1:50052)")
     p.add_argument("--admin-address")
     p.add_argument("--admin-port", type=int)
     p.add_argument("--descriptor")
     p.add_argument("--openapi", help="the OpenAPI document served at /openapi.json")
+    p.add_argument("--web-root", help="folder holding the web page's files (default: this checkout's web/)")
+    p.add_argument("--login-limit", type=parse_limit, default=s.rate_limits().get("Login"),
+                   help="REQUESTS/SECONDS for Login at the edge (default $ENVOY_LOGIN_LIMIT, else the template's)")
+    p.add_argument("--signup-limit", type=parse_limit, default=s.rate_limits().get("SignUp"),
+                   help="REQUESTS/SECONDS for SignUp (default $ENVOY_SIGNUP_LIMIT, else the template's)")
     p.add_argument("--exec", action="store_true",
                    help="then replace this process with Envoy running the rendered file "
                         "(container entrypoint); extra arguments after -- go to Envoy")
@@ -228,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         admin_port=a.admin_port,
         descriptor=a.descriptor,
         openapi=a.openapi,
+        web_root=a.web_root,
+        limits={k: v for k, v in (("Login", a.login_limit), ("SignUp", a.signup_limit)) if v},
     )
     if not a.exec:
         print(path)

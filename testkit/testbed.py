@@ -162,28 +162,49 @@ def start_mongo(log_dir: str | os.PathLike, *, cache_size: str = "2G",
 
 def fresh_ports(env: Mapping[str, str]) -> dict:
     """`env` with new free ports for auth, gateway and Envoy."""
-    auth_port = free_port()
+    auth_port, media_port = free_port(), free_port()
     return dict(
         env,
         AUTH_PORT=str(auth_port),
         AUTH_ADDR=f"127.0.0.1:{auth_port}",
-        MEDIA_PORT=str(free_port()),
+        MEDIA_PORT=str(media_port),
+        MEDIA_ADDR=f"127.0.0.1:{media_port}",
         ENVOY_PORT=str(free_port()),
         ENVOY_ADMIN_PORT=str(free_port()),
     )
 
 
+def new_keys_dir(path: str | os.PathLike) -> str:
+    """A directory holding one fresh Ed25519 signing key (this run's own)."""
+    from auth.keys import ensure_key
+
+    ensure_key(Path(path))
+    return str(path)
+
+
+def signing_key(env: Mapping[str, str]):
+    """The mesh's current signing key (auth.keys.SigningKey), for tests that
+    must forge exactly what auth would sign (an expired token, say)."""
+    from auth.keys import load_dir
+
+    return load_dir(Path(env["AUTH_KEYS_DIR"]))[-1]
+
+
 def mesh_env(*, mysql: Mapping[str, str], rabbit: Mapping[str, str], mongo_uri: str, queue: str,
-             base: Mapping[str, str] = os.environ, **overrides) -> dict:
+             keys_dir: str | os.PathLike, base: Mapping[str, str] = os.environ, **overrides) -> dict:
     """Everything the services need, on fresh ports: `base` (the caller's
-    environment) with MySQL, RabbitMQ, MongoDB and the queue replaced."""
+    environment) with MySQL, RabbitMQ, MongoDB, the queue and the signing
+    keys (`keys_dir`, see new_keys_dir) replaced."""
     env = dict(base)
+    env.pop("SECRET_KEY", None)  # gone; never let one leak in
     env.update(mysql)
     env.update(rabbit)
     env.update(
         MONGO_URI=mongo_uri,
         QUEUE_NAME=queue,
-        SECRET_KEY=f"test-secret-{uuid.uuid4().hex}",
+        AUTH_KEYS_DIR=new_keys_dir(keys_dir),
+        # Deleted users' tokens stop working within this long.
+        USER_CACHE_TTL_S="1",
         CONVERTER_WORKERS="1",
         GRACE_SECONDS="5",
         LOG_LEVEL=base.get("TEST_LOG_LEVEL") or "INFO",
@@ -229,7 +250,7 @@ class Testbed:
         if rabbit_port:
             rabbit["RABBITMQ_PORT"] = str(rabbit_port)
         return mesh_env(mysql=self.mysql, rabbit=rabbit, mongo_uri=self.mongo_uri(mongo_port),
-                        queue=self.queue, base=self.environ, **overrides)
+                        queue=self.queue, keys_dir=self.log_dir / "keys", base=self.environ, **overrides)
 
     def close(self) -> None:
         delete_queues(self.rabbit, self.queue)

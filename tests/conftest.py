@@ -22,8 +22,9 @@ Dependencies (the machine's shared servers are checked, never started or stopped
 The mesh (real `python -m auth|gateway|converter` processes and Envoy):
 
   mesh_env         the full environment for the services: os.environ plus
-                   MYSQL_*, MONGO_URI, RABBITMQ_*, QUEUE_NAME, SECRET_KEY,
-                   AUTH_PORT, MEDIA_PORT, ENVOY_PORT, ENVOY_ADMIN_PORT, AUTH_ADDR,
+                   MYSQL_*, MONGO_URI, RABBITMQ_*, QUEUE_NAME, AUTH_KEYS_DIR (a
+                   fresh Ed25519 key of this run), USER_CACHE_TTL_S=1,
+                   AUTH_PORT, MEDIA_PORT, ENVOY_PORT, ENVOY_ADMIN_PORT, AUTH_ADDR, MEDIA_ADDR,
                    CONVERTER_WORKERS=1, GRACE_SECONDS, LOG_LEVEL.
   mesh             session-wide localmesh.stack.Stack, all four processes up and ready
                    (gRPC health SERVING / consuming / listening):
@@ -174,11 +175,11 @@ def mongo_server(tmp_path_factory) -> Iterator[MongoURI]:
 # ------------------------------------------------------------------ the mesh
 
 @pytest.fixture(scope="session")
-def mesh_env(mysql_db, rabbitmq_server, mongo_server, queue_name) -> dict:
-    """Everything the services need, pointing at this run's databases and queue."""
+def mesh_env(mysql_db, rabbitmq_server, mongo_server, queue_name, tmp_path_factory) -> dict:
+    """Everything the services need, pointing at this run's databases, queue and signing key."""
     # Never let a developer's MONGO_URI etc. leak in: ours replace them.
     return testbed.mesh_env(mysql=mysql_db, rabbit=rabbitmq_server, mongo_uri=str(mongo_server),
-                            queue=queue_name)
+                            queue=queue_name, keys_dir=tmp_path_factory.mktemp("keys"))
 
 
 _fresh_ports = testbed.fresh_ports

@@ -19,9 +19,11 @@ import pexpect
 import pytest
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
+from auth.keys import generate as generate_key
 from cli.session import token_claims
 from common import tokens
 from localmesh.processes import free_port, wait_for
+from testkit import testbed
 from testkit.clients import unique_email
 from testkit.media import analyse_mp3, make_media
 
@@ -144,11 +146,20 @@ def test_convert_two_files_at_once_in_a_terminal(env, user, clip, wav, tmp_path)
     assert abs(analyse_mp3(out / "tone.mp3")[0] - 60.0) < 0.1
 
 
-def test_convert_prints_plain_lines_when_not_a_terminal(env, user, clip, tmp_path):
+def test_convert_prints_plain_lines_when_not_a_terminal(env, mesh, user, clip, tmp_path):
     video = tmp_path / "plain.mp4"
     video.write_bytes(Path(clip).read_bytes())
+    envoy_log = mesh.logs["envoy"]
+    seen = envoy_log.stat().st_size
     r = run(env, "convert", str(video), "--mono")  # the MP3 goes next to the video
     assert r.returncode == 0, r.stderr
+    # It followed the job through WatchJob's stream, not by polling GetJob.
+    def calls() -> str:  # Envoy's access log lines since (flushed every 0.5 s)
+        return envoy_log.read_bytes()[seen:].decode(errors="replace")
+
+    wait_for("the WatchJob call in Envoy's access log",
+             lambda: "/video2mp3.media.v1.MediaService/WatchJob 200" in calls(), timeout=10)
+    assert "MediaService/GetJob" not in calls()
     assert "\x1b" not in r.stdout and "━" not in r.stdout
     lines = r.stdout.splitlines()
     assert lines[0] == "plain.mp4: uploading 85.2 kB" or lines[0].startswith("plain.mp4: uploading ")
@@ -162,6 +173,15 @@ def test_convert_prints_plain_lines_when_not_a_terminal(env, user, clip, tmp_pat
     r = run(env, "download", job_id, "-o", str(tmp_path / "again.mp3"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "again.mp3").read_bytes() == (tmp_path / "plain.mp3").read_bytes()
+
+    # delete: the job, its video and its MP3 go (DeleteJob); a second delete is "not found".
+    r = run(env, "delete", job_id)
+    assert (r.returncode, r.stdout.strip()) == (0, f"Deleted job {job_id}."), r.stderr
+    assert job_id not in run(env, "jobs").stdout
+    r = run(env, "download", job_id)
+    assert r.returncode == 1 and "not found" in r.stderr
+    r = run(env, "delete", job_id)
+    assert r.returncode == 1 and "not found" in r.stderr
 
 
 def test_exit_codes(env, mesh, clip, tmp_path):
@@ -179,10 +199,12 @@ def test_exit_codes(env, mesh, clip, tmp_path):
     assert r.returncode == 3 and "incorrect email or password" in r.stderr
     path = token_file(env)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tokens.issue(mesh.env["SECRET_KEY"], "1", email, 60, now=time.time() - 3600))
+    key = testbed.signing_key(mesh.env)
+    path.write_text(tokens.issue(key.private_key, key.kid, "1", email, 60, now=time.time() - 3600))
     r = run(env, "convert", str(clip))
     assert r.returncode == 3 and "expired" in r.stderr
-    path.write_text(tokens.issue("not-the-servers-key-but-long-enough-32", "1", email, 600))
+    other = generate_key()  # not the server's key
+    path.write_text(tokens.issue(other.private_key, other.kid, "1", email, 600))
     r = run(env, "jobs")
     assert r.returncode == 3 and "run `video2mp3 login`" in r.stderr
 
@@ -196,10 +218,7 @@ def test_exit_codes(env, mesh, clip, tmp_path):
     r = run(env, "download", "0" * 32)
     assert r.returncode == 1 and "not found" in r.stderr
     r = run(env, "delete", "0" * 32)
-    if hasattr(media_pb2_grpc.MediaServiceStub, "DeleteJob") or hasattr(media_pb2, "DeleteJobRequest"):
-        assert r.returncode == 1 and "not found" in r.stderr
-    else:
-        assert r.returncode == 1 and "not supported by this server" in r.stderr
+    assert r.returncode == 1 and "not found" in r.stderr
 
     # 5: one of the conversions failed; the other still arrives
     bad = tmp_path / "noise.mp4"
@@ -320,8 +339,6 @@ def test_following_a_job_uses_watchjob_where_it_exists_else_polls(watch, monkeyp
 
     from cli import convert
 
-    if not hasattr(media_pb2, "WatchJobRequest"):  # until the job-lifecycle protos land
-        monkeypatch.setattr(media_pb2, "WatchJobRequest", media_pb2.GetJobRequest, raising=False)
     monkeypatch.setattr(convert, "POLL_S", 0.01)
     media = _FakeMedia(watch)
     session = type("S", (), {"media": media, "metadata": [], "server": None})()

@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 COMPOSE = ROOT / "deploy" / "docker-compose.yaml"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
-SEED_ENV = {"MYSQL_HOST", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DB", "SECRET_KEY", "MONGO_URI",
+# The seed's names, less SECRET_KEY: tokens are signed with Ed25519 keys the
+# operator creates (AUTH_KEYS_DIR), never a shared secret.
+SEED_ENV = {"MYSQL_HOST", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DB", "MONGO_URI",
             "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USER", "RABBITMQ_PASSWORD"}
+AUTH_KEYS_SECRET = "video2mp3-auth-keys"
 GRPC_SERVICES = {"auth": 50051, "gateway": 50052}
 
 
@@ -61,7 +64,9 @@ def test_services_get_the_seed_settings_and_grpc_health_probes(kustomized):
     config = by_kind[("ConfigMap", "video2mp3-config")]["data"]
     secret = by_kind[("Secret", "video2mp3-secret")].get("stringData", {})
     assert SEED_ENV <= set(config) | set(secret)
-    assert {"MYSQL_PASSWORD", "SECRET_KEY", "RABBITMQ_PASSWORD"} <= set(secret)
+    assert {"MYSQL_PASSWORD", "RABBITMQ_PASSWORD"} <= set(secret)
+    assert "SECRET_KEY" not in set(config) | set(secret)
+    assert config["VIDEO2MP3_ENV"] == "production"
 
     for name in ("auth", "gateway", "converter"):
         pod = by_kind[("Deployment", name)]["spec"]["template"]["spec"]
@@ -83,6 +88,25 @@ def test_services_get_the_seed_settings_and_grpc_health_probes(kustomized):
     assert env["MEDIA_ADDR"] == f"gateway:{GRPC_SERVICES['gateway']}"
 
 
+def test_signing_keys_come_from_a_secret_the_operator_creates(kustomized):
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in kustomized}
+    # Not part of the manifests: created with `kubectl create secret generic`.
+    assert ("Secret", AUTH_KEYS_SECRET) not in by_kind
+    assert "kubectl create secret generic video2mp3-auth-keys --from-file=keys/" in (K8S / "auth.yaml").read_text()
+    pod = by_kind[("Deployment", "auth")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["AUTH_KEYS_DIR"])
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == AUTH_KEYS_SECRET
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    # Only auth holds private keys.
+    for name in ("gateway", "converter", "envoy"):
+        spec = by_kind[("Deployment", name)]["spec"]["template"]["spec"]
+        assert AUTH_KEYS_SECRET not in yaml.safe_dump(spec)
+
+
 def test_compose_file_describes_the_mesh():
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
@@ -92,6 +116,12 @@ def test_compose_file_describes_the_mesh():
         assert SEED_ENV <= set(services[name]["environment"])
         assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     assert services["envoy"]["build"]["target"] == "envoy"
+    assert "SECRET_KEY" not in COMPOSE.read_text()
+    for name in ("auth", "gateway", "converter"):
+        assert services[name]["environment"]["VIDEO2MP3_ENV"] == "production"
+    keys_dir = services["auth"]["environment"]["AUTH_KEYS_DIR"]
+    assert any(v.split(":")[1] == keys_dir and v.endswith(":ro") for v in services["auth"]["volumes"])
+    assert "python -m auth keys new --dir deploy/keys" in COMPOSE.read_text()
     assert (ROOT / "deploy" / services["auth"]["build"]["context"] / "pyproject.toml").exists()
 
 

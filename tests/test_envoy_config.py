@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
+from common.settings import load
 from localmesh.processes import Child, free_port, wait_for_port
 from ops import envoy_config
 
@@ -66,6 +68,77 @@ def test_rendered_config_is_valid_and_patched(tmp_path):
     assert endpoints["media"] == {"address": "media.internal", "port_value": 6002}
     tc = envoy_config.transcoder(cfg)
     assert tc["proto_descriptor"] == str(envoy_config.DESCRIPTOR)
+
+
+def test_web_page_routes_are_rendered_with_absolute_paths(tmp_path):
+    """The page's files (web/) are served by direct_response routes that read
+    them at start-up: rendered as absolute paths (to this checkout's web/ by
+    default, or --web-root as in the container image), each with the security
+    headers, and without the transcoder (which would 404 them)."""
+    served = {"/": "index.html", "/static/app.js": "app.js", "/static/app.css": "app.css"}
+    cfg = envoy_config.build()
+    routes = envoy_config.web_routes(cfg)
+    assert {r["match"]["path"]: r["direct_response"]["body"]["filename"] for r in routes} == {
+        path: str(envoy_config.WEB_ROOT / name) for path, name in served.items()}
+    for name in served.values():
+        assert (envoy_config.WEB_ROOT / name).stat().st_size < 1048576  # max_direct_response_body_size_bytes
+    for r in routes:
+        headers = {h["header"]["key"]: h["header"]["value"] for h in r["response_headers_to_add"]}
+        assert "script-src 'self';" in headers["content-security-policy"]
+        assert "'unsafe-inline'" not in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert r["typed_per_filter_config"][envoy_config.TRANSCODER]["disabled"] is True
+    # The web routes come before the catch-all to the gateway.
+    vhost_routes = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert vhost_routes[: len(routes)] == routes
+
+    image = envoy_config.build(web_root="/etc/envoy/web")
+    assert sorted(r["direct_response"]["body"]["filename"] for r in envoy_config.web_routes(image)) == [
+        "/etc/envoy/web/app.css", "/etc/envoy/web/app.js", "/etc/envoy/web/index.html"]
+    # Rendered from elsewhere, Envoy still finds the files.
+    path = envoy_config.render(tmp_path / "envoy.yaml", listen_port=free_port(), admin_port=free_port())
+    r = subprocess.run([envoy_config.envoy_binary(), "--mode", "validate", "-c", str(path),
+                        "--disable-hot-restart", "--log-level", "error"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_file_envoy_reads_is_resolved_and_shipped_in_the_image():
+    """The web page's files (web_root=) and /openapi.json (openapi=) are both
+    direct_response bodies read from files: each kind is resolved by its own
+    argument, and the Dockerfile renders and copies them all."""
+    image = envoy_config.build(web_root="/etc/envoy/web", openapi="/etc/envoy/openapi.json")
+    routes = image["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    files = {r["match"]["path"]: r["direct_response"]["body"]["filename"]
+             for r in routes if "filename" in r.get("direct_response", {}).get("body", {})}
+    assert files == {"/": "/etc/envoy/web/index.html", "/static/app.js": "/etc/envoy/web/app.js",
+                     "/static/app.css": "/etc/envoy/web/app.css", "/openapi.json": "/etc/envoy/openapi.json"}
+    local = envoy_config.build()
+    for r in routes:
+        if r["match"].get("path") in files:
+            assert r["typed_per_filter_config"][envoy_config.TRANSCODER]["disabled"] is True
+    local_files = [r["direct_response"]["body"]["filename"]
+                   for r in local["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+                       "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+                   if "filename" in r.get("direct_response", {}).get("body", {})]
+    assert len(local_files) == 4 and all(Path(f).is_absolute() and Path(f).is_file() for f in local_files)
+    text = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert "--openapi /etc/envoy/openapi.json --web-root /etc/envoy/web" in text
+    envoy_stage = text.split("AS envoy", 1)[1]
+    assert "COPY --from=build /out/openapi.json /etc/envoy/openapi.json" in envoy_stage
+    assert "COPY web/index.html web/app.js web/app.css /etc/envoy/web/" in envoy_stage
+
+
+def test_dockerfile_ships_the_web_page():
+    text = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    envoy_stage = text.split("AS envoy", 1)[1]
+    assert "COPY web/index.html web/app.js web/app.css /etc/envoy/web/" in envoy_stage
+    assert "--web-root /etc/envoy/web" in text
+    ignore = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile.dockerignore").read_text()
+    assert "!web/**" in ignore.splitlines()
 
 
 def test_transcoder_serves_every_service_in_the_descriptor():
@@ -263,3 +336,17 @@ def test_concurrent_rest_and_grpc_share_the_listener(envoy):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_edge_limits_are_configurable():
+    assert set(envoy_config.edge_limits(envoy_config.load_template())) == {"Login", "SignUp"}
+    cfg = envoy_config.build(limits={"Login": (3, 60), "SignUp": (2, 0.5)})
+    limits = envoy_config.edge_limits(cfg)
+    assert limits["Login"]["token_bucket"] == {"max_tokens": 3, "tokens_per_fill": 3, "fill_interval": "60s"}
+    assert limits["Login"]["response_headers_to_add"][0]["header"] == {"key": "retry-after", "value": "60"}
+    assert limits["SignUp"]["token_bucket"]["fill_interval"] == "0.5s"
+    assert load(envoy_config.EnvoySettings, {"ENVOY_LOGIN_LIMIT": "5/10"}).rate_limits() == {"Login": (5, 10.0)}
+    with pytest.raises(SystemExit, match="ENVOY_SIGNUP_LIMIT"):
+        load(envoy_config.EnvoySettings, {"ENVOY_SIGNUP_LIMIT": "lots"}).rate_limits()
+    with pytest.raises(KeyError):
+        envoy_config.build(limits={"GetMe": (1, 1)})

@@ -17,6 +17,7 @@ import time
 import uuid
 
 import grpc
+import jwt
 import pytest
 import requests
 from bson import ObjectId
@@ -24,12 +25,12 @@ from google.api import httpbody_pb2
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import tokens
 from common.gridfs_upload import ChunkedUpload
 from common.mongo import Mongo
 from common.settings import MongoSettings
 from gateway.janitor import OrphanChunkJanitor
 from localmesh.processes import wait_for
+from testkit.clients import GrpcClient
 
 MiB = 1024 * 1024
 PIECE = 64 * 1024
@@ -51,13 +52,16 @@ def mongo(mesh):
 
 
 class User:
-    """A caller with a fresh identity; its token is signed with the mesh's key,
-    so the tests need not go through the auth service."""
+    """A caller with a fresh identity, signed up and logged in at the stack's
+    auth service directly (Envoy need not run). Only auth can sign tokens."""
 
     def __init__(self, stack):
-        self.user_id = f"fault-{uuid.uuid4().hex[:12]}"
-        self.email = f"{self.user_id}@example.com"
-        self.token = tokens.issue(stack.env["SECRET_KEY"], self.user_id, self.email, ttl_seconds=600)
+        self.email = f"fault-{uuid.uuid4().hex[:12]}@example.com"
+        client = GrpcClient(stack.env["AUTH_ADDR"])
+        client.sign_up_and_login(self.email)
+        client.close()
+        self.token = client.token
+        self.user_id = jwt.decode(self.token, options={"verify_signature": False})["sub"]
         self.md = [("authorization", f"Bearer {self.token}")]
 
 
@@ -203,8 +207,9 @@ def test_rest_client_disconnect_mid_body_leaves_nothing(mesh, mongo, how):
 # ------------------------------------------------------------- size limit
 
 @pytest.fixture
-def small_limit_mesh(mesh_factory):
-    return mesh_factory(services=("gateway", "envoy"), MAX_UPLOAD_BYTES=LIMIT)
+def small_limit_mesh(mesh, mesh_factory):
+    # Tokens are checked against the session's auth service.
+    return mesh_factory(services=("gateway", "envoy"), AUTH_ADDR=mesh.auth_addr, MAX_UPLOAD_BYTES=LIMIT)
 
 
 @pytest.mark.parametrize("route", ["envoy", "direct"])
@@ -246,8 +251,8 @@ def test_rest_upload_over_the_limit_is_413_as_soon_as_it_crosses_it(small_limit_
 
 # ---------------------------------------------------------------- overload
 
-def test_uploads_past_max_concurrent_are_refused_at_once_while_the_others_finish(mesh_factory, mongo):
-    stack = mesh_factory(services=("gateway", "envoy"), MAX_CONCURRENT_UPLOADS=2)
+def test_uploads_past_max_concurrent_are_refused_at_once_while_the_others_finish(mesh, mesh_factory, mongo):
+    stack = mesh_factory(services=("gateway", "envoy"), AUTH_ADDR=mesh.auth_addr, MAX_CONCURRENT_UPLOADS=2)
     user = User(stack)
     before = chunk_owners(mongo)
     ch = grpc.insecure_channel(stack.envoy_addr)
@@ -397,9 +402,10 @@ def test_janitor_removes_only_old_orphan_chunks(mongo_server):
         m.close()
 
 
-def test_gateway_killed_mid_upload_leaves_orphans_that_the_janitor_removes(mesh_factory, mongo):
+def test_gateway_killed_mid_upload_leaves_orphans_that_the_janitor_removes(mesh, mesh_factory, mongo):
     age = 3
-    stack = mesh_factory(services=("gateway",), ORPHAN_CHUNK_AGE_S=age, JANITOR_INTERVAL_S=0.5)
+    stack = mesh_factory(services=("gateway",), AUTH_ADDR=mesh.auth_addr, ORPHAN_CHUNK_AGE_S=age,
+                         JANITOR_INTERVAL_S=0.5)
     user = User(stack)
     before = chunk_owners(mongo)
     body = Sender(total=8 * MiB, send=1 * MiB, filename="killed.mp4")

@@ -1,16 +1,18 @@
 """The README's sessions work as written.
 
 The shell blocks of "A REST session (curl)", "A gRPC session (grpcurl)" and
-"The Flask seed's curl session" (the seed README's own commands, with the
-real curl) are run with bash; "The command line client" in a pseudo-terminal,
-typing the passwords it asks for, with VIDEO2MP3_SERVER set to the mesh's
-Envoy. All are run in one empty directory laid out like the repository's
-root (`.venv` and `testkit` linked in), against the test mesh: the only
-change made to them is `localhost:8000` -> the mesh's Envoy, and `set -euo
-pipefail` in front, so a command that fails stops the session.
+"A job's lifecycle (curl)" and "The Flask seed's curl session" (the seed
+README's own commands, with the real curl) are run with bash; "The command
+line client" in a pseudo-terminal, typing the passwords it asks for, with
+VIDEO2MP3_SERVER set to the mesh's Envoy. All are run in one empty directory
+laid out like the repository's root (`.venv` and `testkit` linked in),
+against the test mesh: the only change made to them is `localhost:8000` ->
+the mesh's Envoy, and `set -euo pipefail` in front, so a command that fails
+stops the session.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,7 +26,7 @@ from testkit.media import analyse_mp3
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-SESSIONS = ("A REST session (curl)", "A gRPC session (grpcurl)")
+SESSIONS = ("A REST session (curl)", "A gRPC session (grpcurl)", "A job's lifecycle (curl)")
 SEED_SESSION = "The Flask seed's curl session"
 CLI_SESSION = "The command line client"
 
@@ -74,6 +76,21 @@ def test_readme_sessions_run_as_written(mesh, repo_like_dir):
     assert '"email": "bob@example.com"' in grpc_out         # GetMe
     assert '"state": "JOB_STATE_DONE"' in grpc_out          # GetJob, after the wait
     assert '"status": "SERVING"' in grpc_out                # health
+
+    life = run_session(SESSIONS[2], mesh.envoy_addr, repo_like_dir).splitlines()
+    upload = [line for line in life if line.startswith('{"job_id"')]
+    assert len(upload) == 1, life                           # the retried upload's answer
+    job_id = json.loads(upload[0])["job_id"]
+    watched = next(line for line in life if line.startswith("[{"))
+    states = [j["state"] for j in json.loads(watched)]     # a whole JSON array
+    assert states[-1] == "JOB_STATE_DONE" and json.loads(watched)[-1]["progress"] == 100, watched
+    assert all(j["job_id"] == job_id for j in json.loads(watched))
+    listed = json.loads(next(line for line in life if line.startswith('{"jobs"')))
+    assert job_id in [j["job_id"] for j in listed["jobs"]]
+    assert {j["state"] for j in listed["jobs"]} == {"JOB_STATE_DONE"}
+    assert "{}" in life                                     # the delete
+    gone = json.loads(life[-1])                             # the second delete
+    assert gone["code"] == 5 and gone["details"][0]["reason"] == "JOB_NOT_FOUND", gone
 
 
 def test_readme_error_example_is_what_rest_answers(mesh):

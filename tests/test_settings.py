@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from auth.config import AuthConfig
+from auth.login_limits import Limits
 from common.settings import (
     MysqlSettings,
     RabbitSettings,
@@ -18,7 +18,6 @@ from common.settings import (
     load,
     setting,
 )
-from common.tokens import DEV_SECRET_KEY, TokenSettings
 from converter.config import CPUS, ConverterConfig
 from gateway.config import GatewayConfig
 from localmesh.settings import MeshSettings
@@ -89,7 +88,6 @@ def test_reads_the_given_mapping_not_os_environ(monkeypatch):
 def test_secrets_stay_out_of_repr():
     assert "s3cret" not in repr(load(Sample, {"T_KEY": "s3cret"}))
     assert "s3cret" not in repr(load(MysqlSettings, {"MYSQL_PASSWORD": "s3cret"}))
-    assert "s3cret" not in repr(load(TokenSettings, {"SECRET_KEY": "s3cret"}))
 
 
 def test_is_set_and_as_env():
@@ -106,15 +104,21 @@ def test_service_defaults_match_the_readme():
     assert (auth.port, auth.grace_seconds, auth.token_ttl_seconds) == (50051, 5.0, 3600)
     assert (auth.mysql.host, auth.mysql.port, auth.mysql.user, auth.mysql.password, auth.mysql.db) == (
         "127.0.0.1", 3306, "root", "", "video2mp3")
-    assert auth.tokens.secret_key == DEV_SECRET_KEY
+    assert (auth.environment.name, auth.environment.production, auth.keys_dir) == ("development", False, None)
+    assert (auth.keys_reload_s, auth.key_activate_after_s, auth.allow_signup) == (10.0, 120.0, True)
+    assert auth.login_limits == Limits(5, 20, 900.0, 1.0, 900.0)
+    assert auth.media.addr == "127.0.0.1:50052"
     gw = load(GatewayConfig, {})
     assert (gw.port, gw.grace_seconds, gw.auth.addr, gw.max_upload_bytes) == (
         50052, 10.0, "127.0.0.1:50051", 2 * 1024**3)
     assert (gw.rabbit.queue, gw.rabbit.password, gw.mongo.timeout_ms) == ("video", "guest", 3000)
+    assert (gw.jwks_refresh_s, gw.jwks_min_refetch_s, gw.user_cache_ttl_s, gw.user_cache_stale_s) == (
+        60.0, 10.0, 30.0, 600.0)
     conv = load(ConverterConfig, {})
     assert (conv.workers, conv.overlap_mode, conv.lease_s) == (CPUS, "auto", 15.0)
     envoy = load(EnvoySettings, {})
     assert (envoy.port, envoy.admin_port, envoy.concurrency) == (8000, 9901, 2)
+    assert envoy.rate_limits() == {}  # the template's
 
 
 def test_converter_workers_and_overlap():
@@ -127,22 +131,23 @@ def test_converter_workers_and_overlap():
 
 
 def test_one_variable_is_read_alike_by_every_class():
-    env = {"AUTH_PORT": "15051", "AUTH_ADDR": "auth:15051", "RABBITMQ_HOST": "mq", "GRACE_SECONDS": "2"}
+    env = {"AUTH_PORT": "15051", "AUTH_ADDR": "auth:15051", "MEDIA_ADDR": "gateway:15052",
+           "RABBITMQ_HOST": "mq", "GRACE_SECONDS": "2"}
     mesh = load(MeshSettings, env)
     assert mesh.auth.port == 15051
     assert mesh.gateway.auth.addr == mesh.envoy.auth.addr == "auth:15051"
+    assert mesh.auth.media.addr == mesh.envoy.media.addr == "gateway:15052"
     assert mesh.gateway.rabbit == mesh.converter.rabbit == load(RabbitSettings, env)
     assert mesh.grace_seconds == 2.0
     assert load(MeshSettings, {}).grace_seconds == 10.0  # auth's 5, the others' 10
 
 
-def test_the_insecure_key_warning(caplog):
-    log = logging.getLogger("test")
-    with caplog.at_level(logging.WARNING, "test"):
-        TokenSettings().warn_if_insecure(log)
-        TokenSettings("short").warn_if_insecure(log)
-        TokenSettings("x" * 32).warn_if_insecure(log)
-    assert [r.getMessage() for r in caplog.records] == [
-        "SECRET_KEY is not set: using the insecure development key",
-        "SECRET_KEY is shorter than 32 bytes; HS256 keys should be at least 32",
-    ]
+def test_auth_production_and_limits():
+    auth = load(AuthConfig, {"VIDEO2MP3_ENV": " Production ", "AUTH_KEYS_DIR": "/keys", "ALLOW_SIGNUP": "off",
+                             "LOGIN_ACCOUNT_FAILURES": "3", "LOGIN_BLOCK_MAX_S": "60"})
+    assert auth.environment.production and auth.keys_dir == Path("/keys") and not auth.allow_signup
+    assert (auth.login_limits.account_failures, auth.login_limits.block_max_s) == (3, 60.0)
+    with pytest.raises(SystemExit, match="VIDEO2MP3_ENV must be one of development, production"):
+        load(AuthConfig, {"VIDEO2MP3_ENV": "prod"})
+    with pytest.raises(SystemExit, match="LOGIN_ACCOUNT_FAILURES must be at least 1"):
+        load(AuthConfig, {"LOGIN_ACCOUNT_FAILURES": "0"})

@@ -1,17 +1,22 @@
 """Pure logic, no servers: option validation (gateway and converter), file
-names, the queue message shape, tokens."""
+names, the queue message shape, tokens, keys, the gateway's key and user caches."""
 from __future__ import annotations
 
 import json
 import time
 
+import grpc
+import jwt
 import pytest
 from video2mp3.media.v1 import media_pb2, queue_pb2
 
+from auth.keys import KeyRing, generate, write_key
 from common import mp3_options, queue, tokens
 from common.errors import InvalidArgument, Reason
 from converter import options as converter_options
 from gateway import validation
+from gateway.jwks import JwksCache
+from gateway.user_check import AuthUnreachable, UserCheck
 
 
 def req(**kw) -> media_pb2.UploadVideoRequest:
@@ -109,15 +114,110 @@ def test_garbage_messages_are_rejected(body):
 
 
 def test_token_round_trip_and_failures():
-    t = tokens.issue("k" * 32, "7", "a@example.com", ttl_seconds=60)
-    assert tokens.verify("k" * 32, t) == tokens.Caller("7", "a@example.com")
+    key, other = generate(), generate()
+    lookup = {key.kid: key.public_key}.get
+    t = tokens.issue(key.private_key, key.kid, "7", "a@example.com", ttl_seconds=60)
+    assert jwt.get_unverified_header(t) == {"alg": "EdDSA", "kid": key.kid, "typ": "JWT"}
+    assert tokens.verify(t, lookup) == tokens.Caller("7", "a@example.com")
     with pytest.raises(tokens.InvalidToken, match="expired"):
-        tokens.verify("k" * 32, tokens.issue("k" * 32, "7", "a", ttl_seconds=1, now=time.time() - 10))
+        tokens.verify(tokens.issue(key.private_key, key.kid, "7", "a", ttl_seconds=1, now=time.time() - 3600),
+                      lookup)
     with pytest.raises(tokens.InvalidToken, match="signature"):
-        tokens.verify("k" * 32, tokens.issue("x" * 32, "7", "a", ttl_seconds=60))
+        tokens.verify(tokens.issue(other.private_key, key.kid, "7", "a", ttl_seconds=60), lookup)
+    with pytest.raises(tokens.InvalidToken, match="unknown kid"):
+        tokens.verify(tokens.issue(other.private_key, other.kid, "7", "a", ttl_seconds=60), lookup)
     with pytest.raises(tokens.InvalidToken, match="malformed"):
-        tokens.verify("k" * 32, "abc")
+        tokens.verify("abc", lookup)
     with pytest.raises(tokens.InvalidToken, match="Bearer"):
         tokens.bearer_from_metadata([("authorization", "Basic abc")])
-    with pytest.raises(tokens.InvalidToken, match="missing"):
+    with pytest.raises(tokens.InvalidToken, match="no authorization"):
         tokens.bearer_from_metadata([])
+
+
+def test_jwk_round_trip_is_a_valid_jwks():
+    key = generate()
+    jwks = {"keys": [tokens.public_jwk(key.kid, key.public_key)]}
+    parsed = jwt.PyJWKSet.from_dict(jwks)
+    assert parsed[key.kid].algorithm_name == "EdDSA"
+    t = tokens.issue(key.private_key, key.kid, "7", "a@example.com", ttl_seconds=60)
+    assert jwt.decode(t, parsed[key.kid].key, algorithms=["EdDSA"], audience=tokens.AUDIENCE)["sub"] == "7"
+    assert tokens.key_from_jwk(jwks["keys"][0]) is not None
+    assert tokens.key_from_jwk({**jwks["keys"][0], "kty": "RSA"}) is None
+
+
+def test_key_ring_pre_publishes_then_signs_then_retires(tmp_path):
+    ttl, activate, reload_s = 100.0, 20.0, 5.0
+    first = generate(now=1_000_000)
+    write_key(tmp_path, first)
+    ring = KeyRing(tmp_path, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate)
+    assert ring.signing(now=1_000_001).kid == first.kid  # a fresh deployment's only key signs at once
+    second = generate(now=2_000_000)
+    write_key(tmp_path, second)
+    ring.reload()
+    t = 2_000_000
+    assert ring.signing(now=t + 1).kid == first.kid
+    assert {k.kid for k in ring.published(now=t + 1)} == {first.kid, second.kid}  # published before it signs
+    assert ring.signing(now=t + activate).kid == second.kid
+    retire = t + activate + ttl + tokens.LEEWAY_S + reload_s
+    assert {k.kid for k in ring.published(now=retire - 1)} == {first.kid, second.kid}
+    assert {k.kid for k in ring.published(now=retire + 1)} == {second.kid}
+
+
+def test_jwks_cache_refetches_unknown_kids_at_a_bounded_rate():
+    key = generate()
+    calls = []
+
+    def fetch():
+        calls.append(1)
+        return {key.kid: key.public_key}
+
+    cache = JwksCache(fetch, min_refetch_s=60)
+    assert cache.lookup(key.kid) is not None and len(calls) == 1
+    for i in range(100):
+        assert cache.lookup(f"forged-{i}") is None
+    assert len(calls) == 1  # the first lookup used up the refetch budget
+    assert cache.lookup(key.kid) is not None
+
+
+def test_jwks_cache_keeps_keys_while_auth_is_down():
+    key = generate()
+    up = [True]
+
+    def fetch():
+        if not up[0]:
+            raise _Down()
+        return {key.kid: key.public_key}
+
+    cache = JwksCache(fetch, min_refetch_s=0)
+    assert cache.refresh()
+    up[0] = False
+    assert not cache.refresh()
+    assert cache.lookup(key.kid) is not None
+
+
+class _Down(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def test_user_check_caches_and_serves_stale_only_within_bounds():
+    answers: list = [True]
+
+    def get_me(user_id, token):
+        a = answers[0]
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    check = UserCheck(get_me, ttl_s=0.05, stale_s=0.3)
+    assert check.exists("1", "t")
+    answers[0] = AuthUnreachable("down")
+    time.sleep(0.06)
+    assert check.exists("1", "t")  # stale but within stale_s
+    time.sleep(0.3)
+    with pytest.raises(AuthUnreachable):
+        check.exists("1", "t")
+    with pytest.raises(AuthUnreachable):
+        check.exists("2", "t")  # never seen: no pass
+    answers[0] = False
+    assert not check.exists("3", "t")

@@ -7,7 +7,7 @@ import time
 
 from video2mp3.media.v1 import media_pb2
 
-from common import jobs
+from common import jobs, retention
 from testkit.direct import DirectSubmitter
 from testkit.faults import Store
 from testkit.media import make_media
@@ -45,8 +45,7 @@ def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_pa
     finally:
         # The session's MongoDB is in memory: do not leave ~20 MB behind.
         job = submitter.jobs.get(job_id) if job_id else None
-        if job:
-            submitter.mongo.videos.delete(job.video_fid)
-            if job.mp3_fid:
-                submitter.mongo.mp3s.delete(job.mp3_fid)
+        if job:  # the video went at DONE already (VIDEO_RETENTION=0)
+            retention.delete_video(submitter.mongo, job)
+            retention.delete_mp3s(submitter.mongo, job)
         submitter.close()

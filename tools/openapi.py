@@ -17,10 +17,18 @@ serves (deploy/envoy.yaml):
   - google.api.HttpBody is a raw body; errors are google.rpc.Status JSON
     (convert_grpc_status).
 
-What the .proto files cannot say is in EXTRA below: which RPCs need no
-token, and what Envoy's Lua filter and the gateway add (the seed's text/plain
-/login, its multipart /upload, the MP3's media type and Content-Disposition,
-the 413 and 503 statuses). Comments become descriptions.
+  - a server-streaming RPC that returns messages (WatchJob) is one JSON
+    array written as the messages come: `[{...}`, `,{...}`, ..., `]`.
+
+What the .proto files cannot say is in PUBLIC and EXTRA below: which RPCs
+need no token (SignUp, Login, GetJwks, GetHealth), and what Envoy (its Lua
+filter, its edge rate limit) and the services add: the seed's text/plain
+/login and multipart /upload, the MP3's media type and Content-Disposition,
+the empty answers of DeleteJob and DeleteMe, and the statuses the transcoder's
+table does not give (409/410 via x-http-status, 413, 429 with Retry-After,
+503 from /health). RPCs without a REST binding are listed in GRPC_ONLY; any
+other RPC without one, or an EXTRA entry naming no binding, is an error, so
+a new RPC cannot be left out unnoticed. Comments become descriptions.
 """
 from __future__ import annotations
 
@@ -36,30 +44,56 @@ from google.protobuf import descriptor_pb2
 SERVICES = ["video2mp3.auth.v1.AuthService", "video2mp3.media.v1.MediaService"]
 TITLE = "video2mp3 REST API"
 PUBLIC = {"video2mp3.auth.v1.AuthService.SignUp", "video2mp3.auth.v1.AuthService.Login",
-          "video2mp3.media.v1.MediaService.GetHealth"}
+          "video2mp3.auth.v1.AuthService.GetJwks", "video2mp3.media.v1.MediaService.GetHealth"}
+# RPCs with no google.api.http binding, on purpose.
+GRPC_ONLY = {"video2mp3.media.v1.MediaService.DeleteMyData"}
 JSON = "application/json"
 F = descriptor_pb2.FieldDescriptorProto
 
-# Per binding (RPC full name, HTTP path): what Envoy and the gateway add.
+RETRY_AFTER = {"Retry-After": {
+    "description": "seconds to wait before trying again", "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+# Envoy's local_ratelimit on the route (deploy/envoy.yaml), before auth is asked.
+EDGE_LIMITED = {"description": "too many requests: Envoy's edge limit for this RPC, or (Login) too many "
+                               "failed logins for the account or address; RetryInfo says when to retry",
+                "headers": RETRY_AFTER}
+EMPTY = {JSON: {"schema": {"type": "object", "additionalProperties": False, "maxProperties": 0,
+                           "description": "an empty object: {}"}}}
+
+# Per binding (RPC full name, HTTP path; "*" for all its bindings): what
+# Envoy and the services add. "statuses": HTTP status -> a description, or
+# {"description", "headers"}; the body is a google.rpc.Status.
 EXTRA: dict[tuple[str, str], dict[str, Any]] = {
+    ("video2mp3.auth.v1.AuthService.SignUp", "*"): {"statuses": {"429": EDGE_LIMITED}},
+    ("video2mp3.auth.v1.AuthService.Login", "*"): {"statuses": {"429": EDGE_LIMITED}},
     ("video2mp3.auth.v1.AuthService.Login", "/login"): {
         "summary": "The Flask seed's login: Basic credentials in, the bare token out as text.",
         "security": [{"basicAuth": []}],
         "ok_content": {"text/plain": {"schema": {"type": "string", "description": "the access token (a JWT)"}}},
     },
-    ("video2mp3.media.v1.MediaService.UploadVideo", "/v1/videos"): {"statuses": {"413": "upload too large"}},
+    ("video2mp3.auth.v1.AuthService.DeleteMe", "*"): {"ok_content": EMPTY},
+    ("video2mp3.auth.v1.AuthService.GetJwks", "*"): {
+        "summary": "The JSON Web Key Set (RFC 7517) that verifies access tokens; needs no token.",
+    },
+    ("video2mp3.media.v1.MediaService.UploadVideo", "*"): {"statuses": {
+        "413": "upload too large",
+        "429": "too many uploads in progress; RetryInfo says when to retry"}},
     ("video2mp3.media.v1.MediaService.UploadVideo", "/upload"): {
         "summary": "The Flask seed's upload: a multipart/form-data body whose `file` part is the video.",
         "request_content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
             "properties": {"file": {"type": "string", "format": "binary"}}}}},
-        "statuses": {"413": "upload too large"},
     },
+    ("video2mp3.media.v1.MediaService.WatchJob", "*"): {"statuses": {
+        "429": "too many watchers on this gateway; RetryInfo says when to retry"}},
+    ("video2mp3.media.v1.MediaService.DeleteJob", "*"): {"ok_content": EMPTY},
     ("video2mp3.media.v1.MediaService.DownloadMp3", "*"): {
         "ok_media_type": "audio/mpeg",
         "ok_headers": {"Content-Disposition": {
             "description": "attachment; the upload's name with .mp3: an ASCII filename, then filename*=UTF-8''...",
             "schema": {"type": "string"}}},
+        "statuses": {"409": "the job is not DONE yet (FAILED_PRECONDITION, reason JOB_NOT_DONE)",
+                     "410": "the MP3 expired and was deleted (FAILED_PRECONDITION, reason MP3_EXPIRED)"},
     },
     ("video2mp3.media.v1.MediaService.GetHealth", "/health"): {
         "statuses": {"503": "a dependency is down; the same body says which"}, "health": True,
@@ -264,15 +298,21 @@ def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
     protos = Protos(fds)
     b = Builder(protos)
     paths: dict[str, dict] = {}
+    used: set[tuple[str, str]] = set()
     for service_name in SERVICES:
         service = protos.services[service_name]
         short_service = service_name.rsplit(".", 1)[-1]
         for method in service.method:
             full = f"{service_name}.{method.name}"
             rule = method.options.Extensions[annotations_pb2.http]
+            if not _bindings(rule) and full not in GRPC_ONLY:
+                raise ValueError(f"{full} has no google.api.http binding and is not in GRPC_ONLY")
             for index, (verb, template, body) in enumerate(_bindings(rule)):
                 path, path_names = _path_fields(template)
-                extra = {**EXTRA.get((full, "*"), {}), **EXTRA.get((full, path), {})}
+                every, this = EXTRA.get((full, "*"), {}), EXTRA.get((full, path), {})
+                extra = {**every, **this,
+                         "statuses": {**every.get("statuses", {}), **this.get("statuses", {})}}
+                used.update({(full, "*"), (full, path)})
                 request = method.input_type
                 op: dict[str, Any] = {
                     "operationId": f"{short_service}_{method.name}" + (f"_{index}" if index else ""),
@@ -301,15 +341,23 @@ def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
                 elif method.output_type == ".google.api.HttpBody":
                     ok["content"] = {extra.get("ok_media_type", "*/*"): {
                         "schema": {"type": "string", "format": "binary"}}}
+                elif method.server_streaming:
+                    # The transcoder writes the stream as one JSON array, element by element.
+                    ok["description"] = ("OK: a JSON array written as the stream goes, one element per "
+                                         "message; a stream broken off after the first one ends without `]`")
+                    ok["content"] = {JSON: {"schema": {"type": "array", "items": b.ref(method.output_type)}}}
                 else:
                     ok["content"] = {JSON: {"schema": b.ref(method.output_type)}}
                 if "ok_headers" in extra:
                     ok["headers"] = extra["ok_headers"]
                 responses: dict[str, Any] = {"200": ok}
-                for status, why in extra.get("statuses", {}).items():
+                for status, why in sorted(extra["statuses"].items()):
+                    info = why if isinstance(why, dict) else {"description": why}
                     responses[status] = (
-                        {"description": why, "content": ok["content"]} if extra.get("health")
-                        else _error_response(why))
+                        {"description": info["description"], "content": ok["content"]} if extra.get("health")
+                        else _error_response(info["description"]))
+                    if "headers" in info:
+                        responses[status]["headers"] = info["headers"]
                 responses["default"] = _error_response(
                     "An error: the gRPC status as its HTTP status, a google.rpc.Status body")
                 op["responses"] = responses
@@ -318,6 +366,8 @@ def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
                 elif "security" in extra:
                     op["security"] = extra["security"]
                 paths.setdefault(path, {})[verb] = op
+    if stale := set(EXTRA) - used:
+        raise ValueError(f"EXTRA names bindings that do not exist: {sorted(stale)}")
     schemas = b.finish()
     schemas["google.rpc.Status"] = {
         "type": "object",

@@ -1,0 +1,640 @@
+// video2mp3 in the browser: sign in, drop videos, follow each upload and
+// conversion, play or download the MP3s. Plain DOM; every text from a user or
+// the server goes in through textContent, never innerHTML.
+(() => {
+  'use strict';
+
+  // Legal values: common/mp3_options.py.
+  const BITRATES = [32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+  const DEFAULT_BITRATE = 192;
+  const POLL_MS = 1000;
+  // WatchJob (a streamed JSON array of Job updates) where the server has it.
+  const watchUrl = (id) => `/v1/jobs/${encodeURIComponent(id)}:watch`;
+  const TOKEN_KEY = 'video2mp3.token';
+  const EMAIL_KEY = 'video2mp3.email';
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    notice: $('notice'), account: $('account'), accountEmail: $('account-email'), logout: $('logout'),
+    authView: $('auth-view'), authForm: $('auth-form'), email: $('email'), password: $('password'),
+    authError: $('auth-error'), login: $('login'), signup: $('signup'),
+    appView: $('app-view'), bitrate: $('bitrate'), vbr: $('vbr'), mono: $('mono'),
+    fileInput: $('file-input'), dropZone: $('drop-zone'),
+    jobs: $('jobs'), jobsEmpty: $('jobs-empty'), more: $('more'), refresh: $('refresh'),
+  };
+
+  // The token lives in sessionStorage only (gone when the tab closes) and is
+  // only ever sent in the Authorization header, never in a URL.
+  const session = {
+    token: sessionStorage.getItem(TOKEN_KEY) || '',
+    email: sessionStorage.getItem(EMAIL_KEY) || '',
+  };
+  const rows = []; // every Row on screen, newest first
+  let nextPageToken = '';
+  let watchSupported = null; // unknown until the first watch request
+
+  // ------------------------------------------------------------ helpers
+
+  function h(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === 'text') node.textContent = v;
+      else if (k === 'class') node.className = v;
+      else if (v !== false && v != null) node.setAttribute(k, v === true ? '' : v);
+    }
+    for (const c of children) if (c) node.append(c);
+    return node;
+  }
+
+  function formatBytes(n) {
+    n = Number(n) || 0;
+    const units = ['bytes', 'KB', 'MB', 'GB', 'TB'];
+    let i = 0; // binary multiples, so a 2 GiB limit reads "2.0 GB"
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return i === 0 ? `${n} bytes` : `${n.toFixed(n < 10 ? 1 : 0)} ${units[i]}`;
+  }
+
+  function formatDate(text) {
+    const d = new Date(text);
+    if (!text || Number.isNaN(d.getTime())) return '';
+    return d.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+  }
+
+  // holiday.mov -> holiday.mp3
+  function mp3Name(filename) {
+    const base = String(filename || '').replace(/^.*[\\/]/, '').replace(/\.[^.]*$/, '');
+    return `${base || 'audio'}.mp3`;
+  }
+
+  function describeOptions(o) {
+    if (!o) return '';
+    const quality = o.vbr_quality != null && !o.bitrate_kbps ? `VBR V${o.vbr_quality}` : `${o.bitrate_kbps} kbps`;
+    return `${quality} ${Number(o.channels) === 1 ? 'mono' : 'stereo'}`;
+  }
+
+  const sleep = (ms, signal) => new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(t); reject(signal.reason); }, { once: true });
+  });
+
+  // ------------------------------------------------------------ errors
+
+  // An HTTP failure with what google.rpc.Status says about it; status 0 means
+  // the server could not be reached at all.
+  class ApiError extends Error {
+    constructor(status, body) {
+      const details = Array.isArray(body?.details) ? body.details : [];
+      const info = details.find((d) => String(d['@type']).endsWith('google.rpc.ErrorInfo')) || {};
+      const retry = details.find((d) => String(d['@type']).endsWith('google.rpc.RetryInfo'));
+      super(body?.message || '');
+      this.status = status;
+      this.reason = info.reason || '';
+      this.metadata = info.metadata || {};
+      this.retryDelay = retry?.retry_delay || '';
+    }
+  }
+
+  function parseJson(text) {
+    try { return JSON.parse(text); } catch { return null; }
+  }
+
+  // What a person can do about it, in words.
+  function describeError(err) {
+    if (!(err instanceof ApiError)) return 'Something went wrong. Please try again.';
+    if (err.status === 0) return 'Cannot reach the server. Check your connection and try again.';
+    if (err.reason === 'UPLOAD_TOO_LARGE' || err.status === 413) {
+      const limit = Number(err.metadata.limit_bytes) || Number((err.message.match(/(\d+)-byte/) || [])[1]);
+      return limit ? `Too large: files can be at most ${formatBytes(limit)}.` : 'Too large for the server.';
+    }
+    if (err.reason === 'TOO_MANY_UPLOADS' || err.status === 429) {
+      return 'The server is busy with too many uploads at once. Retry in a few seconds.';
+    }
+    if (err.status === 502 || err.status === 503 || err.status === 504) {
+      return err.message && err.reason
+        ? `${capitalise(err.message)}.`
+        : 'The service is unavailable right now. Try again in a moment.';
+    }
+    return err.message ? `${capitalise(err.message)}.` : `The server answered ${err.status}.`;
+  }
+
+  const capitalise = (s) => s.charAt(0).toUpperCase() + s.slice(1).replace(/\.$/, '');
+
+  function showNotice(text, kind = 'error') {
+    ui.notice.textContent = text;
+    ui.notice.className = `banner banner-${kind}`;
+    ui.notice.hidden = !text;
+  }
+
+  // ------------------------------------------------------------ the API
+
+  async function api(method, path, { body, signal, raw = false, authed = true } = {}) {
+    const headers = {};
+    if (authed) headers.Authorization = `Bearer ${session.token}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let res;
+    try {
+      res = await fetch(path, {
+        method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      throw new ApiError(0, null);
+    }
+    if (!res.ok) {
+      const err = new ApiError(res.status, parseJson(await res.text().catch(() => '')));
+      if (authed && res.status === 401) sessionExpired();
+      throw err;
+    }
+    if (raw) return res;
+    return res.status === 204 ? {} : res.json();
+  }
+
+  const isFinal = (job) => job.state === 'JOB_STATE_DONE' || job.state === 'JOB_STATE_FAILED';
+
+  // Follows a job until DONE or FAILED, calling onJob with each new state.
+  // Streams through WatchJob when the server has it, else polls GetJob.
+  async function followJob(id, onJob, signal) {
+    if (watchSupported !== false && await watchJob(id, onJob, signal)) return;
+    await pollJob(id, onJob, signal);
+  }
+
+  // True if the stream carried the job to a final state; false to fall back
+  // to polling (no WatchJob on this server, or the stream ended early).
+  async function watchJob(id, onJob, signal) {
+    let res;
+    try {
+      res = await fetch(watchUrl(id), { headers: { Authorization: `Bearer ${session.token}` }, signal });
+    } catch (e) {
+      if (signal.aborted) throw e;
+      return false;
+    }
+    if (res.status === 401) {
+      sessionExpired();
+      throw new ApiError(401, null);
+    }
+    if (!res.ok || !res.body) {
+      // Before WatchJob exists the path is unknown (404) or read as a bad job id (400).
+      if ([400, 404, 405, 501].includes(res.status)) watchSupported = false;
+      res.body?.cancel().catch(() => {});
+      return false;
+    }
+    watchSupported = true;
+    for await (const job of jsonObjects(res.body)) {
+      onJob(job);
+      if (isFinal(job)) return true;
+    }
+    return false;
+  }
+
+  // The top-level objects of a streamed JSON array ("[{..},\n{..}]") as they arrive.
+  async function* jsonObjects(stream) {
+    const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    let depth = 0; let inString = false; let escaped = false; let start = -1; let i = 0;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += value;
+      for (; i < buf.length; i += 1) {
+        const c = buf[i];
+        if (inString) {
+          if (escaped) escaped = false;
+          else if (c === '\\') escaped = true;
+          else if (c === '"') inString = false;
+        } else if (c === '"') inString = true;
+        else if (c === '{') { if (depth++ === 0) start = i; }
+        else if (c === '}' && --depth === 0) {
+          const obj = parseJson(buf.slice(start, i + 1));
+          const job = obj && (obj.result || obj); // tolerate {"result": Job} framing
+          buf = buf.slice(i + 1); i = -1;
+          if (job && job.job_id) yield job;
+        }
+      }
+    }
+  }
+
+  async function pollJob(id, onJob, signal) {
+    let failures = 0;
+    for (;;) {
+      try {
+        const job = await api('GET', `/v1/jobs/${encodeURIComponent(id)}`, { signal });
+        failures = 0;
+        onJob(job);
+        if (isFinal(job)) return;
+      } catch (e) {
+        if (signal.aborted || (e instanceof ApiError && e.status > 0 && e.status < 500)) throw e;
+        failures += 1; // unreachable or 5xx: keep trying, a little slower
+        onJob(null, e);
+      }
+      await sleep(POLL_MS * Math.min(1 + failures, 5), signal);
+    }
+  }
+
+  // ------------------------------------------------------------ one row
+
+  const STATE_LABEL = {
+    JOB_STATE_QUEUED: 'Queued', JOB_STATE_PROCESSING: 'Converting', JOB_STATE_DONE: 'Done',
+    JOB_STATE_FAILED: 'Failed', UPLOADING: 'Uploading', CANCELLED: 'Cancelled', ERROR: 'Not uploaded',
+  };
+
+  // One file: an upload in progress, or a job (fresh or from the list).
+  class Row {
+    constructor({ file = null, job = null }) {
+      this.file = file;
+      this.job = job;
+      this.name = file ? file.name : job.filename;
+      this.xhr = null;
+      this.follow = null; // AbortController of followJob
+      this.mp3Url = '';
+
+      this.badge = h('span', { class: 'badge' });
+      this.nameEl = h('span', { class: 'job-name', text: this.name || '(no name)' });
+      this.meta = h('p', { class: 'job-meta' });
+      this.bar = h('progress', { class: 'bar', max: '100', 'aria-label': `Progress of ${this.name}` });
+      this.status = h('p', { class: 'job-status', role: 'status', 'aria-live': 'polite' });
+      this.player = h('div', { class: 'job-player' });
+      this.actions = h('div', { class: 'job-actions' });
+      this.el = h('li', { class: 'job' },
+        h('div', { class: 'job-head' }, this.nameEl, this.badge),
+        this.meta, this.bar, this.status, this.player, this.actions);
+      if (job) this.showJob(job);
+    }
+
+    setBadge(state) {
+      this.badge.textContent = STATE_LABEL[state] || state;
+      this.badge.className = `badge badge-${state.replace('JOB_STATE_', '').toLowerCase()}`;
+      this.el.dataset.state = state;
+    }
+
+    setActions(...buttons) {
+      this.actions.replaceChildren(...buttons.filter(Boolean));
+    }
+
+    button(label, onClick, cls = 'btn btn-small') {
+      const b = h('button', { type: 'button', class: cls, text: label, 'aria-label': `${label}: ${this.name}` });
+      b.addEventListener('click', onClick);
+      return b;
+    }
+
+    // -- upload
+
+    upload() {
+      const options = currentOptions();
+      const params = new URLSearchParams({ filename: this.name, ...options });
+      const xhr = new XMLHttpRequest();
+      this.xhr = xhr;
+      const started = performance.now();
+      let lastText = 0;
+      this.setBadge('UPLOADING');
+      this.meta.textContent = `${formatBytes(this.file.size)} · ${describeOptions(wireOptions(options))}`;
+      this.bar.value = 0;
+      this.bar.hidden = false;
+      this.status.textContent = 'Starting upload…';
+      this.setActions(this.button('Cancel', () => xhr.abort()));
+
+      xhr.upload.addEventListener('progress', (e) => {
+        const total = e.lengthComputable ? e.total : this.file.size;
+        const pct = total ? Math.floor((e.loaded / total) * 100) : 0;
+        this.bar.value = pct;
+        const now = performance.now();
+        if (now - lastText < 400 && e.loaded < total) return; // readable, not a flood for screen readers
+        lastText = now;
+        const speed = e.loaded / Math.max((now - started) / 1000, 0.001);
+        this.status.textContent = `Uploading ${formatBytes(e.loaded)} of ${formatBytes(total)} · ${pct}% · ${formatBytes(speed)}/s`;
+      });
+      xhr.addEventListener('load', () => {
+        this.xhr = null;
+        const body = parseJson(xhr.responseText);
+        if (xhr.status >= 200 && xhr.status < 300 && body?.job_id) {
+          this.showJob(body);
+          this.startFollowing();
+        } else {
+          if (xhr.status === 401) sessionExpired();
+          else this.uploadFailed(new ApiError(xhr.status, body));
+        }
+      });
+      xhr.addEventListener('error', () => { this.xhr = null; this.uploadFailed(new ApiError(0, null)); });
+      xhr.addEventListener('abort', () => {
+        this.xhr = null;
+        this.setBadge('CANCELLED');
+        this.bar.hidden = true;
+        this.status.textContent = 'Upload cancelled. Nothing was kept on the server.';
+        this.setActions(this.button('Upload again', () => this.upload()), this.button('Remove', () => this.remove()));
+      });
+
+      xhr.open('POST', `/v1/videos?${params}`);
+      xhr.setRequestHeader('Authorization', `Bearer ${session.token}`);
+      xhr.setRequestHeader('Content-Type', this.file.type || 'application/octet-stream');
+      xhr.send(this.file);
+    }
+
+    uploadFailed(err) {
+      this.setBadge('ERROR');
+      this.bar.hidden = true;
+      this.status.textContent = describeError(err);
+      this.status.classList.add('error-text');
+      this.setActions(this.button('Try again', () => { this.status.classList.remove('error-text'); this.upload(); }),
+        this.button('Remove', () => this.remove()));
+    }
+
+    // -- the job
+
+    showJob(job) {
+      this.job = job;
+      this.el.dataset.jobId = job.job_id;
+      this.setBadge(job.state);
+      const parts = [];
+      if (Number(job.video_size_bytes)) parts.push(`Video ${formatBytes(job.video_size_bytes)}`);
+      if (Number(job.mp3_size_bytes)) parts.push(`MP3 ${formatBytes(job.mp3_size_bytes)}`);
+      if (job.options) parts.push(describeOptions(job.options));
+      const date = formatDate(job.create_time);
+      if (date) parts.push(date);
+      this.meta.textContent = parts.join(' · ');
+      this.status.classList.toggle('error-text', job.state === 'JOB_STATE_FAILED');
+      const del = this.button('Delete', () => this.delete(), 'btn btn-small btn-danger');
+      switch (job.state) {
+        case 'JOB_STATE_QUEUED':
+          this.bar.hidden = false;
+          this.bar.removeAttribute('value'); // indeterminate: waiting for a converter
+          this.status.textContent = 'Uploaded. Waiting for a converter…';
+          this.setActions(del);
+          break;
+        case 'JOB_STATE_PROCESSING':
+          this.bar.hidden = false;
+          this.bar.value = job.progress || 0;
+          this.status.textContent = `Converting… ${job.progress || 0}%`;
+          this.setActions(del);
+          break;
+        case 'JOB_STATE_DONE':
+          this.bar.hidden = true;
+          this.status.textContent = 'Done. Your MP3 is ready.';
+          if (!this.mp3Url) this.setActions(this.button('Get MP3', () => this.loadMp3()), del);
+          break;
+        case 'JOB_STATE_FAILED':
+          this.bar.hidden = true;
+          this.status.textContent = `Conversion failed: ${job.error || 'no reason given'}`;
+          this.setActions(del);
+          break;
+        default:
+          this.status.textContent = '';
+      }
+    }
+
+    async startFollowing() {
+      this.follow?.abort();
+      const ctl = new AbortController();
+      this.follow = ctl;
+      try {
+        await followJob(this.job.job_id, (job, err) => {
+          if (job) this.showJob(job);
+          else this.status.textContent = `${describeError(err)} Still trying…`;
+        }, ctl.signal);
+        if (this.job.state === 'JOB_STATE_DONE') await this.loadMp3();
+      } catch (e) {
+        if (!ctl.signal.aborted && !(e instanceof ApiError && e.status === 401)) {
+          this.status.textContent = describeError(e);
+        }
+      }
+    }
+
+    // The MP3 needs the Authorization header, so it is fetched into a Blob
+    // and played/downloaded through a blob: URL (no token in any URL).
+    async loadMp3() {
+      if (this.mp3Url) return;
+      this.status.textContent = 'Fetching the MP3…';
+      try {
+        const res = await api('GET', `/v1/jobs/${encodeURIComponent(this.job.job_id)}/mp3`, { raw: true });
+        const blob = new Blob([await res.blob()], { type: 'audio/mpeg' });
+        this.mp3Url = URL.createObjectURL(blob);
+      } catch (e) {
+        if (!(e instanceof ApiError && e.status === 401)) this.status.textContent = describeError(e);
+        return;
+      }
+      const name = mp3Name(this.job.filename || this.name);
+      const audio = h('audio', { controls: true, preload: 'metadata', src: this.mp3Url, 'aria-label': `Play ${name}` });
+      this.player.replaceChildren(audio);
+      this.status.textContent = 'Done. Your MP3 is ready.';
+      const link = h('a', { class: 'btn btn-small btn-primary', href: this.mp3Url, download: name, text: 'Download MP3' });
+      link.setAttribute('aria-label', `Download ${name}`);
+      this.setActions(link, this.button('Delete', () => this.delete(), 'btn btn-small btn-danger'));
+    }
+
+    async delete() {
+      this.follow?.abort();
+      this.status.classList.remove('error-text');
+      this.status.textContent = 'Deleting…';
+      try {
+        await api('DELETE', `/v1/jobs/${encodeURIComponent(this.job.job_id)}`);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 401) return;
+        if (!(e instanceof ApiError && e.reason === 'JOB_NOT_FOUND')) {
+          // A 404 without a reason: this server has no DeleteJob yet.
+          this.status.textContent = e instanceof ApiError && e.status === 404 && !e.reason
+            ? 'This server cannot delete files yet.' : `Not deleted: ${describeError(e)}`;
+          this.status.classList.add('error-text');
+          if (!isFinal(this.job)) this.startFollowing();
+          return;
+        }
+      }
+      this.remove();
+    }
+
+    remove() {
+      this.dispose();
+      this.el.remove();
+      const i = rows.indexOf(this);
+      if (i >= 0) rows.splice(i, 1);
+      updateEmpty();
+      ui.jobs.querySelector('button, a')?.focus?.({ preventScroll: true });
+    }
+
+    dispose() {
+      this.xhr?.abort();
+      this.follow?.abort();
+      if (this.mp3Url) URL.revokeObjectURL(this.mp3Url);
+      this.mp3Url = '';
+    }
+  }
+
+  function updateEmpty() {
+    ui.jobsEmpty.hidden = rows.length > 0;
+  }
+
+  // ------------------------------------------------------------ options
+
+  function fillOptions() {
+    for (const b of BITRATES) {
+      ui.bitrate.append(h('option', { value: String(b), text: `${b} kbps`, selected: b === DEFAULT_BITRATE }));
+    }
+    ui.vbr.append(h('option', { value: '', text: 'Off (constant bitrate)' }));
+    for (let q = 0; q <= 9; q += 1) {
+      const note = q === 0 ? ' (best, largest)' : q === 9 ? ' (smallest)' : '';
+      ui.vbr.append(h('option', { value: String(q), text: `Quality ${q}${note}` }));
+    }
+    ui.vbr.addEventListener('change', () => { ui.bitrate.disabled = ui.vbr.value !== ''; });
+  }
+
+  // Query parameters of POST /v1/videos.
+  function currentOptions() {
+    const o = ui.vbr.value !== '' ? { vbr_quality: ui.vbr.value } : { bitrate_kbps: ui.bitrate.value };
+    o.channels = ui.mono.checked ? '1' : '2';
+    return o;
+  }
+
+  const wireOptions = (o) => ({ bitrate_kbps: Number(o.bitrate_kbps) || 0, vbr_quality: o.vbr_quality, channels: o.channels });
+
+  // ------------------------------------------------------------ files in
+
+  function addFiles(files) {
+    for (const file of files) {
+      const row = new Row({ file });
+      rows.unshift(row);
+      ui.jobs.prepend(row.el);
+      row.upload();
+    }
+    updateEmpty();
+  }
+
+  function setUpDropZone() {
+    ui.fileInput.addEventListener('change', () => {
+      addFiles([...ui.fileInput.files]);
+      ui.fileInput.value = ''; // the same file can be picked again
+    });
+    const zone = ui.dropZone;
+    for (const type of ['dragenter', 'dragover']) {
+      zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.add('drag-over'); });
+    }
+    for (const type of ['dragleave', 'dragend']) zone.addEventListener(type, () => zone.classList.remove('drag-over'));
+    zone.addEventListener('drop', (e) => {
+      e.preventDefault();
+      zone.classList.remove('drag-over');
+      addFiles([...(e.dataTransfer?.files || [])]);
+    });
+    // A file dropped next to the zone must not replace the page.
+    window.addEventListener('dragover', (e) => e.preventDefault());
+    window.addEventListener('drop', (e) => e.preventDefault());
+  }
+
+  // ------------------------------------------------------------ earlier jobs
+
+  async function loadJobs(more = false) {
+    const params = new URLSearchParams({ page_size: '20' });
+    if (more && nextPageToken) params.set('page_token', nextPageToken);
+    let page;
+    try {
+      page = await api('GET', `/v1/jobs?${params}`);
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 401)) showNotice(`Could not load your files. ${describeError(e)}`);
+      return;
+    }
+    showNotice('');
+    const known = new Set(rows.map((r) => r.job?.job_id).filter(Boolean));
+    for (const job of page.jobs || []) {
+      if (known.has(job.job_id)) {
+        const row = rows.find((r) => r.job?.job_id === job.job_id);
+        if (!row.follow || row.follow.signal.aborted) row.showJob(job);
+        continue;
+      }
+      const row = new Row({ job });
+      rows.push(row);
+      ui.jobs.append(row.el);
+      if (!isFinal(job)) row.startFollowing();
+    }
+    nextPageToken = page.next_page_token || '';
+    ui.more.hidden = !nextPageToken;
+    updateEmpty();
+  }
+
+  function clearRows() {
+    for (const r of rows) r.dispose();
+    rows.length = 0;
+    ui.jobs.replaceChildren();
+    nextPageToken = '';
+  }
+
+  // ------------------------------------------------------------ sign in / out
+
+  function showAuth() {
+    ui.appView.hidden = true;
+    ui.account.hidden = true;
+    ui.authView.hidden = false;
+    ui.password.value = '';
+    ui.email.focus();
+  }
+
+  function showApp() {
+    ui.authView.hidden = true;
+    ui.authError.textContent = '';
+    ui.appView.hidden = false;
+    ui.account.hidden = false;
+    ui.accountEmail.textContent = session.email;
+    updateEmpty();
+    loadJobs();
+  }
+
+  function setSession(token, email) {
+    session.token = token;
+    session.email = email;
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token);
+      sessionStorage.setItem(EMAIL_KEY, email);
+    } else {
+      sessionStorage.removeItem(TOKEN_KEY);
+      sessionStorage.removeItem(EMAIL_KEY);
+    }
+  }
+
+  function logout(message, kind = 'info') {
+    const email = session.email;
+    clearRows();
+    setSession('', '');
+    showNotice(message, kind);
+    showAuth();
+    ui.email.value = email;
+  }
+
+  // Any 401 on an authenticated call: the token expired or was revoked.
+  function sessionExpired() {
+    if (!session.token) return;
+    logout('Your session has expired. Please log in again.', 'error');
+    ui.password.focus();
+  }
+
+  async function signIn(create) {
+    const email = ui.email.value.trim();
+    const password = ui.password.value;
+    ui.authError.textContent = '';
+    if (!email || !password) {
+      ui.authError.textContent = 'Enter your email and a password.';
+      (email ? ui.password : ui.email).focus();
+      return;
+    }
+    ui.login.disabled = ui.signup.disabled = true;
+    try {
+      if (create) await api('POST', '/v1/users', { body: { email, password }, authed: false });
+      const res = await api('POST', '/v1/login', { body: { email, password }, authed: false });
+      setSession(res.access_token, email);
+      showNotice('');
+      showApp();
+    } catch (e) {
+      ui.authError.textContent = describeError(e);
+      ui.password.focus();
+    } finally {
+      ui.login.disabled = ui.signup.disabled = false;
+    }
+  }
+
+  function start() {
+    fillOptions();
+    setUpDropZone();
+    ui.authForm.addEventListener('submit', (e) => { e.preventDefault(); signIn(false); });
+    ui.signup.addEventListener('click', () => signIn(true));
+    ui.logout.addEventListener('click', () => logout('You have logged out.'));
+    ui.more.addEventListener('click', () => loadJobs(true));
+    ui.refresh.addEventListener('click', () => loadJobs());
+    if (session.token) showApp();
+    else showAuth();
+  }
+
+  start();
+})();
