@@ -14,7 +14,8 @@ envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR, ENVOY_LOGIN_LIM
 ENVOY_SIGNUP_LIMIT are the defaults):
 
     python -m ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
-        --auth auth:50051 --media gateway:50052 [--web-root /etc/envoy/web] [--exec]
+        --auth auth:50051 --media gateway:50052 [--openapi /etc/envoy/openapi.json] \\
+        [--web-root /etc/envoy/web] [--exec]
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from common.settings import AuthEndpoint, MediaEndpoint, group, load, setting
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "gen" / "descriptor.pb"
+OPENAPI = ROOT / "gen" / "openapi.json"
 WEB_ROOT = ROOT / "web"  # the page Envoy serves at / (index.html, app.js, app.css)
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
@@ -113,10 +115,20 @@ def transcoder(cfg: dict) -> dict:
     raise KeyError(f"no {TRANSCODER} filter in the Envoy config")
 
 
+def _openapi_route(cfg: dict) -> dict:
+    for host in _hcm(cfg)["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            if route["match"].get("path") == "/openapi.json":
+                return route
+    raise KeyError("no /openapi.json route in the Envoy config")
+
+
 def web_routes(cfg: dict) -> list[dict]:
     """The routes that serve a web file (a direct_response read from a file)."""
     vhost = _hcm(cfg)["route_config"]["virtual_hosts"][0]
-    return [r for r in vhost["routes"] if "filename" in r.get("direct_response", {}).get("body", {})]
+    return [r for r in vhost["routes"]
+            if "filename" in r.get("direct_response", {}).get("body", {})
+            and r["match"].get("path") != "/openapi.json"]
 
 
 def edge_limits(cfg: dict) -> dict[str, dict]:
@@ -156,6 +168,7 @@ def build(
     admin_address: str | None = None,
     admin_port: int | None = None,
     descriptor: str | os.PathLike | None = None,
+    openapi: str | os.PathLike | None = None,
     web_root: str | os.PathLike | None = None,
     access_log: bool = True,
     access_log_format: str = "json",
@@ -165,11 +178,11 @@ def build(
     template: dict | None = None,
 ) -> dict[str, Any]:
     """The patched config as a dict. None keeps the template's value, except
-    `descriptor` and `web_root`, which default to this checkout's
-    gen/descriptor.pb and web/ as absolute paths (so Envoy can run from any
-    working directory), and `metrics_port`: the metrics listener is kept only
-    when a port is given (so Envoys started side by side in tests never fight
-    over :9902).
+    `descriptor`, `openapi` and `web_root`, which default to this checkout's
+    gen/descriptor.pb, gen/openapi.json and web/ as absolute paths (so Envoy
+    can run from any working directory), and `metrics_port`: the metrics
+    listener is kept only when a port is given (so Envoys started side by side
+    in tests never fight over :9902).
     `access_log_format`: "json" (the template's) or "text".
     `limits`: {"Login" | "SignUp": (requests, per_seconds)}, the edge rate
     limits (a token bucket of `requests`, refilled whole every `per_seconds`)."""
@@ -199,6 +212,7 @@ def build(
     if media is not None:
         _set_endpoint(_cluster(cfg, "media"), media)
     transcoder(cfg)["proto_descriptor"] = str(Path(descriptor or DESCRIPTOR).resolve())
+    _openapi_route(cfg)["direct_response"]["body"]["filename"] = str(Path(openapi or OPENAPI).resolve())
     web = Path(web_root or WEB_ROOT).resolve()
     for route in web_routes(cfg):
         body = route["direct_response"]["body"]
@@ -305,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics-port", type=int, default=s.metrics_port,
                    help="the /stats/prometheus + /ready listener (default $ENVOY_METRICS_PORT, 9902; 0: none)")
     p.add_argument("--descriptor")
+    p.add_argument("--openapi", help="the OpenAPI document served at /openapi.json")
     p.add_argument("--web-root", help="folder holding the web page's files (default: this checkout's web/)")
     p.add_argument("--login-limit", type=parse_limit, default=s.rate_limits().get("Login"),
                    help="REQUESTS/SECONDS for Login at the edge (default $ENVOY_LOGIN_LIMIT, else the template's)")
@@ -324,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         admin_port=a.admin_port,
         metrics_port=a.metrics_port,
         descriptor=a.descriptor,
+        openapi=a.openapi,
         web_root=a.web_root,
         limits={k: v for k, v in (("Login", a.login_limit), ("SignUp", a.signup_limit)) if v},
     )

@@ -454,6 +454,9 @@ def test_dockerfile_builds_a_small_runtime_image():
     service_stage = text.split("AS service", 1)[1].split("AS envoy", 1)[0]
     assert "COPY --from=build /opt/venv /opt/venv" in service_stage
     assert "USER 10001" in service_stage and "HEALTHCHECK" in service_stage
+    for folder in ("common", "auth", "gateway", "converter", "ops", "cli", "protos", "tools"):
+        assert f"COPY {folder} ./{folder}" in text
+    # Only service code: no launcher, test kit or benchmarks in the image.
     for folder in ("localmesh", "testkit", "bench", "tests"):
         assert f"COPY {folder}" not in text
     assert "tools/codegen.py" in text and "requirements/runtime.txt" in text
