@@ -5,6 +5,7 @@ Ctrl-C during an upload (nothing left on the server) and during a conversion
 (the job goes on and `video2mp3 download` fetches it)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -154,12 +155,14 @@ def test_convert_prints_plain_lines_when_not_a_terminal(env, mesh, user, clip, t
     r = run(env, "convert", str(video), "--mono")  # the MP3 goes next to the video
     assert r.returncode == 0, r.stderr
     # It followed the job through WatchJob's stream, not by polling GetJob.
-    def calls() -> str:  # Envoy's access log lines since (flushed every 0.5 s)
-        return envoy_log.read_bytes()[seen:].decode(errors="replace")
+    def calls() -> list[tuple[str, str]]:  # Envoy's JSON access log since (flushed every 0.5 s)
+        lines = envoy_log.read_bytes()[seen:].decode(errors="replace").splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{") and '"service"' in line]
+        return [(e.get("grpc_path", ""), str(e.get("status"))) for e in entries]
 
     wait_for("the WatchJob call in Envoy's access log",
-             lambda: "/video2mp3.media.v1.MediaService/WatchJob 200" in calls(), timeout=10)
-    assert "MediaService/GetJob" not in calls()
+             lambda: ("/video2mp3.media.v1.MediaService/WatchJob", "200") in calls(), timeout=10)
+    assert not any(path.endswith("MediaService/GetJob") for path, _ in calls())
     assert "\x1b" not in r.stdout and "━" not in r.stdout
     lines = r.stdout.splitlines()
     assert lines[0] == "plain.mp4: uploading 85.2 kB" or lines[0].startswith("plain.mp4: uploading ")
