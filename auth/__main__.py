@@ -14,7 +14,7 @@ from auth.login_limits import LoginLimits
 from auth.passwords import Passwords
 from auth.service import SERVICE_NAME, AuthService
 from auth.users import DatabaseUnavailable, UserRepository
-from common import grpc_server
+from common import grpc_server, metrics, tracing
 from common.health import DependencyMonitor
 from common.logging import setup_logging
 from common.periodic import Periodic
@@ -47,8 +47,10 @@ def main() -> None:
 
         sys.exit(cli.main(sys.argv[1:]))
     setup_logging("auth")
+    tracing.setup_tracing("auth")
     cfg = load(AuthConfig)
     keys = key_ring(cfg)
+    metrics.serve(cfg.metrics_port)
     log.info("signing with key %s; publishing %s", keys.signing().kid,
              ", ".join(k.kid for k in keys.published()))
 

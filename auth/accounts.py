@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 
-import grpc
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 from auth.users import UserRepository
+from common import tracing
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ class MediaData:
         with self._lock:
             if self._stub is None:
                 # Short reconnect backoff: a user retrying after an outage gets through at once.
-                channel = grpc.insecure_channel(self._addr, options=[("grpc.initial_reconnect_backoff_ms", 200),
-                                                                     ("grpc.max_reconnect_backoff_ms", 2000)])
+                # Its calls carry the request id and trace context (common/tracing.py).
+                channel = tracing.client_channel(self._addr, options=[("grpc.initial_reconnect_backoff_ms", 200),
+                                                                      ("grpc.max_reconnect_backoff_ms", 2000)])
                 self._stub = media_pb2_grpc.MediaServiceStub(channel)
             return self._stub
 

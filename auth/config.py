@@ -42,3 +42,5 @@ class AuthConfig:
     # Argon2id hashes at most this many passwords at once: each takes ~0.1 s of
     # CPU and 64 MiB, so 4 bound the peak at 256 MiB; more requests just queue.
     hash_concurrency: int = setting("HASH_CONCURRENCY", min(4, os.cpu_count() or 1), minimum=1)
+    # Prometheus /metrics; 0: off.
+    metrics_port: int = setting("AUTH_METRICS_PORT", 9101, minimum=0)

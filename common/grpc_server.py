@@ -1,7 +1,8 @@
 """The one way every service builds, runs and stops its gRPC server.
 
 Each server gets: a bounded thread pool, explicit message-size limits, the
-one error-to-status interceptor (common/errors.py), the standard
+observing interceptor (common/observe.py: request id, span, metrics, one log
+line per RPC), the one error-to-status interceptor (common/errors.py), the standard
 grpc.health.v1 service, server reflection (so `grpcurl list` works without
 .proto files) and a graceful SIGTERM/SIGINT stop.
 """
@@ -18,8 +19,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.errors import ErrorInterceptor
+from common.observe import ObserveInterceptor
 
 log = logging.getLogger(__name__)
+
+# A grpc.health.v1 service name that is SERVING while the server runs,
+# whatever its dependencies: what Kubernetes' liveness probe asks for, so an
+# outage takes pods out of rotation (readiness, service "") without restarting them.
+LIVENESS = "liveness"
 
 # Upload chunks from Envoy are well under 1 MiB; 4 MiB leaves room without
 # letting one message eat memory.
@@ -56,8 +63,9 @@ def build_server(
     services = list(services)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        # First, so errors raised by the other interceptors get a rich status too.
-        interceptors=[ErrorInterceptor(), *interceptors],
+        # Observe outermost, so it sees the status the error interceptor sets;
+        # errors next, so errors raised by the other interceptors get a rich status too.
+        interceptors=[ObserveInterceptor(), ErrorInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -73,6 +81,7 @@ def build_server(
         s.add_to_server(s.servicer, server)
         health_servicer.set(s.full_name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         [s.full_name for s in services] + list(also_reflect)
         + [health.SERVICE_NAME, reflection.SERVICE_NAME], server

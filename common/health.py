@@ -4,7 +4,8 @@ Each check is a callable that raises when its dependency is unreachable. The
 monitor runs them every `interval` seconds on one thread, keeps the last
 answer of each, and flips the service's grpc.health.v1 status between SERVING
 and NOT_SERVING, so Kubernetes probes and Envoy see outages without an RPC
-paying for the check.
+paying for the check. Each answer is also video2mp3_dependency_up{dependency}.
+The converter's supervisor runs one with no health servicer, for the metric.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 from grpc_health.v1 import health_pb2
 
+from common import metrics
 from common.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class DependencyMonitor:
             if value != self._status.get(name):
                 (log.info if value == CONNECTED else log.warning)("%s: %s", name, value)
             self._status[name] = value
+            metrics.DEPENDENCY_UP.labels(name).set(1 if value == CONNECTED else 0)
+        if self.health is None:
+            return
         up = all(self._status[name] == CONNECTED for name in self.critical)
         serving = (health_pb2.HealthCheckResponse.SERVING if up
                    else health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -7,7 +7,12 @@ is a conditional update, so a job that is DONE can never be redone.
 Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
-complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until}.
+complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
+trace}.
+
+`request_id` is the client's idempotency key (CreateJob retries get the same
+job); `trace` is something else: the upload's x-request-id and trace context
+(common/tracing.carrier), so a job the outbox publishes later keeps them.
 
 Deleting is two steps (DeleteJob, or the retention sweep): the document is
 marked `deleted` first, which hides it from every reader and makes the
@@ -83,6 +88,7 @@ class Job:
     request_id: str = ""
     mp3_expired: bool = False
     deleted: bool = False
+    trace: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -110,6 +116,7 @@ class Job:
             request_id=doc.get("request_id") or "",
             mp3_expired=bool(doc.get("mp3_expired", False)),
             deleted=bool(doc.get("deleted", False)),
+            trace=dict(doc.get("trace") or {}),
         )
 
     @property
@@ -150,7 +157,8 @@ class JobStore:
 
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
-               options: media_pb2.ConversionOptions, request_id: str = "") -> Job:
+               options: media_pb2.ConversionOptions, request_id: str = "",
+               trace: dict | None = None) -> Job:
         """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`."""
         t = now()
         doc = {
@@ -173,6 +181,7 @@ class JobStore:
             "create_time": t,
             "update_time": t,
             "complete_time": None,
+            "trace": dict(trace or {}),
         }
         if request_id:
             doc["request_id"] = request_id
@@ -187,6 +196,18 @@ class JobStore:
             {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}, **LIVE},
             limit=limit,
         )]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many live jobs are in each state (one aggregate query; for metrics)."""
+        return {d["_id"]: d["n"] for d in self.c.aggregate([
+            {"$match": LIVE}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]) if d["_id"]}
+
+    def unpublished_summary(self) -> tuple[int, dt.datetime | None]:
+        """(how many QUEUED jobs are unpublished, the oldest one's create_time); for metrics."""
+        found = list(self.c.aggregate([
+            {"$match": {"published": False, "state": QUEUED, **LIVE}},
+            {"$group": {"_id": None, "n": {"$sum": 1}, "oldest": {"$min": "$create_time"}}}]))
+        return (found[0]["n"], found[0]["oldest"]) if found else (0, None)
 
     def get_for_user(self, job_id: str, user_id: str) -> Job | None:
         return _job(self.c.find_one({"_id": job_id, "user_id": user_id, **LIVE}))

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from pika.adapters.blocking_connection import BlockingChannel
 from video2mp3.media.v1 import queue_pb2
 
+from common import metrics, tracing
 from common.settings import RabbitSettings
 
 log = logging.getLogger(__name__)
@@ -144,12 +145,24 @@ class Publisher:
 
     def publish(self, task: queue_pb2.ConversionTask) -> None:
         """Returns once RabbitMQ confirmed the message; raises PublishError if
-        it is unreachable, refuses it or does not confirm within the deadline."""
+        it is unreachable, refuses it or does not confirm within the deadline.
+        The message carries the request id and trace context (common/tracing.py)."""
+        with tracing.producing(self.s.queue, task.job_id) as headers:
+            metrics.QUEUE_PUBLISHES.labels("task").inc()
+            try:
+                self._publish(task, headers)
+            except PublishError:
+                metrics.QUEUE_PUBLISH_FAILURES.labels("task").inc()
+                raise
+            metrics.QUEUE_CONFIRMS.labels("task").inc()
+
+    def _publish(self, task: queue_pb2.ConversionTask, headers: dict) -> None:
         body = encode_task(task)
         props = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type="application/json",
             message_id=task.job_id,
+            headers=headers or None,
         )
 
         def publish():
@@ -169,11 +182,16 @@ class Publisher:
         self._call(publish, "confirm the job")
 
     def check(self) -> None:
-        """Raises PublishError if RabbitMQ cannot be reached now."""
+        """Raises PublishError if RabbitMQ cannot be reached now. Records the
+        queues' depth and consumers (video2mp3_queue_messages / _consumers)."""
         def check():
             try:
-                conn, _ = self._connected()
+                conn, channel = self._connected()
                 conn.process_data_events(0)
+                for queue in (self.s.queue, dead_letter_queue(self.s.queue)):
+                    ok = channel.queue_declare(queue, passive=True).method
+                    metrics.QUEUE_MESSAGES.labels(queue).set(ok.message_count)
+                    metrics.QUEUE_CONSUMERS.labels(queue).set(ok.consumer_count)
             except (pika.exceptions.AMQPError, OSError) as e:
                 self._drop()
                 raise PublishError(f"{e!r}") from None

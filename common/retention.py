@@ -176,6 +176,12 @@ def sweep(mongo: Mongo, store: jobs.JobStore, s: RetentionSettings,
             fields.update(mp3_expired=True, mp3_fid=None, pending_mp3_fids=[])
             counts["mp3s"] += 1
         store.swept(job.id, owner, fields)
+    # Imported here: the converter's config imports this module before its
+    # supervisor has set PROMETHEUS_MULTIPROC_DIR (converter/__main__.py).
+    from common import metrics
+
+    for kind, n in counts.items():
+        metrics.RETENTION_DELETED.labels(kind).inc(n)
     if any(counts.values()):
         log.info("retention sweep deleted %(videos)d video(s), %(mp3s)d MP3(s), %(jobs)d job(s)", counts)
     return counts

@@ -5,6 +5,11 @@ prefetch 1) alive: a worker that dies, even by SIGKILL or a decoder crash, is
 replaced, and its unacked message is redelivered by RabbitMQ. SIGTERM/SIGINT
 is passed on to the workers, which finish or requeue their job within
 GRACE_SECONDS; stragglers are killed after that.
+
+Metrics: the supervisor gives every process one PROMETHEUS_MULTIPROC_DIR
+(the given one, emptied, or a temporary one it removes at exit), serves the
+sum on CONVERTER_METRICS_PORT, and checks MongoDB and RabbitMQ itself for
+video2mp3_dependency_up and the queue depth.
 """
 from __future__ import annotations
 
@@ -12,22 +17,49 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from common.logging import setup_logging
 from common.settings import load
 from converter.config import ConverterConfig
-from converter.worker import run_worker
 
 log = logging.getLogger("converter")
 RESTART_BACKOFF_S = 1.0
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir() -> tuple[Path, bool]:
+    """An empty directory for every process's samples, exported to the
+    environment the workers inherit; and whether we made it (so remove it).
+    Must run before anything imports prometheus_client."""
+    given = os.environ.get(MULTIPROC_ENV, "").strip()
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for f in path.glob("*.db"):  # a previous run's: would be summed in
+            f.unlink()
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="video2mp3-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path, True
 
 
 def main() -> None:
     setup_logging("converter")
     cfg = load(ConverterConfig)
+    samples, own_dir = metrics_dir()
+    # Only now: these import prometheus_client, which picks its mode at import.
+    from common import metrics
+    from common.health import DependencyMonitor
+    from common.mongo import Mongo
+    from common.queue import Publisher
+    from converter.worker import run_worker
+
     ctx = mp.get_context("spawn")  # no pymongo/pika state shared across fork
     stopping = threading.Event()
 
@@ -47,15 +79,25 @@ def main() -> None:
                 os.setpriority(os.PRIO_PROCESS, p.pid, cfg.nice)
         return p
 
+    metrics.serve(cfg.metrics_port)
+    mongo, publisher = Mongo(cfg.mongo), Publisher(cfg.rabbit)
+    # The check also services the connection's heartbeats: at least two per heartbeat period.
+    monitor = DependencyMonitor({"mongodb": mongo.ping, "rabbitmq": publisher.check}, None, [],
+                                interval=min(cfg.dependency_check_s, cfg.rabbit.heartbeat / 2))
     workers = {i: start(i) for i in range(cfg.workers)}
     log.info("started %d worker(s) on queue %s", cfg.workers, cfg.rabbit.queue)
+    # First check in the background: a dependency that is down must not delay the workers.
+    threading.Thread(target=monitor.start, name="health-start", daemon=True).start()
     while not stopping.wait(0.5):
         for i, p in list(workers.items()):
             if not p.is_alive():
                 log.error("worker %d exited (code %s); starting a new one", i, p.exitcode)
+                metrics.mark_process_dead(p.pid)
+                metrics.WORKER_RESTARTS.inc()
                 time.sleep(RESTART_BACKOFF_S)
                 workers[i] = start(i)
 
+    monitor.stop()
     for p in workers.values():
         if p.is_alive():
             p.terminate()  # SIGTERM: graceful in the worker
@@ -66,6 +108,12 @@ def main() -> None:
             log.warning("worker %s did not stop in time; killing it", p.name)
             p.kill()
             p.join()
+        metrics.mark_process_dead(p.pid)
+    publisher.close()
+    mongo.close()
+    if own_dir:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(samples)
     log.info("stopped")
 
 

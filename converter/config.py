@@ -30,6 +30,10 @@ class ConverterConfig:
     # Workers run at this nice level: conversions are batch work, and on a
     # small box they would otherwise starve the API and the store it reads.
     nice: int = setting("CONVERTER_NICE", 10)
+    # Prometheus /metrics, summed over the workers by the supervisor; 0: off.
+    metrics_port: int = setting("CONVERTER_METRICS_PORT", 9103, minimum=0)
+    # How often the supervisor checks MongoDB and RabbitMQ (video2mp3_dependency_up).
+    dependency_check_s: float = setting("CONVERTER_CHECK_INTERVAL_S", 5.0, minimum=0.1)
 
     @property
     def workers(self) -> int:

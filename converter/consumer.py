@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pika
 import pika.exceptions
 
+from common import metrics, tracing
 from common.queue import connection_parameters, dead_letter_queue, declare_topology
 from common.settings import RabbitSettings
 from converter.policy import Outcome
@@ -89,8 +90,15 @@ class Consumer:
         return self._inflight is not None and self._inflight.is_alive()
 
     def _on_message(self, conn, ch, method, props, body) -> None:
+        if method.redelivered:
+            metrics.QUEUE_REDELIVERIES.inc()
+
         def work():
-            outcome = self.on_task(body)
+            # The publisher's request id and trace continue here (common/tracing.py).
+            with metrics.BUSY_WORKERS.track_inprogress(), tracing.consuming(
+                    props.headers, self.s.queue, props.message_id or "") as span:
+                outcome = self.on_task(body)
+                span.set_attribute("video2mp3.outcome", outcome.value)
             try:
                 conn.add_callback_threadsafe(
                     functools.partial(self._settle, conn, ch, method.delivery_tag, props, body, outcome))
@@ -105,7 +113,8 @@ class Consumer:
 
     def _on_dead(self, ch, method, props, body) -> None:
         queue_copy = functools.partial(self._queue_copy, ch.connection, props, body)
-        outcome = self.on_dead_letter(body, dict(props.headers or {}), queue_copy)
+        with tracing.consuming(props.headers, dead_letter_queue(self.s.queue), props.message_id or ""):
+            outcome = self.on_dead_letter(body, dict(props.headers or {}), queue_copy)
         self._settle(ch.connection, ch, method.delivery_tag, props, body, outcome)
 
     def _settle(self, conn, ch, delivery_tag, props, body, outcome: Outcome) -> None:
@@ -115,8 +124,10 @@ class Consumer:
             outcome = Outcome.ACK
         if outcome is Outcome.ACK:
             ch.basic_ack(delivery_tag)
+            metrics.QUEUE_ACKS.inc()
         else:
             ch.basic_nack(delivery_tag, requeue=True)
+            metrics.QUEUE_NACKS.inc()
 
     def _queue_copy(self, conn, props, body, extra_headers: dict | None = None) -> bool:
         """Publish (confirmed) a fresh copy of a message on the task queue.
@@ -125,12 +136,15 @@ class Consumer:
         headers.update(extra_headers or {})
         copy = pika.BasicProperties(delivery_mode=props.delivery_mode, content_type=props.content_type,
                                     message_id=props.message_id, headers=headers or None)
+        metrics.QUEUE_PUBLISHES.labels("copy").inc()
         try:
             pub = conn.channel()
             pub.confirm_delivery()
             pub.basic_publish("", self.s.queue, body, copy, mandatory=True)
             pub.close()
+            metrics.QUEUE_CONFIRMS.labels("copy").inc()
             return True
         except pika.exceptions.AMQPError as e:
+            metrics.QUEUE_PUBLISH_FAILURES.labels("copy").inc()
             log.warning("could not queue a copy of the task (%r)", e)
             return False

@@ -15,12 +15,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import BinaryIO, cast
 
 import pymongo.errors
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from common import jobs, retention
+from common import jobs, metrics, request_id, retention, tracing
 from common.gridfs_download import ChunkedDownload
 from common.gridfs_upload import ChunkedUpload
 from common.mongo import VIDEOS_BUCKET, Mongo
@@ -73,6 +74,10 @@ class JobRunner:
             log.error("dropping message: %s", e)
             return Outcome.ACK
         job_id = task.job_id
+        with request_id.bound(job_id=job_id):
+            return self._process(job_id)
+
+    def _process(self, job_id: str) -> Outcome:
         while True:
             try:
                 with _storage():
@@ -82,15 +87,20 @@ class JobRunner:
                 if outcome is None:
                     log.warning("job %s: storage unavailable (%s); retrying", job_id, e)
                     if self.stopping.wait(self.cfg.retry_delay_s):
+                        metrics.CONVERSIONS.labels("interrupted").inc()
                         return Outcome.HAND_BACK
                     continue
                 if isinstance(e, Cancelled):
+                    metrics.CONVERSIONS.labels("interrupted").inc()
                     log.info("job %s interrupted by shutdown; handed back", job_id)
                 elif isinstance(e, JobGone):
+                    metrics.CONVERSIONS.labels("deleted").inc()
                     log.info("job %s was deleted; its conversion stopped and its MP3 was removed", job_id)
                 elif isinstance(e, LostLease):
+                    metrics.CONVERSIONS.labels("superseded").inc()
                     log.warning("job %s was taken over by another worker; this attempt stops", job_id)
                 else:
+                    metrics.CONVERSIONS.labels("error").inc()
                     log.exception("job %s: unexpected error; requeueing", job_id)
                 return outcome
 
@@ -99,9 +109,11 @@ class JobRunner:
         while True:
             job = self.jobs.get(job_id)
             if job is None or job.deleted:
+                metrics.CONVERSIONS.labels("deleted").inc()
                 log.info("job %s no longer exists (deleted); task acked", job_id)
                 return Outcome.ACK
             if job.state.final:
+                metrics.CONVERSIONS.labels("duplicate").inc()
                 log.info("job %s already %s; duplicate task acked", job_id, job.state)
                 return Outcome.ACK
             before = self.jobs.start_attempt(job_id, mp3_fid, self.cfg.lease_s)
@@ -110,15 +122,26 @@ class JobRunner:
             # Another worker holds a live lease on it (a duplicate delivery):
             # wait until it finishes, or until its lease runs out because it died.
             if self.stopping.wait(1.0):
+                metrics.CONVERSIONS.labels("interrupted").inc()
                 return Outcome.HAND_BACK
         self._delete_leftovers(job_id, [f for f in before.pending_mp3_fids if f != mp3_fid])
-        log.info("job %s: converting %s (attempt %d)", job_id, before.filename, before.attempts + 1)
+        log.info("job %s: converting %s (attempt %d)", job_id, before.filename, before.attempts + 1,
+                 extra={"step": "converting"})
+        with tracing.tracer().start_as_current_span(
+                "convert", attributes={"video2mp3.job_id": job_id, "video2mp3.attempt": before.attempts + 1,
+                                       "video2mp3.video_bytes": before.video_size}) as span:
+            return self._transcode(job_id, mp3_fid, before, span)
+
+    def _transcode(self, job_id: str, mp3_fid: ObjectId, before: jobs.Job, span) -> Outcome:
+        started = time.monotonic()
         dst = mp3_store.open_mp3(self.mongo, mp3_fid, before)
+        src = None
         try:
             # Read in bounded ranges, never one cursor over the whole file
             # (common/gridfs_download.py).
-            with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, _oid(before.video_fid)) as src:
-                result = transcode(src, dst, before.options, filename=before.filename,
+            with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, _oid(before.video_fid)) as stream:
+                src = metrics.CountingReader(stream, metrics.GRIDFS_READ_BYTES)
+                result = transcode(cast(BinaryIO, src), dst, before.options, filename=before.filename,
                                    on_progress=self._progress_writer(job_id, mp3_fid),
                                    overlap=self.cfg.overlap)
             dst.close()
@@ -136,15 +159,29 @@ class JobRunner:
             self._discard(job_id, mp3_fid, dst)
             if self.jobs.finish_failed(job_id, str(e)):
                 retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
-            log.info("job %s FAILED: %s", job_id, e)
+            metrics.CONVERSIONS.labels("failed").inc()
+            tracing.fail(span, str(e))
+            log.info("job %s FAILED: %s", job_id, e, extra={"step": "failed"})
             return Outcome.ACK
+        finally:
+            if src is not None:
+                metrics.CONVERSION_READ_BYTES.observe(src.bytes_read)
+                span.set_attribute("video2mp3.read_bytes", src.bytes_read)
         if result.header_patch:
             mp3_store.patch_bytes(self.mongo, mp3_fid, *result.header_patch)
         if self.jobs.finish_done(job_id, mp3_fid, result.bytes_written):
-            log.info("job %s DONE: %d bytes, %.2fs of audio", job_id, result.bytes_written,
-                     result.duration_seconds)
+            seconds = time.monotonic() - started
+            metrics.CONVERSIONS.labels("done").inc()
+            metrics.CONVERSION_SECONDS.observe(seconds)
+            metrics.AUDIO_SECONDS.inc(result.duration_seconds)
+            if seconds > 0:
+                metrics.REALTIME_FACTOR.observe(result.duration_seconds / seconds)
+            span.set_attribute("video2mp3.audio_seconds", result.duration_seconds)
+            log.info("job %s DONE: %d bytes, %.2fs of audio in %.2fs", job_id, result.bytes_written,
+                     result.duration_seconds, seconds, extra={"step": "done", "seconds": round(seconds, 3)})
             retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         else:
+            metrics.CONVERSIONS.labels("superseded").inc()
             log.info("job %s was finished by another attempt; discarding this MP3", job_id)
             self._discard(job_id, mp3_fid)
         return Outcome.ACK
@@ -220,6 +257,7 @@ class JobRunner:
             attempts, revived = (job.attempts if job else 0), policy.revivals(headers)
             decision = policy.dead_letter(job.state if job else None, attempts, revived,
                                           max_deliveries=MAX_DELIVERIES)
+            metrics.QUEUE_DEAD_LETTERS.labels(decision.value).inc()
             if decision is DeadLetter.REVIVE and queue_copy(policy.revived_headers(revived)):
                 log.warning("job %s dead-lettered after only %d conversion attempt(s); queued again",
                             job_id, attempts)

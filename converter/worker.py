@@ -34,9 +34,11 @@ from converter.conversion import JobRunner
 def run_worker(cfg: ConverterConfig, index: int) -> None:
     """Entry point of a worker process. SIGTERM: stop taking work, let the
     in-flight job finish within the grace period, else hand it back."""
+    from common import tracing
     from common.logging import setup_logging
 
-    setup_logging(f"converter[{index}]")
+    setup_logging("converter", worker=index)
+    tracing.setup_tracing("converter")
     die_with_parent()  # never an orphan consuming with no supervisor
     stopping, cancel = threading.Event(), threading.Event()
     mongo = Mongo(cfg.mongo)
@@ -55,3 +57,4 @@ def run_worker(cfg: ConverterConfig, index: int) -> None:
         consumer.run()
     finally:
         mongo.close()
+        tracing.shutdown()

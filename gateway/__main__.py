@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import grpc_server, jobs, retention
+from common import grpc_server, jobs, metrics, retention, tracing
 from common.health import DependencyMonitor
 from common.logging import setup_logging
 from common.mongo import MP3S_BUCKET, Mongo
@@ -23,6 +23,7 @@ from gateway.janitor import OrphanChunkJanitor
 from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from gateway.outbox import Outbox
 from gateway.service import MediaService
+from gateway.stats import JobStats
 from gateway.uploads import Uploads
 from gateway.user_check import UserCheck, grpc_get_me
 from gateway.watch import WatchHub
@@ -34,7 +35,7 @@ log = logging.getLogger("gateway")
 
 def auth_health_check(addr: str):
     """MySQL is behind the auth service; its grpc.health.v1 status says whether it is reachable."""
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(addr))
+    stub = health_pb2_grpc.HealthStub(tracing.client_channel(addr))
 
     def check():
         try:
@@ -49,7 +50,9 @@ def auth_health_check(addr: str):
 
 def main() -> None:
     setup_logging("gateway")
+    tracing.setup_tracing("gateway")
     cfg = load(GatewayConfig)
+    metrics.serve(cfg.metrics_port)
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
     publisher = Publisher(cfg.rabbit)
@@ -87,6 +90,7 @@ def main() -> None:
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
                                  interval_s=cfg.janitor_interval_s).start()
+    stats = JobStats(job_store, cfg.job_stats_interval_s).start()
     # MP3 chunks of a conversion whose job was deleted and whose worker died
     # before it could delete them: found by their `mp3s.uploads` record (the
     # converter writes MP3s with the same ChunkedUpload), never by a chunk scan.
@@ -102,6 +106,7 @@ def main() -> None:
     hub.start()
 
     def on_stop():
+        stats.stop()
         hub.stop()
         sweeper.stop()
         key_refresher.stop()

@@ -37,6 +37,9 @@ class GatewayConfig:
     # long are removed (a gateway killed mid-upload).
     orphan_chunk_age_s: float = setting("ORPHAN_CHUNK_AGE_S", 3600.0)
     janitor_interval_s: float = setting("JANITOR_INTERVAL_S", 300.0)
+    # Prometheus /metrics (0: off) and how often jobs are counted by state for it.
+    metrics_port: int = setting("MEDIA_METRICS_PORT", 9102, minimum=0)
+    job_stats_interval_s: float = setting("JOB_STATS_INTERVAL_S", 15.0, minimum=0.1)
     # Uploads are refused while the store's disk has less than this free
     # (common/storage_space.py; its folder is MongoSettings.data_dir if local).
     storage_reserve_mb: int = setting("STORAGE_RESERVE_MB", 512, minimum=0)

@@ -8,7 +8,7 @@ import logging
 
 import pymongo.errors
 
-from common import jobs
+from common import jobs, metrics
 from common.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Outbox:
             if not self.publish(job):
                 break  # RabbitMQ still down; try again next round
             published += 1
+            metrics.OUTBOX_REPUBLISHED.inc()
         if published:
             log.info("outbox published %d pending job(s)", published)
         return published

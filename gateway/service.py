@@ -5,13 +5,16 @@ import base64
 import datetime as dt
 import hashlib
 import logging
+import unicodedata
+from pathlib import PurePosixPath
+from urllib.parse import quote
 
 import pymongo.errors
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import jobs, retention
+from common import jobs, metrics, retention
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from common.gridfs_download import ChunkedDownload
 from common.health import DependencyMonitor
@@ -79,6 +82,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         except pymongo.errors.PyMongoError as e:
             # The job is gone for its owner already; the retention sweep finishes it.
             log.warning("job %s deleted; its files will be removed by the sweep: %s", job.id, e)
+        metrics.JOBS_DELETED.labels("owner").inc()
         log.info("job %s deleted by its owner (was %s)", job.id, job.state)
         return empty_pb2.Empty()
 
@@ -94,7 +98,10 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         return media_pb2.ListJobsResponse(jobs=[self._proto(j) for j in page], next_page_token=token)
 
     def DownloadMp3(self, request, context):
-        job = self._owned_job(request.job_id, context)
+        if request.job_id and request.fid and request.job_id != request.fid:
+            message = "job_id and fid name the same job (fid is the seed's name); give one"
+            raise InvalidArgument(message, reason=Reason.INVALID_JOB_ID, violations=[("fid", message)])
+        job = self._owned_job(request.job_id or request.fid, context)
         if job.state != jobs.DONE:
             raise FailedPrecondition(
                 f"job {job.id} is {job.state}; the MP3 can be downloaded once it is DONE "
@@ -114,6 +121,8 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         # Read in bounded ranges (common/gridfs_download.py); a MongoDB error is
         # UNAVAILABLE through common/errors.py.
         stream = ChunkedDownload(self.mongo.db, MP3S_BUCKET, job.mp3_fid)
+        # Envoy's transcoder passes initial metadata on as HTTP response headers.
+        context.send_initial_metadata([("content-disposition", content_disposition(mp3_name(job.filename)))])
         return self._stream(stream, context)
 
     def _stream(self, stream, context):
@@ -133,15 +142,35 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         n_jobs, n_videos, n_mp3s = delete_user_data(self.mongo, user_id)
         # The account is about to go: look it up afresh on its next request.
         self.users.forget(user_id)
+        metrics.JOBS_DELETED.labels("account").inc(n_jobs)
         log.info("deleted the data of user %s: %d jobs, %d videos, %d MP3s", user_id, n_jobs, n_videos, n_mp3s)
         return media_pb2.DeleteMyDataResponse(jobs_deleted=n_jobs, videos_deleted=n_videos, mp3s_deleted=n_mp3s)
 
     def GetHealth(self, request, context):
         status = self.monitor.status()
+        healthy = self.monitor.healthy()
+        if not healthy:
+            # gRPC gets the message with OK; REST gets it with 503 (deploy/envoy.yaml's Lua filter).
+            context.send_initial_metadata([("x-http-status", "503")])
         return media_pb2.GetHealthResponse(
-            status="healthy" if self.monitor.healthy() else "unhealthy",
+            status="healthy" if healthy else "unhealthy",
             mongodb=status["mongodb"], rabbitmq=status["rabbitmq"], mysql=status["mysql"],
         )
+
+
+def mp3_name(video_name: str) -> str:
+    """holiday.mp4 -> holiday.mp3 (the name the MP3 is offered under)."""
+    return f"{PurePosixPath(video_name).stem or 'audio'}.mp3"
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII `filename` for old clients, the exact name as
+    RFC 8187 `filename*` (gRPC metadata values must be ASCII anyway)."""
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    ascii_name = "".join(c if c.isprintable() and c not in '"\\/%;' else "_" for c in ascii_name)
+    if not ascii_name.removesuffix(".mp3").strip("_ "):
+        ascii_name = "audio.mp3"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _filter_key(filter_text: str) -> str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 import pymongo.errors
 from bson import ObjectId
 
-from common import jobs
+from common import jobs, metrics, tracing
 from common.errors import Cancelled, InvalidArgument, Reason, ResourceExhausted
 from common.gridfs_download import delete_file
 from common.gridfs_upload import ChunkedUpload
@@ -79,6 +80,7 @@ class Uploads:
 
     def _store(self, first, requests, context, caller: Caller, options, filename: str,
                reservation: Reservation | None, request_id: str = "") -> jobs.Job:
+        started = time.monotonic()
         stream = ChunkedUpload(
             self.mongo.db, VIDEOS_BUCKET, filename,
             metadata={"user_id": caller.user_id,
@@ -96,7 +98,7 @@ class Uploads:
         try:
             job = self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
                                    filename=filename, video_fid=video_fid, video_size=size,
-                                   options=options, request_id=request_id)
+                                   options=options, request_id=request_id, trace=tracing.carrier())
         except pymongo.errors.DuplicateKeyError:
             # Another upload with this request_id won (our reservation had lapsed): its job it is.
             self._delete_quietly(video_fid)
@@ -107,9 +109,12 @@ class Uploads:
         except pymongo.errors.PyMongoError:
             self._delete_quietly(video_fid)
             raise
+        metrics.UPLOAD_BYTES.inc(size)
+        metrics.UPLOAD_SECONDS.observe(time.monotonic() - started)
+        log.info("job %s recorded: %s (%d bytes) for %s", job_id, filename, size, caller.email,
+                 extra={"job_id": job_id, "step": "recorded", "bytes": size})
 
         self.publish(job)
-        log.info("job %s queued: %s (%d bytes) for %s", job_id, filename, size, caller.email)
         return job
 
     def _drain(self, requests) -> None:
@@ -162,12 +167,19 @@ class Uploads:
             raise
 
     def publish(self, job: jobs.Job) -> bool:
-        """Publish a recorded job; on failure it stays unpublished for the outbox to retry."""
+        """Publish a recorded job; on failure it stays unpublished for the outbox to retry.
+        Within its upload's request id and trace, even when the outbox calls."""
+        with tracing.resumed(job.trace):
+            return self._publish(job)
+
+    def _publish(self, job: jobs.Job) -> bool:
         try:
             self.publisher.publish(jobs.task_for(job))
         except PublishError as e:
-            log.warning("job %s not published yet (%s); the outbox will retry", job.id, e)
+            log.warning("job %s not published yet (%s); the outbox will retry", job.id, e,
+                        extra={"job_id": job.id, "step": "publish_failed"})
             return False
+        log.info("job %s queued", job.id, extra={"job_id": job.id, "step": "queued"})
         try:
             self.jobs.mark_published(job.id)
         except pymongo.errors.PyMongoError as e:

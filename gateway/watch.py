@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pymongo.errors
 
-from common import jobs
+from common import jobs, metrics
 from common.errors import NotFound, Reason, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,14 @@ class WatchHub:
                 "retry in a few seconds, or poll GetJob",
                 reason=Reason.TOO_MANY_WATCHERS, retry_after_s=BUSY_RETRY_S,
                 metadata={"limit": str(self.max_watchers)})
+        metrics.WATCHERS.inc()
         try:
             yield first
             if first.state.final:
                 return
             yield from self._follow(first, context)
         finally:
+            metrics.WATCHERS.dec()
             self._slots.release()
 
     def _follow(self, sent: jobs.Job, context) -> Iterator[jobs.Job]:

@@ -15,6 +15,9 @@ Configuration (environment, with defaults):
   MONGO_URI        unset: start SecantusDB on MONGO_PORT (27017) with its data
                    in MONGO_DATA_DIR (./data/mongo, kept across restarts)
   AUTH_PORT 50051, MEDIA_PORT 50052, ENVOY_PORT 8000, ENVOY_ADMIN_PORT 9901
+  AUTH_METRICS_PORT 9101, MEDIA_METRICS_PORT 9102, CONVERTER_METRICS_PORT 9103,
+  ENVOY_METRICS_PORT 9902   Prometheus endpoints (0: off)
+  LOG_FORMAT       text here (readable in a terminal); the services' default is json
   AUTH_ADDR        where the gateway reaches auth (127.0.0.1:AUTH_PORT)
   AUTH_KEYS_DIR    auth's signing keys; unset: ./data/keys, where a key is
                    generated (mode 0600) on first start and reused after
@@ -87,6 +90,7 @@ def preflight(mesh: MeshSettings) -> None:
 
 def main() -> int:
     env = dict(os.environ)
+    env.setdefault("LOG_FORMAT", "text")  # a terminal, not a log pipeline
     mesh = load(MeshSettings, env)  # a bad value exits here with one line
     preflight(mesh)
 
@@ -95,7 +99,11 @@ def main() -> int:
     embedded_mongo = not is_set(MongoSettings, "uri", env)
     mongo_port = mesh.mongo_port
     ports = {"AUTH_PORT": auth_port, "MEDIA_PORT": media_port, "ENVOY_PORT": envoy_port,
-             "ENVOY_ADMIN_PORT": admin_port}
+             "ENVOY_ADMIN_PORT": admin_port, "AUTH_METRICS_PORT": mesh.auth.metrics_port,
+             "MEDIA_METRICS_PORT": mesh.gateway.metrics_port,
+             "CONVERTER_METRICS_PORT": mesh.converter.metrics_port,
+             "ENVOY_METRICS_PORT": mesh.envoy.metrics_port}
+    ports = {name: port for name, port in ports.items() if port}
     if embedded_mongo:
         ports["MONGO_PORT"] = mongo_port
     busy = [f"{port} ({name})" for name, port in ports.items() if port_is_open("127.0.0.1", port)]
@@ -155,6 +163,8 @@ def main() -> int:
         _say(f"  gRPC  {stack.envoy_addr} via Envoy     e.g. grpcurl -plaintext {stack.envoy_addr} list")
         _say(f"        direct: auth {stack.auth_addr}, media {stack.media_addr}")
         _say(f"  Envoy admin  {stack.envoy_admin_url}")
+        for name, url in stack.metrics_urls.items():
+            _say(f"  metrics  {name:<10} {url}")
         _say("Press Ctrl-C to stop everything.")
         _say()
 

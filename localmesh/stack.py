@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from auth.config import AuthConfig
+from common.logging import LogSettings
 from common.settings import AuthEndpoint, MediaEndpoint, RabbitSettings, is_set, load
 from gateway.config import GatewayConfig
 from localmesh.processes import (
@@ -80,6 +81,7 @@ class Stack:
         self.media_port = self.settings.gateway.port
         self.envoy_port = self.settings.envoy.port
         self.envoy_admin_port = self.settings.envoy.admin_port
+        self.envoy_metrics_port = self.settings.envoy.metrics_port
         self.grace_seconds = self.settings.grace_seconds
         self.children: dict[str, Child] = {}
         self._envoy_config: Path | None = None
@@ -105,6 +107,16 @@ class Stack:
     def envoy_admin_url(self) -> str:
         return f"http://127.0.0.1:{self.envoy_admin_port}"
 
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Each process's Prometheus endpoint (those not switched off with port 0)."""
+        ports = {"auth": self.settings.auth.metrics_port, "gateway": self.settings.gateway.metrics_port,
+                 "converter": self.settings.converter.metrics_port}
+        urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items() if port}
+        if self.envoy_metrics_port:
+            urls["envoy"] = f"http://127.0.0.1:{self.envoy_metrics_port}/stats/prometheus"
+        return urls
+
     # -- processes ---------------------------------------------------------------
     @property
     def envoy_config_path(self) -> Path:
@@ -115,6 +127,8 @@ class Stack:
                 out,
                 listen_port=self.envoy_port,
                 admin_port=self.envoy_admin_port,
+                metrics_port=self.envoy_metrics_port,
+                access_log_format=load(LogSettings, self.env).format,
                 auth=("127.0.0.1", self.auth_port),
                 media=("127.0.0.1", self.media_port),
                 descriptor=self.settings.envoy.descriptor,

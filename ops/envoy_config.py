@@ -1,7 +1,8 @@
 """Render deploy/envoy.yaml for a particular run: the one place that patches it.
 
 deploy/envoy.yaml holds the defaults (listener :8000, auth 127.0.0.1:50051,
-media 127.0.0.1:50052, admin 127.0.0.1:9901, descriptor gen/descriptor.pb).
+media 127.0.0.1:50052, admin 127.0.0.1:9901, metrics listener :9902,
+descriptor gen/descriptor.pb).
 `python -m localmesh`, the tests and the container images all start Envoy from a
 copy rendered here with other ports, upstream addresses or descriptor path.
 
@@ -13,7 +14,8 @@ envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR, ENVOY_LOGIN_LIM
 ENVOY_SIGNUP_LIMIT are the defaults):
 
     python -m ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
-        --auth auth:50051 --media gateway:50052 [--web-root /etc/envoy/web] [--exec]
+        --auth auth:50051 --media gateway:50052 [--openapi /etc/envoy/openapi.json] \\
+        [--web-root /etc/envoy/web] [--exec]
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from common.settings import AuthEndpoint, MediaEndpoint, group, load, setting
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "gen" / "descriptor.pb"
+OPENAPI = ROOT / "gen" / "openapi.json"
 WEB_ROOT = ROOT / "web"  # the page Envoy serves at / (index.html, app.js, app.css)
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
@@ -54,6 +57,8 @@ class EnvoySettings:
     descriptor: Path | None = setting("ENVOY_DESCRIPTOR", None)
     binary: str | None = setting("ENVOY_BIN", None)
     log_level: str = setting("ENVOY_LOG_LEVEL", "info")
+    # /stats/prometheus and /ready of the admin interface, on all addresses; 0: none.
+    metrics_port: int = setting("ENVOY_METRICS_PORT", 9902, minimum=0)
     # Worker threads; 0 lets Envoy take one per core.
     concurrency: int = setting("ENVOY_CONCURRENCY", 2)
     # Edge rate limits, "REQUESTS/SECONDS" (e.g. 200/10); unset: the template's.
@@ -79,8 +84,20 @@ def load_template(path: str | os.PathLike = TEMPLATE) -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
+METRICS_LISTENER = "metrics"
+ADMIN_CLUSTER = "envoy_admin"
+# The JSON access log's fields as one line, for a terminal (`make run`).
+TEXT_ACCESS_LOG = ("[%START_TIME%] rid=%REQ(X-REQUEST-ID)% %PROTOCOL% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% -> "
+                   "%REQ(:PATH)% %RESPONSE_CODE% grpc=%GRPC_STATUS% flags=%RESPONSE_FLAGS% rx=%BYTES_RECEIVED% "
+                   "tx=%BYTES_SENT% %DURATION%ms cluster=%UPSTREAM_CLUSTER%\n")
+
+
 def _listener(cfg: dict) -> dict:
     return cfg["static_resources"]["listeners"][0]
+
+
+def _named_listener(cfg: dict, name: str) -> dict | None:
+    return next((x for x in cfg["static_resources"]["listeners"] if x["name"] == name), None)
 
 
 def _hcm(cfg: dict) -> dict:
@@ -98,10 +115,22 @@ def transcoder(cfg: dict) -> dict:
     raise KeyError(f"no {TRANSCODER} filter in the Envoy config")
 
 
+def _openapi_route(cfg: dict) -> dict:
+    for host in _hcm(cfg)["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            if route["match"].get("path") == "/openapi.json":
+                return route
+    raise KeyError("no /openapi.json route in the Envoy config")
+
+
 def web_routes(cfg: dict) -> list[dict]:
     """The routes that serve a web file (a direct_response read from a file)."""
     vhost = _hcm(cfg)["route_config"]["virtual_hosts"][0]
-    return [r for r in vhost["routes"] if "filename" in r.get("direct_response", {}).get("body", {})]
+    return [r for r in vhost["routes"]
+            if "filename" in r.get("direct_response", {}).get("body", {})
+            and r["match"].get("path") != "/openapi.json"]
+
+
 def edge_limits(cfg: dict) -> dict[str, dict]:
     """RPC name ("Login", "SignUp") -> its route's local_ratelimit config."""
     out = {}
@@ -139,15 +168,22 @@ def build(
     admin_address: str | None = None,
     admin_port: int | None = None,
     descriptor: str | os.PathLike | None = None,
+    openapi: str | os.PathLike | None = None,
     web_root: str | os.PathLike | None = None,
     access_log: bool = True,
+    access_log_format: str = "json",
+    metrics_port: int | None = None,
+    metrics_address: str | None = None,
     limits: dict[str, tuple[int, float]] | None = None,
     template: dict | None = None,
 ) -> dict[str, Any]:
     """The patched config as a dict. None keeps the template's value, except
-    `descriptor` and `web_root`, which default to this checkout's
-    gen/descriptor.pb and web/ as absolute paths (so Envoy can run from any
-    working directory).
+    `descriptor`, `openapi` and `web_root`, which default to this checkout's
+    gen/descriptor.pb, gen/openapi.json and web/ as absolute paths (so Envoy
+    can run from any working directory), and `metrics_port`: the metrics
+    listener is kept only when a port is given (so Envoys started side by side
+    in tests never fight over :9902).
+    `access_log_format`: "json" (the template's) or "text".
     `limits`: {"Login" | "SignUp": (requests, per_seconds)}, the edge rate
     limits (a token bucket of `requests`, refilled whole every `per_seconds`)."""
     cfg = copy.deepcopy(template if template is not None else load_template())
@@ -161,17 +197,31 @@ def build(
         asock["address"] = admin_address
     if admin_port is not None:
         asock["port_value"] = int(admin_port)
+    _set_endpoint(_cluster(cfg, ADMIN_CLUSTER), ("127.0.0.1", asock["port_value"]))
+    metrics = _named_listener(cfg, METRICS_LISTENER)
+    if metrics is not None:
+        if not metrics_port:
+            cfg["static_resources"]["listeners"].remove(metrics)
+        else:
+            msock = metrics["address"]["socket_address"]
+            msock["port_value"] = int(metrics_port)
+            if metrics_address is not None:
+                msock["address"] = metrics_address
     if auth is not None:
         _set_endpoint(_cluster(cfg, "auth"), auth)
     if media is not None:
         _set_endpoint(_cluster(cfg, "media"), media)
     transcoder(cfg)["proto_descriptor"] = str(Path(descriptor or DESCRIPTOR).resolve())
+    _openapi_route(cfg)["direct_response"]["body"]["filename"] = str(Path(openapi or OPENAPI).resolve())
     web = Path(web_root or WEB_ROOT).resolve()
     for route in web_routes(cfg):
         body = route["direct_response"]["body"]
         body["filename"] = str(web / Path(body["filename"]).name)
     if not access_log:
         _hcm(cfg).pop("access_log", None)
+    elif access_log_format == "text":
+        for entry in _hcm(cfg).get("access_log", []):
+            entry["typed_config"]["log_format"] = {"text_format_source": {"inline_string": TEXT_ACCESS_LOG}}
     routes = edge_limits(cfg)
     for rpc, (requests, per_s) in (limits or {}).items():
         if rpc not in routes:
@@ -266,7 +316,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="HOST:PORT of MediaService (default $MEDIA_ADDR, 127.0.0.1:50052)")
     p.add_argument("--admin-address")
     p.add_argument("--admin-port", type=int)
+    p.add_argument("--metrics-port", type=int, default=s.metrics_port,
+                   help="the /stats/prometheus + /ready listener (default $ENVOY_METRICS_PORT, 9902; 0: none)")
     p.add_argument("--descriptor")
+    p.add_argument("--openapi", help="the OpenAPI document served at /openapi.json")
     p.add_argument("--web-root", help="folder holding the web page's files (default: this checkout's web/)")
     p.add_argument("--login-limit", type=parse_limit, default=s.rate_limits().get("Login"),
                    help="REQUESTS/SECONDS for Login at the edge (default $ENVOY_LOGIN_LIMIT, else the template's)")
@@ -284,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         media=a.media,
         admin_address=a.admin_address,
         admin_port=a.admin_port,
+        metrics_port=a.metrics_port,
         descriptor=a.descriptor,
+        openapi=a.openapi,
         web_root=a.web_root,
         limits={k: v for k, v in (("Login", a.login_limit), ("SignUp", a.signup_limit)) if v},
     )

@@ -4,6 +4,7 @@ For container health checks where no native gRPC probe exists (docker compose):
 
     python -m ops.probe 127.0.0.1:50051 [SERVICE]
     python -m ops.probe --from-env    # the image's HEALTHCHECK: this container's own port
+    python -m ops.probe --http http://127.0.0.1:9103/metrics   # an HTTP endpoint answers 200
 
 --from-env probes 127.0.0.1 on AUTH_PORT (50051) or MEDIA_PORT (50052),
 whichever this container listens on; the converter listens on neither and
@@ -43,7 +44,23 @@ def _own_port() -> int | None:
     return None
 
 
+def http_ok(url: str, timeout: float = 3.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - a local probe
+            ok = r.status == 200
+    except (urllib.error.URLError, OSError) as e:
+        print(f"{url}: {e}", file=sys.stderr)
+        return False
+    print(f"{url}: {'OK' if ok else 'not OK'}")
+    return ok
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--http":
+        return 0 if http_ok(argv[1]) else 1
     if argv == ["--from-env"]:
         port = _own_port()
         return 0 if port is None else main([f"127.0.0.1:{port}"])

@@ -22,8 +22,9 @@ def unique_email(prefix: str = "user") -> str:
 class GrpcClient:
     """Talks gRPC to one address (Envoy, or a service directly)."""
 
-    def __init__(self, addr: str):
-        self.channel = grpc.insecure_channel(addr)
+    def __init__(self, addr: str, channel: grpc.Channel | None = None):
+        """`channel`: one to `addr` already made (e.g. with tracing interceptors)."""
+        self.channel = channel or grpc.insecure_channel(addr)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.media = media_pb2_grpc.MediaServiceStub(self.channel)
         self.token = ""

@@ -161,7 +161,7 @@ def start_mongo(log_dir: str | os.PathLike, *, cache_size: str = "2G",
 # --------------------------------------------------------------- the mesh
 
 def fresh_ports(env: Mapping[str, str]) -> dict:
-    """`env` with new free ports for auth, gateway and Envoy."""
+    """`env` with new free ports for auth, gateway and Envoy, and for each one's metrics."""
     auth_port, media_port = free_port(), free_port()
     return dict(
         env,
@@ -171,6 +171,10 @@ def fresh_ports(env: Mapping[str, str]) -> dict:
         MEDIA_ADDR=f"127.0.0.1:{media_port}",
         ENVOY_PORT=str(free_port()),
         ENVOY_ADMIN_PORT=str(free_port()),
+        ENVOY_METRICS_PORT=str(free_port()),
+        AUTH_METRICS_PORT=str(free_port()),
+        MEDIA_METRICS_PORT=str(free_port()),
+        CONVERTER_METRICS_PORT=str(free_port()),
     )
 
 

@@ -44,6 +44,7 @@ The mesh (real `python -m auth|gateway|converter` processes and Envoy):
                    mesh (fresh ports, own logs; same databases and queue unless
                    overridden), e.g. with MONGO_URI through a TCP proxy or a small
                    MAX_UPLOAD_BYTES; stopped at test end. services=(...) picks which.
+  module_mesh_factory  the same, its meshes kept for the whole test module.
 
 Settings for the test run (environment): MYSQL_HOST/PORT/USER/PASSWORD,
 RABBITMQ_HOST/PORT/USER/PASSWORD/VHOST as above; TEST_LOG_LEVEL (INFO) for the
@@ -234,6 +235,16 @@ def mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory):
     Stack with fresh ports and, unless QUEUE_NAME is overridden, its own queue
     (deleted afterwards), so the session converter never takes its jobs. It
     shares the session's MySQL database and MongoDB. Stopped at test end."""
+    yield from _mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory):
+    """mesh_factory's meshes, kept for the whole test module."""
+    yield from _mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory)
+
+
+def _mesh_factory(mesh_env, rabbitmq_server, tmp_path_factory):
     started: list[Stack] = []
     queues: list[str] = []
 
@@ -279,7 +290,8 @@ def pytest_runtest_makereport(item, call):
     """On failure, attach each live mesh process's state and log tail to the report."""
     outcome = yield
     report = outcome.get_result()
-    uses_mesh = {"mesh", "mesh_control", "mesh_factory"} & set(getattr(item, "fixturenames", ()))
+    uses_mesh = {"mesh", "mesh_control", "mesh_factory", "module_mesh_factory"} & set(
+        getattr(item, "fixturenames", ()))
     if report.failed and uses_mesh and _LIVE_STACKS:
         for i, stack in enumerate(_LIVE_STACKS):
             where = f" ({stack.log_dir})" if stack.log_dir else ""

@@ -87,6 +87,7 @@ class AuthServer:
             DB_CHECK_INTERVAL_SECONDS="0.3",
             GRACE_SECONDS="2",
             LOG_LEVEL="INFO",
+            AUTH_METRICS_PORT="0",  # several run at once
         )
         env.update(extra_env)
         self.child = Child("auth", [sys.executable, "-m", "auth"], env=env, cwd=ROOT,

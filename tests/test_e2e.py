@@ -76,6 +76,9 @@ def test_rest_journey_through_envoy(mesh, video):
     r = rest.get(f"/v1/jobs/{job['job_id']}/mp3", stream=True)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "audio/mpeg"
+    # RFC 6266: an ASCII fallback, then the exact (UTF-8) name.
+    assert r.headers["content-disposition"] == (
+        "attachment; filename=\"cafe clip.mp3\"; filename*=UTF-8''caf%C3%A9%20clip.mp3")
     mp3 = b"".join(r.iter_content(64 * 1024))
     assert len(mp3) == int(done["mp3_size_bytes"])
     assert_is_the_tone(mp3, video)
@@ -95,9 +98,18 @@ def test_the_seeds_login_and_multipart_upload_still_work(mesh, video):
     email = rest.sign_up_and_login()
     r = rest.s.post(f"{rest.base}/login", auth=(email, "correct horse 1"), timeout=20)
     assert r.status_code == 200, r.text
-    token = r.json()["access_token"]
+    # The token alone, as text: `TOKEN=$(curl -X POST .../login -u ...)`.
+    assert r.headers["content-type"].startswith("text/plain")
+    token = r.text
+    assert rest.s.get(f"{rest.base}/v1/me", headers={"Authorization": f"Bearer {token}"},
+                      timeout=20).json()["email"] == email
     bad = rest.s.post(f"{rest.base}/login", auth=(email, "wrong horse 1"), timeout=20)
     assert bad.status_code == 401
+    assert bad.headers["content-type"] == "application/json"
+    assert bad.json()["details"][0]["reason"] == "BAD_CREDENTIALS"
+    # The versioned route keeps answering JSON.
+    r = rest.s.post(f"{rest.base}/v1/login", json={"email": email, "password": "correct horse 1"}, timeout=20)
+    assert r.headers["content-type"] == "application/json" and r.json()["token_type"] == "Bearer"
 
     with open(video, "rb") as f:  # requests streams the multipart body from the file
         r = rest.s.post(f"{rest.base}/upload", files={"file": ("seed clip.mp4", f, "video/mp4")},
@@ -108,8 +120,15 @@ def test_the_seeds_login_and_multipart_upload_still_work(mesh, video):
     assert int(job["video_size_bytes"]) == video.stat().st_size  # the file part only
     rest.token = token
     assert rest.wait(job["job_id"])["state"] == "JOB_STATE_DONE"
-    r = rest.get(f"/v1/jobs/{job['job_id']}/mp3")
+    # The seed's GET /download?fid=<id>, named after the upload.
+    r = rest.get("/download", params={"fid": job["job_id"]})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/mpeg"
+    assert r.headers["content-disposition"] == (
+        "attachment; filename=\"seed clip.mp3\"; filename*=UTF-8''seed%20clip.mp3")
     assert_is_the_tone(r.content, video)
+    assert rest.get("/download", params={"fid": job["job_id"], "job_id": "other"}).status_code == 400
+    assert rest.get("/download", params={"fid": "no-such-job"}).status_code == 404
 
     r = rest.s.post(f"{rest.base}/upload", data=b"--x\r\nbroken", timeout=20,
                     headers={"Authorization": f"Bearer {token}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -102,6 +103,33 @@ def test_web_page_routes_are_rendered_with_absolute_paths(tmp_path):
                         "--disable-hot-restart", "--log-level", "error"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_file_envoy_reads_is_resolved_and_shipped_in_the_image():
+    """The web page's files (web_root=) and /openapi.json (openapi=) are both
+    direct_response bodies read from files: each kind is resolved by its own
+    argument, and the Dockerfile renders and copies them all."""
+    image = envoy_config.build(web_root="/etc/envoy/web", openapi="/etc/envoy/openapi.json")
+    routes = image["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    files = {r["match"]["path"]: r["direct_response"]["body"]["filename"]
+             for r in routes if "filename" in r.get("direct_response", {}).get("body", {})}
+    assert files == {"/": "/etc/envoy/web/index.html", "/static/app.js": "/etc/envoy/web/app.js",
+                     "/static/app.css": "/etc/envoy/web/app.css", "/openapi.json": "/etc/envoy/openapi.json"}
+    local = envoy_config.build()
+    for r in routes:
+        if r["match"].get("path") in files:
+            assert r["typed_per_filter_config"][envoy_config.TRANSCODER]["disabled"] is True
+    local_files = [r["direct_response"]["body"]["filename"]
+                   for r in local["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+                       "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+                   if "filename" in r.get("direct_response", {}).get("body", {})]
+    assert len(local_files) == 4 and all(Path(f).is_absolute() and Path(f).is_file() for f in local_files)
+    text = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert "--openapi /etc/envoy/openapi.json --web-root /etc/envoy/web" in text
+    envoy_stage = text.split("AS envoy", 1)[1]
+    assert "COPY --from=build /out/openapi.json /etc/envoy/openapi.json" in envoy_stage
+    assert "COPY web/index.html web/app.js web/app.css /etc/envoy/web/" in envoy_stage
 
 
 def test_dockerfile_ships_the_web_page():

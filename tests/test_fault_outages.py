@@ -58,8 +58,10 @@ def unavailable(call, *args, **kwargs) -> grpc.RpcError:
 
 def health(stack) -> dict:
     r = RestClient(stack.rest_base_url).get("/health", token="")
-    assert r.status_code == 200, r.text
-    return r.json()
+    body = r.json()
+    # 503 whenever something is down, with the same body.
+    assert r.status_code == (200 if body["status"] == "healthy" else 503), r.text
+    return body
 
 
 def wait_health(stack, dependency: str, prefix: str, timeout: float = 30) -> dict:
@@ -129,6 +131,24 @@ def test_rabbitmq_that_never_confirms_does_not_hold_uploads(rabbit_proxy, mesh_f
 
 
 # -- MongoDB ---------------------------------------------------------------------
+
+def test_health_is_503_over_rest_while_mongodb_is_cut(mongo_proxy, mesh_factory, mongo_server):
+    """REST /health says 503 with the usual body; gRPC GetHealth still answers OK."""
+    stack = mesh_factory(services=("auth", "gateway", "envoy"), MONGO_URI=mongo_server.via(*mongo_proxy.address))
+    wait_health(stack, "status", "healthy")
+    mongo_proxy.cut()
+    # (A Response is falsy when not ok, hence the list.)
+    [r] = wait_for("/health to answer 503", lambda: (x := RestClient(stack.rest_base_url).get(
+        "/health", token="")).status_code == 503 and [x], timeout=30, interval=0.3)
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"status", "mongodb", "rabbitmq", "mysql"}
+    assert body["status"] == "unhealthy" and body["mongodb"].startswith("disconnected: ")
+    assert "x-http-status" not in r.headers
+    grpc_answer = GrpcClient(stack.envoy_addr).media.GetHealth(media_pb2.GetHealthRequest(), timeout=FAST)
+    assert grpc_answer.status == "unhealthy"
+    mongo_proxy.restore()
+    wait_health(stack, "status", "healthy")
 
 def test_mongodb_cut_fails_fast_and_everything_recovers(
         mongo_proxy, mesh_factory, mongo_server, store, clip, long_audio):

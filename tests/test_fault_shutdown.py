@@ -195,6 +195,8 @@ def test_make_run_ctrl_c_stops_every_service_with_sigterm(mesh_env, rabbitmq_ser
             run.wait()
         testbed.delete_queues(rabbitmq_server, env["QUEUE_NAME"])
     log = out_path.read_text()
+    for name in ("auth", "gateway", "converter", "envoy"):  # make run says where the metrics are
+        assert f"metrics  {name}" in log, log
     for service, line in (("auth", "got SIGTERM, stopping"), ("gateway", "got SIGTERM, stopping"),
                           ("converter", "got SIGTERM, stopping workers")):
         assert any(line in row for row in log.splitlines() if row.startswith(f"{service:<10}|")), \

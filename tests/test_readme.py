@@ -1,10 +1,14 @@
 """The README's sessions work as written.
 
 The shell blocks of "A REST session (curl)", "A gRPC session (grpcurl)" and
-"A job's lifecycle (curl)" are run with bash, in that order, in one empty directory laid out like the
-repository's root (`.venv` and `tests` linked in), against the test mesh:
-the only change made to them is `localhost:8000` -> the mesh's Envoy, and
-`set -euo pipefail` in front, so a command that fails stops the session.
+"A job's lifecycle (curl)" and "The Flask seed's curl session" (the seed
+README's own commands, with the real curl) are run with bash; "The command
+line client" in a pseudo-terminal, typing the passwords it asks for, with
+VIDEO2MP3_SERVER set to the mesh's Envoy. All are run in one empty directory
+laid out like the repository's root (`.venv` and `testkit` linked in),
+against the test mesh: the only change made to them is `localhost:8000` ->
+the mesh's Envoy, and `set -euo pipefail` in front, so a command that fails
+stops the session.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pexpect
 import pytest
 import requests
 
@@ -22,6 +27,8 @@ from testkit.media import analyse_mp3
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SESSIONS = ("A REST session (curl)", "A gRPC session (grpcurl)", "A job's lifecycle (curl)")
+SEED_SESSION = "The Flask seed's curl session"
+CLI_SESSION = "The command line client"
 
 
 def shell_blocks(section: str) -> list[str]:
@@ -95,3 +102,33 @@ def test_readme_error_example_is_what_rest_answers(mesh):
     r = requests.post(f"{mesh.rest_base_url}/v1/login",
                       json={"email": "nobody@example.com", "password": "wrong password"}, timeout=20)
     assert (r.status_code, r.text) == (status, body)
+
+
+def test_the_seeds_curl_session_runs_as_written(mesh, repo_like_dir):
+    out = run_session(SEED_SESSION, mesh.envoy_addr, repo_like_dir)
+    assert '"status":"healthy","mongodb":"connected","rabbitmq":"connected"' in out
+    duration, freq, _, _ = analyse_mp3(repo_like_dir / "video.mp3")  # named by Content-Disposition
+    assert abs(duration - 5.0) < 0.1 and abs(freq - 440) < 5
+
+
+def test_the_cli_session_runs_as_written_in_a_terminal(mesh, repo_like_dir):
+    script = "set -euo pipefail\n" + "\n".join(shell_blocks(CLI_SESSION))
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(VIDEO2MP3_SERVER=mesh.envoy_addr, XDG_CONFIG_HOME=str(repo_like_dir / "config"))
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # `video2mp3` comes from the activated .venv
+    child = pexpect.spawn("bash", ["-c", script], cwd=str(repo_like_dir), env=env, encoding="utf-8",
+                          timeout=180, dimensions=(40, 140))
+    for _ in range(3):  # signup: twice; login: once
+        child.expect(r"(Password.*|Repeat for confirmation): ")
+        child.sendline("correct horse")
+    child.expect(pexpect.EOF)
+    child.close()
+    out = child.before
+    assert child.exitstatus == 0, out[-3000:]
+    assert "carol@example.com (user " in out                     # whoami
+    assert "holiday.mp4 -> mp3s/holiday.mp3 (" in out           # convert's summary lines
+    assert "fête.mp4 -> mp3s/fête.mp3 (" in out
+    assert "healthy" in out
+    for name in ("holiday.mp3", "fête.mp3"):
+        duration, freq, _, _ = analyse_mp3(repo_like_dir / "mp3s" / name)
+        assert abs(duration - 5.0) < 0.1 and abs(freq - 440) < 5

@@ -6,6 +6,8 @@ The one codegen recipe, called by `make protos` and by the Dockerfile:
                              (with __init__.py files) that the project's install
                              maps as `video2mp3`, so no path tweaking is needed
   OUT/descriptor.pb          the descriptor set Envoy's gRPC-JSON transcoder reads
+  OUT/openapi.json           the REST surface as OpenAPI 3.0 (tools/openapi.py), which
+                             Envoy serves at /openapi.json
   OUT/third_party/google/... google/api and google/rpc protos, copied from the
                              googleapis-common-protos wheel so protoc and buf can
                              see them offline (never committed)
@@ -68,6 +70,10 @@ def generate(out: Path) -> None:
         (folder / "__init__.py").touch()
     _protoc(*includes, "--include_imports", "--include_source_info",
             f"--descriptor_set_out={out / 'descriptor.pb'}", *ours, *DESCRIPTOR_EXTRAS)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import openapi
+
+    openapi.main(str(out / "descriptor.pb"), str(out / "openapi.json"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,289 @@
+"""The `video2mp3` command: a gRPC client of the mesh, through Envoy."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import sys
+import time
+from pathlib import Path
+
+import click
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+from video2mp3.auth.v1 import auth_pb2
+from video2mp3.media.v1 import media_pb2
+
+from cli import convert as conv
+from cli.session import (
+    DEFAULT_SERVER,
+    EXIT_AUTH,
+    EXIT_CONVERSIONS_FAILED,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_UNREACHABLE,
+    CliError,
+    Server,
+    Session,
+    describe,
+    forget_token,
+    load_token,
+    save_token,
+    token_claims,
+)
+
+EXIT_CODES = f"""\b
+Exit codes:
+  0    success
+  {EXIT_ERROR}    the server refused the request (the message says why)
+  2    bad usage (unknown option, missing argument...)
+  {EXIT_AUTH}    not logged in, login expired or rejected: run `video2mp3 login`
+  {EXIT_UNREACHABLE}    server unreachable: check --server / VIDEO2MP3_SERVER
+  {EXIT_CONVERSIONS_FAILED}    convert: some conversions failed (each file's line says why)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+HELP = f"""Convert videos to MP3 with a video2mp3 server.
+
+\b
+  video2mp3 signup --email you@example.com
+  video2mp3 login --email you@example.com
+  video2mp3 convert holiday.mp4 party.mov -o music/
+  video2mp3 jobs
+
+The server is {DEFAULT_SERVER} (Envoy's port) unless --server or
+VIDEO2MP3_SERVER says otherwise: HOST:PORT, or https://HOST[:PORT] for TLS
+with the system's certificate authorities (--ca FILE for your own).
+The login token is kept in $XDG_CONFIG_HOME/video2mp3/token (default
+~/.config/video2mp3/token), readable by you only.
+"""
+
+
+class Context:
+    def __init__(self, server: Server):
+        self.server = server
+        self.console = Console(highlight=False)
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(self.server)
+        return self._session
+
+    @property
+    def plain(self) -> bool:
+        return not self.console.is_terminal
+
+    def echo(self, text: str = "") -> None:
+        click.echo(text)  # as is: rich would expand tabs
+
+
+def command(group: click.Group, *args, **kwargs):
+    """A subcommand whose CliError, gRPC error and Ctrl-C end it with a message
+    and its exit code, never a traceback."""
+    def decorate(fn):
+        @group.command(*args, **kwargs)
+        @click.pass_obj
+        @functools.wraps(fn)
+        def wrapper(ctx: Context, *a, **kw):
+            try:
+                return fn(ctx, *a, **kw)
+            except grpc.RpcError as e:
+                fail(ctx, describe(e, ctx.server))
+            except CliError as e:
+                fail(ctx, e)
+            except KeyboardInterrupt:
+                fail(ctx, CliError("interrupted", EXIT_INTERRUPTED))
+        return wrapper
+    return decorate
+
+
+def fail(ctx: Context, err: CliError):
+    click.echo(f"video2mp3: {err}", err=True)
+    sys.exit(err.code)
+
+
+@click.group(help=HELP, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", envvar="VIDEO2MP3_SERVER", default=DEFAULT_SERVER, show_default=True,
+              help="HOST:PORT, http://HOST[:PORT] or https://HOST[:PORT] (env VIDEO2MP3_SERVER).")
+@click.option("--tls", is_flag=True, help="Use TLS with the system's certificate authorities.")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use TLS trusting this CA certificate (PEM).")
+@click.version_option(package_name="video2mp3")
+@click.pass_context
+def main(click_ctx: click.Context, server: str, tls: bool, ca: Path | None) -> None:
+    try:
+        click_ctx.obj = Context(Server.parse(server, tls, ca))
+    except CliError as e:
+        raise click.BadParameter(str(e), param_hint="--server") from None
+
+
+# ------------------------------------------------------------------ account
+
+def _ask_email(email: str | None) -> str:
+    return email or click.prompt("Email")
+
+
+def _password(from_stdin: bool, prompt: str, confirm: bool = False) -> str:
+    if from_stdin:  # scripts: `... | video2mp3 login --password-stdin`
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+
+
+password_stdin = click.option("--password-stdin", is_flag=True,
+                              help="Read the password from the first line of standard input (scripts).")
+
+
+@command(main, help="Create an account (the password is asked twice, not echoed).")
+@click.option("--email", help="Your email address (asked if not given).")
+@password_stdin
+def signup(ctx: Context, email: str | None, password_stdin: bool) -> None:
+    email = _ask_email(email)
+    password = _password(password_stdin, "Password (8 characters or more)", confirm=True)
+    user = ctx.session.auth.SignUp(auth_pb2.SignUpRequest(email=email, password=password), timeout=30)
+    ctx.echo(f"Signed up as {user.email}. Now run: video2mp3 login --email {user.email}")
+
+
+@command(main, help="Log in and keep the token for the other commands (password not echoed).")
+@click.option("--email", help="Your email address (asked if not given).")
+@password_stdin
+def login(ctx: Context, email: str | None, password_stdin: bool) -> None:
+    email = _ask_email(email)
+    password = _password(password_stdin, "Password")
+    answer = ctx.session.auth.Login(auth_pb2.LoginRequest(email=email, password=password), timeout=30)
+    path = save_token(answer.access_token)
+    ctx.echo(f"Logged in as {email.strip().lower()} for {answer.expires_in // 60} minutes "
+             f"(token saved in {path}).")
+
+
+@command(main, help="Forget the saved token.")
+def logout(ctx: Context) -> None:
+    ctx.echo("Logged out." if forget_token() else "Was not logged in.")
+
+
+@command(main, help="Show who the saved token belongs to.")
+def whoami(ctx: Context) -> None:
+    user = ctx.session.auth.GetMe(auth_pb2.GetMeRequest(), metadata=ctx.session.metadata, timeout=30)
+    exp = token_claims(load_token()).get("exp")
+    left = f"; login valid for {max(0, int(exp - time.time())) // 60} more minutes" if exp else ""
+    ctx.echo(f"{user.email} (user {user.id}){left}")
+
+
+@command(main, help="Show the server's health; exit 1 when a dependency is down.")
+def health(ctx: Context) -> None:
+    h = ctx.session.media.GetHealth(media_pb2.GetHealthRequest(), timeout=30)
+    for field in ("status", "mongodb", "rabbitmq", "mysql"):
+        ctx.echo(f"{field + ':':<10}{getattr(h, field)}")
+    if h.status != "healthy":
+        sys.exit(EXIT_ERROR)
+
+
+# ------------------------------------------------------------------ conversions
+
+@command(main, help="Upload videos, convert each to MP3 and download the MP3s. "
+                    "Ctrl-C during an upload cancels it (nothing stays on the server); "
+                    "during a conversion the job keeps running: fetch it later with `video2mp3 download JOB`.")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the MP3s go (default: next to each video). Created if missing.")
+@click.option("--bitrate", type=click.IntRange(32, 320), metavar="KBPS",
+              help="Constant bitrate in kbps, 32..320 (default 192).")
+@click.option("--vbr", type=click.IntRange(0, 9), metavar="Q",
+              help="Variable bitrate quality, 0 (best) .. 9, instead of --bitrate.")
+@click.option("--mono", is_flag=True, help="One channel instead of two.")
+@click.option("-j", "--parallel", type=click.IntRange(1, 8), default=4, show_default=True,
+              help="Files uploaded and followed at once.")
+def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitrate: int | None,
+            vbr: int | None, mono: bool, parallel: int) -> None:
+    if bitrate is not None and vbr is not None:
+        raise click.UsageError("--bitrate and --vbr exclude each other: pick one")
+    options: dict = {}
+    if bitrate is not None:
+        options["bitrate_kbps"] = bitrate
+    if vbr is not None:
+        options["vbr_quality"] = vbr
+    if mono:
+        options["channels"] = 1
+    load_token()  # not logged in: say so before anything starts
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    items = [conv.Item(path, conv.mp3_destination(path, output_dir)) for path in dict.fromkeys(files)]
+    code = conv.Converter(ctx.session, options, conv.Display(ctx.console), parallel).run(items)
+    if code:
+        sys.exit(code)
+
+
+@command(main, help="Download a job's MP3 (named after the video unless -o names a file).")
+@click.argument("job_id", metavar="JOB")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="A file, or an existing directory to put it in (default: the current directory).")
+def download(ctx: Context, job_id: str, output: Path | None) -> None:
+    session = ctx.session
+    job = session.media.GetJob(media_pb2.GetJobRequest(job_id=job_id), metadata=session.metadata, timeout=30)
+    if job.state == media_pb2.JOB_STATE_FAILED:
+        raise CliError(f"job {job_id} failed: {job.error}")
+    if job.state != media_pb2.JOB_STATE_DONE:
+        raise CliError(f"job {job_id} is {conv.state_name(job.state).lower()} ({job.progress}%); "
+                       "try again when it is done (see `video2mp3 jobs`)")
+
+    def where(offered: str) -> Path:
+        name = offered or f"{Path(job.filename).stem or job_id}.mp3"
+        if output is None:
+            return Path(name)
+        return output / name if output.is_dir() else output
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=ctx.console, disable=ctx.plain, transient=True) as bar:
+        task = bar.add_task(job.filename, total=job.mp3_size_bytes or None)
+        try:
+            path = conv.download(session, job_id, where, lambda n: bar.advance(task, n))
+        except conv.Interrupted:
+            raise KeyboardInterrupt() from None
+    ctx.echo(f"{path} ({conv.human_bytes(path.stat().st_size)})")
+
+
+@command(main, name="jobs", help="List your jobs, newest first.")
+@click.option("-n", "--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+def list_jobs(ctx: Context, limit: int) -> None:
+    session = ctx.session
+    found = session.media.ListJobs(media_pb2.ListJobsRequest(page_size=limit),
+                                   metadata=session.metadata, timeout=30).jobs
+    rows = [(j.job_id, conv.state_name(j.state).lower(), f"{j.progress}%",
+             _when(j.create_time.ToDatetime(dt.UTC)) if j.HasField("create_time") else "",
+             conv.human_bytes(j.mp3_size_bytes) if j.mp3_size_bytes else "", j.filename,
+             j.error) for j in found]
+    if ctx.plain:  # one tab-separated line per job, for scripts
+        for row in rows:
+            ctx.echo("\t".join(row))
+        return
+    if not rows:
+        ctx.echo("No jobs yet: `video2mp3 convert FILE...` makes one.")
+        return
+    table = Table("JOB", "STATE", "PROGRESS", "CREATED", "MP3", "FILE", "ERROR", box=None)
+    for row in rows:
+        table.add_row(*row)
+    ctx.console.print(table)
+
+
+def _when(t: dt.datetime) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+@command(main, help="Delete a job, its video and its MP3 (a running conversion is cancelled).")
+@click.argument("job_id", metavar="JOB")
+def delete(ctx: Context, job_id: str) -> None:
+    session = ctx.session
+    try:
+        session.media.DeleteJob(media_pb2.DeleteJobRequest(job_id=job_id), metadata=session.metadata, timeout=30)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise CliError("deleting jobs is not supported by this server (it has no DeleteJob)") from None
+        raise
+    ctx.echo(f"Deleted job {job_id}.")
+
+
+if __name__ == "__main__":
+    main(prog_name="video2mp3")

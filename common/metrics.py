@@ -1,0 +1,156 @@
+"""Prometheus metrics: every series the services export, declared once, and
+the endpoint that serves them.
+
+Each service serves /metrics on its own port (AUTH_METRICS_PORT 9101,
+MEDIA_METRICS_PORT 9102, CONVERTER_METRICS_PORT 9103; 0 disables). The
+converter is several processes: its supervisor points PROMETHEUS_MULTIPROC_DIR
+at a fresh directory *before* anything imports prometheus_client (so every
+process writes its samples there), serves their sum, and marks dead workers
+with mark_process_dead. docs/operations.md says what each series means;
+deploy/grafana and deploy/prometheus use them, and a test checks every name
+they use is really exported.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+log = logging.getLogger(__name__)
+
+# `_created` series double the output and nothing here reads them.
+prometheus_client.disable_created_metrics()
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# ---------------------------------------------------------------- gRPC (common/observe.py)
+RPC_HANDLED = Counter(
+    "video2mp3_grpc_server_handled", "RPCs completed, by method and gRPC status code",
+    ["grpc_service", "grpc_method", "grpc_code"])
+RPC_SECONDS = Histogram(
+    "video2mp3_grpc_server_handling_seconds", "Time from an RPC's start to its status, by method",
+    ["grpc_service", "grpc_method"],
+    buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+
+# ---------------------------------------------------------------- uploads (gateway)
+UPLOAD_BYTES = Counter("video2mp3_upload_bytes", "Video bytes stored by completed uploads")
+UPLOAD_SECONDS = Histogram(
+    "video2mp3_upload_duration_seconds", "Time a completed upload took, first message to job recorded",
+    buckets=(.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800))
+
+# ---------------------------------------------------------------- jobs and outbox (gateway)
+JOBS = Gauge("video2mp3_jobs", "Jobs in MongoDB by state, counted every JOB_STATS_INTERVAL_S", ["state"])
+OUTBOX_BACKLOG = Gauge("video2mp3_outbox_backlog", "QUEUED jobs RabbitMQ has not confirmed yet")
+OUTBOX_OLDEST_AGE = Gauge("video2mp3_outbox_oldest_age_seconds",
+                          "Age of the oldest job RabbitMQ has not confirmed yet (0: none)")
+JOBS_DELETED = Counter("video2mp3_jobs_deleted",
+                       "Jobs deleted on request, by whom: owner (DeleteJob), account (DeleteMyData)", ["by"])
+RETENTION_DELETED = Counter("video2mp3_retention_deleted",
+                            "What the retention sweep deleted, by kind: videos, mp3s, jobs", ["kind"])
+WATCHERS = Gauge("video2mp3_watchers", "WatchJob streams open on this gateway")
+# Every label value from the start, so a rate() has a series before the first deletion.
+for _by in ("owner", "account"):
+    JOBS_DELETED.labels(_by)
+for _kind in ("videos", "mp3s", "jobs"):
+    RETENTION_DELETED.labels(_kind)
+OUTBOX_REPUBLISHED = Counter("video2mp3_outbox_republished", "Jobs the outbox published after a failed publish")
+
+# ---------------------------------------------------------------- RabbitMQ (gateway, converter)
+QUEUE_PUBLISHES = Counter("video2mp3_queue_publishes", "Task messages sent to RabbitMQ", ["kind"])
+QUEUE_CONFIRMS = Counter("video2mp3_queue_confirms", "Task messages RabbitMQ confirmed", ["kind"])
+QUEUE_PUBLISH_FAILURES = Counter("video2mp3_queue_publish_failures",
+                                 "Task messages RabbitMQ refused or did not confirm in time", ["kind"])
+QUEUE_ACKS = Counter("video2mp3_queue_acks", "Deliveries (tasks and dead letters) acked by converter workers")
+QUEUE_NACKS = Counter("video2mp3_queue_nacks", "Deliveries nacked with requeue by converter workers")
+QUEUE_REDELIVERIES = Counter("video2mp3_queue_redeliveries",
+                             "Task deliveries RabbitMQ marked as redelivered")
+QUEUE_DEAD_LETTERS = Counter("video2mp3_queue_dead_letters",
+                             "Dead-lettered tasks handled, by decision (revive, fail, drop)", ["decision"])
+QUEUE_MESSAGES = Gauge("video2mp3_queue_messages", "Messages ready in a queue, read at each health check",
+                       ["queue"], multiprocess_mode="livemax")
+QUEUE_CONSUMERS = Gauge("video2mp3_queue_consumers", "Consumers of a queue, read at each health check",
+                        ["queue"], multiprocess_mode="livemax")
+
+# ---------------------------------------------------------------- conversions (converter)
+CONVERSIONS = Counter(
+    "video2mp3_conversions", "Conversion attempts by outcome: done, failed (bad input), superseded, "
+    "duplicate, interrupted (shutdown), error (unexpected; requeued), deleted (the job was deleted)", ["outcome"])
+CONVERSION_SECONDS = Histogram(
+    "video2mp3_conversion_seconds", "Wall time of a successful conversion",
+    buckets=(.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600))
+REALTIME_FACTOR = Histogram(
+    "video2mp3_conversion_realtime_factor", "Seconds of audio converted per wall-clock second",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+AUDIO_SECONDS = Counter("video2mp3_conversion_audio_seconds", "Seconds of audio in the MP3s made")
+GRIDFS_READ_BYTES = Counter("video2mp3_gridfs_read_bytes", "Video bytes read from GridFS by conversions")
+CONVERSION_READ_BYTES = Histogram(
+    "video2mp3_conversion_read_bytes", "Video bytes read from GridFS per conversion",
+    buckets=tuple(float(2 ** n) for n in range(16, 32, 2)))
+BUSY_WORKERS = Gauge("video2mp3_converter_busy_workers", "Converter workers holding a task",
+                     multiprocess_mode="livesum")
+WORKER_RESTARTS = Counter("video2mp3_converter_worker_restarts", "Converter workers that died and were replaced")
+
+# ---------------------------------------------------------------- dependencies (common/health.py)
+DEPENDENCY_UP = Gauge("video2mp3_dependency_up", "1 if the last check of a dependency succeeded, else 0",
+                      ["dependency"], multiprocess_mode="livemax")
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """The sum over every process writing to PROMETHEUS_MULTIPROC_DIR."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def serve(port: int, *, registry: CollectorRegistry | None = None, addr: str = "0.0.0.0"):
+    """Serve /metrics on `port` in a daemon thread; port 0 serves nothing.
+    Returns the HTTP server (or None). A port in use is logged, not fatal:
+    the service matters more than its metrics (and the scrape's `up` says so)."""
+    if port <= 0:
+        return None
+    if registry is None and os.environ.get(MULTIPROC_ENV):
+        registry = multiprocess_registry()
+    try:
+        server, _thread = prometheus_client.start_http_server(
+            port, addr=addr, registry=registry or prometheus_client.REGISTRY)
+    except OSError as e:
+        log.error("cannot serve metrics on %s:%d (%s); running without them", addr, port, e)
+        return None
+    log.info("metrics on :%d/metrics", port)
+    return server
+
+
+def mark_process_dead(pid: int) -> None:
+    """A worker is gone: drop its live gauges (its counters stay in the sum)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+class CountingReader:
+    """A read-only file object that counts the bytes read through it (a GridFS
+    download stream handed to the transcoder)."""
+
+    def __init__(self, stream, counter: Counter | None = None):
+        self._stream = stream
+        self._counter = counter
+        self.bytes_read = 0
+
+    def _count(self, n: int) -> None:
+        self.bytes_read += n
+        if self._counter is not None:
+            self._counter.inc(n)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._count(len(data))
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def __getattr__(self, name):  # seek, tell, seekable, close...
+        return getattr(self._stream, name)
