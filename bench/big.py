@@ -119,6 +119,15 @@ def _upload(run: MakeRun, token: str, video: Path, i: int,
     results[k] = client.upload(video, params={"filename": f"phone-{i + 1}.mp4"})
 
 
+def videos_kept(run: MakeRun) -> int:
+    """Video files still in the embedded store (make run's database)."""
+    import pymongo
+
+    uri = f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true"
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000) as client:
+        return client["video2mp3"]["videos.files"].count_documents({})
+
+
 def main() -> int:
     opts = load(BigSettings)
     files, minutes, mbit, base = opts.files, opts.minutes, opts.mbit, opts.dir
@@ -188,6 +197,9 @@ def main() -> int:
             time.sleep(2)
         print(f"jobs: {sorted(states.values())}", flush=True)
         ok &= len(job_ids) == files and all(s == "JOB_STATE_DONE" for s in states.values())
+        kept = videos_kept(run)
+        print(f"videos kept after DONE: {kept}", flush=True)
+        ok &= kept == 0  # retention: a video goes once its MP3 is DONE
         # Journal files go at the next checkpoint (10 s); give it two.
         time.sleep(25)
     finally:

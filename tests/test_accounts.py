@@ -10,8 +10,6 @@ import grpc
 import jwt
 import pytest
 import requests
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2
 
@@ -21,6 +19,7 @@ from common.settings import MongoSettings
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_text_file
+from testkit.status import reason
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse 1"
@@ -33,12 +32,6 @@ def mongo(mesh):
     m.close()
 
 
-def reason(err: grpc.RpcError) -> str:
-    """The ErrorInfo reason of a failed call (common/errors.py)."""
-    status = rpc_status.from_call(err)
-    info = error_details_pb2.ErrorInfo()
-    assert status is not None and any(d.Unpack(info) for d in status.details), status
-    return info.reason
 
 
 def owned(mongo: Mongo, uid: str) -> tuple[int, int, int]:

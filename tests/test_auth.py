@@ -22,15 +22,14 @@ import jwt
 import pymysql
 import pytest
 from argon2 import PasswordHasher
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from auth.keys import ensure_key, generate, load_dir
 from common import tokens
 from localmesh.processes import Child, free_port, wait_for
 from testkit import testbed
+from testkit.status import reason
 from testkit.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +49,6 @@ MYSQL = testbed.mysql_settings()
 
 # -- helpers --------------------------------------------------------------------
 
-def reason(err: grpc.RpcError) -> str:
-    """The ErrorInfo reason of a failed call (common/errors.py)."""
-    status = rpc_status.from_call(err)
-    info = error_details_pb2.ErrorInfo()
-    assert status is not None and any(d.Unpack(info) for d in status.details), status
-    return info.reason
 
 
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:

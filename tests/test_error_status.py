@@ -10,27 +10,13 @@ import socket
 import grpc
 import pymongo.errors
 import pytest
-from google.rpc import error_details_pb2
 from grpc_interceptor import ServerInterceptor
 from grpc_status import rpc_status
 
 from auth.users import DatabaseUnavailable
 from common import errors, grpc_server
 from common.errors import Reason
-
-
-def details(status_proto) -> dict:
-    """{type name: unpacked message} of a google.rpc.Status."""
-    out = {}
-    for any_ in status_proto.details:
-        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest,
-                    error_details_pb2.RetryInfo):
-            if any_.Is(cls.DESCRIPTOR):
-                msg = cls()
-                any_.Unpack(msg)
-                out[cls.DESCRIPTOR.name] = msg
-    assert len(out) == len(status_proto.details), status_proto
-    return out
+from testkit.status import details
 
 
 def test_error_info_always_bad_request_with_violations_retry_info_with_a_delay():

@@ -18,6 +18,7 @@ from common.mongo import Mongo
 from common.settings import MongoSettings
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_media, make_text_file
+from testkit.status import details, rest_details
 from testkit.testbed import signing_key
 
 
@@ -47,15 +48,8 @@ def rich_details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error
     """The ErrorInfo and BadRequest (empty if absent) of a failed call."""
     status = rpc_status.from_call(err)
     assert status is not None and status.message == err.details()
-    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
-    assert any(d.Unpack(info) for d in status.details), status
-    any(d.Unpack(bad) for d in status.details)
-    return info, bad
-
-
-def rest_details(body: dict) -> dict[str, dict]:
-    """REST error details by type name, as Envoy renders google.rpc.Status."""
-    return {d["@type"].rsplit(".", 1)[-1]: d for d in body["details"]}
+    found = details(status)
+    return found["ErrorInfo"], found.get("BadRequest", error_details_pb2.BadRequest())
 
 
 def user_id(token: str) -> str:

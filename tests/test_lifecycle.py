@@ -11,13 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from video2mp3.media.v1 import media_pb2
 
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient, upload_messages
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
+from testkit.status import details
 
 DONE, FAILED = media_pb2.JOB_STATE_DONE, media_pb2.JOB_STATE_FAILED
 QUEUED, PROCESSING = media_pb2.JOB_STATE_QUEUED, media_pb2.JOB_STATE_PROCESSING
@@ -40,18 +39,6 @@ def rpc_error(call) -> grpc.RpcError:
     return e.value
 
 
-def details(err: grpc.RpcError) -> dict:
-    out = {}
-    status = rpc_status.from_call(err)
-    assert status is not None, "no rich status"
-    for any_ in status.details:
-        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest,
-                    error_details_pb2.RetryInfo):
-            if any_.Is(cls.DESCRIPTOR):
-                msg = cls()
-                any_.Unpack(msg)
-                out[cls.DESCRIPTOR.name] = msg
-    return out
 
 
 # --- WatchJob ---------------------------------------------------------------------
@@ -345,6 +332,10 @@ def test_a_retry_while_the_first_still_streams_waits_and_gets_the_same_job(mesh_
     a = threading.Thread(target=run, args=("first", slow()))
     a.start()
     assert streaming.wait(10)
+    # The client having sent its first message is not the server having read
+    # it: start the retry only once the first upload holds the reservation.
+    wait_for("the first upload to reserve its request_id",
+             lambda: store.db["requests"].count_documents({"request_id": rid}) == 1, timeout=10)
     b = threading.Thread(target=run, args=("retry", upload_messages(data, "clip.mp4", request_id=rid)))
     b.start()
     time.sleep(1.5)

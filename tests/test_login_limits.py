@@ -15,6 +15,7 @@ from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from localmesh.stack import Stack
 from testkit.clients import unique_email
+from testkit.status import rest_details
 from testkit.testbed import fresh_ports
 
 PASSWORD = "correct horse 1"
@@ -148,7 +149,7 @@ def test_rest_gets_429_with_retry_after_through_envoy(mesh):
     assert int(blocked.headers["retry-after"]) >= 1
     body = blocked.json()
     assert body["code"] == 8 and "try again in" in body["message"]
-    details = {d["@type"].rsplit(".", 1)[-1]: d for d in body["details"]}
+    details = rest_details(body)
     assert details["ErrorInfo"]["reason"] == "LOGIN_BLOCKED"
     assert details["RetryInfo"]["retry_delay"] == f"{blocked.headers['retry-after']}s"
 

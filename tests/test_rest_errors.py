@@ -15,6 +15,7 @@ from video2mp3.media.v1 import media_pb2
 
 from localmesh.processes import wait_for
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
+from testkit.status import rest_details
 from testkit.tcp_proxy import TcpProxy
 
 WATCHERS = 1
@@ -40,7 +41,7 @@ def check(r: requests.Response, status: int, code: grpc.StatusCode, reason: str,
     assert r.headers["content-type"].startswith("application/json"), r.headers
     body = r.json()
     assert body["code"] == code.value[0] and body["message"], body
-    details = {d["@type"].rsplit(".", 1)[-1]: d for d in body["details"]}
+    details = rest_details(body)
     assert details["ErrorInfo"]["reason"] == reason and details["ErrorInfo"]["domain"] == "video2mp3"
     if fields:
         assert [v["field"] for v in details["BadRequest"]["field_violations"]] == list(fields), body
