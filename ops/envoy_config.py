@@ -115,18 +115,22 @@ def transcoder(cfg: dict) -> dict:
     raise KeyError(f"no {TRANSCODER} filter in the Envoy config")
 
 
-def _openapi_route(cfg: dict) -> dict:
+def _routes(cfg: dict):
+    """Every route of the main listener, across its virtual hosts."""
     for host in _hcm(cfg)["route_config"]["virtual_hosts"]:
-        for route in host["routes"]:
-            if route["match"].get("path") == "/openapi.json":
-                return route
+        yield from host["routes"]
+
+
+def _openapi_route(cfg: dict) -> dict:
+    for route in _routes(cfg):
+        if route["match"].get("path") == "/openapi.json":
+            return route
     raise KeyError("no /openapi.json route in the Envoy config")
 
 
 def web_routes(cfg: dict) -> list[dict]:
     """The routes that serve a web file (a direct_response read from a file)."""
-    vhost = _hcm(cfg)["route_config"]["virtual_hosts"][0]
-    return [r for r in vhost["routes"]
+    return [r for r in _routes(cfg)
             if "filename" in r.get("direct_response", {}).get("body", {})
             and r["match"].get("path") != "/openapi.json"]
 
@@ -134,12 +138,11 @@ def web_routes(cfg: dict) -> list[dict]:
 def edge_limits(cfg: dict) -> dict[str, dict]:
     """RPC name ("Login", "SignUp") -> its route's local_ratelimit config."""
     out = {}
-    for vh in _hcm(cfg)["route_config"]["virtual_hosts"]:
-        for route in vh["routes"]:
-            limit = route.get("typed_per_filter_config", {}).get(LOCAL_RATELIMIT)
-            path = route["match"].get("path", "")
-            if limit is not None and path.startswith(AUTH_SERVICE_PATH):
-                out[path[len(AUTH_SERVICE_PATH):]] = limit
+    for route in _routes(cfg):
+        limit = route.get("typed_per_filter_config", {}).get(LOCAL_RATELIMIT)
+        path = route["match"].get("path", "")
+        if limit is not None and path.startswith(AUTH_SERVICE_PATH):
+            out[path[len(AUTH_SERVICE_PATH):]] = limit
     return out
 
 
@@ -305,6 +308,7 @@ def _addr(text: str) -> Address:
 
 def main(argv: list[str] | None = None) -> None:
     s = load(EnvoySettings)
+    env_limits = s.rate_limits()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--listen-address")
@@ -321,9 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--descriptor")
     p.add_argument("--openapi", help="the OpenAPI document served at /openapi.json")
     p.add_argument("--web-root", help="folder holding the web page's files (default: this checkout's web/)")
-    p.add_argument("--login-limit", type=parse_limit, default=s.rate_limits().get("Login"),
+    p.add_argument("--login-limit", type=parse_limit, default=env_limits.get("Login"),
                    help="REQUESTS/SECONDS for Login at the edge (default $ENVOY_LOGIN_LIMIT, else the template's)")
-    p.add_argument("--signup-limit", type=parse_limit, default=s.rate_limits().get("SignUp"),
+    p.add_argument("--signup-limit", type=parse_limit, default=env_limits.get("SignUp"),
                    help="REQUESTS/SECONDS for SignUp (default $ENVOY_SIGNUP_LIMIT, else the template's)")
     p.add_argument("--exec", action="store_true",
                    help="then replace this process with Envoy running the rendered file "
