@@ -58,10 +58,6 @@ class JwksCache:
         self._lock = threading.Lock()
         self._last_on_demand = -float("inf")
 
-    @property
-    def kids(self) -> list[str]:
-        return sorted(self._keys)
-
     def refresh(self) -> bool:
         """Replace the cached set with auth's; False (cache kept) if auth did not answer."""
         try:
