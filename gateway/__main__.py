@@ -17,13 +17,13 @@ from common.periodic import Periodic
 from common.queue import Publisher
 from common.settings import load
 from common.storage_space import StorageSpace
+from gateway import stats as job_stats
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
 from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from gateway.outbox import Outbox
 from gateway.service import MediaService
-from gateway.stats import JobStats
 from gateway.uploads import Uploads
 from gateway.user_check import UserCheck, grpc_get_me
 from gateway.watch import WatchHub
@@ -91,7 +91,8 @@ def main() -> None:
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
                                  interval_s=cfg.janitor_interval_s).start()
-    stats = JobStats(job_store, cfg.job_stats_interval_s).start()
+    stats = Periodic("job-stats", cfg.job_stats_interval_s, lambda: job_stats.collect(job_store),
+                     errors=(pymongo.errors.PyMongoError,)).start()
     # MP3 chunks of a conversion whose job was deleted and whose worker died
     # before it could delete them: found by their `mp3s.uploads` record (the
     # converter writes MP3s with the same ChunkedUpload), never by a chunk scan.
