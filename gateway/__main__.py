@@ -17,13 +17,13 @@ from common.periodic import Periodic
 from common.queue import Publisher
 from common.settings import load
 from common.storage_space import StorageSpace
+from gateway import stats as job_stats
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.janitor import OrphanChunkJanitor
 from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from gateway.outbox import Outbox
 from gateway.service import MediaService
-from gateway.stats import JobStats
 from gateway.uploads import Uploads
 from gateway.user_check import UserCheck, grpc_get_me
 from gateway.watch import WatchHub
@@ -33,9 +33,10 @@ AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_nam
 log = logging.getLogger("gateway")
 
 
-def auth_health_check(addr: str):
-    """MySQL is behind the auth service; its grpc.health.v1 status says whether it is reachable."""
-    stub = health_pb2_grpc.HealthStub(tracing.client_channel(addr))
+def auth_health_check(channel: grpc.Channel, addr: str):
+    """MySQL is behind the auth service; its grpc.health.v1 status says whether it is reachable.
+    Asked over the same channel as the key fetches and user checks (gateway/jwks.auth_channel)."""
+    stub = health_pb2_grpc.HealthStub(channel)
 
     def check():
         try:
@@ -61,10 +62,10 @@ def main() -> None:
     uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space)
 
     health = grpc_server.new_health()
-    monitor = DependencyMonitor(
-        {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(cfg.auth.addr)},
-        health, [SERVICE_NAME], critical={"mongodb"})
     to_auth = auth_channel(cfg.auth.addr)
+    monitor = DependencyMonitor(
+        {"mongodb": mongo.ping, "rabbitmq": publisher.check, "mysql": auth_health_check(to_auth, cfg.auth.addr)},
+        health, [SERVICE_NAME], critical={"mongodb"})
     keys = JwksCache(grpc_fetcher(to_auth), min_refetch_s=cfg.jwks_min_refetch_s)
     users = UserCheck(grpc_get_me(to_auth), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
     hub = WatchHub(job_store, interval_s=cfg.watch_poll_interval_s, max_watchers=cfg.max_watchers)
@@ -90,7 +91,8 @@ def main() -> None:
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
                                  interval_s=cfg.janitor_interval_s).start()
-    stats = JobStats(job_store, cfg.job_stats_interval_s).start()
+    stats = Periodic("job-stats", cfg.job_stats_interval_s, lambda: job_stats.collect(job_store),
+                     errors=(pymongo.errors.PyMongoError,)).start()
     # MP3 chunks of a conversion whose job was deleted and whose worker died
     # before it could delete them: found by their `mp3s.uploads` record (the
     # converter writes MP3s with the same ChunkedUpload), never by a chunk scan.

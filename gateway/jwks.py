@@ -28,8 +28,8 @@ FETCH_TIMEOUT_S = 3.0
 
 def auth_channel(auth_addr: str) -> grpc.Channel:
     """A channel to auth that reconnects within ~2 s of auth coming back (gRPC's
-    default backoff grows to 120 s), for the key fetches and user checks; its
-calls carry the request id and trace context (common/tracing.py)."""
+    default backoff grows to 120 s), for the key fetches, user checks and health
+checks; its calls carry the request id and trace context (common/tracing.py)."""
     return tracing.client_channel(auth_addr, options=[("grpc.initial_reconnect_backoff_ms", 200),
                                                       ("grpc.max_reconnect_backoff_ms", 2000)])
 
@@ -57,10 +57,6 @@ class JwksCache:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._lock = threading.Lock()
         self._last_on_demand = -float("inf")
-
-    @property
-    def kids(self) -> list[str]:
-        return sorted(self._keys)
 
     def refresh(self) -> bool:
         """Replace the cached set with auth's; False (cache kept) if auth did not answer."""

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 LEASE_S = 60.0
 RENEW_EVERY_S = 5.0
 WAIT_STEP_S = 0.2
+# The reservations (gateway/user_data.py deletes a user's too).
+COLLECTION = "requests"
 
 
 class Reservation:
@@ -69,7 +71,7 @@ def _aware(t: dt.datetime) -> dt.datetime:
 
 class RequestIds:
     def __init__(self, db, store: jobs.JobStore):
-        self.coll = db["requests"]
+        self.coll = db[COLLECTION]
         self.store = store
 
     def begin(self, user_id: str, request_id: str, context) -> jobs.Job | Reservation:

@@ -53,9 +53,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
 
     # MongoDB errors are left to common/errors.py: UNAVAILABLE, in one place.
     def _owned_job(self, job_id: str, context) -> jobs.Job:
-        if not job_id:
-            raise InvalidArgument("job_id is required", reason=Reason.INVALID_JOB_ID,
-                                  violations=[("job_id", "job_id is required")])
+        _require_job_id(job_id)
         job = self.jobs.get_for_user(job_id, caller(context).user_id)
         if job is None:
             # Another user's job looks exactly like a missing one.
@@ -71,8 +69,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         return (self._proto(j) for j in self.watch_hub.watch(first, context))
 
     def DeleteJob(self, request, context):
-        if not request.job_id:
-            self._owned_job(request.job_id, context)  # the INVALID_ARGUMENT
+        _require_job_id(request.job_id)
         job = self.jobs.mark_deleted(request.job_id, caller(context).user_id)
         if job is None:
             raise NotFound(f"job {request.job_id} not found (deleted already, or never yours)",
@@ -156,6 +153,12 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             status="healthy" if healthy else "unhealthy",
             mongodb=status["mongodb"], rabbitmq=status["rabbitmq"], mysql=status["mysql"],
         )
+
+
+def _require_job_id(job_id: str) -> None:
+    if not job_id:
+        raise InvalidArgument("job_id is required", reason=Reason.INVALID_JOB_ID,
+                              violations=[("job_id", "job_id is required")])
 
 
 def mp3_name(video_name: str) -> str:

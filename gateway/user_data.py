@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from common.gridfs_download import delete_file
 from common.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
+from gateway import request_ids
 
 
 def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:
@@ -23,5 +24,5 @@ def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:
         counts.append(n)
     jobs = mongo.jobs.delete_many({"user_id": user_id}).deleted_count
     # Upload reservations (gateway/request_ids.py) go too: nothing of the user is kept.
-    mongo.db["requests"].delete_many({"user_id": user_id})
+    mongo.db[request_ids.COLLECTION].delete_many({"user_id": user_id})
     return jobs, counts[0], counts[1]
