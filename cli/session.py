@@ -163,23 +163,25 @@ class Session:
 
 # ------------------------------------------------------------------ failures
 
-def error_reason(err: grpc.RpcError) -> str | None:
-    """ErrorInfo.reason of our servers' rich status; None for a transport error."""
+def _detail(err: grpc.RpcError, kind):
+    """The first detail of type `kind` in our servers' rich status; None for a transport error."""
     status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
     for detail in status.details if status else ():
-        info = error_details_pb2.ErrorInfo()
+        info = kind()
         if detail.Unpack(info):
-            return info.reason
+            return info
     return None
+
+
+def error_reason(err: grpc.RpcError) -> str | None:
+    """ErrorInfo.reason of our servers' rich status; None for a transport error."""
+    info = _detail(err, error_details_pb2.ErrorInfo)
+    return info.reason if info is not None else None
 
 
 def retry_delay(err: grpc.RpcError) -> float | None:
-    status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
-    for detail in status.details if status else ():
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return info.retry_delay.ToTimedelta().total_seconds()
-    return None
+    info = _detail(err, error_details_pb2.RetryInfo)
+    return info.retry_delay.ToTimedelta().total_seconds() if info is not None else None
 
 
 def describe(err: grpc.RpcError, server: Server) -> CliError:

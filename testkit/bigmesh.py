@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 
 from localmesh.processes import free_port, wait_for
+from localmesh.stack import Stack
 from testkit import testbed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,7 @@ class MakeRun:
         self.queue = f"video_big_{testbed.hex_id()}"
         self.db_name = f"v2m_big_{testbed.hex_id()}"
         self.env: dict = {}
+        self.mesh: Stack | None = None  # make run's settings (addresses); its processes are the child's
 
     def start(self, timeout: float = 120) -> MakeRun:
         testbed.check_rabbit(self.rabbit)
@@ -51,6 +53,7 @@ class MakeRun:
         env.update(MONGO_PORT=str(free_port()), MONGO_DATA_DIR=str(self.data_dir), LOG_LEVEL="INFO")
         env.update(self.overrides)
         self.env = env
+        self.mesh = Stack(env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "localmesh"], env=env, cwd=ROOT,
@@ -75,11 +78,13 @@ class MakeRun:
 
     @property
     def rest_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['ENVOY_PORT']}"
+        assert self.mesh is not None, "not started"
+        return self.mesh.rest_base_url
 
     @property
     def media_addr(self) -> str:
-        return f"127.0.0.1:{self.env['MEDIA_PORT']}"
+        assert self.mesh is not None, "not started"
+        return self.mesh.media_addr
 
     def pids(self) -> dict[str, list[int]]:
         """The live processes of the mesh by name; the converter's workers count as converter."""
