@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos lock lint browser run test test-fast bench-convert bench-workers bench-watch bench-big soak k8s-validate clean
+.PHONY: install protos lock lint browser run test test-fast bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean
 
 install: $(VENV)/.installed
 
@@ -80,6 +80,17 @@ bench-watch: install
 bench-big: install
 	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y ffmpeg)
 	$(PY) -m bench.big
+
+# Each way in (raw GridFS, gRPC, REST, the seed's form) timed side by side
+# through `make run`, and the gateway's peak RSS during a 2 GB upload (bench/uploads.py).
+bench-uploads: install
+	$(PY) -m bench.uploads
+
+# Time to MP3 as a user sees it, through make run, against the ffmpeg command
+# line; uploads against raw GridFS; workers (bench/e2e.py). About 15 minutes.
+bench-e2e: install
+	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y ffmpeg)
+	$(PY) -m bench.e2e
 
 soak: install
 	$(PY) -m bench.soak

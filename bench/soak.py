@@ -7,7 +7,9 @@ converter reach MongoDB and RabbitMQ through TCP proxies (testkit/tcp_proxy.py)
 so connections can be cut without touching the real servers.
 
   * CLIENTS concurrent users, half gRPC and half REST, through Envoy, upload
-    JOBS small generated videos (1-2 s, H.264 + AAC) between them and poll
+    JOBS small generated videos (1-2 s, H.264 + AAC; faststart MKV and MP4,
+    converted while they upload, and MP4 with its index at the end, converted
+    after) between them and poll
     each job until it is DONE or FAILED. An upload refused while a dependency
     is cut (UNAVAILABLE / 503, RESOURCE_EXHAUSTED / 429, a reset connection)
     is retried, as a real client would; a job counts once its upload succeeded.
@@ -21,7 +23,10 @@ so connections can be cut without touching the real servers.
     without faults. Then MongoDB is read directly: a job the client was told
     exists is DONE (with its MP3), FAILED (with a reason) or LOST; an MP3 file
     beyond the first for one job is a DUPLICATE; a GridFS chunk of no file
-    (half-written and never cleaned up) is an ORPHAN.
+    (half-written and never cleaned up) is an ORPHAN. A worker killed while it
+    deletes a finished job's video leaves its chunks to the retention sweep
+    (every second here), so orphans are counted once none is left or after
+    CLEANUP_S.
 
 It prints one summary line and exits 0 only when every job is DONE and
 nothing is lost, duplicated or orphaned. Options: --jobs 200 --clients 20
@@ -53,6 +58,7 @@ import psutil
 import pymongo
 import requests
 
+from common import container_sniff
 from common.settings import load, setting
 from localmesh.stack import Stack
 from testkit.clients import GrpcClient, RestClient, unique_email
@@ -70,6 +76,7 @@ SERVICES = ("auth", "gateway", "converter", "envoy")
 @dataclasses.dataclass
 class Result:
     jobs: int = 0                 # jobs whose upload succeeded
+    streamed: int = 0             # of which streamable: converted while uploading
     clients: int = 0
     seed: int = 0
     faults: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -85,6 +92,7 @@ class Result:
     rss_growth_mb: dict = dataclasses.field(default_factory=dict)
     failures: list = dataclasses.field(default_factory=list)   # (job id, reason)
     lost_ids: list = dataclasses.field(default_factory=list)
+    orphans: list = dataclasses.field(default_factory=list)    # (bucket, files_id, chunks, upload record)
 
     @property
     def ok(self) -> bool:
@@ -95,7 +103,7 @@ class Result:
         faults = " ".join(f"{k}={self.faults[k]}" for k in FAULT_KINDS)
         rss = " ".join(f"{k}={v:.0f}" for k, v in self.peak_rss_mb.items())
         growth = " ".join(f"{k}={v:+.0f}" for k, v in self.rss_growth_mb.items())
-        return (f"soak: jobs={self.jobs} clients={self.clients} seed={self.seed} "
+        return (f"soak: jobs={self.jobs} streamed={self.streamed} clients={self.clients} seed={self.seed} "
                 f"faults={sum(self.faults.values())} ({faults}) "
                 f"DONE={self.done} FAILED={self.failed} lost={self.lost} "
                 f"duplicated_mp3s={self.duplicated} orphan_chunks={self.orphan_chunks} "
@@ -121,6 +129,7 @@ class SoakClient:
         self.stop = stop
         self.think_s = think_s  # at most this long between two uploads
         self.job_ids: list[str] = []
+        self.streamed = 0  # uploads of streamable files that succeeded
         self.final: dict[str, str] = {}
         self.retries = 0
         self.errors: list[str] = []
@@ -215,7 +224,9 @@ class SoakClient:
             try:
                 self.sign_up()
                 while (n := self.take_job()) is not None:
-                    self.job_ids.append(self.upload(self.videos[n % len(self.videos)]))
+                    video = self.videos[n % len(self.videos)]
+                    self.job_ids.append(self.upload(video))
+                    self.streamed += streamable(video)
                     self.stop.wait(self.rng.uniform(0, self.think_s))
             finally:
                 self.uploads_done.set()
@@ -326,16 +337,46 @@ class RssSampler(threading.Thread):
 
 # ------------------------------------------------------------------ the run
 
+# Streamed (converted while uploading) and not, in turn: a faststart MKV and
+# MP4 are read as they arrive, an MP4 with its index at the end after its
+# upload (common/container_sniff.py).
+SWEEP_S = 1.0     # the retention sweep's interval in the soak's mesh
+CLEANUP_S = 10.0  # how long orphans may take to go once every job is final
+
+VIDEO_KINDS = ((".mkv", False), (".mp4", True), (".mp4", False))
+
+
 def make_videos(folder: Path, count: int = 6) -> list[Path]:
-    """Small test videos, 1-2 s each with different tones, made once per run."""
+    """Small test videos, 1-2 s each with different tones, made once per run:
+    about 0.5 MB each (noisy 320x240 pictures), so an upload spans a few
+    GridFS chunks and a streamed conversion really waits for some."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(count):
-        path = folder / f"soak{i}.mp4"
+        ext, faststart = VIDEO_KINDS[i % len(VIDEO_KINDS)]
+        path = folder / f"soak{i}{'-fast' if faststart else ''}{ext}"
         make_media(path, video_codec="h264", audio_codec="aac", duration=1.0 + i / max(1, count - 1),
-                   freq=330.0 + 110 * i)
+                   freq=330.0 + 110 * i, faststart=faststart, video_size=(320, 240), video_noise=40)
         out.append(path)
     return out
+
+
+def streamable(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return container_sniff.streamable(f.read(container_sniff.SNIFF_BYTES))
+
+
+def orphan_chunks(db) -> list[tuple]:
+    """(bucket, files_id, chunks, its in-progress upload record) of every
+    GridFS file that has chunks but no files document."""
+    found = []
+    for bucket in ("videos", "mp3s"):
+        files = db[f"{bucket}.files"].distinct("_id")
+        chunks = db[f"{bucket}.chunks"]
+        for fid in chunks.distinct("files_id", {"files_id": {"$nin": files}}):
+            found.append((bucket, fid, chunks.count_documents({"files_id": fid}),
+                          db[f"{bucket}.uploads"].find_one({"_id": fid})))
+    return found
 
 
 def account(mongo_uri: str, job_ids: list[str], result: Result) -> None:
@@ -358,9 +399,11 @@ def account(mongo_uri: str, job_ids: list[str], result: Result) -> None:
             else:
                 result.lost += 1
                 result.lost_ids.append((job_id, state))
-        for bucket in ("videos", "mp3s"):
-            files = db[f"{bucket}.files"].distinct("_id")
-            result.orphan_chunks += db[f"{bucket}.chunks"].count_documents({"files_id": {"$nin": files}})
+        deadline = time.monotonic() + CLEANUP_S
+        while (orphans := orphan_chunks(db)) and time.monotonic() < deadline:
+            time.sleep(SWEEP_S / 2)
+        result.orphans = orphans
+        result.orphan_chunks = sum(n for _, _, n, _ in orphans)
     finally:
         client.close()
 
@@ -387,6 +430,7 @@ def run(*, jobs: int = 200, clients: int = 20, seed: int = 1, fault_every_s: flo
                 # after its last fault: the outbox re-publishes every second and
                 # a killed worker's job is taken over after 3 s.
                 REPUBLISH_INTERVAL_S=1, CONVERTER_LEASE_S=3, CONVERTER_RETRY_DELAY_S=0.5,
+                RETENTION_SWEEP_INTERVAL_S=SWEEP_S,
                 MAX_CONCURRENT_UPLOADS=max(8, clients),
             )
             stack = Stack(env, log_dir=log_dir)
@@ -462,11 +506,14 @@ def _drive(stack, bed, mongo_proxy, rabbit_proxy, videos, jobs, clients, rng, fa
         say(e)
     job_ids = [j for c in soakers for j in c.job_ids]
     result.jobs = len(job_ids)
+    result.streamed = sum(c.streamed for c in soakers)
     account(bed.mongo_uri(), job_ids, result)
     for job_id, reason in result.failures[:5]:
         say(f"FAILED {job_id}: {reason}")
     for job_id, state in result.lost_ids[:5]:
         say(f"lost {job_id}: {state}")
+    for bucket, fid, n, upload in result.orphans[:5]:
+        say(f"orphan: {n} chunk(s) of {bucket} file {fid}, upload record {upload}")
 
 
 @dataclasses.dataclass(frozen=True)

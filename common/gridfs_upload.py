@@ -3,14 +3,26 @@
 pymongo's own upload stream (GridIn, pymongo >= 4.9) batches chunks in memory
 and sends nothing until it holds 48 MB or is closed: up to 48 MB per upload in
 the gateway, times MAX_CONCURRENT_UPLOADS. This writer keeps at most one chunk
-(255 KiB) plus the message being written, so the gateway's and the
-converter's memory stays flat whatever the file size. The layout is plain GridFS (the spec's `files` and
-`chunks` documents), so GridFSBucket reads the result unchanged.
+(255 KiB) plus the message being written (a few MB with write_behind()), so
+the gateway's and the converter's memory stays flat whatever the file size.
+The layout is plain GridFS (the spec's `files` and `chunks` documents), so
+GridFSBucket reads the result unchanged.
 
     up = ChunkedUpload(db, "videos", "clip.mp4", metadata={...})
     up.write(data) ...      # chunks go to <bucket>.chunks as they fill
     up.close()              # last chunk, then the files document: the file exists
     up.abort()              # or: delete every chunk written so far
+
+The gateway's uploads call write_behind() first: then full chunks go to a
+writer thread, which whenever it is free takes every chunk waiting (up to
+WRITE_BEHIND_BYTES, one insert_many): group commit. Receiving the next bytes
+overlaps storing the last ones, a busy store sees a few big inserts instead
+of one per chunk (what makes GridFSBucket.upload_from_stream fast;
+docs/architecture.md, "Uploads"), and a chunk cut while the store keeps up
+is stored at once, even if the client then pauses (a file converted while it
+arrives must not lag behind what was sent). Memory stays bounded: at most
+WRITE_BEHIND_DEPTH batches wait (write() blocks beyond) plus the one being
+stored. A failed store is raised by the next write() or close().
 
 Until close() writes the files document, the chunks belong to no file. So
 that they can be found without scanning every chunk (which a server may do by
@@ -27,12 +39,16 @@ import time
 from collections.abc import Callable
 
 from bson import ObjectId
-from bson.binary import Binary
 from gridfs import DEFAULT_CHUNK_SIZE
 
 from common.gridfs_download import delete_chunks
 
 TOUCH_EVERY_S = 1.0  # between refreshes of the in-progress record (one small write)
+# write_behind(): bytes per insert_many at most, and batches waiting for the
+# writer. Measured on SecantusDB: 16 chunks per insert store ~1.6x faster than
+# one; 8 (2 MB) uploaded as fast as 16 through the gateway, in less memory.
+WRITE_BEHIND_BYTES = 2 * 1024 * 1024
+WRITE_BEHIND_DEPTH = 1
 
 _indexed: set[tuple[str, str]] = set()
 _index_lock = threading.Lock()
@@ -55,8 +71,9 @@ class ChunkedUpload:
     def __init__(self, db, bucket: str, filename: str, metadata: dict | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None,
                  before_store: Callable[[int], None] | None = None):
-        # before_store(n): called before each chunk is stored; may raise to stop
-        # the upload (common/storage_space.py's disk-space guard).
+        # before_store(n): called as each chunk is cut, in the caller's thread,
+        # before it is stored; may raise to stop the upload (common/storage_space.py's
+        # disk-space guard).
         ensure_indexes(db, bucket)
         self._id = file_id or ObjectId()
         self.filename = filename
@@ -67,28 +84,47 @@ class ChunkedUpload:
         self._db, self._bucket = db, bucket
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
-        self._buf = bytearray()
-        self._n = 0
+        self._buf = bytearray()  # the partial chunk
+        self._n = 0  # chunks cut so far (stored, or on their way)
         self._before_store = before_store
         self._uploads = db[f"{bucket}.uploads"]
         self._touched = float("-inf")
+        self._writer: _Writer | None = None
 
-    def write(self, data: bytes) -> None:
+    def write_behind(self, batch_bytes: int = WRITE_BEHIND_BYTES, depth: int = WRITE_BEHIND_DEPTH) -> None:
+        """From now on, store chunks `batch_bytes` at a time on a writer thread (module docstring)."""
+        if self._writer is None:
+            batch = max(1, batch_bytes // self.chunk_size)
+            self._writer = _Writer(self._insert, batch, batch * depth, name=f"gridfs-{self._bucket}")
+
+    def write(self, data) -> None:
         if self.closed:
             raise ValueError("cannot write to a closed upload")
-        self._buf += data
         self.length += len(data)
-        while len(self._buf) >= self.chunk_size:
-            self._store(bytes(self._buf[: self.chunk_size]))
-            del self._buf[: self.chunk_size]
+        view = memoryview(data)
+        if self._buf:  # complete the partial chunk first
+            take = self.chunk_size - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) < self.chunk_size:
+                return
+            self._cut(bytes(self._buf))
+            self._buf.clear()
+        # Whole chunks straight from the caller's bytes: one copy each.
+        while len(view) >= self.chunk_size:
+            self._cut(view[:self.chunk_size].tobytes())
+            view = view[self.chunk_size:]
+        self._buf += view
 
     def close(self) -> None:
         """Store the last partial chunk and the files document."""
         if self.closed:
             return
         if self._buf:
-            self._store(bytes(self._buf))
+            self._cut(bytes(self._buf))
             self._buf.clear()
+        if self._writer is not None:
+            self._writer.finish()  # raises what the writer met
         self._files.insert_one({
             "_id": self._id,
             "length": self.length,
@@ -104,15 +140,93 @@ class ChunkedUpload:
         """Delete what was written; the upload never becomes a file."""
         self._buf.clear()
         self.closed = True
+        if self._writer is not None:
+            self._writer.cancel()  # nothing more is stored once this returns
         delete_chunks(self._db, self._bucket, self._id, upto=self._n)  # in ranges: see gridfs_download
         self._uploads.delete_one({"_id": self._id})
 
-    def _store(self, data: bytes) -> None:
+    def _cut(self, data: bytes) -> None:
+        """One full (or the last) chunk: stored now, or batched for the writer."""
         if self._before_store is not None:
             self._before_store(len(data))
+        # bytes are BSON binary subtype 0, what GridFS stores (no Binary() copy).
+        doc = {"files_id": self._id, "n": self._n, "data": data}
+        self._n += 1
+        if self._writer is None:
+            self._insert([doc])
+        else:
+            self._writer.add(doc)  # blocks while too many wait; raises the writer's error
+
+    def _insert(self, docs: list[dict]) -> None:
         if time.monotonic() - self._touched >= TOUCH_EVERY_S:
             self._touched = time.monotonic()
             self._uploads.update_one({"_id": self._id}, {"$set": {
-                "n": self._n, "touched": dt.datetime.now(dt.UTC)}}, upsert=True)
-        self._chunks.insert_one({"files_id": self._id, "n": self._n, "data": Binary(data)})
-        self._n += 1
+                "n": docs[0]["n"], "touched": dt.datetime.now(dt.UTC)}}, upsert=True)
+        if len(docs) == 1:
+            self._chunks.insert_one(docs[0])
+        else:
+            self._chunks.insert_many(docs)  # ordered: a failure stores no later chunk
+
+
+class _Writer:
+    """A thread storing chunks in order: whenever it is free it takes every
+    chunk waiting, `batch` at most, and stores them at once (group commit).
+    add() blocks while `limit` chunks wait. After a failure it stores nothing
+    more and add() and finish() raise it."""
+
+    def __init__(self, store: Callable[[list[dict]], None], batch: int, limit: int, name: str):
+        self._store = store
+        self._batch, self._limit = batch, max(batch, limit)
+        self._waiting: list[dict] = []
+        self._cond = threading.Condition()
+        self._closing = False     # no more chunks: store what waits, then stop
+        self._cancelled = False   # store nothing more
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, doc: dict) -> None:
+        with self._cond:
+            while len(self._waiting) >= self._limit and self._error is None:
+                self._cond.wait()
+            self._raise()
+            self._waiting.append(doc)
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """Wait until every chunk is stored; raise the writer's failure if any."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._raise()
+
+    def cancel(self) -> None:
+        """Store nothing more; returns once the batch being stored (if any) is done."""
+        with self._cond:
+            self._cancelled = self._closing = True
+            self._waiting.clear()
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closing:
+                    self._cond.wait()
+                if not self._waiting or self._cancelled or self._error is not None:
+                    return
+                take, self._waiting = self._waiting[:self._batch], self._waiting[self._batch:]
+                self._cond.notify_all()  # room for add()
+            try:
+                self._store(take)
+            except BaseException as e:  # noqa: BLE001 - raised in the uploading thread
+                with self._cond:
+                    self._error = e
+                    self._waiting.clear()
+                    self._cond.notify_all()
+                return
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error

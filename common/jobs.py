@@ -8,7 +8,13 @@ Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
-trace}.
+trace, uploading, upload_touched}.
+
+A streamable upload's job is created as its first bytes arrive, so that it is
+converted while the rest arrives (gateway/early_jobs.py): until the upload
+ends it carries `uploading: true` and an `upload_touched` heartbeat, and is
+HIDDEN from its owner (VISIBLE below) exactly like a job that does not exist.
+Its upload's end clears both, and from then on it is a normal job.
 
 `request_id` is the client's idempotency key (CreateJob retries get the same
 job); `trace` is something else: the upload's x-request-id and trace context
@@ -89,6 +95,8 @@ class Job:
     mp3_expired: bool = False
     deleted: bool = False
     trace: dict = dataclasses.field(default_factory=dict)
+    uploading: bool = False
+    upload_touched: dt.datetime | None = None
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -117,6 +125,8 @@ class Job:
             mp3_expired=bool(doc.get("mp3_expired", False)),
             deleted=bool(doc.get("deleted", False)),
             trace=dict(doc.get("trace") or {}),
+            uploading=bool(doc.get("uploading", False)),
+            upload_touched=doc.get("upload_touched"),
         )
 
     @property
@@ -131,6 +141,15 @@ def _job(doc: dict | None) -> Job | None:
 
 # Readers never see a job being deleted.
 LIVE: dict = {"deleted": None}
+# Its owner never sees a job whose upload is still in progress either.
+VISIBLE: dict = {**LIVE, "uploading": None}
+
+
+# A hidden job's heartbeat (gateway/early_jobs.py) beats this often; older
+# than UPLOAD_STALE_S (a few missed beats: a MongoDB hiccup is no death), its
+# gateway is taken for dead by the converter.
+UPLOAD_TOUCH_S = 1.0
+UPLOAD_STALE_S = 6.0
 
 
 def now() -> dt.datetime:
@@ -158,8 +177,9 @@ class JobStore:
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
                options: media_pb2.ConversionOptions, request_id: str = "",
-               trace: dict | None = None) -> Job:
-        """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`."""
+               trace: dict | None = None, uploading: bool = False) -> Job:
+        """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`.
+        `uploading`: a hidden job whose upload goes on (see the module doc)."""
         t = now()
         doc = {
             "_id": job_id,
@@ -185,6 +205,8 @@ class JobStore:
         }
         if request_id:
             doc["request_id"] = request_id
+        if uploading:
+            doc.update(uploading=True, upload_touched=t)
         self.c.insert_one(doc)
         return Job.from_doc(doc)
 
@@ -193,36 +215,39 @@ class JobStore:
 
     def unpublished(self, older_than: dt.datetime, limit: int = 100) -> list[Job]:
         return [Job.from_doc(d) for d in self.c.find(
-            {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}, **LIVE},
+            # A job still uploading is published by its upload's end (finish_upload).
+            {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}, **VISIBLE},
             limit=limit,
         )]
 
     def count_by_state(self) -> dict[str, int]:
-        """How many live jobs are in each state (one aggregate query; for metrics)."""
+        """How many live jobs are in each state (one aggregate query; for metrics).
+        Jobs still uploading count too: the converter may be working on them."""
         return {d["_id"]: d["n"] for d in self.c.aggregate([
             {"$match": LIVE}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]) if d["_id"]}
 
     def unpublished_summary(self) -> tuple[int, dt.datetime | None]:
         """(how many QUEUED jobs are unpublished, the oldest one's create_time); for metrics."""
         found = list(self.c.aggregate([
-            {"$match": {"published": False, "state": QUEUED, **LIVE}},
+            {"$match": {"published": False, "state": QUEUED, **VISIBLE}},
             {"$group": {"_id": None, "n": {"$sum": 1}, "oldest": {"$min": "$create_time"}}}]))
         return (found[0]["n"], found[0]["oldest"]) if found else (0, None)
 
     def get_for_user(self, job_id: str, user_id: str) -> Job | None:
-        return _job(self.c.find_one({"_id": job_id, "user_id": user_id, **LIVE}))
+        return _job(self.c.find_one({"_id": job_id, "user_id": user_id, **VISIBLE}))
 
     def get_by_request(self, user_id: str, request_id: str) -> Job | None:
-        return _job(self.c.find_one({"user_id": user_id, "request_id": request_id, **LIVE}))
+        # Hidden while uploading: a retry waits for the upload (gateway/request_ids.py).
+        return _job(self.c.find_one({"user_id": user_id, "request_id": request_id, **VISIBLE}))
 
     def live(self, job_ids: list[str]) -> dict[str, Job]:
         """The jobs among `job_ids` that exist (one query, for the watchers)."""
-        return {d["_id"]: Job.from_doc(d) for d in self.c.find({"_id": {"$in": job_ids}, **LIVE})}
+        return {d["_id"]: Job.from_doc(d) for d in self.c.find({"_id": {"$in": job_ids}, **VISIBLE})}
 
     def list_for_user(self, user_id: str, limit: int, before: tuple | None,
                       states: list[State] | None = None) -> list[Job]:
         """Newest first; `before` is the (create_time, _id) of the last job of the previous page."""
-        query: dict = {"user_id": user_id, **LIVE}
+        query: dict = {"user_id": user_id, **VISIBLE}
         if states:
             query["state"] = {"$in": [str(x) for x in states]}
         if before:
@@ -234,16 +259,57 @@ class JobStore:
 
     def mark_deleted(self, job_id: str, user_id: str | None = None) -> Job | None:
         """Step one of a delete: hide the job and stop its conversion. Returns
-        it, or None if there is no such (live) job: only one caller wins."""
+        it, or None if there is no such (live) job: only one caller wins. Its
+        owner (`user_id`) cannot delete a job still uploading: it does not exist yet."""
         query: dict = {"_id": job_id, **LIVE}
         if user_id is not None:
-            query["user_id"] = user_id
+            query.update(VISIBLE, user_id=user_id)
+        return self._mark_deleted(query)
+
+    def _mark_deleted(self, query: dict) -> Job | None:
         return _job(self.c.find_one_and_update(
             query,
             # The request_id is free again at once: a new upload with it is a new job.
             {"$set": {"deleted": True, "update_time": now(), "lease_until": None},
              "$unset": {"request_id": ""}},
             return_document=pymongo.ReturnDocument.AFTER))
+
+    # --- uploads in progress (gateway/early_jobs.py, gateway/janitor.py) -----
+
+    def touch_uploads(self, job_ids: list[str]) -> None:
+        """The heartbeat of the uploads this gateway is receiving (one write for all)."""
+        self.c.update_many({"_id": {"$in": job_ids}, "uploading": True},
+                           {"$set": {"upload_touched": now()}})
+
+    def finish_upload(self, job_id: str, video_size: int, filename: str) -> Job | None:
+        """The upload ended (its file is complete): the job becomes visible, as it is
+        now (QUEUED, PROCESSING or even DONE). None if it was deleted meanwhile."""
+        return _job(self.c.find_one_and_update(
+            {"_id": job_id, "uploading": True, **LIVE},
+            {"$set": {"video_size": video_size, "filename": filename, "update_time": now()},
+             "$unset": {"uploading": "", "upload_touched": ""}},
+            return_document=pymongo.ReturnDocument.AFTER))
+
+    def claim_stale_upload(self, touched_before: dt.datetime, user_id: str | None = None,
+                           request_id: str | None = None) -> Job | None:
+        """Step one of deleting a job whose upload's gateway died (no heartbeat
+        since `touched_before`), optionally the one holding a request_id; None
+        when there is none."""
+        query: dict = {"uploading": True, "upload_touched": {"$lt": touched_before}, **LIVE}
+        if request_id is not None:
+            query.update(user_id=user_id, request_id=request_id)
+        return self._mark_deleted(query)
+
+    def abandon_upload(self, job_id: str, mp3_fid: ObjectId, touched_before: dt.datetime) -> bool:
+        """The converter gives up on an upload with no heartbeat since `touched_before`:
+        the job is QUEUED again and marked unpublished, so that if its gateway
+        was alive after all, the upload's end publishes it again (finish_upload's
+        caller); if it died, the janitor deletes it. False if the upload ended meanwhile."""
+        r = self.c.update_one(
+            {"_id": job_id, "current_mp3_fid": mp3_fid, "uploading": True,
+             "upload_touched": {"$lt": touched_before}, **LIVE},
+            {"$set": {"state": QUEUED, "lease_until": None, "published": False, "update_time": now()}})
+        return r.modified_count == 1
 
     # --- retention sweep (common/retention.py) ------------------------------
 

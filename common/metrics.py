@@ -84,9 +84,10 @@ REALTIME_FACTOR = Histogram(
     "video2mp3_conversion_realtime_factor", "Seconds of audio converted per wall-clock second",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 AUDIO_SECONDS = Counter("video2mp3_conversion_audio_seconds", "Seconds of audio in the MP3s made")
-GRIDFS_READ_BYTES = Counter("video2mp3_gridfs_read_bytes", "Video bytes read from GridFS by conversions")
+GRIDFS_READ_BYTES = Counter("video2mp3_gridfs_read_bytes",
+                            "Video bytes fetched from GridFS by conversions (skipped video data is not)")
 CONVERSION_READ_BYTES = Histogram(
-    "video2mp3_conversion_read_bytes", "Video bytes read from GridFS per conversion",
+    "video2mp3_conversion_read_bytes", "Video bytes fetched from GridFS per conversion",
     buckets=tuple(float(2 ** n) for n in range(16, 32, 2)))
 BUSY_WORKERS = Gauge("video2mp3_converter_busy_workers", "Converter workers holding a task",
                      multiprocess_mode="livesum")
@@ -126,31 +127,3 @@ def mark_process_dead(pid: int) -> None:
     """A worker is gone: drop its live gauges (its counters stay in the sum)."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)
-
-
-class CountingReader:
-    """A read-only file object that counts the bytes read through it (a GridFS
-    download stream handed to the transcoder)."""
-
-    def __init__(self, stream, counter: Counter | None = None):
-        self._stream = stream
-        self._counter = counter
-        self.bytes_read = 0
-
-    def _count(self, n: int) -> None:
-        self.bytes_read += n
-        if self._counter is not None:
-            self._counter.inc(n)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._count(len(data))
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def __getattr__(self, name):  # seek, tell, seekable, close...
-        return getattr(self._stream, name)

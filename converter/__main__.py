@@ -62,6 +62,9 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")  # no pymongo/pika state shared across fork
     stopping = threading.Event()
+    # One mark per worker, set while it converts (converter/policy.overlap);
+    # per worker, so a worker that dies mid-job cannot leave the count wrong.
+    busy = ctx.Array("b", cfg.workers, lock=False)
 
     def on_signal(signum, _frame):
         log.info("got %s, stopping workers (grace %.0fs)", signal.Signals(signum).name, cfg.grace_seconds)
@@ -71,7 +74,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     def start(i: int):
-        p = ctx.Process(target=run_worker, args=(cfg, i), name=f"converter-{i}", daemon=False)
+        busy[i] = 0  # a dead predecessor's mark
+        p = ctx.Process(target=run_worker, args=(cfg, i, busy), name=f"converter-{i}", daemon=False)
         p.start()
         if cfg.nice and p.pid is not None:
             # Batch work: the API and the store come first (CONVERTER_NICE).

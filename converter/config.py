@@ -22,6 +22,8 @@ class ConverterConfig:
     grace_seconds: float = setting("GRACE_SECONDS", 10.0)
     # Pause between retries of a job whose storage is unreachable.
     retry_delay_s: float = setting("CONVERTER_RETRY_DELAY_S", 2.0)
+    # Decode/write on helper threads while LAME encodes; "auto" decides per
+    # job (converter/policy.overlap).
     overlap_mode: Literal["auto", "on", "off"] = setting("CONVERTER_OVERLAP", "auto")
     # A worker renews its lease on a job as it makes progress; a job whose
     # lease has run out (its worker died) may be taken over by a redelivery,
@@ -38,9 +40,3 @@ class ConverterConfig:
     @property
     def workers(self) -> int:
         return max(1, self.requested_workers)
-
-    @property
-    def overlap(self) -> bool:
-        """Decode/write on helper threads while LAME encodes: one job finishes
-        sooner (~1.4 cores), but only pays off when cores are left over."""
-        return self.overlap_mode == "on" or (self.overlap_mode == "auto" and self.workers < CPUS)

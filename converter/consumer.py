@@ -7,7 +7,7 @@ add_callback_threadsafe (pika's documented pattern for long work) and is
 settled there. What a message's outcome is, the handlers say
 (converter/conversion.py, by the rules of converter/policy.py):
 
-    on_task(body) -> Outcome                              (on the task thread)
+    on_task(body, waiting) -> Outcome                     (on the task thread)
     on_dead_letter(body, headers, queue_copy) -> Outcome  (on the connection thread)
 
 HAND_BACK is a confirmed fresh copy of the task, then an ack of the delivery:
@@ -31,7 +31,8 @@ from converter.policy import Outcome
 
 log = logging.getLogger(__name__)
 
-TaskHandler = Callable[[bytes], Outcome]
+# on_task(body, tasks waiting in the queue behind it) -> Outcome
+TaskHandler = Callable[[bytes, int], Outcome]
 # queue_copy(extra_headers) -> whether a confirmed copy of the message was queued
 DeadLetterHandler = Callable[[bytes, dict, Callable[[dict], bool]], Outcome]
 
@@ -92,12 +93,13 @@ class Consumer:
     def _on_message(self, conn, ch, method, props, body) -> None:
         if method.redelivered:
             metrics.QUEUE_REDELIVERIES.inc()
+        waiting = self._waiting(ch)
 
         def work():
             # The publisher's request id and trace continue here (common/tracing.py).
             with metrics.BUSY_WORKERS.track_inprogress(), tracing.consuming(
                     props.headers, self.s.queue, props.message_id or "") as span:
-                outcome = self.on_task(body)
+                outcome = self.on_task(body, waiting)
                 span.set_attribute("video2mp3.outcome", outcome.value)
             try:
                 conn.add_callback_threadsafe(
@@ -110,6 +112,15 @@ class Consumer:
 
         self._inflight = threading.Thread(target=work, name="convert", daemon=True)
         self._inflight.start()
+
+    def _waiting(self, ch) -> int:
+        """Tasks ready in the queue (not counting those other workers hold):
+        one passive declare, a broker round trip. 0 if it cannot be asked."""
+        try:
+            return ch.queue_declare(self.s.queue, passive=True).method.message_count
+        except pika.exceptions.AMQPError as e:
+            log.debug("could not read the queue's depth: %r", e)
+            return 0
 
     def _on_dead(self, ch, method, props, body) -> None:
         queue_copy = functools.partial(self._queue_copy, ch.connection, props, body)

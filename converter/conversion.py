@@ -7,10 +7,16 @@ holds the lease (renewed as progress is made), so a losing duplicate deletes
 its own MP3. A job deleted meanwhile (DeleteJob) fails that renewal too:
 the attempt stops within PROGRESS_EVERY_S and deletes what it wrote. What
 becomes of the delivery is converter/policy.py's call.
+
+A job whose upload is still arriving (`uploading`, gateway/early_jobs.py) is
+read as it grows (common/gridfs_growing.py); only a conversion of the
+complete file may end it FAILED (_while_uploading).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import datetime as dt
 import logging
 import threading
 import time
@@ -22,12 +28,12 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from common import jobs, metrics, request_id, retention, tracing
-from common.gridfs_download import ChunkedDownload
+from common.gridfs_growing import GrowingDownload
 from common.gridfs_upload import ChunkedUpload
-from common.mongo import VIDEOS_BUCKET, Mongo
+from common.mongo import Mongo
 from common.queue import MAX_DELIVERIES, decode_task
 from converter import mp3_store, policy
-from converter.config import ConverterConfig
+from converter.config import CPUS, ConverterConfig
 from converter.policy import (
     Cancelled,
     DeadLetter,
@@ -35,8 +41,10 @@ from converter.policy import (
     LostLease,
     Outcome,
     StorageUnavailable,
+    UploadStalled,
 )
 from converter.transcode import ConversionError, transcode
+from converter.video_source import VideoSource
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +65,12 @@ class JobRunner:
     `cancel`: the shutdown grace is over, stop the conversion in hand."""
 
     def __init__(self, cfg: ConverterConfig, mongo: Mongo,
-                 stopping: threading.Event, cancel: threading.Event):
+                 stopping: threading.Event, cancel: threading.Event,
+                 busy: ctypes.Array | None = None, slot: int = 0):
         self.cfg = cfg
+        # A mark per worker of this converter, set while converting (shared).
+        self.busy, self.slot = busy, slot
+        self.overlap = False  # decided per task (converter/policy.overlap)
         self.mongo = mongo
         self.jobs = jobs.JobStore(mongo.jobs)
         self.stopping = stopping
@@ -66,16 +78,29 @@ class JobRunner:
 
     # --- a task (on the consumer's task thread) ------------------------------
 
-    def process(self, body: bytes) -> Outcome:
-        """Converts one task message. Never raises."""
+    def process(self, body: bytes, waiting: int = 0) -> Outcome:
+        """Converts one task message (`waiting`: tasks queued behind it). Never raises."""
         try:
             task = decode_task(body)
         except ValueError as e:
             log.error("dropping message: %s", e)
             return Outcome.ACK
         job_id = task.job_id
-        with request_id.bound(job_id=job_id):
+        with request_id.bound(job_id=job_id), self._counted_busy() as others:
+            self.overlap = policy.overlap(self.cfg.overlap_mode, CPUS, others, waiting)
             return self._process(job_id)
+
+    @contextlib.contextmanager
+    def _counted_busy(self):
+        """Marks this worker as converting; yields how many others are."""
+        if self.busy is None:
+            yield 0
+            return
+        self.busy[self.slot] = 1
+        try:
+            yield sum(self.busy) - 1
+        finally:
+            self.busy[self.slot] = 0
 
     def _process(self, job_id: str) -> Outcome:
         while True:
@@ -93,6 +118,10 @@ class JobRunner:
                 if isinstance(e, Cancelled):
                     metrics.CONVERSIONS.labels("interrupted").inc()
                     log.info("job %s interrupted by shutdown; handed back", job_id)
+                elif isinstance(e, UploadStalled):
+                    metrics.CONVERSIONS.labels("deleted").inc()
+                    log.info("job %s: its upload stopped; its conversion stopped and its MP3 was removed",
+                             job_id)
                 elif isinstance(e, JobGone):
                     metrics.CONVERSIONS.labels("deleted").inc()
                     log.info("job %s was deleted; its conversion stopped and its MP3 was removed", job_id)
@@ -134,29 +163,26 @@ class JobRunner:
 
     def _transcode(self, job_id: str, mp3_fid: ObjectId, before: jobs.Job, span) -> Outcome:
         started = time.monotonic()
-        dst = mp3_store.open_mp3(self.mongo, mp3_fid, before)
-        src = None
+        attempt = _Attempt(mp3_store.open_mp3(self.mongo, mp3_fid, before))
+        on_progress = self._progress_writer(job_id, mp3_fid)
         try:
-            # Read in bounded ranges, never one cursor over the whole file
-            # (common/gridfs_download.py).
-            with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, _oid(before.video_fid)) as stream:
-                src = metrics.CountingReader(stream, metrics.GRIDFS_READ_BYTES)
-                result = transcode(cast(BinaryIO, src), dst, before.options, filename=before.filename,
-                                   on_progress=self._progress_writer(job_id, mp3_fid),
-                                   overlap=self.cfg.overlap)
-            dst.close()
+            if before.uploading:
+                result = self._while_uploading(job_id, mp3_fid, before, attempt, on_progress)
+            else:
+                result = self._convert_from(self._video(before), before, attempt, on_progress)
+            attempt.dst.close()
         except (LostLease, JobGone):
-            self._discard(job_id, mp3_fid, dst)
+            self._discard(job_id, mp3_fid, attempt.dst)
             raise
         except Exception as e:
             # Deleted under us: its video's chunks vanish mid-read.
             if self._gone(job_id):
-                self._discard(job_id, mp3_fid, dst)
+                self._discard(job_id, mp3_fid, attempt.dst)
                 raise JobGone() from e
             if not isinstance(e, ConversionError):
-                self._discard_quietly(job_id, mp3_fid, dst)
+                self._discard_quietly(job_id, mp3_fid, attempt.dst)
                 raise
-            self._discard(job_id, mp3_fid, dst)
+            self._discard(job_id, mp3_fid, attempt.dst)
             if self.jobs.finish_failed(job_id, str(e)):
                 retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
             metrics.CONVERSIONS.labels("failed").inc()
@@ -164,9 +190,8 @@ class JobRunner:
             log.info("job %s FAILED: %s", job_id, e, extra={"step": "failed"})
             return Outcome.ACK
         finally:
-            if src is not None:
-                metrics.CONVERSION_READ_BYTES.observe(src.bytes_read)
-                span.set_attribute("video2mp3.read_bytes", src.bytes_read)
+            metrics.CONVERSION_READ_BYTES.observe(attempt.read_bytes)
+            span.set_attribute("video2mp3.read_bytes", attempt.read_bytes)
         if result.header_patch:
             mp3_store.patch_bytes(self.mongo, mp3_fid, *result.header_patch)
         if self.jobs.finish_done(job_id, mp3_fid, result.bytes_written):
@@ -178,13 +203,70 @@ class JobRunner:
                 metrics.REALTIME_FACTOR.observe(result.duration_seconds / seconds)
             span.set_attribute("video2mp3.audio_seconds", result.duration_seconds)
             log.info("job %s DONE: %d bytes, %.2fs of audio in %.2fs", job_id, result.bytes_written,
-                     result.duration_seconds, seconds, extra={"step": "done", "seconds": round(seconds, 3)})
+                     result.duration_seconds, seconds,
+                     extra={"step": "done", "seconds": round(seconds, 3),
+                            "read_bytes": attempt.read_bytes, "video_bytes": before.video_size})
             retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         else:
             metrics.CONVERSIONS.labels("superseded").inc()
             log.info("job %s was finished by another attempt; discarding this MP3", job_id)
             self._discard(job_id, mp3_fid)
         return Outcome.ACK
+
+    def _video(self, before: jobs.Job, **kw) -> VideoSource:
+        """The job's video in GridFS: bounded ranges of chunks
+        (common/gridfs_download.py), only where the audio may be, fetched ahead
+        of the decoder (converter/video_source.py); `growing=True` while the
+        upload still arrives."""
+        return VideoSource(self.mongo.db, _oid(before.video_fid), on_fetch=metrics.GRIDFS_READ_BYTES.inc, **kw)
+
+    def _convert_from(self, video: VideoSource, before: jobs.Job, attempt: _Attempt, on_progress):
+        """Convert `video` into attempt.dst, counting what was fetched."""
+        with video:
+            try:
+                return transcode(cast(BinaryIO, video.stream), attempt.dst, before.options,
+                                 filename=before.filename, on_progress=on_progress,
+                                 overlap=self.overlap)
+            finally:
+                attempt.read_bytes += video.bytes_fetched
+
+    def _while_uploading(self, job_id: str, mp3_fid: ObjectId, before: jobs.Job,
+                         attempt: _Attempt, on_progress):
+        """Convert a video that is still arriving (gateway/early_jobs.py). If
+        that fails, the file may just not be streamable after all: wait for the
+        upload's end and convert the complete file the usual way, the only
+        conversion that may call the job FAILED."""
+        growing = self._video(before, growing=True, on_wait=self._upload_watch(job_id, mp3_fid, on_progress))
+        try:
+            return self._convert_from(growing, before, attempt, on_progress)
+        except ConversionError as e:
+            log.info("job %s: converting while uploading failed (%s); converting the complete "
+                     "file once it is uploaded", job_id, e, extra={"step": "stream_fallback"})
+        attempt.dst.abort()  # its chunks go; the same MP3 id starts again from nothing
+        assert isinstance(growing.stream, GrowingDownload)
+        growing.stream.wait_until_complete()
+        attempt.dst = mp3_store.open_mp3(self.mongo, mp3_fid, before)
+        return self._convert_from(self._video(before), before, attempt, on_progress)
+
+    def _upload_watch(self, job_id: str, mp3_fid: ObjectId, on_progress):
+        """GrowingDownload's on_wait: while nothing decodes, keep the lease
+        (on_progress renews it every PROGRESS_EVERY_S and notices a delete
+        or a shutdown) and give the job up if its upload's gateway died."""
+        last = {"at": time.monotonic()}
+
+        def on_wait() -> None:
+            on_progress(0.0)  # progress only grows: 0 renews without moving it
+            now = time.monotonic()
+            if now - last["at"] < jobs.UPLOAD_TOUCH_S:
+                return
+            last["at"] = now
+            cutoff = jobs.now() - dt.timedelta(seconds=jobs.UPLOAD_STALE_S)
+            if self.jobs.abandon_upload(job_id, mp3_fid, cutoff):
+                log.warning("job %s: its upload stopped without ending (no heartbeat for %.0f s); "
+                            "given up", job_id, jobs.UPLOAD_STALE_S)
+                raise UploadStalled()
+
+        return on_wait
 
     def _gone(self, job_id: str) -> bool:
         try:
@@ -228,11 +310,13 @@ class JobRunner:
         def on_progress(fraction: float) -> None:
             if self.cancel.is_set():
                 raise Cancelled()
+            # Kept even when not written now: while a streamed upload is
+            # awaited, only on_progress(0.0) calls come (_upload_watch).
+            percent = best[0] = max(best[0], min(99, int(fraction * 100)))
             now = time.monotonic()
             if now - last["at"] < PROGRESS_EVERY_S:
                 return
             last["at"] = now
-            percent = best[0] = max(best[0], min(99, int(fraction * 100)))
             try:
                 still_ours = self.jobs.renew(job_id, mp3_fid, percent, self.cfg.lease_s)
             except pymongo.errors.PyMongoError:
@@ -278,6 +362,14 @@ class JobRunner:
         job = self.jobs.get(job_id)
         if job is not None and job.state == jobs.FAILED:
             self._delete_leftovers(job_id, list(job.pending_mp3_fids))
+
+
+class _Attempt:
+    """What one attempt is writing (a fallback restarts it) and how much it read."""
+
+    def __init__(self, dst: ChunkedUpload):
+        self.dst = dst
+        self.read_bytes = 0
 
 
 def _oid(value) -> ObjectId:

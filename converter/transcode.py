@@ -100,6 +100,7 @@ def transcode(src: Source, dst, options, filename: str = "",
     """
     with _open_input(src) as container:
         stream = _pick_audio_stream(container, options)
+        _discard_others(container, stream)
         tags = _id3_tags(container, stream, filename)
         progress = _Progress(on_progress, stream)
         try:
@@ -174,6 +175,15 @@ def _pick_audio_stream(container, options):
     if stream.codec_context is None:  # FFmpeg has no decoder for it (or a damaged header says so)
         raise ConversionError("the audio track's format is not supported")
     return stream
+
+
+def _discard_others(container, stream) -> None:
+    """Tell the demuxer we want no packets of the other streams: it then
+    seeks over their data rather than reading it (MP4/MOV), and none of it
+    reaches us (demux(stream) alone only drops their packets after reading)."""
+    for other in container.streams:
+        if other.index != stream.index:
+            other.discard = av.stream.Discard.all
 
 
 # --- Tags -------------------------------------------------------------------

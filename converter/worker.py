@@ -21,6 +21,7 @@ holds the lease, so a losing duplicate deletes its own MP3.
 """
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 
@@ -31,9 +32,10 @@ from converter.consumer import Consumer
 from converter.conversion import JobRunner
 
 
-def run_worker(cfg: ConverterConfig, index: int) -> None:
+def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = None) -> None:
     """Entry point of a worker process. SIGTERM: stop taking work, let the
-    in-flight job finish within the grace period, else hand it back."""
+    in-flight job finish within the grace period, else hand it back.
+    `busy`: one mark per worker of the supervisor, set while it converts (shared)."""
     from common import tracing
     from common.logging import setup_logging
 
@@ -42,7 +44,7 @@ def run_worker(cfg: ConverterConfig, index: int) -> None:
     die_with_parent()  # never an orphan consuming with no supervisor
     stopping, cancel = threading.Event(), threading.Event()
     mongo = Mongo(cfg.mongo)
-    runner = JobRunner(cfg, mongo, stopping, cancel)
+    runner = JobRunner(cfg, mongo, stopping, cancel, busy, index)
     consumer = Consumer(cfg.rabbit, runner.process, runner.dead_letter, stopping)
 
     def on_term(_signum, _frame):

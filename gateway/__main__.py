@@ -17,6 +17,7 @@ from common.periodic import Periodic
 from common.queue import Publisher
 from common.settings import load
 from common.storage_space import StorageSpace
+from gateway import early_jobs
 from gateway import stats as job_stats
 from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
@@ -89,8 +90,13 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
         log.warning("could not create job indexes now: %s", e)
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
+    heartbeat = Periodic("upload-heartbeat", jobs.UPLOAD_TOUCH_S, uploads.heartbeat.beat,
+                         errors=(pymongo.errors.PyMongoError,)).start()
+    # Also deletes the hidden jobs of streamed uploads whose gateway died (gateway/early_jobs.py).
     janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
-                                 interval_s=cfg.janitor_interval_s).start()
+                                 interval_s=cfg.janitor_interval_s,
+                                 stale_jobs=lambda cutoff: early_jobs.delete_stale(mongo, job_store, cutoff)
+                                 ).start()
     stats = Periodic("job-stats", cfg.job_stats_interval_s, lambda: job_stats.collect(job_store),
                      errors=(pymongo.errors.PyMongoError,)).start()
     # MP3 chunks of a conversion whose job was deleted and whose worker died
@@ -113,6 +119,7 @@ def main() -> None:
         sweeper.stop()
         key_refresher.stop()
         outbox.stop()
+        heartbeat.stop()
         janitor.stop()
         mp3_janitor.stop()
         monitor.stop()

@@ -16,11 +16,17 @@ result (SecantusDB held +1 GB of RSS per 500 MB stored). The age must be
 longer than any pause an upload may take (Envoy resets a stream idle for
 300 s, so the default of an hour is ample). Every gateway replica may run it:
 the deletes are idempotent.
+
+A streamed upload (gateway/early_jobs.py) also has a hidden job; the videos
+janitor deletes those whose heartbeat is as old (`stale_jobs`), with their
+video chunks and MP3s, before it looks for orphan chunks. A job whose upload
+ended is never one of them.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 
 import pymongo.errors
 
@@ -32,8 +38,11 @@ log = logging.getLogger(__name__)
 
 
 class OrphanChunkJanitor:
-    def __init__(self, db, *, max_age_s: float, interval_s: float, bucket: str = VIDEOS_BUCKET):
+    def __init__(self, db, *, max_age_s: float, interval_s: float, bucket: str = VIDEOS_BUCKET,
+                 stale_jobs: Callable[[dt.datetime], int] | None = None):
+        # stale_jobs(cutoff): deletes hidden jobs of uploads untouched since cutoff.
         self.db, self.bucket = db, bucket
+        self.stale_jobs = stale_jobs
         self.files = db[f"{bucket}.files"]
         self.uploads = db[f"{bucket}.uploads"]
         self.max_age_s = max_age_s
@@ -52,6 +61,8 @@ class OrphanChunkJanitor:
         """Deletes the chunks of every abandoned upload; returns how many chunks went."""
         now = now or dt.datetime.now(dt.UTC)
         cutoff = now - dt.timedelta(seconds=self.max_age_s)
+        if self.stale_jobs is not None:
+            self.stale_jobs(cutoff)
         deleted = 0
         for rec in list(self.uploads.find({"touched": {"$lt": cutoff}}).limit(1000)):
             fid = rec["_id"]

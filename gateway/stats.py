@@ -9,10 +9,11 @@ from common import jobs, metrics
 
 
 def collect(job_store: jobs.JobStore) -> None:
+    # Both queries first, then every gauge: a scrape in between sees one round.
     counts = job_store.count_by_state()
+    backlog, oldest = job_store.unpublished_summary()
     for state in jobs.State:
         metrics.JOBS.labels(state.value).set(counts.get(state.value, 0))
-    backlog, oldest = job_store.unpublished_summary()
     metrics.OUTBOX_BACKLOG.set(backlog)
     if oldest is not None and oldest.tzinfo is None:  # pymongo returns naive UTC
         oldest = oldest.replace(tzinfo=jobs.now().tzinfo)

@@ -5,9 +5,14 @@ Nothing is half-kept: any failure before the job is recorded (bad options,
 empty body, size limit, client cancel, storage error, the store's disk nearly
 full: common/storage_space.py) aborts the GridFS upload,
 which deletes its chunks; chunks a killed gateway could not delete are removed
-later by gateway/janitor.py. Memory holds one GridFS chunk at a time
+later by gateway/janitor.py. Memory holds a few MB per upload, whatever its size
 (common/gridfs_upload.py). An upload with a request_id reserves it before
 storing anything (gateway/request_ids.py), so a retry never stores a copy.
+
+A streamable upload (common/container_sniff.py, judged from its first bytes)
+gets its job, hidden, as soon as those bytes are in, and is converted while
+the rest arrives (gateway/early_jobs.py); its answer is the job as it is when
+the upload ends. Its failure deletes that job as DeleteJob would.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from collections.abc import Iterable
 import pymongo.errors
 from bson import ObjectId
 
-from common import jobs, metrics, tracing
-from common.errors import Cancelled, InvalidArgument, Reason, ResourceExhausted
+from common import container_sniff, jobs, metrics, tracing
+from common.errors import Cancelled, InvalidArgument, Reason, ResourceExhausted, Unavailable
 from common.gridfs_download import delete_file
 from common.gridfs_upload import ChunkedUpload
 from common.mongo import VIDEOS_BUCKET, Mongo
@@ -29,6 +34,7 @@ from common.queue import Publisher, PublishError
 from common.storage_space import StorageSpace
 from common.tokens import Caller
 from gateway import form_upload, validation
+from gateway.early_jobs import EarlyJobs, Heartbeat
 from gateway.request_ids import RequestIds, Reservation
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,8 @@ class Uploads:
         self.max_bytes = max_bytes
         self.space = space
         self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.heartbeat = Heartbeat(job_store)  # started by gateway/__main__.py
+        self.early = EarlyJobs(mongo, job_store, self.publish, self.heartbeat)
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
         """Returns the created job, or raises (common/errors.py makes the
@@ -89,16 +97,51 @@ class Uploads:
             # written) and about every 4 MB; StorageFull aborts like any error.
             before_store=self.space.guard() if self.space else None,
         )
-        size = self._write_all(stream, itertools.chain([first], requests), context,
-                               first.body.content_type, named_by_query=bool(first.filename),
-                               on_data=reservation.renew if reservation else None)
+        job_id = jobs.new_job_id()
+        early: list[jobs.Job] = []
+
+        def on_streamable(name: str) -> None:
+            job = self.early.start(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
+                                   filename=name, video_fid=stream._id, options=options,
+                                   request_id=request_id, trace=tracing.carrier())
+            if job is not None:
+                early.append(job)
+
+        try:
+            size = self._write_all(stream, itertools.chain([first], requests), context,
+                                   first.body.content_type, named_by_query=bool(first.filename),
+                                   on_data=reservation.renew if reservation else None,
+                                   on_streamable=on_streamable)
+        except BaseException:
+            if early:
+                self.early.abort(early[0])
+            raise
         filename = stream.filename
         video_fid: ObjectId = stream._id
-        job_id = jobs.new_job_id()
+        if early:
+            job = self._finish_early(early[0], size, filename, video_fid)
+        else:
+            job = self._record(job_id, caller, filename, video_fid, size, options, request_id)
+            if job.id != job_id:  # the first upload with this request_id: its job
+                return job
+        metrics.UPLOAD_BYTES.inc(size)
+        metrics.UPLOAD_SECONDS.observe(time.monotonic() - started)
+        log.info("job %s recorded: %s (%d bytes) for %s", job.id, filename, size, caller.email,
+                 extra={"job_id": job.id, "step": "recorded", "bytes": size})
+        if not early:
+            self.publish(job)
+        return job
+
+    def _record(self, job_id: str, caller: Caller, filename: str, video_fid: ObjectId, size: int,
+                options, request_id: str) -> jobs.Job:
+        """The job of a complete upload (not converted while it arrived)."""
+        def create() -> jobs.Job:
+            return self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
+                                    filename=filename, video_fid=video_fid, video_size=size,
+                                    options=options, request_id=request_id, trace=tracing.carrier())
         try:
-            job = self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
-                                   filename=filename, video_fid=video_fid, video_size=size,
-                                   options=options, request_id=request_id, trace=tracing.carrier())
+            # A dead gateway's hidden job may hold the request_id: freed once.
+            return self.early.create(create, caller.user_id, request_id)
         except pymongo.errors.DuplicateKeyError:
             # Another upload with this request_id won (our reservation had lapsed): its job it is.
             self._delete_quietly(video_fid)
@@ -109,13 +152,20 @@ class Uploads:
         except pymongo.errors.PyMongoError:
             self._delete_quietly(video_fid)
             raise
-        metrics.UPLOAD_BYTES.inc(size)
-        metrics.UPLOAD_SECONDS.observe(time.monotonic() - started)
-        log.info("job %s recorded: %s (%d bytes) for %s", job_id, filename, size, caller.email,
-                 extra={"job_id": job_id, "step": "recorded", "bytes": size})
 
-        self.publish(job)
-        return job
+    def _finish_early(self, job: jobs.Job, size: int, filename: str, video_fid: ObjectId) -> jobs.Job:
+        """The upload of a job created early ended: show the job, as it is now."""
+        try:
+            done = self.early.finish(job, size, filename)
+        except pymongo.errors.PyMongoError:
+            self.early.abort(job)
+            self._delete_quietly(video_fid)
+            raise
+        if done is None:  # deleted while uploading (its account, or the janitor): keep nothing
+            self._delete_quietly(video_fid)
+            raise Unavailable("the upload was interrupted; send it again",
+                              reason=Reason.STORAGE_UNAVAILABLE, retry_after_s=BUSY_RETRY_S)
+        return done
 
     def _drain(self, requests) -> None:
         """Read a retry's remaining bytes and drop them, so an HTTP client
@@ -130,12 +180,17 @@ class Uploads:
             return
 
     def _write_all(self, stream, messages, context, content_type: str, named_by_query: bool,
-                   on_data=None) -> int:
+                   on_data=None, on_streamable=None) -> int:
         """Writes the video's bytes from `messages` into `stream`; returns the size.
-        On any failure the upload is aborted (its chunks deleted), then it raises."""
+        On any failure the upload is aborted (its chunks deleted), then it raises.
+        on_streamable(filename): called once the first bytes show a streamable file."""
         size = 0
+        head = bytearray()  # the first bytes, until container_sniff has decided
+        sniffing = on_streamable is not None
         body: Iterable[bytes]
         try:
+            # Receive the next bytes while the last ones are stored, a few MB per insert.
+            stream.write_behind()
             if form_upload.is_form(content_type):
                 body = form_upload.FormFile(content_type, messages)
             else:
@@ -152,12 +207,19 @@ class Uploads:
                     stream.write(data)
                     if on_data is not None:
                         on_data()
+                    if sniffing:
+                        head += data[:container_sniff.SNIFF_BYTES - len(head)]
+                        verdict = container_sniff.verdict(bytes(head))
+                        if verdict is not container_sniff.Verdict.NEED_MORE or \
+                                len(head) >= container_sniff.SNIFF_BYTES:
+                            sniffing = False
+                            if verdict is container_sniff.Verdict.STREAMABLE:
+                                on_streamable(self._form_name(body, named_by_query) or stream.filename)
             if _reset_after_end(context):
                 raise Cancelled("the client cancelled the upload", reason=Reason.UPLOAD_CANCELLED)
             if size == 0:
                 raise _empty()
-            if isinstance(body, form_upload.FormFile) and body.filename and not named_by_query:
-                stream.filename = validation.filename(body.filename)  # a form's own file name
+            stream.filename = self._form_name(body, named_by_query) or stream.filename
             stream.close()
             return size
         except BaseException:
@@ -165,6 +227,13 @@ class Uploads:
             # raises from the request iterator) or we are shutting down: keep nothing.
             self._abort_quietly(stream)
             raise
+
+    @staticmethod
+    def _form_name(body, named_by_query: bool) -> str:
+        """A form's own file name, unless the query named the upload."""
+        if isinstance(body, form_upload.FormFile) and body.filename and not named_by_query:
+            return validation.filename(body.filename)
+        return ""
 
     def publish(self, job: jobs.Job) -> bool:
         """Publish a recorded job; on failure it stays unpublished for the outbox to retry.

@@ -194,6 +194,32 @@ def _video_frames(stream, duration, fps, start_pts, noise):
         yield stream, frame
 
 
+class ReadSeekOnly:
+    """A file with only read/seek/tell/close, like a GridOut or our GridFS
+    readers: no fileno, no name, so PyAV goes through Python I/O."""
+
+    def __init__(self, path) -> None:
+        self._f = open(path, "rb")
+
+    def read(self, n=-1):
+        return self._f.read(n)
+
+    def seek(self, pos, whence=0):
+        return self._f.seek(pos, whence)
+
+    def tell(self):
+        return self._f.tell()
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def make_text_file(path: str | os.PathLike, text: str = "not a video\n" * 40) -> str:
     with open(path, "w") as f:
         f.write(text)

@@ -362,6 +362,50 @@ def test_chunked_upload_stores_each_chunk_when_full_and_reads_back_as_gridfs(mon
         m.close()
 
 
+def test_write_behind_stores_every_chunk_in_order_and_a_failed_store_raises_in_the_caller(mongo_server):
+    """The gateway's mode: a writer thread, a few chunks per insert_many."""
+    m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
+                                                   f"behind_{uuid.uuid4().hex[:8]}"),
+                            timeout_ms=3000))
+    try:
+        chunks = m.db["videos.chunks"]
+        data = os.urandom(40 * 261120 + 777)
+        for step in (1000, 261120, 700_001, 3 * MiB):  # Envoy's and gRPC clients' message sizes
+            up = ChunkedUpload(m.db, "videos", "a.mp4")
+            up.write_behind(batch_bytes=4 * 261120)
+            for i in range(0, len(data), step):
+                up.write(data[i:i + step])
+            up.close()
+            assert [c["n"] for c in chunks.find({"files_id": up._id}, {"n": 1})] == list(range(41))
+            assert m.videos.open_download_stream(up._id).read() == data
+
+        class Refused(Exception):
+            pass
+
+        up = ChunkedUpload(m.db, "videos", "b.mp4")
+        stored = []
+
+        def store(docs):  # the second insert fails, as a store going away would
+            if stored:
+                raise Refused()
+            stored.append(len(docs))
+            m.db["videos.chunks"].insert_many(docs)
+
+        up._insert = store  # type: ignore[method-assign]
+        up.write_behind(batch_bytes=2 * 261120)
+        with pytest.raises(Refused):
+            for _ in range(40):
+                up.write(data[:261120])
+            up.close()
+        up.abort()
+        assert chunks.count_documents({"files_id": up._id}) == 0
+        assert m.db["videos.files"].count_documents({"_id": up._id}) == 0
+        assert m.db["videos.uploads"].count_documents({"_id": up._id}) == 0
+    finally:
+        m.client.drop_database(m.db.name)
+        m.close()
+
+
 # ------------------------------------------------------------------ janitor
 
 def test_janitor_removes_only_old_orphan_chunks(mongo_server):

@@ -84,3 +84,12 @@ def test_policy_imports_no_broker_or_database():
             "print([m for m in ('pika', 'pymongo', 'bson') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_overlap_only_when_a_job_is_alone_and_a_core_is_spare():
+    assert policy.overlap("auto", cpus=2, others_busy=0, waiting=0)
+    assert not policy.overlap("auto", cpus=2, others_busy=1, waiting=0)  # cores taken
+    assert not policy.overlap("auto", cpus=2, others_busy=0, waiting=3)  # a backlog: throughput
+    assert not policy.overlap("auto", cpus=1, others_busy=0, waiting=0)
+    assert policy.overlap("on", cpus=1, others_busy=5, waiting=9)
+    assert not policy.overlap("off", cpus=8, others_busy=0, waiting=0)

@@ -121,13 +121,11 @@ def test_service_defaults_match_the_readme():
     assert envoy.rate_limits() == {}  # the template's
 
 
-def test_converter_workers_and_overlap():
+def test_converter_workers_and_overlap_mode():
     assert load(ConverterConfig, {"CONVERTER_WORKERS": "0"}).workers == 1
-    assert load(ConverterConfig, {"CONVERTER_OVERLAP": "on"}).overlap
-    assert not load(ConverterConfig, {"CONVERTER_OVERLAP": "off", "CONVERTER_WORKERS": "1"}).overlap
-    auto = load(ConverterConfig, {"CONVERTER_WORKERS": str(CPUS)})
-    assert not auto.overlap  # no core left over
-    assert load(ConverterConfig, {"CONVERTER_WORKERS": "1"}).overlap == (CPUS > 1)
+    assert load(ConverterConfig, {"CONVERTER_OVERLAP": "on"}).overlap_mode == "on"
+    with pytest.raises(SystemExit, match="CONVERTER_OVERLAP"):
+        load(ConverterConfig, {"CONVERTER_OVERLAP": "sometimes"})
 
 
 def test_one_variable_is_read_alike_by_every_class():

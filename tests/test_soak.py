@@ -1,6 +1,7 @@
 """A short `make soak` (bench/soak.py) in every test run: 30 jobs from 6
-clients, gRPC and REST, while converter workers are killed and MongoDB and
-RabbitMQ connections cut at random. Every job ends DONE, with one MP3."""
+clients, gRPC and REST, two thirds of them converted while they upload, while
+converter workers are killed and MongoDB and RabbitMQ connections cut at
+random. Every job ends DONE, with one MP3."""
 from __future__ import annotations
 
 from bench import soak
@@ -14,6 +15,7 @@ def test_short_soak_loses_nothing(tmp_path):
     print(line)
     report = "\n".join([line, *notes, f"logs: {tmp_path}"])
     assert result.jobs == 30, report
+    assert 0 < result.streamed < result.jobs, report  # both paths were taken
     assert result.upload_errors == 0, report
     assert result.lost == 0, report
     assert result.duplicated == 0, report

@@ -22,6 +22,7 @@ from video2mp3.media.v1 import media_pb2
 from converter import lame, mp3tags
 from converter import options as opts
 from converter.transcode import ConversionError, TranscodeResult, transcode
+from testkit.media import ReadSeekOnly as Source
 from testkit.media import (
     analyse_mp3,
     audio_duration,
@@ -55,25 +56,6 @@ class Sink:
             assert offset + len(new) <= len(data)
             data[offset:offset + len(new)] = new
         return bytes(data)
-
-
-class Source:
-    """Only read/seek/tell, like a GridOut: no fileno, no name."""
-
-    def __init__(self, path) -> None:
-        self._f = open(path, "rb")
-
-    def read(self, n=-1):
-        return self._f.read(n)
-
-    def seek(self, pos, whence=0):
-        return self._f.seek(pos, whence)
-
-    def tell(self):
-        return self._f.tell()
-
-    def close(self):
-        self._f.close()
 
 
 def options(**kw) -> media_pb2.ConversionOptions:

@@ -1,0 +1,257 @@
+"""Convert while uploading (issue 14): a streamable upload is converted while it
+arrives, hidden from its owner until its upload is answered, and every
+guarantee holds: nothing is kept when it fails, a dead gateway or converter
+costs nothing but time, the MP3 is the one the normal path makes.
+
+Each test holds its upload open half-way (a gated client stream), so what
+happens "before the upload ended" is observed, never guessed from timing.
+"""
+from __future__ import annotations
+
+import io
+import threading
+
+import grpc
+import pytest
+from google.api import httpbody_pb2
+from video2mp3.media.v1 import media_pb2
+
+from converter.transcode import transcode
+from localmesh.processes import wait_for
+from testkit.faults import kill_worker, user_client, worker_pids
+from testkit.media import make_media
+
+SERVICES = ("auth", "gateway", "converter")
+PIECE = 64 * 1024
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def faststart(tmp_path_factory):
+    """60 s of tone in a faststart MP4 (moov first): streamable."""
+    return make_media(tmp_path_factory.mktemp("stream") / "fast.mp4", video_codec="h264",
+                      duration=60.0, faststart=True, video_noise=30)
+
+
+@pytest.fixture(scope="module")
+def moov_at_end(tmp_path_factory):
+    """The same, with FFmpeg's default layout (moov after mdat): not streamable."""
+    return make_media(tmp_path_factory.mktemp("stream") / "slow.mp4", video_codec="h264",
+                      duration=60.0, video_noise=30)
+
+
+@pytest.fixture(scope="module")
+def stream_mesh(module_mesh_factory):
+    return module_mesh_factory(services=SERVICES, CONVERTER_WORKERS=1)
+
+
+class GatedUpload:
+    """A client-streamed upload of `path` that sends `hold_at` bytes, then waits
+    for `gate` (or, if `cancelled`, never sends the rest)."""
+
+    def __init__(self, client, path, filename: str, hold_at: float = 0.5, data: bytes | None = None,
+                 content_type: str = "video/mp4"):
+        self.client = client
+        self.data = open(path, "rb").read() if data is None else data
+        self.filename = filename
+        self.content_type = content_type
+        self.hold_at = int(len(self.data) * hold_at)
+        self.gate = threading.Event()
+        self.sent = 0
+        self.call = client.media.UploadVideo.future(self._messages(), metadata=client.md, timeout=120)
+
+    def _messages(self):
+        first = media_pb2.UploadVideoRequest(filename=self.filename)
+        first.body.content_type = self.content_type
+        first.body.data = self.data[:PIECE]
+        self.sent = PIECE
+        yield first
+        while self.sent < len(self.data):
+            if self.sent >= self.hold_at:
+                self.gate.wait(90)
+            yield media_pb2.UploadVideoRequest(
+                body=httpbody_pb2.HttpBody(data=self.data[self.sent:self.sent + PIECE]))
+            self.sent += PIECE
+
+    def finish(self) -> media_pb2.Job:
+        self.gate.set()
+        return self.call.result(timeout=120)
+
+
+def hidden_job(store, user_id: str, cond=lambda j: True, what: str = "") -> dict:
+    """Wait for the user's one job in MongoDB (hidden or not) to meet `cond`."""
+    found: dict = {}
+
+    def check():
+        doc = store.jobs.find_one({"user_id": user_id})
+        found.clear()
+        found.update(doc or {})
+        return doc is not None and cond(doc)
+
+    try:
+        wait_for(f"the job {what}", check, timeout=60, interval=0.05)
+    except TimeoutError as e:
+        keys = ("state", "progress", "attempts", "uploading", "current_mp3_fid")
+        raise AssertionError(f"{e}; last seen: {({k: found.get(k) for k in keys})}") from None
+    return found
+
+
+def user_id_of(client) -> str:
+    import jwt
+    return jwt.decode(client.token, options={"verify_signature": False})["sub"]
+
+
+def normal_mp3(path, filename: str) -> bytes:
+    """What the normal path makes of the complete file (header patched in)."""
+    out = io.BytesIO()
+    result = transcode(io.BytesIO(open(path, "rb").read()), out, media_pb2.ConversionOptions(),
+                       filename=filename, overlap=False)
+    data = bytearray(out.getvalue())
+    offset, patch = result.header_patch
+    data[offset:offset + len(patch)] = patch
+    return bytes(data)
+
+
+def assert_not_found(call) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        result = call()
+        if hasattr(result, "__iter__"):
+            list(result)
+    assert e.value.code() == NOT_FOUND, e.value.details()
+
+
+def converting(doc: dict) -> bool:
+    return doc["state"] == "PROCESSING" and doc["progress"] > 0
+
+
+def held_mid_conversion(mesh, store, path, filename: str):
+    """A new user's upload of `path`, held half-way once its MP3 is being
+    written: (the upload, the user id, the hidden job's document)."""
+    client = user_client(mesh)
+    uid = user_id_of(client)
+    up = GatedUpload(client, path, filename)
+    doc = hidden_job(store, uid, lambda j: converting(j) and store.chunks(j["current_mp3_fid"]) > 0,
+                     "writing its MP3 while uploading")
+    return up, uid, doc
+
+
+# ---------------------------------------------------------------- the path
+
+def test_a_streamable_upload_is_converted_before_it_ends_and_hidden_until_then(
+        stream_mesh, store, faststart):
+    client = user_client(stream_mesh)
+    uid = user_id_of(client)
+    up = GatedUpload(client, faststart, "fast.mp4")
+    # Half the file is in, the client holds the rest: the converter is at work.
+    doc = hidden_job(store, uid, lambda j: j.get("uploading") and converting(j), "converting while uploading")
+    assert not up.call.done() and up.sent < len(up.data)
+    job_id = doc["_id"]
+
+    # Hidden from its owner exactly like a job that does not exist.
+    req = media_pb2.GetJobRequest(job_id=job_id)
+    assert_not_found(lambda: client.media.GetJob(req, metadata=client.md, timeout=10))
+    assert_not_found(lambda: client.media.WatchJob(media_pb2.WatchJobRequest(job_id=job_id),
+                                                   metadata=client.md, timeout=10))
+    assert_not_found(lambda: client.media.DeleteJob(media_pb2.DeleteJobRequest(job_id=job_id),
+                                                    metadata=client.md, timeout=10))
+    listed = client.media.ListJobs(media_pb2.ListJobsRequest(), metadata=client.md, timeout=10)
+    assert list(listed.jobs) == []
+
+    job = up.finish()
+    # The answer shows work done before the upload ended: it cannot be faked.
+    assert job.job_id == job_id
+    assert job.state in (media_pb2.JOB_STATE_PROCESSING, media_pb2.JOB_STATE_DONE)
+    assert job.progress > 0
+    assert job.video_size_bytes == len(up.data) and job.filename == "fast.mp4"
+    assert client.job(job_id).job_id == job_id  # visible from now on
+
+    done = client.wait(job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    doc = store.assert_one_mp3(job_id)
+    assert doc["attempts"] == 1 and "uploading" not in doc
+    assert client.download(job_id) == normal_mp3(faststart, "fast.mp4")
+
+
+def test_an_mp4_with_its_index_at_the_end_is_not_converted_early(stream_mesh, store, moov_at_end):
+    client = user_client(stream_mesh)
+    uid = user_id_of(client)
+    before = set(store.db["videos.chunks"].distinct("files_id"))
+    up = GatedUpload(client, moov_at_end, "slow.mp4")
+    wait_for("the upload to reach GridFS",
+             lambda: set(store.db["videos.chunks"].distinct("files_id")) - before, timeout=30)
+    assert store.jobs.count_documents({"user_id": uid}) == 0  # no job while it uploads
+    job = up.finish()
+    assert job.state == media_pb2.JOB_STATE_QUEUED and job.progress == 0
+    assert client.wait(job.job_id).state == media_pb2.JOB_STATE_DONE
+    assert client.download(job.job_id) == normal_mp3(moov_at_end, "slow.mp4")
+
+
+def test_a_form_upload_is_sniffed_by_its_file_part(stream_mesh, store, faststart):
+    """The seed's multipart /upload: the file part's bytes decide, its name is the job's."""
+    client = user_client(stream_mesh)
+    uid = user_id_of(client)
+    boundary = "sniffsniff"
+    video = open(faststart, "rb").read()
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"form.mp4\"\r\n"
+            "Content-Type: video/mp4\r\n\r\n").encode() + video + f"\r\n--{boundary}--\r\n".encode()
+    up = GatedUpload(client, None, "", data=body,
+                     content_type=f"multipart/form-data; boundary={boundary}")
+    doc = hidden_job(store, uid, lambda j: j.get("uploading") and converting(j), "converting while uploading")
+    assert doc["filename"] == "form.mp4"
+    job = up.finish()
+    assert job.filename == "form.mp4" and job.video_size_bytes == len(video)
+    assert client.wait(job.job_id).state == media_pb2.JOB_STATE_DONE
+    assert client.download(job.job_id) == normal_mp3(faststart, "form.mp4")
+
+
+# ---------------------------------------------------------------- failures
+
+def assert_nothing_left(store, uid: str, video_fid, mp3_fid) -> None:
+    def clean():
+        return (store.jobs.count_documents({"user_id": uid}) == 0
+                and store.chunks(video_fid, "videos") == 0
+                and store.db["videos.files"].count_documents({"_id": video_fid}) == 0
+                and store.chunks(mp3_fid) == 0
+                and store.db["mp3s.files"].count_documents({"_id": mp3_fid}) == 0)
+
+    wait_for("the job, its video and its MP3 to be gone", clean, timeout=30, interval=0.1)
+
+
+def test_cancel_mid_upload_after_conversion_started_leaves_nothing(stream_mesh, store, faststart):
+    up, uid, doc = held_mid_conversion(stream_mesh, store, faststart, "cancel.mp4")
+    up.call.cancel()
+    up.gate.set()
+    assert_nothing_left(store, uid, doc["video_fid"], doc["current_mp3_fid"])
+    wait_for("the converter to stop the conversion",
+             lambda: f"job {doc['_id']} was deleted" in stream_mesh.log_tail("converter", 400), timeout=30)
+
+
+def test_gateway_killed_mid_streamed_upload_leaves_nothing_after_the_janitor(
+        mesh_factory, store, faststart):
+    stack = mesh_factory(services=SERVICES, ORPHAN_CHUNK_AGE_S=3, JANITOR_INTERVAL_S=0.5)
+    up, uid, doc = held_mid_conversion(stack, store, faststart, "killed.mp4")
+    stack.kill("gateway")
+    up.gate.set()
+    with pytest.raises(grpc.RpcError):
+        up.call.result(timeout=30)
+    stack.start_service("gateway")  # its janitor cleans up
+    assert_nothing_left(store, uid, doc["video_fid"], doc["current_mp3_fid"])
+    assert store.db["videos.uploads"].count_documents({"_id": doc["video_fid"]}) == 0
+
+
+def test_converter_killed_mid_stream_converts_once(mesh_factory, store, faststart):
+    stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_LEASE_S=2)
+    up, uid, doc = held_mid_conversion(stack, store, faststart, "crash.mp4")
+    [worker] = worker_pids(stack)
+    kill_worker(worker)
+    # The redelivery starts again from byte 0 while the upload is still held.
+    hidden_job(store, uid, lambda j: j.get("uploading") and j["attempts"] == 2 and converting(j),
+               "converting again (attempt 2) while uploading")
+    job = up.finish()
+    done = up.client.wait(job.job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    final = store.assert_one_mp3(job.job_id)
+    assert final["attempts"] == 2
+    store.assert_attempt_gone(doc["current_mp3_fid"])
+    assert up.client.download(job.job_id) == normal_mp3(faststart, "crash.mp4")
