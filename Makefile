@@ -78,7 +78,6 @@ bench-watch: install
 # Five phone-sized videos (1.5 GB each) through `make run`: peak RSS per
 # process, store disk, API latency under load (bench/big.py; BIG_* options).
 bench-big: install
-	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y ffmpeg)
 	$(PY) -m bench.big
 
 # Each way in (raw GridFS, gRPC, REST, the seed's form) timed side by side

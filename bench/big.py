@@ -1,7 +1,7 @@
 """`make bench-big`: phone-sized videos through `make run`, measured.
 
 Generates a phone-like video (10-minute 1080p H.264 ~20 Mbit/s + AAC, ~1.5 GB;
-ffmpeg), starts `python -m localmesh` (make run, with its embedded defaults)
+testkit/media.make_phone_video, PyAV only), starts `python -m localmesh` (make run, with its embedded defaults)
 on free ports with a fresh data folder, then uploads it BIG_FILES times in a
 row through REST, each upload starting when the previous one ends; the last
 two of them at once, and the last one meanwhile, so that two conversions and
@@ -35,8 +35,9 @@ from pathlib import Path
 import requests
 
 from common.settings import load, setting
-from testkit.bigmesh import MakeRun, RssSampler, disk_usage, make_phone_video
+from testkit.bigmesh import MakeRun, RssSampler, disk_usage
 from testkit.clients import RestClient
+from testkit.media import make_phone_video
 
 MB = 2**20
 # Per process (the largest single process of each name; converter: the

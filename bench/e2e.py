@@ -42,8 +42,9 @@ import psutil
 
 from bench.convert import ensure_ffmpeg, make_inputs, run_ffmpeg
 from testkit import prom
-from testkit.bigmesh import MakeRun, make_phone_video
+from testkit.bigmesh import MakeRun
 from testkit.clients import RestClient
+from testkit.media import make_phone_video
 from testkit.mp4_layout import interleave
 
 CACHE = Path(tempfile.gettempdir()) / "video2mp3-bench"

@@ -11,7 +11,6 @@ tests/test_big_files.py measure, with make run's defaults untouched.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -175,30 +174,3 @@ def disk_usage(path: str | os.PathLike) -> int:
             except OSError:
                 pass
     return total
-
-
-def make_phone_video(path: str | os.PathLike, *, minutes: float = 10, mbit: float = 20,
-                     seed_seconds: float = 60) -> Path:
-    """A phone-like 1080p30 H.264 (~`mbit` Mbit/s) + AAC MP4 of `minutes`:
-    `seed_seconds` are encoded (testsrc2 plus noise, so the encoder spends the
-    bits), then looped with stream copy. Kept if it exists already."""
-    path = Path(path)
-    if path.exists():
-        return path
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise RuntimeError("ffmpeg is not installed: apt-get update && apt-get install -y ffmpeg")
-    seed = path.with_suffix(".seed.mp4")
-    seed_seconds = min(seed_seconds, minutes * 60)
-    rate = f"{mbit}M"
-    subprocess.run([ffmpeg, "-y", "-loglevel", "error",
-                    "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=30:duration={seed_seconds}",
-                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seed_seconds}",
-                    "-vf", "noise=alls=30:allf=t", "-c:v", "libx264", "-preset", "ultrafast",
-                    "-b:v", rate, "-maxrate", rate, "-bufsize", rate, "-pix_fmt", "yuv420p",
-                    "-c:a", "aac", "-b:a", "128k", "-ac", "2", str(seed)], check=True)
-    loops = max(0, int(round(minutes * 60 / seed_seconds)) - 1)
-    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-stream_loop", str(loops), "-i", str(seed),
-                    "-c", "copy", "-movflags", "+faststart", str(path)], check=True)
-    seed.unlink()
-    return path

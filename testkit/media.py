@@ -16,6 +16,7 @@ import io
 import os
 from collections.abc import Iterable
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -191,6 +192,76 @@ def _video_frames(stream, duration, fps, start_pts, noise):
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts = i + int(round(start_pts * fps))
         frame.time_base = Fraction(1, fps)
+        yield stream, frame
+
+
+def make_phone_video(path: str | os.PathLike, *, minutes: float = 10, mbit: float = 20,
+                     seed_seconds: float = 60) -> Path:
+    """A phone-like 1080p30 H.264 (about `mbit` Mbit/s) + AAC (128 kbit/s,
+    48 kHz stereo) faststart MP4 of `minutes`: `seed_seconds` are encoded
+    (grey plus noise, so the encoder spends its bits), then copied again and
+    again with shifted timestamps. Kept if it exists already. PyAV only: the
+    test suite needs no ffmpeg command line."""
+    path = Path(path)
+    if path.exists():
+        return path
+    seed = path.with_suffix(".seed.mp4")
+    seed_seconds = min(seed_seconds, minutes * 60)
+    _encode_phone_seed(seed, seed_seconds, mbit)
+    loops = max(1, round(minutes * 60 / seed_seconds))
+    part = path.with_suffix(".part.mp4")
+    with av.open(os.fspath(seed)) as src:
+        # How far each stream's timestamps move per copy (its own time base).
+        span = {s.index: 0 for s in src.streams}
+        first: dict[int, int] = {}
+        for p in src.demux():
+            if p.pts is not None:
+                first.setdefault(p.stream.index, p.pts)
+                span[p.stream.index] = max(span[p.stream.index], p.pts + (p.duration or 0))
+        span = {i: end - first.get(i, 0) for i, end in span.items()}
+        with av.open(os.fspath(part), "w", options={"movflags": "+faststart"}) as out:
+            streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+            for k in range(loops):
+                src.seek(0)
+                for p in src.demux():
+                    if p.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    shift = k * span[p.stream.index]
+                    p.pts, p.dts = p.pts + shift, p.dts + shift
+                    p.stream = streams[p.stream.index]
+                    out.mux(p)
+    part.replace(path)
+    seed.unlink()
+    return path
+
+
+def _encode_phone_seed(path: Path, seconds: float, mbit: float) -> None:
+    fps, size = 30, (1920, 1080)
+    with av.open(os.fspath(path), "w") as out:
+        video = _add_video(out, "mp4", "libx264", size, fps, {
+            "maxrate": f"{mbit}M", "bufsize": f"{mbit}M"})
+        video.codec_context.bit_rate = int(mbit * 1_000_000)
+        audio = _add_audio(out, "aac", 48000, "stereo", None, 128000)
+        out.start_encoding()
+        frames = heapq.merge(_tone_frames(audio, 440.0, seconds, 0.0), _noise_frames(video, seconds, fps),
+                             key=lambda sf: sf[1].time)
+        for stream, frame in frames:
+            out.mux(stream.encode(frame))
+        for stream in (audio, video):
+            out.mux(stream.encode(None))
+
+
+def _noise_frames(stream, duration, fps, pictures: int = 15):
+    """Yield (stream, frame): grey plus noise, `pictures` different ones in
+    turn (made once: fresh noise per 1080p frame costs more than encoding it).
+    Each differs from the one before, so every frame costs the encoder bits."""
+    w, h = stream.width, stream.height
+    rng = np.random.default_rng(1)
+    pool = [np.full((h * 3 // 2, w), 96, np.uint8) + rng.integers(0, 40, (h * 3 // 2, w), dtype=np.uint8)
+            for _ in range(pictures)]
+    for i in range(int(round(duration * fps))):
+        frame = av.VideoFrame.from_ndarray(pool[i % pictures], format="yuv420p")
+        frame.pts, frame.time_base = i, Fraction(1, fps)
         yield stream, frame
 
 
