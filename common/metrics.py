@@ -36,6 +36,9 @@ RPC_SECONDS = Histogram(
 
 # ---------------------------------------------------------------- uploads (gateway)
 UPLOAD_BYTES = Counter("video2mp3_upload_bytes", "Video bytes stored by completed uploads")
+# "while_uploading": a streamable file (gateway/early_jobs.py) whose
+# conversion started as it arrived; "after_upload": every other one.
+UPLOADS = Counter("video2mp3_uploads", "Completed uploads, by when their conversion could start", ["conversion"])
 UPLOAD_SECONDS = Histogram(
     "video2mp3_upload_duration_seconds", "Time a completed upload took, first message to job recorded",
     buckets=(.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800))
@@ -86,6 +89,8 @@ REALTIME_FACTOR = Histogram(
 AUDIO_SECONDS = Counter("video2mp3_conversion_audio_seconds", "Seconds of audio in the MP3s made")
 GRIDFS_READ_BYTES = Counter("video2mp3_gridfs_read_bytes",
                             "Video bytes fetched from GridFS by conversions (skipped video data is not)")
+STREAM_FALLBACKS = Counter("video2mp3_conversion_stream_fallbacks",
+                           "Conversions of a file still arriving that failed and waited for the complete file")
 CONVERSION_READ_BYTES = Histogram(
     "video2mp3_conversion_read_bytes", "Video bytes fetched from GridFS per conversion",
     buckets=tuple(float(2 ** n) for n in range(16, 32, 2)))

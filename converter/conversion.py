@@ -240,6 +240,7 @@ class JobRunner:
         try:
             return self._convert_from(growing, before, attempt, on_progress)
         except ConversionError as e:
+            metrics.STREAM_FALLBACKS.inc()
             log.info("job %s: converting while uploading failed (%s); converting the complete "
                      "file once it is uploaded", job_id, e, extra={"step": "stream_fallback"})
         attempt.dst.abort()  # its chunks go; the same MP3 id starts again from nothing

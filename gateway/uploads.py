@@ -125,6 +125,7 @@ class Uploads:
             if job.id != job_id:  # the first upload with this request_id: its job
                 return job
         metrics.UPLOAD_BYTES.inc(size)
+        metrics.UPLOADS.labels("while_uploading" if early else "after_upload").inc()
         metrics.UPLOAD_SECONDS.observe(time.monotonic() - started)
         log.info("job %s recorded: %s (%d bytes) for %s", job.id, filename, size, caller.email,
                  extra={"job_id": job.id, "step": "recorded", "bytes": size})

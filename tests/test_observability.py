@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from video2mp3.media.v1 import media_pb2
 
+from common import container_sniff
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient
 from testkit.prom import Scrape, metric_names, scrape
@@ -84,7 +85,7 @@ def journey(module_mesh_factory, clip, tmp_path_factory):
 
     after = wait_for("metrics to settle", settled, timeout=30)
     time.sleep(1)  # Envoy's access log is flushed every 0.5 s
-    return dict(stack=stack, job=done, size=Path(clip).stat().st_size, before=before, after=after,
+    return dict(stack=stack, job=done, clip=clip, size=Path(clip).stat().st_size, before=before, after=after,
                 spans_dir=spans_dir, client_spans=exporter.get_finished_spans(),
                 trace_id=format(root.get_span_context().trace_id, "032x"))
 
@@ -110,6 +111,10 @@ def test_one_upload_moves_each_counter_by_what_it_did(journey):
     assert d("gateway", "video2mp3_grpc_server_handling_seconds_count", grpc_method="UploadVideo") == 1
     assert d("gateway", "video2mp3_upload_bytes_total") == size
     assert d("gateway", "video2mp3_upload_duration_seconds_count") == 1
+    with open(journey["clip"], "rb") as f:  # converted as it arrived, or after
+        streamed = container_sniff.streamable(f.read(container_sniff.SNIFF_BYTES))
+    assert d("gateway", "video2mp3_uploads_total", conversion="while_uploading") == int(streamed)
+    assert d("gateway", "video2mp3_uploads_total", conversion="after_upload") == int(not streamed)
     assert d("gateway", "video2mp3_queue_publishes_total", kind="task") == 1
     assert d("gateway", "video2mp3_queue_confirms_total", kind="task") == 1
     assert d("gateway", "video2mp3_queue_publish_failures_total") == 0

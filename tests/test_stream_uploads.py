@@ -20,6 +20,7 @@ from converter.transcode import transcode
 from localmesh.processes import wait_for
 from testkit.faults import kill_worker, user_client, worker_pids
 from testkit.media import make_media
+from testkit.prom import scrape
 
 SERVICES = ("auth", "gateway", "converter")
 PIECE = 64 * 1024
@@ -184,6 +185,38 @@ def test_an_mp4_with_its_index_at_the_end_is_not_converted_early(stream_mesh, st
     assert job.state == media_pb2.JOB_STATE_QUEUED and job.progress == 0
     assert client.wait(job.job_id).state == media_pb2.JOB_STATE_DONE
     assert client.download(job.job_id) == normal_mp3(moov_at_end, "slow.mp4")
+
+
+def test_a_stream_that_cannot_be_converted_waits_for_the_whole_file_before_failing(
+        stream_mesh, store, tmp_path):
+    """A Matroska video without sound: it is streamable, so its conversion
+    starts while it arrives, and fails (no audio). The converter then waits for
+    the upload's end (the job is not FAILED while the client still holds the
+    rest), converts the complete file, and only that attempt marks the job
+    FAILED; no MP3 is left behind."""
+    silent = make_media(tmp_path / "silent.mkv", video_codec="h264", audio_codec=None, duration=20.0,
+                        video_size=(320, 240), video_noise=30)
+    converter_metrics = stream_mesh.metrics_urls["converter"]
+
+    def fallbacks() -> float:
+        return scrape(converter_metrics).value("video2mp3_conversion_stream_fallbacks_total")
+
+    before = fallbacks()
+    client = user_client(stream_mesh)
+    uid = user_id_of(client)
+    up = GatedUpload(client, silent, "silent.mkv", content_type="video/x-matroska")
+    doc = hidden_job(store, uid, lambda j: j.get("uploading") and j["attempts"] >= 1, "taken while uploading")
+    mp3_fid = doc["current_mp3_fid"]
+    wait_for("the streamed attempt to fall back", lambda: fallbacks() > before, timeout=30)
+    assert not up.call.done() and up.sent < len(up.data)
+    assert store.job(doc["_id"])["state"] != "FAILED"  # not before the whole file is in
+    job = up.finish()
+    final = client.wait(job.job_id)
+    assert final.state == media_pb2.JOB_STATE_FAILED and "audio" in final.error, final.error
+    assert fallbacks() == before + 1
+    doc = store.job(job.job_id)
+    assert doc["attempts"] == 1 and doc.get("pending_mp3_fids") == []
+    assert store.mp3_files(job.job_id) == [] and store.chunks(mp3_fid) == 0
 
 
 def test_a_form_upload_is_sniffed_by_its_file_part(stream_mesh, store, faststart):
