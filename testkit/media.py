@@ -265,6 +265,22 @@ def _noise_frames(stream, duration, fps, pictures: int = 15):
         yield stream, frame
 
 
+def mp3_bytes(src, options=None, *, filename: str = "v.mp4", **kw) -> bytes:
+    """converter.transcode.transcode() of `src` (a readable file) into memory:
+    the MP3 as stored, its header patch applied. `kw`: transcode's own (overlap=...)."""
+    from video2mp3.media.v1 import media_pb2
+
+    from converter.transcode import transcode  # what is tested; this module needs only PyAV
+
+    out = io.BytesIO()
+    result = transcode(src, out, options or media_pb2.ConversionOptions(), filename=filename, **kw)
+    data = bytearray(out.getvalue())
+    if result.header_patch:
+        at, patch = result.header_patch
+        data[at:at + len(patch)] = patch
+    return bytes(data)
+
+
 class ReadSeekOnly:
     """A file with only read/seek/tell/close, like a GridOut or our GridFS
     readers: no fileno, no name, so PyAV goes through Python I/O."""

@@ -59,6 +59,8 @@ from pathlib import Path
 
 import pytest
 
+from common.mongo import Mongo
+from common.settings import MongoSettings
 from localmesh.processes import Child
 from localmesh.stack import SERVICES, Stack
 from testkit import testbed
@@ -154,6 +156,16 @@ class MongoURI(str):
     def via(self, host: str, port: int) -> str:
         """The same database reached through host:port (a TcpProxy)."""
         return self.build(host, port, self.db)
+
+    @contextlib.contextmanager
+    def scratch(self, prefix: str) -> Iterator[Mongo]:
+        """A client on a database of its own (`prefix_<hex>`), dropped afterwards."""
+        m = Mongo(MongoSettings(uri=self.build(self.host, self.port, f"{prefix}_{_hex()}"), timeout_ms=5000))
+        try:
+            yield m
+        finally:
+            m.client.drop_database(m.db.name)
+            m.close()
 
 
 @pytest.fixture(scope="session")

@@ -335,10 +335,7 @@ def test_rest_json_body_over_the_envoy_limit_is_413(mesh):
 
 def test_chunked_upload_stores_each_chunk_when_full_and_reads_back_as_gridfs(mongo_server):
     """pymongo's own upload stream would hold up to 48 MB before writing."""
-    m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
-                                                   f"chunks_{uuid.uuid4().hex[:8]}"),
-                            timeout_ms=3000))
-    try:
+    with mongo_server.scratch("chunks") as m:
         chunks = m.db["videos.chunks"]
         data = os.urandom(3 * 261120 + 1234)
         up = ChunkedUpload(m.db, "videos", "a.mp4", metadata={"user_id": "u1"})
@@ -357,17 +354,11 @@ def test_chunked_upload_stores_each_chunk_when_full_and_reads_back_as_gridfs(mon
         gone.abort()
         assert chunks.count_documents({"files_id": gone._id}) == 0
         assert m.db["videos.files"].count_documents({"_id": gone._id}) == 0
-    finally:
-        m.client.drop_database(m.db.name)
-        m.close()
 
 
 def test_write_behind_stores_every_chunk_in_order_and_a_failed_store_raises_in_the_caller(mongo_server):
     """The gateway's mode: a writer thread, a few chunks per insert_many."""
-    m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
-                                                   f"behind_{uuid.uuid4().hex[:8]}"),
-                            timeout_ms=3000))
-    try:
+    with mongo_server.scratch("behind") as m:
         chunks = m.db["videos.chunks"]
         data = os.urandom(40 * 261120 + 777)
         for step in (1000, 261120, 700_001, 3 * MiB):  # Envoy's and gRPC clients' message sizes
@@ -401,19 +392,13 @@ def test_write_behind_stores_every_chunk_in_order_and_a_failed_store_raises_in_t
         assert chunks.count_documents({"files_id": up._id}) == 0
         assert m.db["videos.files"].count_documents({"_id": up._id}) == 0
         assert m.db["videos.uploads"].count_documents({"_id": up._id}) == 0
-    finally:
-        m.client.drop_database(m.db.name)
-        m.close()
 
 
 # ------------------------------------------------------------------ janitor
 
 def test_janitor_removes_only_old_orphan_chunks(mongo_server):
     """sweep() against real MongoDB with hand-made uploads last touched at known ages."""
-    m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
-                                                   f"janitor_{uuid.uuid4().hex[:8]}"),
-                            timeout_ms=3000))
-    try:
+    with mongo_server.scratch("janitor") as m:
         files, chunks = m.db["videos.files"], m.db["videos.chunks"]
         now = dt.datetime.now(dt.UTC)
 
@@ -443,12 +428,9 @@ def test_janitor_removes_only_old_orphan_chunks(mongo_server):
         later = now + dt.timedelta(seconds=3600 + 5)
         assert janitor.sweep(later) == 3
         assert {c["files_id"] for c in chunks.find()} == {complete}
-    finally:
-        m.client.drop_database(m.db.name)
-        m.close()
 
 
-def test_an_mp3_deleted_while_written_then_abandoned_is_removed_by_its_record(mongo_server):
+def test_an_mp3_deleted_while_written_then_abandoned_is_removed_by_its_record(mongo_server, monkeypatch):
     """DeleteJob deletes a job's in-progress MP3 by id (ranged deletes) while its
     worker goes on writing, then the worker dies: the chunks it wrote after the
     delete sit past a gap. delete_file keeps the in-progress record, and the
@@ -456,29 +438,21 @@ def test_an_mp3_deleted_while_written_then_abandoned_is_removed_by_its_record(mo
     import common.gridfs_upload as gridfs_upload
     from common.gridfs_download import RANGE_CHUNKS, delete_file
 
-    m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
-                                                   f"mp3janitor_{uuid.uuid4().hex[:8]}"),
-                            timeout_ms=3000))
-    saved = gridfs_upload.TOUCH_EVERY_S
-    try:
-        gridfs_upload.TOUCH_EVERY_S = 0.0  # the record follows every chunk
+    with mongo_server.scratch("mp3janitor") as m:
+        monkeypatch.setattr(gridfs_upload, "TOUCH_EVERY_S", 0.0)  # the record follows every chunk
         up = ChunkedUpload(m.db, "mp3s", "a.mp3", chunk_size=4)
         up.write(b"x" * 4 * (4 * RANGE_CHUNKS + 10))  # more than one delete range
         fid = up._id
         assert not delete_file(m.db, "mp3s", fid)  # in progress: no files document
         assert m.db["mp3s.chunks"].count_documents({"files_id": fid}) == 0
         assert m.db["mp3s.uploads"].count_documents({"_id": fid}) == 1  # kept for the writer
-        gridfs_upload.TOUCH_EVERY_S = 3600.0  # the writer dies before its next refresh
+        monkeypatch.setattr(gridfs_upload, "TOUCH_EVERY_S", 3600.0)  # the writer dies before its next refresh
         up.write(b"y" * 4 * 3)  # stored after the delete, past the first ranges
         assert m.db["mp3s.chunks"].count_documents({"files_id": fid}) == 3
         janitor = OrphanChunkJanitor(m.db, max_age_s=60, interval_s=60, bucket="mp3s")
         assert janitor.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)) == 3
         assert m.db["mp3s.chunks"].count_documents({}) == 0
         assert m.db["mp3s.uploads"].count_documents({}) == 0
-    finally:
-        gridfs_upload.TOUCH_EVERY_S = saved
-        m.client.drop_database(m.db.name)
-        m.close()
 
 
 def test_gateway_killed_mid_upload_leaves_orphans_that_the_janitor_removes(mesh, mesh_factory, mongo):

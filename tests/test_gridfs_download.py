@@ -10,29 +10,23 @@ import os
 import random
 import threading
 import time
-import uuid
 
 import pytest
 from video2mp3.media.v1 import media_pb2
 
 from common.gridfs_download import ChunkedDownload
 from common.gridfs_upload import ChunkedUpload
-from common.mongo import VIDEOS_BUCKET, Mongo
-from common.settings import MongoSettings
-from converter.transcode import transcode
+from common.mongo import VIDEOS_BUCKET
 from converter.video_source import VideoSource
-from testkit.media import make_media
+from testkit.media import make_media, mp3_bytes
 
 CHUNK = 16 * 1024
 
 
 @pytest.fixture(scope="module")
 def db(mongo_server):
-    m = Mongo(MongoSettings(uri=mongo_server.build(mongo_server.host, mongo_server.port,
-                                                   f"download_{uuid.uuid4().hex[:8]}"), timeout_ms=5000))
-    yield m.db
-    m.client.drop_database(m.db.name)
-    m.close()
+    with mongo_server.scratch("download") as m:
+        yield m.db
 
 
 def store(db, data: bytes, chunk_size: int = CHUNK):
@@ -162,16 +156,6 @@ def test_missing_chunk_is_reported(db):
 
 # --- a conversion from GridFS -----------------------------------------------------
 
-def convert(video: VideoSource, options=None) -> bytes:
-    out = bytearray()
-    sink = type("Sink", (), {"write": lambda self, d: out.extend(d)})()
-    result = transcode(video.stream, sink, options or media_pb2.ConversionOptions(), filename="v.mp4")
-    if result.header_patch:
-        at, patch = result.header_patch
-        out[at:at + len(patch)] = patch
-    return bytes(out)
-
-
 @pytest.mark.parametrize("name, kw, options", [
     ("heavy.mp4", {}, {}),
     ("heavy.mov", {"n_audio_tracks": 2}, {"audio_track": 1}),
@@ -188,7 +172,7 @@ def test_conversion_fetches_less_and_gives_the_same_mp3(db, tmp_path, name, kw, 
     for skip in (False, True):
         for read_ahead in (0, 2):
             with VideoSource(db, fid, skip=skip, read_ahead=read_ahead) as video:
-                results[skip, read_ahead] = convert(video, opts), video.bytes_fetched, video.skip
+                results[skip, read_ahead] = mp3_bytes(video.stream, opts), video.bytes_fetched, video.skip
     mp3s = {mp3 for mp3, _, _ in results.values()}
     assert len(mp3s) == 1, "skipping or reading ahead changed the MP3"
     plain, skipped = results[False, 0][1], results[True, 0][1]
@@ -205,7 +189,7 @@ def test_small_or_not_mp4_files_are_read_as_before(db, tmp_path):
     fid = store(db, open(mkv, "rb").read())
     with VideoSource(db, fid) as video:
         assert video.skip is None
-        assert convert(video)
+        assert mp3_bytes(video.stream)
 
 
 class _CutAfter:

@@ -15,8 +15,7 @@ import pytest
 from video2mp3.media.v1 import media_pb2
 
 from converter.mp4_index import skippable_ranges
-from converter.transcode import transcode
-from testkit.media import ReadSeekOnly, make_media, make_truncated
+from testkit.media import ReadSeekOnly, make_media, make_truncated, mp3_bytes
 
 # Big noisy frames: video chunks much larger than the audio ones, like a real video.
 VIDEO_HEAVY = {"video_codec": "h264", "video_size": (160, 120), "video_noise": 60, "duration": 2.0}
@@ -164,16 +163,6 @@ class Zeroed(ReadSeekOnly):
         return bytes(data)
 
 
-def mp3_of(src, options) -> bytes:
-    out = bytearray()
-    result = transcode(src, type("Sink", (), {"write": lambda self, d: out.extend(d)})(), options,
-                       filename="x.mp4", overlap=False)
-    if result.header_patch:
-        at, patch = result.header_patch
-        out[at:at + len(patch)] = patch
-    return bytes(out)
-
-
 @pytest.mark.parametrize("name, kw, options", [
     ("av.mp4", {}, {}),
     ("moov_last.mov", {}, {"bitrate_kbps": 128}),
@@ -189,6 +178,6 @@ def test_skipping_gives_the_same_mp3(tmp_path, name, kw, options):
     assert ranges
     opts = media_pb2.ConversionOptions(**options)
     with open(path, "rb") as plain:
-        expected = mp3_of(plain, opts)
+        expected = mp3_bytes(plain, opts, filename="x.mp4", overlap=False)
     with Zeroed(path, ranges) as zeroed:
-        assert mp3_of(zeroed, opts) == expected
+        assert mp3_bytes(zeroed, opts, filename="x.mp4", overlap=False) == expected

@@ -16,10 +16,9 @@ import pytest
 from google.api import httpbody_pb2
 from video2mp3.media.v1 import media_pb2
 
-from converter.transcode import transcode
 from localmesh.processes import wait_for
 from testkit.faults import kill_worker, user_client, worker_pids
-from testkit.media import make_media
+from testkit.media import make_media, mp3_bytes
 from testkit.prom import scrape
 
 SERVICES = ("auth", "gateway", "converter")
@@ -104,13 +103,7 @@ def user_id_of(client) -> str:
 
 def normal_mp3(path, filename: str) -> bytes:
     """What the normal path makes of the complete file (header patched in)."""
-    out = io.BytesIO()
-    result = transcode(io.BytesIO(open(path, "rb").read()), out, media_pb2.ConversionOptions(),
-                       filename=filename, overlap=False)
-    data = bytearray(out.getvalue())
-    offset, patch = result.header_patch
-    data[offset:offset + len(patch)] = patch
-    return bytes(data)
+    return mp3_bytes(io.BytesIO(open(path, "rb").read()), filename=filename, overlap=False)
 
 
 def assert_not_found(call) -> None:
