@@ -43,8 +43,12 @@ _BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-queue",
 
 class Consumer:
     def __init__(self, settings: RabbitSettings, on_task: TaskHandler,
-                 on_dead_letter: DeadLetterHandler, stopping: threading.Event):
+                 on_dead_letter: DeadLetterHandler, stopping: threading.Event,
+                 count_waiting: bool = True):
+        # count_waiting: ask the queue's depth for on_task (a broker round
+        # trip per task); only CONVERTER_OVERLAP=auto uses it.
         self.s = settings
+        self.count_waiting = count_waiting
         self.on_task = on_task
         self.on_dead_letter = on_dead_letter
         self.stopping = stopping
@@ -93,7 +97,7 @@ class Consumer:
     def _on_message(self, conn, ch, method, props, body) -> None:
         if method.redelivered:
             metrics.QUEUE_REDELIVERIES.inc()
-        waiting = self._waiting(ch)
+        waiting = self._waiting(ch) if self.count_waiting else 0
 
         def work():
             # The publisher's request id and trace continue here (common/tracing.py).

@@ -45,7 +45,8 @@ def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = Non
     stopping, cancel = threading.Event(), threading.Event()
     mongo = Mongo(cfg.mongo)
     runner = JobRunner(cfg, mongo, stopping, cancel, busy, index)
-    consumer = Consumer(cfg.rabbit, runner.process, runner.dead_letter, stopping)
+    consumer = Consumer(cfg.rabbit, runner.process, runner.dead_letter, stopping,
+                        count_waiting=cfg.overlap_mode == "auto")
 
     def on_term(_signum, _frame):
         stopping.set()

@@ -34,6 +34,7 @@ from common.mongo import Mongo
 
 log = logging.getLogger(__name__)
 
+
 class Heartbeat:
     """Refreshes the hidden jobs of the uploads in progress here, one write for
     all; gateway/__main__.py calls beat() every jobs.UPLOAD_TOUCH_S."""
