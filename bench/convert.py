@@ -8,7 +8,10 @@
    kind and a 10-minute MP3. The video is cheap to make (10 fps, ultrafast,
    light noise so it still weighs ~2.7 Mbit/s like a real upload).
 3. Times, alternating run by run, medians:
-   converter = transcode() in this process, file -> byte-counting sink;
+   converter = transcode() in this process, file -> byte-counting sink, as a
+               lone job runs it: helper threads and one LAME encoder per CPU
+               (converter/split_encode.py); also with one encoder, and with
+               no helper threads at all (a worker's setting under a backlog);
    ffmpeg    = `ffmpeg -i IN -vn -c:a libmp3lame -b:a 192k OUT` (a process).
    Then the MP3 fast path (packet copy) against re-encoding the same MP3.
 4. Peak RSS of one conversion, each in a process of its own, started from a
@@ -96,11 +99,14 @@ def make_inputs(workdir: Path) -> dict[str, Path]:
 
 # --- Timed runs ------------------------------------------------------------------------
 
+LONE_JOB = dict(overlap=True, encoders=os.cpu_count() or 1)  # what converter/conversion.py gives a lone job
+
+
 def run_converter(path: Path, **kw) -> float:
     opts = media_pb2.ConversionOptions()
     t = time.perf_counter()
     with open(path, "rb") as src:
-        transcode(src, CountingSink(), opts, filename=path.name, **kw)
+        transcode(src, CountingSink(), opts, filename=path.name, **(LONE_JOB | kw))
     return time.perf_counter() - t
 
 
@@ -156,7 +162,8 @@ def child_convert(path: str) -> None:
     """Entry point of the RSS child: one conversion, nothing else."""
     sink = CountingSink()
     with open(path, "rb") as src:
-        result = transcode(src, sink, media_pb2.ConversionOptions(), filename=os.path.basename(path))
+        result = transcode(src, sink, media_pb2.ConversionOptions(), filename=os.path.basename(path),
+                           **LONE_JOB)
     print(json.dumps({"bytes": sink.bytes, "seconds": result.duration_seconds}))
 
 
@@ -195,7 +202,8 @@ def main() -> None:
         contenders = {
             "converter": lambda p=path: run_converter(p),
             "ffmpeg": lambda p=path: run_ffmpeg(ffmpeg, p, out),
-            "converter, one thread": lambda p=path: run_converter(p, overlap=False),
+            "converter, one encoder": lambda p=path: run_converter(p, encoders=1),
+            "converter, one thread": lambda p=path: run_converter(p, overlap=False, encoders=1),
         }
         if lame.backend_name() != "lameenc":
             contenders["converter, lameenc build"] = lambda p=path: run_converter(p, encoder="lameenc")
@@ -223,8 +231,9 @@ def main() -> None:
     speedup = fast["re-encode"] / fast["copy (fast path)"]
     print("\nsummary")
     print(f"    10 min: converter/ffmpeg = {long_ratio:.2f}   (<= 1.0: {verdict(long_ratio <= 1.0)})")
-    print(f"            one-thread converter/ffmpeg = "
-          f"{results['long']['converter, one thread'] / results['long']['ffmpeg']:.2f}")
+    for variant in ("one encoder", "one thread"):
+        print(f"            {variant}: converter/ffmpeg = "
+              f"{results['long']['converter, ' + variant] / results['long']['ffmpeg']:.2f}")
     print(f"    10 s:   converter/ffmpeg = {short_ratio:.2f}   (<= 0.5: {verdict(short_ratio <= 0.5)})")
     print(f"    MP3 fast path: {speedup:.0f}x faster than re-encoding   (>= 20x: {verdict(speedup >= 20)})")
     print(f"    peak RSS: converter {rss['converter 10 s']:.0f} MB (10 s) / {rss['converter 10 min']:.0f} MB"

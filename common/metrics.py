@@ -91,6 +91,10 @@ GRIDFS_READ_BYTES = Counter("video2mp3_gridfs_read_bytes",
                             "Video bytes fetched from GridFS by conversions (skipped video data is not)")
 STREAM_FALLBACKS = Counter("video2mp3_conversion_stream_fallbacks",
                            "Conversions of a file still arriving that failed and waited for the complete file")
+ENCODER_JOINS = Counter(
+    "video2mp3_conversion_encoder_joins", "Joins of two LAME encoders' segments in the MP3s made "
+    "(converter/split_encode.py), by result: joined, or fallback (no frame qualified; one encoder went on)",
+    ["result"])
 CONVERSION_READ_BYTES = Histogram(
     "video2mp3_conversion_read_bytes", "Video bytes fetched from GridFS per conversion",
     buckets=tuple(float(2 ** n) for n in range(16, 32, 2)))

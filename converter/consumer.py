@@ -8,6 +8,7 @@ settled there. What a message's outcome is, the handlers say
 (converter/conversion.py, by the rules of converter/policy.py):
 
     on_task(body, waiting) -> Outcome                     (on the task thread)
+        waiting() -> tasks queued behind it, kept fresh while it runs
     on_dead_letter(body, headers, queue_copy) -> Outcome  (on the connection thread)
 
 HAND_BACK is a confirmed fresh copy of the task, then an ack of the delivery:
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pika
@@ -31,14 +33,16 @@ from converter.policy import Outcome
 
 log = logging.getLogger(__name__)
 
-# on_task(body, tasks waiting in the queue behind it) -> Outcome
-TaskHandler = Callable[[bytes, int], Outcome]
+# on_task(body, tasks waiting in the queue behind it, now) -> Outcome
+TaskHandler = Callable[[bytes, Callable[[], int]], Outcome]
 # queue_copy(extra_headers) -> whether a confirmed copy of the message was queued
 DeadLetterHandler = Callable[[bytes, dict, Callable[[dict], bool]], Outcome]
 
 # Headers the broker adds to a delivery: a copy must not carry them over.
 _BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-queue",
                    "x-first-death-reason", "x-first-death-exchange")
+# While a task runs, the queue's depth is asked again this often.
+WAITING_REFRESH_S = 0.5
 
 
 class Consumer:
@@ -46,9 +50,12 @@ class Consumer:
                  on_dead_letter: DeadLetterHandler, stopping: threading.Event,
                  count_waiting: bool = True):
         # count_waiting: ask the queue's depth for on_task (a broker round
-        # trip per task); only CONVERTER_OVERLAP=auto uses it.
+        # trip per task, and every WAITING_REFRESH_S while it runs); only
+        # CONVERTER_OVERLAP=auto uses it.
         self.s = settings
         self.count_waiting = count_waiting
+        self._waiting_now = 0
+        self._waiting_asked = 0.0
         self.on_task = on_task
         self.on_dead_letter = on_dead_letter
         self.stopping = stopping
@@ -77,7 +84,10 @@ class Consumer:
             dead_tag = ch.basic_consume(dead_letter_queue(queue), self._on_dead)
             log.info("consuming %s", queue)
             while not self.stopping.is_set() or self._busy():
-                conn.process_data_events(time_limit=0.5)
+                conn.process_data_events(time_limit=WAITING_REFRESH_S)
+                if self.count_waiting and self._busy() \
+                        and time.monotonic() - self._waiting_asked >= WAITING_REFRESH_S:
+                    self._refresh_waiting(ch)
                 if self.stopping.is_set():
                     self._stop_consuming(ch, tag, dead_tag)
             # Let the last ack/requeue callback go out before closing.
@@ -97,13 +107,15 @@ class Consumer:
     def _on_message(self, conn, ch, method, props, body) -> None:
         if method.redelivered:
             metrics.QUEUE_REDELIVERIES.inc()
-        waiting = self._waiting(ch) if self.count_waiting else 0
+        self._waiting_now = 0
+        if self.count_waiting:
+            self._refresh_waiting(ch)
 
         def work():
             # The publisher's request id and trace continue here (common/tracing.py).
             with metrics.BUSY_WORKERS.track_inprogress(), tracing.consuming(
                     props.headers, self.s.queue, props.message_id or "") as span:
-                outcome = self.on_task(body, waiting)
+                outcome = self.on_task(body, lambda: self._waiting_now)
                 span.set_attribute("video2mp3.outcome", outcome.value)
             try:
                 conn.add_callback_threadsafe(
@@ -117,14 +129,15 @@ class Consumer:
         self._inflight = threading.Thread(target=work, name="convert", daemon=True)
         self._inflight.start()
 
-    def _waiting(self, ch) -> int:
+    def _refresh_waiting(self, ch) -> None:
         """Tasks ready in the queue (not counting those other workers hold):
         one passive declare, a broker round trip. 0 if it cannot be asked."""
+        self._waiting_asked = time.monotonic()
         try:
-            return ch.queue_declare(self.s.queue, passive=True).method.message_count
+            self._waiting_now = ch.queue_declare(self.s.queue, passive=True).method.message_count
         except pika.exceptions.AMQPError as e:
             log.debug("could not read the queue's depth: %r", e)
-            return 0
+            self._waiting_now = 0
 
     def _on_dead(self, ch, method, props, body) -> None:
         queue_copy = functools.partial(self._queue_copy, ch.connection, props, body)

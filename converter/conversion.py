@@ -71,6 +71,7 @@ class JobRunner:
         # A mark per worker of this converter, set while converting (shared).
         self.busy, self.slot = busy, slot
         self.overlap = False  # decided per task (converter/policy.overlap)
+        self._waiting: Callable[[], int] = lambda: 0  # the task's queue, behind it
         self.mongo = mongo
         self.jobs = jobs.JobStore(mongo.jobs)
         self.stopping = stopping
@@ -78,16 +79,17 @@ class JobRunner:
 
     # --- a task (on the consumer's task thread) ------------------------------
 
-    def process(self, body: bytes, waiting: int = 0) -> Outcome:
-        """Converts one task message (`waiting`: tasks queued behind it). Never raises."""
+    def process(self, body: bytes, waiting: Callable[[], int] = lambda: 0) -> Outcome:
+        """Converts one task message (`waiting()`: tasks queued behind it now). Never raises."""
         try:
             task = decode_task(body)
         except ValueError as e:
             log.error("dropping message: %s", e)
             return Outcome.ACK
         job_id = task.job_id
+        self._waiting = waiting
         with request_id.bound(job_id=job_id), self._counted_busy() as others:
-            self.overlap = policy.overlap(self.cfg.overlap_mode, CPUS, others, waiting)
+            self.overlap = policy.overlap(self.cfg.overlap_mode, CPUS, others, waiting())
             return self._process(job_id)
 
     @contextlib.contextmanager
@@ -101,6 +103,14 @@ class JobRunner:
             yield sum(self.busy) - 1
         finally:
             self.busy[self.slot] = 0
+
+    def _alone(self) -> bool:
+        """Whether a job that started with overlap may go on using every
+        core: asked again every ~25 s of audio (converter/split_encode.py), by
+        the same rule with what is in sight now, so a backlog that builds up
+        behind it gets the second core back within a segment."""
+        others = sum(self.busy) - 1 if self.busy is not None else 0
+        return policy.overlap(self.cfg.overlap_mode, CPUS, others, self._waiting())
 
     def _process(self, job_id: str) -> Outcome:
         while True:
@@ -199,13 +209,16 @@ class JobRunner:
             metrics.CONVERSIONS.labels("done").inc()
             metrics.CONVERSION_SECONDS.observe(seconds)
             metrics.AUDIO_SECONDS.inc(result.duration_seconds)
+            metrics.ENCODER_JOINS.labels("joined").inc(result.encoder_joins)
+            metrics.ENCODER_JOINS.labels("fallback").inc(result.join_fallbacks)
             if seconds > 0:
                 metrics.REALTIME_FACTOR.observe(result.duration_seconds / seconds)
             span.set_attribute("video2mp3.audio_seconds", result.duration_seconds)
             log.info("job %s DONE: %d bytes, %.2fs of audio in %.2fs", job_id, result.bytes_written,
                      result.duration_seconds, seconds,
                      extra={"step": "done", "seconds": round(seconds, 3),
-                            "read_bytes": attempt.read_bytes, "video_bytes": before.video_size})
+                            "read_bytes": attempt.read_bytes, "video_bytes": before.video_size,
+                            "encoder_joins": result.encoder_joins})
             retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         else:
             metrics.CONVERSIONS.labels("superseded").inc()
@@ -226,7 +239,8 @@ class JobRunner:
             try:
                 return transcode(cast(BinaryIO, video.stream), attempt.dst, before.options,
                                  filename=before.filename, on_progress=on_progress,
-                                 overlap=self.overlap)
+                                 overlap=self.overlap, encoders=CPUS if self.overlap else 1,
+                                 split_while=self._alone)
             finally:
                 attempt.read_bytes += video.bytes_fetched
 

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Literal
+from typing import Literal, Protocol
 
 import lameenc
 
 VBR_MTRH = 4  # LAME's default VBR algorithm (lame.h: vbr_mtrh)
+
+
+class Encoder(Protocol):
+    """What open_encoder() returns, whichever build it is."""
+
+    def encode(self, planes: tuple[bytes, ...]) -> bytes: ...
+    def flush(self) -> bytes: ...
 
 
 class _SystemLame:
@@ -150,8 +157,13 @@ def backend_name(preferred: str | None = None) -> str:
     return "lameenc"
 
 
+def input_format(backend: str | None = None) -> str:
+    """The PyAV sample format the encoders open_encoder(backend=...) makes take."""
+    return _BACKENDS[backend_name(backend)].input_format
+
+
 def open_encoder(sample_rate: int, channels: int, bitrate_kbps: int,
-                 vbr_quality: int | None, quality: int, backend: str | None = None):
+                 vbr_quality: int | None, quality: int, backend: str | None = None) -> Encoder:
     """An encoder of PCM at `sample_rate` (in its input_format) into MP3 frames."""
     cls = _BACKENDS[backend_name(backend)]
     return cls(sample_rate, channels, bitrate_kbps, vbr_quality, quality)

@@ -65,6 +65,11 @@ class FrameHeader:
         return 17 if mono else 32
 
 
+def samples_per_frame(sample_rate: int) -> int:
+    """Samples in a Layer III frame at `sample_rate` (MPEG-1 rates: 1152)."""
+    return 1152 if sample_rate >= 32000 else 576
+
+
 def parse_header(b: bytes) -> FrameHeader | None:
     """The Layer III frame header in the first 4 bytes of b, or None."""
     return _parse_header(bytes(b[:4])) if len(b) >= 4 else None

@@ -134,6 +134,9 @@ def test_one_upload_moves_each_counter_by_what_it_did(journey):
     read = d("converter", "video2mp3_gridfs_read_bytes_total")
     assert size * 0.5 <= read <= size * 2, (read, size)
     assert d("converter", "video2mp3_conversion_read_bytes_sum") == read
+    # 2 s of audio is one encoder's segment: nothing to join (tests/test_big_files.py joins).
+    for result in ("joined", "fallback"):
+        assert d("converter", "video2mp3_conversion_encoder_joins_total", result=result) == 0
     assert d("converter", "video2mp3_queue_acks_total") == 1
     assert d("converter", "video2mp3_queue_nacks_total") == 0
     assert d("converter", "video2mp3_queue_redeliveries_total") == 0

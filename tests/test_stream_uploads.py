@@ -9,6 +9,7 @@ happens "before the upload ended" is observed, never guessed from timing.
 from __future__ import annotations
 
 import io
+import os
 import threading
 
 import grpc
@@ -102,8 +103,12 @@ def user_id_of(client) -> str:
 
 
 def normal_mp3(path, filename: str) -> bytes:
-    """What the normal path makes of the complete file (header patched in)."""
-    return mp3_bytes(io.BytesIO(open(path, "rb").read()), filename=filename, overlap=False)
+    """What the normal path makes of the complete file (header patched in), as
+    a lone job is converted (converter/conversion.py): one LAME encoder per
+    core, on segments (converter/split_encode.py). The output depends on the
+    audio and those segments only, not on how or when the bytes arrived."""
+    return mp3_bytes(io.BytesIO(open(path, "rb").read()), filename=filename,
+                     overlap=True, encoders=os.cpu_count() or 1)
 
 
 def assert_not_found(call) -> None:
