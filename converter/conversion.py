@@ -89,7 +89,7 @@ class JobRunner:
         job_id = task.job_id
         self._waiting = waiting
         with request_id.bound(job_id=job_id), self._counted_busy() as others:
-            self.overlap = policy.overlap(self.cfg.overlap_mode, CPUS, others, waiting())
+            self.overlap = policy.overlap(self.cfg.overlap_mode, CPUS, self.cfg.workers, others, waiting())
             return self._process(job_id)
 
     @contextlib.contextmanager
@@ -110,7 +110,7 @@ class JobRunner:
         the same rule with what is in sight now, so a backlog that builds up
         behind it gets the second core back within a segment."""
         others = sum(self.busy) - 1 if self.busy is not None else 0
-        return policy.overlap(self.cfg.overlap_mode, CPUS, others, self._waiting())
+        return policy.overlap(self.cfg.overlap_mode, CPUS, self.cfg.workers, others, self._waiting())
 
     def _process(self, job_id: str) -> Outcome:
         while True:
@@ -239,7 +239,9 @@ class JobRunner:
             try:
                 return transcode(cast(BinaryIO, video.stream), attempt.dst, before.options,
                                  filename=before.filename, on_progress=on_progress,
-                                 overlap=self.overlap, encoders=CPUS if self.overlap else 1,
+                                 overlap=self.overlap,
+                                 encoders=policy.encoders(self.cfg.overlap_mode, CPUS, self.cfg.workers)
+                                 if self.overlap else 1,
                                  split_while=self._alone)
             finally:
                 attempt.read_bytes += video.bytes_fetched

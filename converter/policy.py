@@ -21,21 +21,29 @@ REVIVED_HEADER = "x-video2mp3-revived"
 MAX_REVIVALS = 3
 
 
-def overlap(mode: str, cpus: int, others_busy: int, waiting: int) -> bool:
+def overlap(mode: str, cpus: int, workers: int, others_busy: int, waiting: int) -> bool:
     """Whether a conversion uses more than one core (CONVERTER_OVERLAP):
-    decode and write on helper threads (converter/pipeline.py) and one LAME
-    encoder per core, each on a segment of the track
-    (converter/split_encode.py). "auto": only when it is the only work in
-    sight: no other worker converting and no task waiting in the queue, on a
-    machine with a core to spare. That is when a user waits on one job and a
-    core would idle; the job then finishes in ~0.6 of the time for ~5 %
-    more CPU. With a backlog, throughput per CPU second counts: each job runs
-    on one thread, and the spare core goes to the next job or to the uploads
-    that made the backlog. Asked at a job's start and, for a job that got
-    the cores, again before each segment with what is in sight then."""
+    decode and write on helper threads (converter/pipeline.py) and encoders()
+    LAME encoders, each on a segment of the track (converter/split_encode.py).
+    "auto": only when it is the only work in sight: no other worker
+    converting and no task waiting in the queue, and there is an idle
+    worker's core to borrow (CONVERTER_WORKERS is the converter's share of
+    the machine: one worker means one core, the rest left to the API, the
+    store and uploads). That is when a user waits on one job and a core would
+    idle; the job then finishes in ~0.6 of the time for ~5 % more CPU. With a
+    backlog, throughput per CPU second counts: each job runs on one thread,
+    and the spare core goes to the next job or to the uploads that made the
+    backlog. Asked at a job's start and, for a job that got the cores, again
+    before each segment with what is in sight then."""
     if mode != "auto":
         return mode == "on"
-    return cpus > 1 and others_busy == 0 and waiting == 0
+    return cpus > 1 and workers > 1 and others_busy == 0 and waiting == 0
+
+
+def encoders(mode: str, cpus: int, workers: int) -> int:
+    """LAME encoders for a conversion that overlap() lets use more than one
+    core: one per core of the converter's share (every CPU when pinned on)."""
+    return max(1, cpus if mode == "on" else min(cpus, workers))
 
 
 class Outcome(enum.Enum):

@@ -87,9 +87,18 @@ def test_policy_imports_no_broker_or_database():
 
 
 def test_overlap_only_when_a_job_is_alone_and_a_core_is_spare():
-    assert policy.overlap("auto", cpus=2, others_busy=0, waiting=0)
-    assert not policy.overlap("auto", cpus=2, others_busy=1, waiting=0)  # cores taken
-    assert not policy.overlap("auto", cpus=2, others_busy=0, waiting=3)  # a backlog: throughput
-    assert not policy.overlap("auto", cpus=1, others_busy=0, waiting=0)
-    assert policy.overlap("on", cpus=1, others_busy=5, waiting=9)
-    assert not policy.overlap("off", cpus=8, others_busy=0, waiting=0)
+    assert policy.overlap("auto", cpus=2, workers=2, others_busy=0, waiting=0)
+    assert not policy.overlap("auto", cpus=2, workers=2, others_busy=1, waiting=0)  # cores taken
+    assert not policy.overlap("auto", cpus=2, workers=2, others_busy=0, waiting=3)  # a backlog: throughput
+    assert not policy.overlap("auto", cpus=1, workers=2, others_busy=0, waiting=0)
+    # One worker is the converter's share of the machine: one core.
+    assert not policy.overlap("auto", cpus=2, workers=1, others_busy=0, waiting=0)
+    assert policy.overlap("on", cpus=1, workers=1, others_busy=5, waiting=9)
+    assert not policy.overlap("off", cpus=8, workers=8, others_busy=0, waiting=0)
+
+
+def test_a_lone_job_encodes_on_the_converters_share_of_the_cores():
+    assert policy.encoders("auto", cpus=2, workers=2) == 2
+    assert policy.encoders("auto", cpus=8, workers=3) == 3   # the idle workers' cores, no more
+    assert policy.encoders("auto", cpus=2, workers=6) == 2   # no more than there are
+    assert policy.encoders("on", cpus=4, workers=1) == 4     # pinned on: every CPU

@@ -43,7 +43,9 @@ def moov_at_end(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stream_mesh(module_mesh_factory):
-    return module_mesh_factory(services=SERVICES, CONVERTER_WORKERS=1)
+    # Overlap pinned on: every conversion here encodes on every core, so its
+    # MP3 is normal_mp3()'s byte for byte (converter/split_encode.py).
+    return module_mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_OVERLAP="on")
 
 
 class GatedUpload:
@@ -104,7 +106,7 @@ def user_id_of(client) -> str:
 
 def normal_mp3(path, filename: str) -> bytes:
     """What the normal path makes of the complete file (header patched in), as
-    a lone job is converted (converter/conversion.py): one LAME encoder per
+    the meshes here convert it (CONVERTER_OVERLAP=on): one LAME encoder per
     core, on segments (converter/split_encode.py). The output depends on the
     audio and those segments only, not on how or when the bytes arrived."""
     return mp3_bytes(io.BytesIO(open(path, "rb").read()), filename=filename,
@@ -272,7 +274,7 @@ def test_gateway_killed_mid_streamed_upload_leaves_nothing_after_the_janitor(
 
 
 def test_converter_killed_mid_stream_converts_once(mesh_factory, store, faststart):
-    stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_LEASE_S=2)
+    stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_LEASE_S=2, CONVERTER_OVERLAP="on")
     up, uid, doc = held_mid_conversion(stack, store, faststart, "crash.mp4")
     [worker] = worker_pids(stack)
     kill_worker(worker)

@@ -60,13 +60,13 @@ def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_pa
 
 
 def test_a_lone_long_job_is_encoded_on_every_core_and_stays_gapless(mesh_factory, tmp_path):
-    """One worker, nothing queued: the job is the only work in sight, so its
-    track is encoded in segments on every core (converter/split_encode.py).
-    The stored MP3 plays the whole track, sample-exact, and the DONE log line
-    counts the joins."""
+    """Two workers, one job, nothing queued: the job is the only work in
+    sight, so its track is encoded in segments on its own core and the idle
+    worker's (converter/split_encode.py). The stored MP3 plays the whole
+    track, sample-exact, and the DONE log line counts the joins."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("splitting needs a second core")
-    stack = mesh_factory(services=("converter",), CONVERTER_WORKERS="1", LOG_FORMAT="json")
+    stack = mesh_factory(services=("converter",), CONVERTER_WORKERS="2", LOG_FORMAT="json")
     seconds = 2.5 * SEGMENT_FRAMES * 1152 / 48000  # ~61 s: two joins
     source = make_media(tmp_path / "song.m4a", video_codec=None, audio_codec="aac",
                         duration=seconds, sample_rate=48000)
