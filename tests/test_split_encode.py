@@ -19,6 +19,7 @@ import pytest
 from video2mp3.media.v1 import media_pb2
 
 from converter import lame, mp3join, mp3tags, split_encode
+from converter import transcode as transcode_module
 from converter.split_encode import SEGMENT_FRAMES, SerialEncoder, SplitEncoder
 from testkit.media import analyse_mp3, make_media, mp3_bytes
 
@@ -212,6 +213,25 @@ def test_transcode_with_two_encoders_is_gapless(tmp_path):
     assert (rate, channels) == (44100, 2)
     assert abs(freq - 440) < 5
     assert duration == analyse_mp3(one)[0]
+
+
+def test_a_track_of_one_segment_gets_no_pool(tmp_path, monkeypatch):
+    """Nothing to split in a clip shorter than a segment: no encoder pool, no
+    threads to start, the single encoder's bytes."""
+    made = []
+
+    class Counted(SplitEncoder):
+        def __init__(self, *a, **kw):
+            made.append(self)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(transcode_module, "SplitEncoder", Counted)
+    src = make_media(tmp_path / "clip.m4a", container="ipod", video_codec=None, duration=5.0)
+    with open(src, "rb") as f:
+        two = mp3_bytes(f, filename="clip.m4a", encoders=2)
+    assert made == []
+    with open(src, "rb") as f:
+        assert mp3_bytes(f, filename="clip.m4a") == two
 
 
 def test_an_error_stops_every_encoder(tmp_path):
