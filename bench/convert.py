@@ -13,7 +13,8 @@
                (converter/split_encode.py); also with one encoder, and with
                no helper threads at all (a worker's setting under a backlog);
    ffmpeg    = `ffmpeg -i IN -vn -c:a libmp3lame -b:a 192k OUT` (a process).
-   Then the MP3 fast path (packet copy) against re-encoding the same MP3.
+   Then the MP3 fast path (packet copy) against re-encoding the same MP3
+   (one encoder, as the goal was set; and on every core, shown beside it).
 4. Peak RSS of one conversion, each in a process of its own, started from a
    tiny launcher that reads its RUSAGE_CHILDREN: the converter's and ffmpeg's.
 
@@ -210,9 +211,12 @@ def main() -> None:
         results[key] = alternate(runs, contenders)
 
     print(f"\nMP3 fast path: {inputs['mp3'].name}")
+    # The goal (issue #3) predates encoding on every core: it is measured
+    # against one encoder, and the lone job's re-encode is shown beside it.
     fast = alternate(args.long_runs, {
         "copy (fast path)": lambda: run_converter(inputs["mp3"]),
-        "re-encode": lambda: run_converter(inputs["mp3"], copy_mp3=False),
+        "re-encode": lambda: run_converter(inputs["mp3"], copy_mp3=False, encoders=1),
+        "re-encode, every core": lambda: run_converter(inputs["mp3"], copy_mp3=False),
     })
 
     print("\npeak RSS of one conversion (a process of its own each):")
@@ -235,7 +239,9 @@ def main() -> None:
         print(f"            {variant}: converter/ffmpeg = "
               f"{results['long']['converter, ' + variant] / results['long']['ffmpeg']:.2f}")
     print(f"    10 s:   converter/ffmpeg = {short_ratio:.2f}   (<= 0.5: {verdict(short_ratio <= 0.5)})")
-    print(f"    MP3 fast path: {speedup:.0f}x faster than re-encoding   (>= 20x: {verdict(speedup >= 20)})")
+    print(f"    MP3 fast path: {speedup:.0f}x faster than re-encoding with one encoder   "
+          f"(>= 20x: {verdict(speedup >= 20)}); "
+          f"{fast['re-encode, every core'] / fast['copy (fast path)']:.0f}x on every core")
     print(f"    peak RSS: converter {rss['converter 10 s']:.0f} MB (10 s) / {rss['converter 10 min']:.0f} MB"
           f" (10 min); ffmpeg {rss['ffmpeg 10 s']:.0f} MB / {rss['ffmpeg 10 min']:.0f} MB")
 
