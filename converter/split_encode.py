@@ -43,6 +43,12 @@ MAX_QUEUED = 8         # PCM batches (~1 s of audio each) queued per encoder
 Planes = tuple[bytes, ...]
 
 
+def worth_splitting(declared_seconds: float | None, sample_rate: int, frame_samples: int) -> bool:
+    """Whether a track may be longer than one segment (unknown length: it may):
+    a shorter one is one encoder's work, and a pool would only cost."""
+    return declared_seconds is None or declared_seconds * sample_rate > SEGMENT_FRAMES * frame_samples
+
+
 class SerialEncoder:
     """SplitEncoder's interface with one encoder, in the caller's thread."""
 
@@ -204,8 +210,11 @@ class SplitEncoder:
 
     def _next_first(self) -> int:
         """First sample of the segment after the last one."""
-        number = self._segments[-1].number + 1
-        return (number * SEGMENT_FRAMES - PREROLL_FRAMES) * self._frame
+        return self._first_sample(self._segments[-1].number + 1)
+
+    def _first_sample(self, number: int) -> int:
+        """Where segment `number`'s input starts: its pre-roll before its own frames."""
+        return max(0, number * SEGMENT_FRAMES - PREROLL_FRAMES) * self._frame
 
     def _open(self, number: int) -> None:
         # Bound memory and threads: the segment `threads` back must be
@@ -213,9 +222,8 @@ class SplitEncoder:
         if len(self._segments) >= self._threads:
             self._segments[-self._threads].wait()
             self._join_ready()
-        first = 0 if number == 0 else (number * SEGMENT_FRAMES - PREROLL_FRAMES) * self._frame
         end = ((number + 1) * SEGMENT_FRAMES + WINDOW_FRAMES + LATENCY_FRAMES) * self._frame
-        seg = _Segment(number, first, end, self._frame, self._output_ready)
+        seg = _Segment(number, self._first_sample(number), end, self._frame, self._output_ready)
         with self._lock:
             self._segments.append(seg)
         # Opened here, not on the pool: LAME fills its static tables on first use.

@@ -25,7 +25,7 @@ from converter import options as opts
 from converter.mp3out import Mp3Output
 from converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 from converter.pipeline import InlineWriter, WriteBehind, run_ahead
-from converter.split_encode import SEGMENT_FRAMES, SerialEncoder, SplitEncoder
+from converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
 
 # LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
 LAME_QUALITY = 3
@@ -385,10 +385,10 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     sink: SplitEncoder | SerialEncoder
     frame = mp3tags.samples_per_frame(settings.sample_rate)
     declared = _declared_duration(stream)
-    if encoders > 1 and (declared is None or declared * settings.sample_rate > SEGMENT_FRAMES * frame):
+    if encoders > 1 and worth_splitting(declared, settings.sample_rate, frame):
         sink = SplitEncoder(open_encoder, frame, _plane_unit(fmt, settings.channels), writer.write, encoders,
                             split_while or (lambda: True))
-    else:  # one encoder, or a track of one segment: a pool would only cost
+    else:
         sink = SerialEncoder(open_encoder(), writer.write)
     try:
         for planes, count, fraction, last in batches:
