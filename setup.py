@@ -1,6 +1,6 @@
 """Only a build hook; the project is described in pyproject.toml.
 
-The `video2mp3` stub package lives in gen/python, which is generated, never
+The stub packages (video2mp3.auth.v1, video2mp3.media.v1) live in gen/python, which is generated, never
 committed. So that `pip install .` works on a fresh clone, building runs
 tools/codegen.py first when the stubs are missing ([build-system] requires
 grpcio-tools and googleapis-common-protos for it)."""
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _generate() -> None:
-    if not (ROOT / "gen" / "python" / "video2mp3" / "__init__.py").exists():
+    if not (ROOT / "gen" / "python" / "video2mp3" / "media" / "v1" / "__init__.py").exists():
         subprocess.check_call([sys.executable, str(ROOT / "tools" / "codegen.py"), str(ROOT / "gen")])
 
 

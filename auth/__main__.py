@@ -1,89 +1,18 @@
-"""Runs the auth service: `python -m auth`; admin commands: `python -m auth keys|users ...` (auth/cli.py)."""
+"""`python -m video2mp3.auth` runs the auth service (auth/server.py);
+`python -m video2mp3.auth keys|users ...` runs an admin command (auth/cli.py)."""
 from __future__ import annotations
 
-import logging
 import sys
-
-from video2mp3.auth.v1 import auth_pb2_grpc
-
-from auth.accounts import MediaData
-from auth.config import AuthConfig
-from auth.keys import KeyRing, NoSigningKey, generate
-from auth.login_limits import CREATE_TABLE as LOGIN_FAILURES_TABLE
-from auth.login_limits import LoginLimits
-from auth.passwords import Passwords
-from auth.service import SERVICE_NAME, AuthService
-from auth.users import DatabaseUnavailable, UserRepository
-from common import grpc_server, metrics, tracing
-from common.health import DependencyMonitor
-from common.logging import setup_logging
-from common.periodic import Periodic
-from common.settings import load
-
-log = logging.getLogger("auth")
-
-
-def key_ring(cfg: AuthConfig) -> KeyRing:
-    """The configured keys; SystemExit with one line saying what to provide when there are none."""
-    ttl, reload_s, activate = cfg.token_ttl_seconds, cfg.keys_reload_s, cfg.key_activate_after_s
-    if cfg.keys_dir is not None:
-        try:
-            return KeyRing(cfg.keys_dir, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate)
-        except NoSigningKey as e:
-            raise SystemExit(f"auth: {e}") from None
-    if cfg.environment.production:
-        raise SystemExit(
-            "auth: no signing key: VIDEO2MP3_ENV=production needs AUTH_KEYS_DIR, a directory of Ed25519 "
-            "private keys (create one with `python -m auth keys new --dir DIR`; in Kubernetes, the "
-            "video2mp3-auth-keys Secret)")
-    log.warning("AUTH_KEYS_DIR is not set: signing with an ephemeral key; every token dies with this "
-                "process (set AUTH_KEYS_DIR, as `make run` does)")
-    return KeyRing(None, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate, ephemeral=generate())
 
 
 def main() -> None:
     if len(sys.argv) > 1:
-        from auth import cli
+        from video2mp3.auth import cli
 
         sys.exit(cli.main(sys.argv[1:]))
-    setup_logging("auth")
-    tracing.setup_tracing("auth")
-    cfg = load(AuthConfig)
-    keys = key_ring(cfg)
-    metrics.serve(cfg.metrics_port)
-    log.info("signing with key %s; publishing %s", keys.signing().kid,
-             ", ".join(k.kid for k in keys.published()))
+    from video2mp3.auth import server
 
-    users = UserRepository(cfg.mysql, extra_tables=(LOGIN_FAILURES_TABLE,))
-    limits = LoginLimits(users, cfg.login_limits)
-    service = AuthService(users, Passwords(cfg.hash_concurrency), keys, cfg.token_ttl_seconds, limits,
-                          MediaData(cfg.media.addr), allow_signup=cfg.allow_signup)
-    health = grpc_server.new_health()
-    # Checks MySQL every few seconds: drives grpc.health.v1 (SERVING / NOT_SERVING)
-    # and, until it first succeeds, keeps retrying the creation of the users table,
-    # so a start while MySQL is down neither crashes nor needs a restart later.
-    monitor = DependencyMonitor({"mysql": users.check}, health, [SERVICE_NAME],
-                                interval=cfg.db_check_interval)
-    server, _ = grpc_server.build_server(
-        [grpc_server.Service(service, auth_pb2_grpc.add_AuthServiceServicer_to_server,
-                             SERVICE_NAME)],
-        cfg.port, health_servicer=health)
-    monitor.start()
-    # New key files (rotation) are picked up without a restart.
-    reloader = Periodic("keys-reload", cfg.keys_reload_s, keys.reload, errors=(OSError,)).start()
-    pruner = Periodic("login-failures-prune", 600, limits.prune, errors=(DatabaseUnavailable,)).start()
-    log.info("AuthService on :%d, users in MySQL %s@%s:%d/%s", cfg.port, cfg.mysql.user,
-             cfg.mysql.host, cfg.mysql.port, cfg.mysql.db)
-
-    def on_stop():
-        monitor.stop()
-        reloader.stop()
-        pruner.stop()
-
-    try:
-        grpc_server.run_until_signalled(server, health, grace_seconds=cfg.grace_seconds, on_stop=on_stop)
-    finally:
-        users.close()
+    server.serve()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Deleting an account with everything it owns, for DeleteMe and `python -m auth users delete`.
+"""Deleting an account with everything it owns, for DeleteMe and `python -m video2mp3.auth users delete`.
 
 The Media service deletes the user's jobs, videos and MP3s first, authorised by
 the user's own bearer token; only then does the MySQL row go. A failure at
@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 
+from video2mp3.auth.users import UserRepository
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
-
-from auth.users import UserRepository
-from common import tracing
+from video2mp3.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class MediaData:
         with self._lock:
             if self._stub is None:
                 # Short reconnect backoff: a user retrying after an outage gets through at once.
-                # Its calls carry the request id and trace context (common/tracing.py).
+                # Its calls carry the request id and trace context (telemetry/tracing.py).
                 channel = tracing.client_channel(self._addr, options=[("grpc.initial_reconnect_backoff_ms", 200),
                                                                       ("grpc.max_reconnect_backoff_ms", 2000)])
                 self._stub = media_pb2_grpc.MediaServiceStub(channel)

@@ -1,12 +1,12 @@
 """Admin commands, with the same environment as the service (MYSQL_*, AUTH_KEYS_DIR, ...):
 
-  python -m auth keys new --dir DIR       first signing key (refuses if DIR has one)
-  python -m auth keys rotate --dir DIR    add the next signing key (see auth/keys.py)
-  python -m auth keys list --dir DIR      each key and whether it signs, is published or retired
-  python -m auth keys prune --dir DIR     delete the files of retired keys
-  python -m auth users create EMAIL       password from stdin, or prompted twice on a terminal
-  python -m auth users list
-  python -m auth users delete EMAIL       the user's jobs, videos and MP3s too (needs
+  python -m video2mp3.auth keys new --dir DIR       first signing key (refuses if DIR has one)
+  python -m video2mp3.auth keys rotate --dir DIR    add the next signing key (see auth/keys.py)
+  python -m video2mp3.auth keys list --dir DIR      each key and whether it signs, is published or retired
+  python -m video2mp3.auth keys prune --dir DIR     delete the files of retired keys
+  python -m video2mp3.auth users create EMAIL       password from stdin, or prompted twice on a terminal
+  python -m video2mp3.auth users list
+  python -m video2mp3.auth users delete EMAIL       the user's jobs, videos and MP3s too (needs
                                           AUTH_KEYS_DIR and MEDIA_ADDR), unless --account-only
 """
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import grpc
 
-from auth.config import AuthConfig
-from auth.keys import KeyRing, generate, load_dir, write_key
-from auth.login_limits import CREATE_TABLE as LOGIN_FAILURES_TABLE
-from auth.passwords import Passwords
-from auth.service import EMAIL_RE, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_email
-from auth.users import MAX_EMAIL_LENGTH, DatabaseUnavailable, EmailTaken, UserRepository
-from common import tokens
-from common.settings import load
+from video2mp3.auth.config import AuthConfig
+from video2mp3.auth.keys import KeyRing, generate, load_dir, write_key
+from video2mp3.auth.login_limits import CREATE_TABLE as LOGIN_FAILURES_TABLE
+from video2mp3.auth.passwords import Passwords
+from video2mp3.auth.service import EMAIL_RE, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_email
+from video2mp3.auth.users import MAX_EMAIL_LENGTH, DatabaseUnavailable, EmailTaken, UserRepository
+from video2mp3.core import tokens
+from video2mp3.core.settings import load
 
 
 def _when(t: float) -> str:
@@ -122,8 +122,8 @@ def users_cmd(a, cfg: AuthConfig) -> int:
             users.delete(found.id)
             print(f"deleted user {found.id} {email} (their files were kept)")
             return 0
-        from auth.__main__ import key_ring
-        from auth.accounts import MediaData, delete_account
+        from video2mp3.auth.accounts import MediaData, delete_account
+        from video2mp3.auth.server import key_ring
 
         key = key_ring(cfg).signing()
         # A short-lived token of the user's own, so the Media service deletes exactly their data.
@@ -142,7 +142,7 @@ def users_cmd(a, cfg: AuthConfig) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m auth", description="auth service admin commands")
+    p = argparse.ArgumentParser(prog="python -m video2mp3.auth", description="auth service admin commands")
     sub = p.add_subparsers(dest="group", required=True)
     k = sub.add_parser("keys", help="signing keys")
     k.add_argument("action", choices=["new", "rotate", "list", "prune"])

@@ -1,4 +1,4 @@
-"""Every setting of the auth service (see common/settings.py for the idiom).
+"""Every setting of the auth service (see core/settings.py for the idiom).
 
 The seed's names are kept (MYSQL_HOST, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DB);
 the rest are new and all have defaults that work on a developer machine with a
@@ -11,8 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from auth.login_limits import Limits
-from common.settings import Environment, MediaEndpoint, MysqlSettings, group, setting
+from video2mp3.auth.login_limits import Limits
+from video2mp3.core.settings import Environment, MediaEndpoint, MysqlSettings, group, setting
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Auth's signing keys: Ed25519 private keys, one PEM file per key in AUTH_KEYS_DIR.
 
-A file is `<kid>.pem` (PKCS#8, unencrypted, mode 0600). `python -m auth keys new`
+A file is `<kid>.pem` (PKCS#8, unencrypted, mode 0600). `python -m video2mp3.auth keys new`
 and `keys rotate` name keys `<UTC time>-<random>` (e.g. 20250101T120000Z-3fa9c1),
 so the name says when the key was made; a file named otherwise counts from its
 modification time.
@@ -29,7 +29,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common import tokens
+from video2mp3.core import tokens
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class KeyRing:
             if not self._keys:
                 raise NoSigningKey(
                     f"no Ed25519 private key (<kid>.pem) in AUTH_KEYS_DIR={keys_dir}; "
-                    f"create one with `python -m auth keys new --dir {keys_dir}`")
+                    f"create one with `python -m video2mp3.auth keys new --dir {keys_dir}`")
 
     def reload(self) -> None:
         if self.keys_dir is None:

@@ -19,9 +19,9 @@ import dataclasses
 import hashlib
 import math
 
-from auth.users import UserRepository
-from common.errors import Reason, ResourceExhausted
-from common.settings import setting
+from video2mp3.auth.users import UserRepository
+from video2mp3.core.errors import Reason, ResourceExhausted
+from video2mp3.core.settings import setting
 
 ACCOUNT, ADDRESS = "account", "address"
 

@@ -8,21 +8,21 @@ import re
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from auth.accounts import MediaData, delete_account
-from auth.keys import KeyRing
-from auth.login_limits import LoginLimits, client_address
-from auth.passwords import Passwords
-from auth.users import (
+from video2mp3.auth.accounts import MediaData, delete_account
+from video2mp3.auth.keys import KeyRing
+from video2mp3.auth.login_limits import LoginLimits, client_address
+from video2mp3.auth.passwords import Passwords
+from video2mp3.auth.users import (
     MAX_EMAIL_LENGTH,
     DatabaseUnavailable,
     EmailTaken,
     User,
     UserRepository,
 )
-from common import tokens
-from common.errors import (
+from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
+from video2mp3.core import tokens
+from video2mp3.core.errors import (
     DEPENDENCY_RETRY_S,
     AlreadyExists,
     InvalidArgument,

@@ -19,8 +19,8 @@ import pymysql
 from dbutils.pooled_db import PooledDB, PooledDBError
 from pymysql.constants import ER
 
-from common.errors import DependencyUnavailable, Reason
-from common.settings import MysqlSettings
+from video2mp3.core.errors import DependencyUnavailable, Reason
+from video2mp3.core.settings import MysqlSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _CLIENT_ERRORS = 2000
 
 class DatabaseUnavailable(DependencyUnavailable):
     """MySQL cannot be reached (or the schema is not in place yet); worth retrying.
-    An RPC that raises it ends UNAVAILABLE with this message (common/errors.py)."""
+    An RPC that raises it ends UNAVAILABLE with this message (core/errors.py)."""
     message = "user database unavailable, try again"
     reason = Reason.USER_DATABASE_UNAVAILABLE
 

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import requests
 
-from common.settings import load, setting
 from testkit.bigmesh import MakeRun, RssSampler, disk_usage
 from testkit.clients import RestClient
 from testkit.media import make_phone_video
+from video2mp3.core.settings import load, setting
 
 MB = 2**20
 # Per process (the largest single process of each name; converter: the

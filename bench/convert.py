@@ -36,10 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from video2mp3.converter import lame
+from video2mp3.converter.transcode import transcode
 from video2mp3.media.v1 import media_pb2
-
-from converter import lame
-from converter.transcode import transcode
 
 # Bump when the generated media change, so old caches are not reused.
 MEDIA_VERSION = 1

@@ -22,17 +22,17 @@ import time
 from pathlib import Path
 
 from gridfs import DEFAULT_CHUNK_SIZE
-from video2mp3.media.v1 import media_pb2
 
-from common.gridfs_download import READ_AHEAD
-from common.gridfs_upload import ChunkedUpload
-from common.mongo import VIDEOS_BUCKET, Mongo
-from common.settings import MongoSettings
-from converter import mp4_index
-from converter.transcode import transcode
-from converter.video_source import VideoSource
 from localmesh.processes import Child, free_port, secantusd_argv, wait_for_mongo
 from testkit.testbed import mongo_uri
+from video2mp3.converter import mp4_index
+from video2mp3.converter.transcode import transcode
+from video2mp3.converter.video_source import VideoSource
+from video2mp3.core.settings import MongoSettings
+from video2mp3.media.v1 import media_pb2
+from video2mp3.storage.gridfs_download import READ_AHEAD
+from video2mp3.storage.gridfs_upload import ChunkedUpload
+from video2mp3.storage.mongo import VIDEOS_BUCKET, Mongo
 
 MODES = {"plain": (False, 0), "ahead": (False, READ_AHEAD), "skip": (True, 0), "skip+ahead": (True, READ_AHEAD)}
 

@@ -58,13 +58,13 @@ import psutil
 import pymongo
 import requests
 
-from common import container_sniff
-from common.settings import load, setting
 from localmesh.stack import Stack
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_media
 from testkit.tcp_proxy import TcpProxy
 from testkit.testbed import Testbed
+from video2mp3.core.settings import load, setting
+from video2mp3.gateway import container_sniff
 
 FAULT_KINDS = ("worker_kill", "mongo_cut", "rabbit_cut")
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -339,7 +339,7 @@ class RssSampler(threading.Thread):
 
 # Streamed (converted while uploading) and not, in turn: a faststart MKV and
 # MP4 are read as they arrive, an MP4 with its index at the end after its
-# upload (common/container_sniff.py).
+# upload (gateway/container_sniff.py).
 SWEEP_S = 1.0     # the retention sweep's interval in the soak's mesh
 CLEANUP_S = 10.0  # how long orphans may take to go once every job is final
 

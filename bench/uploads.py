@@ -50,11 +50,11 @@ import psutil
 import pymongo
 from google.api import httpbody_pb2
 from gridfs import GridFSBucket
-from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common.settings import load, setting
 from testkit.bigmesh import MakeRun
 from testkit.clients import RestClient
+from video2mp3.core.settings import load, setting
+from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 MB = 2**20
 GRPC_MESSAGE = MB

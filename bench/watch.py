@@ -28,11 +28,11 @@ from pathlib import Path
 import psutil
 import pymongo
 from bson import ObjectId
-from video2mp3.media.v1 import media_pb2
 
 from localmesh.stack import Stack
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
 from testkit.testbed import Testbed
+from video2mp3.media.v1 import media_pb2
 
 CACHE = Path(tempfile.gettempdir()) / "video2mp3-bench"
 

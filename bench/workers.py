@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import jobs
-from common.gridfs_download import delete_file
-from common.mongo import MP3S_BUCKET, VIDEOS_BUCKET
 from localmesh.stack import Stack
 from testkit.direct import DirectSubmitter
 from testkit.testbed import Testbed
+from video2mp3.domain import jobs
+from video2mp3.storage.gridfs_download import delete_file
+from video2mp3.storage.mongo import MP3S_BUCKET, VIDEOS_BUCKET
 
 CACHE = Path(tempfile.gettempdir()) / "video2mp3-bench"
 
@@ -72,7 +72,7 @@ def time_jobs(bed: Testbed, log_dir: Path, workers: int, video: Path, n: int, ov
         return time.monotonic() - start
     finally:
         # The test MongoDB keeps everything in memory: drop this run's files.
-        delete_file(submitter.mongo.db, VIDEOS_BUCKET, fid)  # in ranges (common/gridfs_download.py)
+        delete_file(submitter.mongo.db, VIDEOS_BUCKET, fid)  # in ranges (storage/gridfs_download.py)
         for doc in submitter.mongo.jobs.find({"_id": {"$in": ids}, "mp3_fid": {"$ne": None}}):
             delete_file(submitter.mongo.db, MP3S_BUCKET, doc["mp3_fid"])
         submitter.close()
@@ -85,9 +85,8 @@ class _Null:
 
 
 def _convert_file(path: str) -> None:
+    from video2mp3.converter.transcode import transcode
     from video2mp3.media.v1 import media_pb2
-
-    from converter.transcode import transcode
 
     with open(path, "rb") as f:
         transcode(f, _Null(), media_pb2.ConversionOptions(bitrate_kbps=192, channels=2), overlap=False)

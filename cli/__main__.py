@@ -12,11 +12,10 @@ import grpc
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
-from video2mp3.auth.v1 import auth_pb2
-from video2mp3.media.v1 import media_pb2
 
-from cli import convert as conv
-from cli.session import (
+from video2mp3.auth.v1 import auth_pb2
+from video2mp3.cli import convert as conv
+from video2mp3.cli.session import (
     DEFAULT_SERVER,
     EXIT_AUTH,
     EXIT_CONVERSIONS_FAILED,
@@ -32,6 +31,7 @@ from cli.session import (
     save_token,
     token_claims,
 )
+from video2mp3.media.v1 import media_pb2
 
 EXIT_CODES = f"""\b
 Exit codes:

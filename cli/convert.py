@@ -26,9 +26,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.text import Text
-from video2mp3.media.v1 import media_pb2
 
-from cli.session import (
+from video2mp3.cli.session import (
     EXIT_AUTH,
     EXIT_CONVERSIONS_FAILED,
     EXIT_INTERRUPTED,
@@ -40,6 +39,7 @@ from cli.session import (
     error_reason,
     retry_delay,
 )
+from video2mp3.media.v1 import media_pb2
 
 POLL_S = 1.0
 FINAL = (media_pb2.JOB_STATE_DONE, media_pb2.JOB_STATE_FAILED)

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from video2mp3.auth.v1 import auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2_grpc
 

@@ -1,4 +1,4 @@
-"""Runs the converter: `python -m converter`.
+"""Runs the converter: `python -m video2mp3.converter`.
 
 A small supervisor keeps CONVERTER_WORKERS worker processes (each with
 prefetch 1) alive: a worker that dies, even by SIGKILL or a decoder crash, is
@@ -24,9 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from common.logging import setup_logging
-from common.settings import load
-from converter.config import ConverterConfig
+from video2mp3.converter.config import ConverterConfig
+from video2mp3.core.logging import setup_logging
+from video2mp3.core.settings import load
 
 log = logging.getLogger("converter")
 RESTART_BACKOFF_S = 1.0
@@ -54,11 +54,11 @@ def main() -> None:
     cfg = load(ConverterConfig)
     samples, own_dir = metrics_dir()
     # Only now: these import prometheus_client, which picks its mode at import.
-    from common import metrics
-    from common.health import DependencyMonitor
-    from common.mongo import Mongo
-    from common.queue import Publisher
-    from converter.worker import run_worker
+    from video2mp3.converter.worker import run_worker
+    from video2mp3.domain.queue import Publisher
+    from video2mp3.rpc.health import DependencyMonitor
+    from video2mp3.storage.mongo import Mongo
+    from video2mp3.telemetry import metrics
 
     ctx = mp.get_context("spawn")  # no pymongo/pika state shared across fork
     stopping = threading.Event()

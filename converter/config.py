@@ -1,12 +1,12 @@
-"""Every setting of the converter (see common/settings.py for the idiom)."""
+"""Every setting of the converter (see core/settings.py for the idiom)."""
 from __future__ import annotations
 
 import dataclasses
 import os
 from typing import Literal
 
-from common.retention import RetentionSettings
-from common.settings import MongoSettings, RabbitSettings, group, setting
+from video2mp3.core.settings import MongoSettings, RabbitSettings, group, setting
+from video2mp3.domain.retention import RetentionSettings
 
 CPUS = os.cpu_count() or 1
 

@@ -26,10 +26,10 @@ from collections.abc import Callable
 import pika
 import pika.exceptions
 
-from common import metrics, tracing
-from common.queue import connection_parameters, dead_letter_queue, declare_topology
-from common.settings import RabbitSettings
-from converter.policy import Outcome
+from video2mp3.converter.policy import Outcome
+from video2mp3.core.settings import RabbitSettings
+from video2mp3.domain.queue import connection_parameters, dead_letter_queue, declare_topology
+from video2mp3.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Consumer:
             self._refresh_waiting(ch)
 
         def work():
-            # The publisher's request id and trace continue here (common/tracing.py).
+            # The publisher's request id and trace continue here (telemetry/tracing.py).
             with metrics.BUSY_WORKERS.track_inprogress(), tracing.consuming(
                     props.headers, self.s.queue, props.message_id or "") as span:
                 outcome = self.on_task(body, lambda: self._waiting_now)

@@ -9,7 +9,7 @@ the attempt stops within PROGRESS_EVERY_S and deletes what it wrote. What
 becomes of the delivery is converter/policy.py's call.
 
 A job whose upload is still arriving (`uploading`, gateway/early_jobs.py) is
-read as it grows (common/gridfs_growing.py); only a conversion of the
+read as it grows (storage/gridfs_growing.py); only a conversion of the
 complete file may end it FAILED (_while_uploading).
 """
 from __future__ import annotations
@@ -27,14 +27,9 @@ import pymongo.errors
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from common import jobs, metrics, request_id, retention, tracing
-from common.gridfs_growing import GrowingDownload
-from common.gridfs_upload import ChunkedUpload
-from common.mongo import Mongo
-from common.queue import MAX_DELIVERIES, decode_task
-from converter import mp3_store, policy
-from converter.config import CPUS, ConverterConfig
-from converter.policy import (
+from video2mp3.converter import mp3_store, policy
+from video2mp3.converter.config import CPUS, ConverterConfig
+from video2mp3.converter.policy import (
     Cancelled,
     DeadLetter,
     JobGone,
@@ -43,8 +38,15 @@ from converter.policy import (
     StorageUnavailable,
     UploadStalled,
 )
-from converter.transcode import ConversionError, transcode
-from converter.video_source import VideoSource
+from video2mp3.converter.transcode import ConversionError, transcode
+from video2mp3.converter.video_source import VideoSource
+from video2mp3.core import request_id
+from video2mp3.domain import jobs, retention
+from video2mp3.domain.queue import MAX_DELIVERIES, decode_task
+from video2mp3.storage.gridfs_growing import GrowingDownload
+from video2mp3.storage.gridfs_upload import ChunkedUpload
+from video2mp3.storage.mongo import Mongo
+from video2mp3.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +230,7 @@ class JobRunner:
 
     def _video(self, before: jobs.Job, **kw) -> VideoSource:
         """The job's video in GridFS: bounded ranges of chunks
-        (common/gridfs_download.py), only where the audio may be, fetched ahead
+        (storage/gridfs_download.py), only where the audio may be, fetched ahead
         of the decoder (converter/video_source.py); `growing=True` while the
         upload still arrives."""
         return VideoSource(self.mongo.db, _oid(before.video_fid), on_fetch=metrics.GRIDFS_READ_BYTES.inc, **kw)

@@ -10,10 +10,10 @@ import logging
 
 from bson import ObjectId
 
-from common.gridfs_download import delete_file
-from common.gridfs_upload import ChunkedUpload
-from common.jobs import Job
-from common.mongo import MP3S_BUCKET, Mongo
+from video2mp3.domain.jobs import Job
+from video2mp3.storage.gridfs_download import delete_file
+from video2mp3.storage.gridfs_upload import ChunkedUpload
+from video2mp3.storage.mongo import MP3S_BUCKET, Mongo
 
 log = logging.getLogger(__name__)
 

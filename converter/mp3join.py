@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from converter.mp3tags import FrameHeader, parse_header
+from video2mp3.converter.mp3tags import FrameHeader, parse_header
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from converter import mp3tags
-from converter.mp3tags import FrameScanner, InfoFrameParams, MusicCrc
+from video2mp3.converter import mp3tags
+from video2mp3.converter.mp3tags import FrameScanner, InfoFrameParams, MusicCrc
 
 
 class Mp3Output:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common import mp3_options
-from common.mp3_options import DEFAULT_BITRATE_KBPS, DEFAULT_CHANNELS, SAMPLE_RATES_HZ
+from video2mp3.domain import mp3_options
+from video2mp3.domain.mp3_options import DEFAULT_BITRATE_KBPS, DEFAULT_CHANNELS, SAMPLE_RATES_HZ
 
 
 class InvalidOptions(ValueError):
@@ -39,7 +39,7 @@ def nearest_mp3_rate(rate: int) -> int:
 
 def resolve(options, source_rate: int) -> Mp3Settings:
     """Apply defaults: 192 kbps CBR, stereo, the source's (nearest MP3) rate.
-    The rules are the gateway's (common/mp3_options.py)."""
+    The rules are the gateway's (domain/mp3_options.py)."""
     wrong = mp3_options.violations(options)
     if wrong:
         raise InvalidOptions("; ".join(d for _, d in wrong))

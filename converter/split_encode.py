@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from converter import mp3join
-from converter.lame import Encoder
+from video2mp3.converter import mp3join
+from video2mp3.converter.lame import Encoder
 
 SEGMENT_FRAMES = 1024  # ~25 s at 48 kHz: long enough that the overlaps cost little
 PREROLL_FRAMES = 16    # measured: with 4, a join's error could double; with 16 it was a single encoder's

@@ -20,12 +20,12 @@ from typing import BinaryIO
 
 import av
 
-from converter import lame, mp3tags
-from converter import options as opts
-from converter.mp3out import Mp3Output
-from converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
-from converter.pipeline import InlineWriter, WriteBehind, run_ahead
-from converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
+from video2mp3.converter import lame, mp3tags
+from video2mp3.converter import options as opts
+from video2mp3.converter.mp3out import Mp3Output
+from video2mp3.converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
+from video2mp3.converter.pipeline import InlineWriter, WriteBehind, run_ahead
+from video2mp3.converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
 
 # LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
 LAME_QUALITY = 3
@@ -75,7 +75,7 @@ def transcode(src: Source, dst, options, filename: str = "",
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
-    read in ranges (common/gridfs_download.ChunkedDownload).
+    read in ranges (storage/gridfs_download.ChunkedDownload).
     dst: anything with .write(bytes); it is only ever appended to.
     options: video2mp3.media.v1.ConversionOptions (zero values mean defaults:
         192 kbps CBR, stereo, the source's sample rate or the nearest MP3 one,

@@ -2,7 +2,7 @@
 may be and ahead of the decoder.
 
 For an MP4/MOV, converter/mp4_index.py names the bytes that hold nothing but
-video samples, and the download (common/gridfs_download.ChunkedDownload)
+video samples, and the download (storage/gridfs_download.ChunkedDownload)
 never fetches the GridFS chunks wholly inside them: it reads zeros there.
 Nothing that matters looks at those bytes. transcode() marks every stream but
 the chosen audio one as discarded, so FFmpeg's mov demuxer seeks over their
@@ -22,23 +22,23 @@ work (ChunkedDownload's read_ahead), so MongoDB round trips stop adding up.
     video.bytes_fetched   # what came over the wire, index included
 
 A file still being uploaded is read front to back as it arrives instead
-(growing=True, common/gridfs_growing.py): no index, no skipping.
+(growing=True, storage/gridfs_growing.py): no index, no skipping.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from common.gridfs_download import RANGE_CHUNKS, READ_AHEAD, ChunkedDownload, Range
-from common.gridfs_growing import GrowingDownload
-from common.mongo import VIDEOS_BUCKET
-from converter import mp4_index
+from video2mp3.converter import mp4_index
+from video2mp3.storage.gridfs_download import RANGE_CHUNKS, READ_AHEAD, ChunkedDownload, Range
+from video2mp3.storage.gridfs_growing import GrowingDownload
+from video2mp3.storage.mongo import VIDEOS_BUCKET
 
 
 class VideoSource:
     """skip: False reads every byte (the old way); read_ahead: ranges fetched
     ahead (0: none); on_fetch(n): called with the bytes of every query.
     growing: the upload is still in progress: read it front to back as it
-    arrives, calling on_wait() between looks (common/gridfs_growing.py)."""
+    arrives, calling on_wait() between looks (storage/gridfs_growing.py)."""
 
     def __init__(self, db, file_id, *, skip: bool = True, read_ahead: int = READ_AHEAD,
                  on_fetch: Callable[[int], object] | None = None,

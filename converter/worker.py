@@ -25,19 +25,19 @@ import ctypes
 import signal
 import threading
 
-from common.mongo import Mongo
-from common.process import die_with_parent
-from converter.config import ConverterConfig
-from converter.consumer import Consumer
-from converter.conversion import JobRunner
+from video2mp3.converter.config import ConverterConfig
+from video2mp3.converter.consumer import Consumer
+from video2mp3.converter.conversion import JobRunner
+from video2mp3.core.process import die_with_parent
+from video2mp3.storage.mongo import Mongo
 
 
 def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = None) -> None:
     """Entry point of a worker process. SIGTERM: stop taking work, let the
     in-flight job finish within the grace period, else hand it back.
     `busy`: one mark per worker of the supervisor, set while it converts (shared)."""
-    from common import tracing
-    from common.logging import setup_logging
+    from video2mp3.core.logging import setup_logging
+    from video2mp3.telemetry import tracing
 
     setup_logging("converter", worker=index)
     tracing.setup_tracing("converter")

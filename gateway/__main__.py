@@ -1,4 +1,4 @@
-"""Runs the gateway: `python -m gateway`."""
+"""Runs the gateway: `python -m video2mp3.gateway`."""
 from __future__ import annotations
 
 import logging
@@ -6,28 +6,30 @@ import logging
 import grpc
 import pymongo.errors
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from video2mp3.auth.v1 import auth_pb2
-from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import grpc_server, jobs, metrics, retention, tracing
-from common.health import DependencyMonitor
-from common.logging import setup_logging
-from common.mongo import MP3S_BUCKET, Mongo
-from common.periodic import Periodic
-from common.queue import Publisher
-from common.settings import load
-from common.storage_space import StorageSpace
-from gateway import early_jobs
-from gateway import stats as job_stats
-from gateway.auth import AuthInterceptor
-from gateway.config import GatewayConfig
-from gateway.janitor import OrphanChunkJanitor
-from gateway.jwks import JwksCache, auth_channel, grpc_fetcher
-from gateway.outbox import Outbox
-from gateway.service import MediaService
-from gateway.uploads import Uploads
-from gateway.user_check import UserCheck, grpc_get_me
-from gateway.watch import WatchHub
+from video2mp3.auth.v1 import auth_pb2
+from video2mp3.core.logging import setup_logging
+from video2mp3.core.periodic import Periodic
+from video2mp3.core.settings import load
+from video2mp3.domain import jobs, retention
+from video2mp3.domain.queue import Publisher
+from video2mp3.gateway import early_jobs
+from video2mp3.gateway import stats as job_stats
+from video2mp3.gateway.auth import AuthInterceptor
+from video2mp3.gateway.config import GatewayConfig
+from video2mp3.gateway.janitor import OrphanChunkJanitor
+from video2mp3.gateway.jwks import JwksCache, auth_channel, grpc_fetcher
+from video2mp3.gateway.outbox import Outbox
+from video2mp3.gateway.service import MediaService
+from video2mp3.gateway.storage_space import StorageSpace
+from video2mp3.gateway.uploads import Uploads
+from video2mp3.gateway.user_check import UserCheck, grpc_get_me
+from video2mp3.gateway.watch import WatchHub
+from video2mp3.media.v1 import media_pb2, media_pb2_grpc
+from video2mp3.rpc import server as grpc_server
+from video2mp3.rpc.health import DependencyMonitor
+from video2mp3.storage.mongo import MP3S_BUCKET, Mongo
+from video2mp3.telemetry import metrics, tracing
 
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
 AUTH_SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -58,7 +60,7 @@ def main() -> None:
     mongo = Mongo(cfg.mongo)
     job_store = jobs.JobStore(mongo.jobs)
     publisher = Publisher(cfg.rabbit)
-    # Uploads are refused (507) before the store's disk fills (common/storage_space.py).
+    # Uploads are refused (507) before the store's disk fills (gateway/storage_space.py).
     space = StorageSpace(mongo.db, data_dir=cfg.mongo.data_dir, reserve_bytes=cfg.storage_reserve_bytes)
     uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space)
 

@@ -12,10 +12,10 @@ import logging
 
 from grpc_interceptor import ServerInterceptor
 
-from common import tokens
-from common.errors import DEPENDENCY_RETRY_S, Reason, Unauthenticated, Unavailable
-from gateway.jwks import JwksCache
-from gateway.user_check import AuthUnreachable, UserCheck
+from video2mp3.core import tokens
+from video2mp3.core.errors import DEPENDENCY_RETRY_S, Reason, Unauthenticated, Unavailable
+from video2mp3.gateway.jwks import JwksCache
+from video2mp3.gateway.user_check import AuthUnreachable, UserCheck
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class AuthInterceptor(ServerInterceptor):
             try:
                 token = tokens.bearer_from_metadata(context.invocation_metadata())
                 found = tokens.verify(token, self.keys.lookup)
-            except tokens.InvalidToken as e:  # common/errors.py's interceptor answers it
+            except tokens.InvalidToken as e:  # core/errors.py's interceptor answers it
                 log.info("refused a token for %s from %s: %s", method_name, context.peer(), e)
                 raise Unauthenticated(tokens.PUBLIC_MESSAGE, reason=Reason.TOKEN_INVALID) from None
             try:

@@ -1,10 +1,10 @@
-"""Every setting of the gateway (MediaService; see common/settings.py for the idiom)."""
+"""Every setting of the gateway (MediaService; see core/settings.py for the idiom)."""
 from __future__ import annotations
 
 import dataclasses
 
-from common.retention import RetentionSettings
-from common.settings import AuthEndpoint, MongoSettings, RabbitSettings, group, setting
+from video2mp3.core.settings import AuthEndpoint, MongoSettings, RabbitSettings, group, setting
+from video2mp3.domain.retention import RetentionSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ class GatewayConfig:
     metrics_port: int = setting("MEDIA_METRICS_PORT", 9102, minimum=0)
     job_stats_interval_s: float = setting("JOB_STATS_INTERVAL_S", 15.0, minimum=0.1)
     # Uploads are refused while the store's disk has less than this free
-    # (common/storage_space.py; its folder is MongoSettings.data_dir if local).
+    # (gateway/storage_space.py; its folder is MongoSettings.data_dir if local).
     storage_reserve_mb: int = setting("STORAGE_RESERVE_MB", 512, minimum=0)
 
     @property

@@ -1,9 +1,9 @@
 """Convert while uploading: the job of a streamable upload exists from its first bytes.
 
-gateway/uploads.py asks common/container_sniff.py about the first bytes; for
+gateway/uploads.py asks gateway/container_sniff.py about the first bytes; for
 a streamable file it calls start(), which records the job HIDDEN
-(`uploading: true`, common/jobs.py) and publishes its task at once, so a
-converter reads the video while it arrives (common/gridfs_growing.py). Then:
+(`uploading: true`, domain/jobs.py) and publishes its task at once, so a
+converter reads the video while it arrives (storage/gridfs_growing.py). Then:
 
 * the upload ends well: the GridFS file is closed (its files document
   exists) and finish() makes the job visible, as it is at that moment
@@ -29,8 +29,8 @@ from collections.abc import Callable
 import pymongo.errors
 from bson import ObjectId
 
-from common import jobs, retention
-from common.mongo import Mongo
+from video2mp3.domain import jobs, retention
+from video2mp3.storage.mongo import Mongo
 
 log = logging.getLogger(__name__)
 

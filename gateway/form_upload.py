@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 import multipart
 
-from common.errors import InvalidArgument, Reason
+from video2mp3.core.errors import InvalidArgument, Reason
 
 FILE_FIELD = "file"
 

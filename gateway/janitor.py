@@ -6,7 +6,7 @@ failure the gateway lives through. A gateway that is SIGKILLed, or loses the
 machine, mid-upload cannot abort: its chunks stay, with no `files` document.
 
 Every upload in progress is recorded in `<bucket>.uploads` and refreshed about
-every second while it stores chunks (common/gridfs_upload.py). The gateway runs
+every second while it stores chunks (storage/gridfs_upload.py). The gateway runs
 one janitor per bucket: `videos` (uploads) and `mp3s` (a conversion's MP3, whose
 worker died after its job was deleted: the job, and with it the MP3's id, is
 gone, but the record stays). This thread deletes the chunks of uploads
@@ -30,9 +30,9 @@ from collections.abc import Callable
 
 import pymongo.errors
 
-from common.gridfs_download import RANGE_CHUNKS, delete_chunks
-from common.mongo import VIDEOS_BUCKET
-from common.periodic import Periodic
+from video2mp3.core.periodic import Periodic
+from video2mp3.storage.gridfs_download import RANGE_CHUNKS, delete_chunks
+from video2mp3.storage.mongo import VIDEOS_BUCKET
 
 log = logging.getLogger(__name__)
 

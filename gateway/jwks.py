@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from common import tokens, tracing
+from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
+from video2mp3.core import tokens
+from video2mp3.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ FETCH_TIMEOUT_S = 3.0
 def auth_channel(auth_addr: str) -> grpc.Channel:
     """A channel to auth that reconnects within ~2 s of auth coming back (gRPC's
     default backoff grows to 120 s), for the key fetches, user checks and health
-checks; its calls carry the request id and trace context (common/tracing.py)."""
+checks; its calls carry the request id and trace context (telemetry/tracing.py)."""
     return tracing.client_channel(auth_addr, options=[("grpc.initial_reconnect_backoff_ms", 200),
                                                       ("grpc.max_reconnect_backoff_ms", 2000)])
 

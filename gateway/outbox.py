@@ -8,8 +8,9 @@ import logging
 
 import pymongo.errors
 
-from common import jobs, metrics
-from common.periodic import Periodic
+from video2mp3.core.periodic import Periodic
+from video2mp3.domain import jobs
+from video2mp3.telemetry import metrics
 
 log = logging.getLogger(__name__)
 

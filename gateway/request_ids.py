@@ -3,7 +3,7 @@
 Two guarantees, two mechanisms:
 
 * never a second job: jobs carry the request_id under a unique index on
-  (user_id, request_id) (common/jobs.py), so whatever races happen, a second
+  (user_id, request_id) (domain/jobs.py), so whatever races happen, a second
   insert fails and its upload returns the first job, deleting its own video;
 * never a second copy of the video, in practice: before storing any byte an
   upload *reserves* the request_id in the `requests` collection (a unique
@@ -27,8 +27,8 @@ import uuid
 import pymongo
 import pymongo.errors
 
-from common import jobs
-from common.errors import Cancelled, Reason
+from video2mp3.core.errors import Cancelled, Reason
+from video2mp3.domain import jobs
 
 log = logging.getLogger(__name__)
 

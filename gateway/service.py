@@ -12,19 +12,20 @@ from urllib.parse import quote
 import pymongo.errors
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
-from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common import jobs, metrics, retention
-from common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
-from common.gridfs_download import ChunkedDownload
-from common.health import DependencyMonitor
-from common.mongo import MP3S_BUCKET, Mongo
-from gateway import validation
-from gateway.auth import caller
-from gateway.uploads import Uploads
-from gateway.user_check import UserCheck
-from gateway.user_data import delete_user_data
-from gateway.watch import WatchHub
+from video2mp3.core.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
+from video2mp3.domain import jobs, retention
+from video2mp3.gateway import validation
+from video2mp3.gateway.auth import caller
+from video2mp3.gateway.uploads import Uploads
+from video2mp3.gateway.user_check import UserCheck
+from video2mp3.gateway.user_data import delete_user_data
+from video2mp3.gateway.watch import WatchHub
+from video2mp3.media.v1 import media_pb2, media_pb2_grpc
+from video2mp3.rpc.health import DependencyMonitor
+from video2mp3.storage.gridfs_download import ChunkedDownload
+from video2mp3.storage.mongo import MP3S_BUCKET, Mongo
+from video2mp3.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     def UploadVideo(self, request_iterator, context):
         return self._proto(self.uploads.handle(request_iterator, context, caller(context)))
 
-    # MongoDB errors are left to common/errors.py: UNAVAILABLE, in one place.
+    # MongoDB errors are left to core/errors.py: UNAVAILABLE, in one place.
     def _owned_job(self, job_id: str, context) -> jobs.Job:
         _require_job_id(job_id)
         job = self.jobs.get_for_user(job_id, caller(context).user_id)
@@ -115,8 +116,8 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 reason=Reason.MP3_EXPIRED, metadata={"job_id": job.id, "expire_time": when},
                 # REST: 410 Gone (deploy/envoy.yaml's Lua filter); gRPC keeps FAILED_PRECONDITION.
                 trailers=[("x-http-status", "410")])
-        # Read in bounded ranges (common/gridfs_download.py); a MongoDB error is
-        # UNAVAILABLE through common/errors.py.
+        # Read in bounded ranges (storage/gridfs_download.py); a MongoDB error is
+        # UNAVAILABLE through core/errors.py.
         stream = ChunkedDownload(self.mongo.db, MP3S_BUCKET, job.mp3_fid)
         # Envoy's transcoder passes initial metadata on as HTTP response headers.
         context.send_initial_metadata([("content-disposition", content_disposition(mp3_name(job.filename)))])
@@ -135,7 +136,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
 
     def DeleteMyData(self, request, context):
         user_id = caller(context).user_id
-        # MongoDB down: common/errors.py answers UNAVAILABLE (the account is kept; retry).
+        # MongoDB down: core/errors.py answers UNAVAILABLE (the account is kept; retry).
         n_jobs, n_videos, n_mp3s = delete_user_data(self.mongo, user_id)
         # The account is about to go: look it up afresh on its next request.
         self.users.forget(user_id)

@@ -1,11 +1,12 @@
 """Job metrics the gateway reads from MongoDB every JOB_STATS_INTERVAL_S
-(gateway/__main__.py runs collect() on a common/periodic.Periodic): jobs by
+(gateway/__main__.py runs collect() on a core/periodic.Periodic): jobs by
 state, and the outbox's backlog and the age of its oldest job. Two aggregate
 queries per round, on one thread; every gateway replica reports the same
 numbers (dashboards take max(), not sum())."""
 from __future__ import annotations
 
-from common import jobs, metrics
+from video2mp3.domain import jobs
+from video2mp3.telemetry import metrics
 
 
 def collect(job_store: jobs.JobStore) -> None:

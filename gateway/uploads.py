@@ -3,13 +3,13 @@ the job and publish it.
 
 Nothing is half-kept: any failure before the job is recorded (bad options,
 empty body, size limit, client cancel, storage error, the store's disk nearly
-full: common/storage_space.py) aborts the GridFS upload,
+full: gateway/storage_space.py) aborts the GridFS upload,
 which deletes its chunks; chunks a killed gateway could not delete are removed
 later by gateway/janitor.py. Memory holds a few MB per upload, whatever its size
-(common/gridfs_upload.py). An upload with a request_id reserves it before
+(storage/gridfs_upload.py). An upload with a request_id reserves it before
 storing anything (gateway/request_ids.py), so a retry never stores a copy.
 
-A streamable upload (common/container_sniff.py, judged from its first bytes)
+A streamable upload (gateway/container_sniff.py, judged from its first bytes)
 gets its job, hidden, as soon as those bytes are in, and is converted while
 the rest arrives (gateway/early_jobs.py); its answer is the job as it is when
 the upload ends. Its failure deletes that job as DeleteJob would.
@@ -25,17 +25,18 @@ from collections.abc import Iterable
 import pymongo.errors
 from bson import ObjectId
 
-from common import container_sniff, jobs, metrics, tracing
-from common.errors import Cancelled, InvalidArgument, Reason, ResourceExhausted, Unavailable
-from common.gridfs_download import delete_file
-from common.gridfs_upload import ChunkedUpload
-from common.mongo import VIDEOS_BUCKET, Mongo
-from common.queue import Publisher, PublishError
-from common.storage_space import StorageSpace
-from common.tokens import Caller
-from gateway import form_upload, validation
-from gateway.early_jobs import EarlyJobs, Heartbeat
-from gateway.request_ids import RequestIds, Reservation
+from video2mp3.core.errors import Cancelled, InvalidArgument, Reason, ResourceExhausted, Unavailable
+from video2mp3.core.tokens import Caller
+from video2mp3.domain import jobs
+from video2mp3.domain.queue import Publisher, PublishError
+from video2mp3.gateway import container_sniff, form_upload, validation
+from video2mp3.gateway.early_jobs import EarlyJobs, Heartbeat
+from video2mp3.gateway.request_ids import RequestIds, Reservation
+from video2mp3.gateway.storage_space import StorageSpace
+from video2mp3.storage.gridfs_download import delete_file
+from video2mp3.storage.gridfs_upload import ChunkedUpload
+from video2mp3.storage.mongo import VIDEOS_BUCKET, Mongo
+from video2mp3.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Uploads:
         self.early = EarlyJobs(mongo, job_store, self.publish, self.heartbeat)
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
-        """Returns the created job, or raises (common/errors.py makes the
+        """Returns the created job, or raises (core/errors.py makes the
         status; a MongoDB error is UNAVAILABLE) having kept nothing."""
         if not self._slots.acquire(blocking=False):
             raise ResourceExhausted("too many uploads in progress; retry in a few seconds",

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)

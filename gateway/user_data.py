@@ -2,15 +2,15 @@
 
 Idempotent, so a retry after a partial failure finishes the job. GridFS files
 go before the jobs that point at them, each a bounded range of chunks per
-query (common/gridfs_download.delete_file; an unbounded chunk query can make
+query (storage/gridfs_download.delete_file; an unbounded chunk query can make
 the store build its whole result); a conversion running meanwhile may still
 write its MP3, which the converter drops once it finds its job gone.
 """
 from __future__ import annotations
 
-from common.gridfs_download import delete_file
-from common.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
-from gateway import request_ids
+from video2mp3.gateway import request_ids
+from video2mp3.storage.gridfs_download import delete_file
+from video2mp3.storage.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
 
 
 def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:

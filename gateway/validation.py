@@ -1,14 +1,13 @@
 """Checks what callers send: an upload's conversion options (the rules are
-common/mp3_options.py's), its file name and request_id, and ListJobs' filter."""
+domain/mp3_options.py's), its file name and request_id, and ListJobs' filter."""
 from __future__ import annotations
 
 import re
 import unicodedata
 
+from video2mp3.core.errors import InvalidArgument, Reason
+from video2mp3.domain import jobs, mp3_options
 from video2mp3.media.v1 import media_pb2
-
-from common import jobs, mp3_options
-from common.errors import InvalidArgument, Reason
 
 MAX_FILENAME_CHARS = 255
 

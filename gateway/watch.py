@@ -20,8 +20,9 @@ from collections.abc import Iterator
 
 import pymongo.errors
 
-from common import jobs, metrics
-from common.errors import NotFound, Reason, ResourceExhausted, Unavailable
+from video2mp3.core.errors import NotFound, Reason, ResourceExhausted, Unavailable
+from video2mp3.domain import jobs
+from video2mp3.telemetry import metrics
 
 log = logging.getLogger(__name__)
 

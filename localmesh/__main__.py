@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from auth.keys import ensure_key
-from common.settings import MongoSettings, is_set, load
 from localmesh.processes import (
     Child,
     ChildDied,
@@ -47,7 +45,9 @@ from localmesh.processes import (
 from localmesh.settings import MeshSettings
 from localmesh.stack import Stack
 from localmesh.supervise import Supervisor
-from ops import envoy_config
+from video2mp3.auth.keys import ensure_key
+from video2mp3.core.settings import MongoSettings, is_set, load
+from video2mp3.ops import envoy_config
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0

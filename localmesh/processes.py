@@ -3,7 +3,7 @@
 Used by `python -m localmesh` (`make run`) and by the test fixtures in
 tests/conftest.py, so both run the services exactly the same way.
 
-    child = Child("auth", [sys.executable, "-m", "auth"], env=env, log_path=tmp / "auth.log")
+    child = Child("auth", [sys.executable, "-m", "video2mp3.auth"], env=env, log_path=tmp / "auth.log")
     child.start()
     wait_for_grpc_health(f"127.0.0.1:{port}", child=child)
     ...
@@ -29,8 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
 
-from common.process import die_with_parent
-from common.settings import RabbitSettings
+from video2mp3.core.process import die_with_parent
+from video2mp3.core.settings import RabbitSettings
 
 T = TypeVar("T")
 
@@ -451,7 +451,7 @@ def wait_for_queue_consumer(
     how we know the converter (which has no port) is ready."""
     import pika
 
-    from common.queue import connection_parameters
+    from video2mp3.domain.queue import connection_parameters
 
     queue = rabbit.queue
     params = connection_parameters(rabbit)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from auth.config import AuthConfig
-from common.settings import group, setting
-from converter.config import ConverterConfig
-from gateway.config import GatewayConfig
-from ops.envoy_config import EnvoySettings
+from video2mp3.auth.config import AuthConfig
+from video2mp3.converter.config import ConverterConfig
+from video2mp3.core.settings import group, setting
+from video2mp3.gateway.config import GatewayConfig
+from video2mp3.ops.envoy_config import EnvoySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ class MeshSettings:
 
     @property
     def mongo_data_dir(self) -> Path:
-        """MONGO_DATA_DIR (declared in common/settings.MongoSettings), else ./data/mongo."""
+        """MONGO_DATA_DIR (declared in core/settings.MongoSettings), else ./data/mongo."""
         return self.gateway.mongo.data_dir or ROOT / "data" / "mongo"
 
     @property

@@ -22,10 +22,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
-from auth.config import AuthConfig
-from common.logging import LogSettings
-from common.settings import AuthEndpoint, MediaEndpoint, RabbitSettings, is_set, load
-from gateway.config import GatewayConfig
 from localmesh.processes import (
     Child,
     stop_all,
@@ -34,7 +30,11 @@ from localmesh.processes import (
     wait_for_queue_consumer,
 )
 from localmesh.settings import MeshSettings
-from ops import envoy_config
+from video2mp3.auth.config import AuthConfig
+from video2mp3.core.logging import LogSettings
+from video2mp3.core.settings import AuthEndpoint, MediaEndpoint, RabbitSettings, is_set, load
+from video2mp3.gateway.config import GatewayConfig
+from video2mp3.ops import envoy_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "gateway", "converter", "envoy")
@@ -143,7 +143,7 @@ class Stack:
 
     def _argv(self, name: str) -> list[str]:
         if name in PYTHON_SERVICES:
-            return [sys.executable, "-m", name]
+            return [sys.executable, "-m", f"video2mp3.{name}"]
         if name == "envoy":
             return [envoy_config.envoy_binary(self.settings.envoy.binary), "-c",
                     str(self.envoy_config_path),

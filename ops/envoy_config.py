@@ -13,7 +13,7 @@ Also usable from a shell; with --exec it then runs Envoy on the result (the
 envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR, ENVOY_LOGIN_LIMIT,
 ENVOY_SIGNUP_LIMIT are the defaults):
 
-    python -m ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
+    python -m video2mp3.ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
         --auth auth:50051 --media gateway:50052 [--openapi /etc/envoy/openapi.json] \\
         [--web-root /etc/envoy/web] [--exec]
 """
@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from common.settings import AuthEndpoint, MediaEndpoint, group, load, setting
+from video2mp3.core.settings import AuthEndpoint, MediaEndpoint, group, load, setting
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "envoy.yaml"

@@ -2,9 +2,9 @@
 
 For container health checks where no native gRPC probe exists (docker compose):
 
-    python -m ops.probe 127.0.0.1:50051 [SERVICE]
-    python -m ops.probe --from-env    # the image's HEALTHCHECK: this container's own port
-    python -m ops.probe --http http://127.0.0.1:9103/metrics   # an HTTP endpoint answers 200
+    python -m video2mp3.ops.probe 127.0.0.1:50051 [SERVICE]
+    python -m video2mp3.ops.probe --from-env    # the image's HEALTHCHECK: this container's own port
+    python -m video2mp3.ops.probe --http http://127.0.0.1:9103/metrics   # an HTTP endpoint answers 200
 
 --from-env probes 127.0.0.1 on AUTH_PORT (50051) or MEDIA_PORT (50052),
 whichever this container listens on; the converter listens on neither and

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import requests
 from google.api import httpbody_pb2
+
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 
 from bson import ObjectId
-from video2mp3.media.v1 import media_pb2
 
-from common import jobs
-from common.mongo import Mongo
-from common.queue import Publisher
-from common.settings import MongoSettings, RabbitSettings, load
+from video2mp3.core.settings import MongoSettings, RabbitSettings, load
+from video2mp3.domain import jobs
+from video2mp3.domain.queue import Publisher
+from video2mp3.media.v1 import media_pb2
+from video2mp3.storage.mongo import Mongo
 
 
 class DirectSubmitter:

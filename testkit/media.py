@@ -268,9 +268,8 @@ def _noise_frames(stream, duration, fps, pictures: int = 15):
 def mp3_bytes(src, options=None, *, filename: str = "v.mp4", **kw) -> bytes:
     """converter.transcode.transcode() of `src` (a readable file) into memory:
     the MP3 as stored, its header patch applied. `kw`: transcode's own (overlap=...)."""
+    from video2mp3.converter.transcode import transcode  # what is tested; this module needs only PyAV
     from video2mp3.media.v1 import media_pb2
-
-    from converter.transcode import transcode  # what is tested; this module needs only PyAV
 
     out = io.BytesIO()
     result = transcode(src, out, options or media_pb2.ConversionOptions(), filename=filename, **kw)

@@ -1,4 +1,4 @@
-"""The google.rpc.Status details of a failed call (common/errors.py), for tests."""
+"""The google.rpc.Status details of a failed call (core/errors.py), for tests."""
 from __future__ import annotations
 
 import grpc

@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from common.queue import connection_parameters
-from common.settings import MysqlSettings, RabbitSettings, as_env, load
 from localmesh.processes import Child, free_port, secantusd_argv, wait_for_mongo
+from video2mp3.core.settings import MysqlSettings, RabbitSettings, as_env, load
+from video2mp3.domain.queue import connection_parameters
 
 # Names a service may derive from the main queue (dead-lettering, retries).
 QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay")
@@ -180,7 +180,7 @@ def fresh_ports(env: Mapping[str, str]) -> dict:
 
 def new_keys_dir(path: str | os.PathLike) -> str:
     """A directory holding one fresh Ed25519 signing key (this run's own)."""
-    from auth.keys import ensure_key
+    from video2mp3.auth.keys import ensure_key
 
     ensure_key(Path(path))
     return str(path)
@@ -189,7 +189,7 @@ def new_keys_dir(path: str | os.PathLike) -> str:
 def signing_key(env: Mapping[str, str]):
     """The mesh's current signing key (auth.keys.SigningKey), for tests that
     must forge exactly what auth would sign (an expired token, say)."""
-    from auth.keys import load_dir
+    from video2mp3.auth.keys import load_dir
 
     return load_dir(Path(env["AUTH_KEYS_DIR"]))[-1]
 

@@ -19,7 +19,7 @@ Dependencies (the machine's shared servers are checked, never started or stopped
                       with .host .port .db .child and .via(host, port) for a
                       proxied URI (fault tests).
 
-The mesh (real `python -m auth|gateway|converter` processes and Envoy):
+The mesh (real `python -m video2mp3.auth|gateway|converter` processes and Envoy):
 
   mesh_env         the full environment for the services: os.environ plus
                    MYSQL_*, MONGO_URI, RABBITMQ_*, QUEUE_NAME, AUTH_KEYS_DIR (a
@@ -59,11 +59,11 @@ from pathlib import Path
 
 import pytest
 
-from common.mongo import Mongo
-from common.settings import MongoSettings
 from localmesh.processes import Child
 from localmesh.stack import SERVICES, Stack
 from testkit import testbed
+from video2mp3.core.settings import MongoSettings
+from video2mp3.storage.mongo import Mongo
 
 ROOT = Path(__file__).resolve().parent.parent
 

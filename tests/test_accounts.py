@@ -1,5 +1,5 @@
 """Accounts: deleting your own (with everything you own), sign-up switched off,
-and the admin commands `python -m auth users create|list|delete`."""
+and the admin commands `python -m video2mp3.auth users create|list|delete`."""
 from __future__ import annotations
 
 import subprocess
@@ -10,16 +10,16 @@ import grpc
 import jwt
 import pytest
 import requests
-from video2mp3.auth.v1 import auth_pb2
-from video2mp3.media.v1 import media_pb2
 
-from common import tokens
-from common.mongo import Mongo
-from common.settings import MongoSettings
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_text_file
 from testkit.status import reason
+from video2mp3.auth.v1 import auth_pb2
+from video2mp3.core import tokens
+from video2mp3.core.settings import MongoSettings
+from video2mp3.media.v1 import media_pb2
+from video2mp3.storage.mongo import Mongo
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse 1"
@@ -117,7 +117,7 @@ def test_sign_up_can_be_switched_off(mesh_factory):
 
 
 def admin(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "auth", "users", *args], env=env, cwd=ROOT, input=stdin,
+    return subprocess.run([sys.executable, "-m", "video2mp3.auth", "users", *args], env=env, cwd=ROOT, input=stdin,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -1,6 +1,6 @@
 """AuthService against the real MariaDB (127.0.0.1:3306 by default).
 
-The auth server runs as a subprocess (`python -m auth`), exactly as in production,
+The auth server runs as a subprocess (`python -m video2mp3.auth`), exactly as in production,
 on a free port and against its own database (video2mp3_test_<random>), dropped at
 the end. MySQL outages are simulated with a TCP proxy in front of the shared
 MariaDB, which is never stopped.
@@ -23,14 +23,14 @@ import pymysql
 import pytest
 from argon2 import PasswordHasher
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from auth.keys import ensure_key, generate, load_dir
-from common import tokens
 from localmesh.processes import Child, free_port, wait_for
 from testkit import testbed
 from testkit.status import reason
 from testkit.tcp_proxy import TcpProxy
+from video2mp3.auth.keys import ensure_key, generate, load_dir
+from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
+from video2mp3.core import tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "video2mp3.auth.v1.AuthService"
@@ -59,7 +59,7 @@ def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
 
 
 class AuthServer:
-    """`python -m auth` in a subprocess, with its own port, database and log file."""
+    """`python -m video2mp3.auth` in a subprocess, with its own port, database and log file."""
 
     def __init__(self, log_path: Path, db: str, mysql_port: int, **extra_env: str):
         self.port = free_port()
@@ -83,7 +83,7 @@ class AuthServer:
             AUTH_METRICS_PORT="0",  # several run at once
         )
         env.update(extra_env)
-        self.child = Child("auth", [sys.executable, "-m", "auth"], env=env, cwd=ROOT,
+        self.child = Child("auth", [sys.executable, "-m", "video2mp3.auth"], env=env, cwd=ROOT,
                            log_path=log_path).start()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)

@@ -18,15 +18,15 @@ from pathlib import Path
 import grpc
 import pexpect
 import pytest
-from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from auth.keys import generate as generate_key
-from cli.session import token_claims
-from common import tokens
 from localmesh.processes import free_port, wait_for
 from testkit import testbed
 from testkit.clients import unique_email
 from testkit.media import analyse_mp3, make_media
+from video2mp3.auth.keys import generate as generate_key
+from video2mp3.cli.session import token_claims
+from video2mp3.core import tokens
+from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 CLI = str(Path(sys.executable).parent / "video2mp3")
 PASSWORD = "correct horse 1"
@@ -102,8 +102,11 @@ def test_a_fresh_clone_builds_a_wheel_with_the_command_and_the_stubs(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "video2mp3 = cli.__main__:main" in entry_points
-    assert {"cli/__main__.py", "video2mp3/media/v1/media_pb2_grpc.py", "video2mp3/auth/v1/auth_pb2.py"} <= names
+    assert "video2mp3 = video2mp3.cli.__main__:main" in entry_points
+    # One name in site-packages: everything, stubs included, is under video2mp3/.
+    assert {n.split("/")[0] for n in names} == {"video2mp3", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert {"video2mp3/cli/__main__.py", "video2mp3/media/v1/media_pb2_grpc.py",
+            "video2mp3/auth/v1/auth_pb2.py"} <= names
 
 
 def test_login_prompts_hides_the_password_and_keeps_the_token_private(env):
@@ -340,7 +343,7 @@ class _Stream:
 def test_following_a_job_uses_watchjob_where_it_exists_else_polls(watch, monkeypatch):
     from rich.console import Console
 
-    from cli import convert
+    from video2mp3.cli import convert
 
     monkeypatch.setattr(convert, "POLL_S", 0.01)
     media = _FakeMedia(watch)

@@ -1,4 +1,4 @@
-"""common/container_sniff.py: which uploads may be converted while they arrive,
+"""gateway/container_sniff.py: which uploads may be converted while they arrive,
 judged from real files made by FFmpeg (testkit/media.py) and hand-made MP4 boxes."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from common.container_sniff import SNIFF_BYTES, Verdict, streamable, verdict
 from testkit.media import make_media, make_text_file
+from video2mp3.gateway.container_sniff import SNIFF_BYTES, Verdict, streamable, verdict
 
 
 def head_of(path) -> bytes:

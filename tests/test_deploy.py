@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ops import envoy_config
+from video2mp3.ops import envoy_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -112,7 +112,7 @@ def test_deployments_are_probed_bounded_and_locked_down(built):
         if app in GRPC_PORTS:
             assert ports["grpc"] == GRPC_PORTS[app] == int(config[f"{'AUTH' if app == 'auth' else 'MEDIA'}_PORT"])
             assert c["readinessProbe"]["grpc"] == {"port": GRPC_PORTS[app]}
-            # Liveness asks for a name that stays SERVING during an outage (common/grpc_server.py).
+            # Liveness asks for a name that stays SERVING during an outage (rpc/server.py).
             assert c["livenessProbe"]["grpc"] == {"port": GRPC_PORTS[app], "service": "liveness"}
             assert int(config[f"{'AUTH' if app == 'auth' else 'MEDIA'}_METRICS_PORT"]) == METRICS_PORTS[app]
         if app != "envoy":
@@ -123,7 +123,7 @@ def test_deployments_are_probed_bounded_and_locked_down(built):
 
 
 def test_liveness_service_name_is_the_one_the_servers_keep_serving():
-    from common.grpc_server import LIVENESS
+    from video2mp3.rpc.server import LIVENESS
 
     assert LIVENESS == "liveness"
 
@@ -339,7 +339,7 @@ def test_signing_keys_come_from_a_secret_the_operator_creates(built):
     assert ("Secret", AUTH_KEYS_SECRET) not in kinds
     text = (K8S / "base" / "auth.yaml").read_text()
     assert "kubectl create secret generic video2mp3-auth-keys --from-file=keys/" in text
-    assert "python -m auth keys rotate --dir keys/" in text
+    assert "python -m video2mp3.auth keys rotate --dir keys/" in text
     pod = _pod(kinds[("Deployment", "auth")])
     (c,) = pod["containers"]
     keys_dir = _env(c)["AUTH_KEYS_DIR"]["value"]
@@ -386,7 +386,7 @@ def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
         assert services[name]["environment"]["VIDEO2MP3_ENV"] == "production"
     keys_dir = services["auth"]["environment"]["AUTH_KEYS_DIR"]
     assert any(v.split(":")[1] == keys_dir and v.endswith(":ro") for v in services["auth"]["volumes"])
-    assert "python -m auth keys new --dir deploy/keys" in COMPOSE.read_text()
+    assert "python -m video2mp3.auth keys new --dir deploy/keys" in COMPOSE.read_text()
     assert (ROOT / "deploy" / services["auth"]["build"]["context"] / "pyproject.toml").exists()
     # Official images: MySQL 8, RabbitMQ 3.13 with management, MongoDB.
     assert services["mysql"]["image"].startswith("mysql:8")
@@ -427,7 +427,9 @@ def _copies(text: str) -> list[str]:
 def test_dockerfile_copies_only_what_exists_and_the_context_lets_it_through():
     text = DOCKERFILE.read_text()
     sources = _copies(text)
-    assert {"requirements", "common", "auth", "gateway", "converter", "ops", "protos", "tools"} <= set(sources)
+    folders = {"core", "telemetry", "rpc", "storage", "domain", "auth", "gateway", "converter", "ops", "protos",
+               "tools"}
+    assert {"requirements", *folders} <= set(sources)
     # The envoy image serves the web page from its own copy of web/.
     assert {"web/index.html", "web/app.js", "web/app.css"} <= set(sources)
     rules = [line for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")]
@@ -454,7 +456,8 @@ def test_dockerfile_builds_a_small_runtime_image():
     service_stage = text.split("AS service", 1)[1].split("AS envoy", 1)[0]
     assert "COPY --from=build /opt/venv /opt/venv" in service_stage
     assert "USER 10001" in service_stage and "HEALTHCHECK" in service_stage
-    for folder in ("common", "auth", "gateway", "converter", "ops", "cli", "protos", "tools"):
+    for folder in ("core", "telemetry", "rpc", "storage", "domain", "auth", "gateway", "converter", "ops", "cli",
+                   "protos", "tools"):
         assert f"COPY {folder} ./{folder}" in text
     # Only service code: no launcher, test kit or benchmarks in the image.
     for folder in ("localmesh", "testkit", "bench", "tests"):
@@ -505,7 +508,7 @@ def test_envoy_accepts_the_image_config(tmp_path):
 def test_operations_doc_explains_every_metric_and_readme_links_it():
     from prometheus_client.metrics import MetricWrapperBase
 
-    from common import metrics
+    from video2mp3.telemetry import metrics
 
     text = OPERATIONS.read_text()
     names = [m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]

@@ -5,10 +5,10 @@ the test generates, wait for DONE, download, and check the MP3 is the source's
 from __future__ import annotations
 
 import pytest
-from video2mp3.media.v1 import media_pb2
 
 from testkit.clients import GrpcClient, RestClient
 from testkit.media import analyse_mp3, audio_duration, make_media
+from video2mp3.media.v1 import media_pb2
 
 
 @pytest.fixture(scope="module")

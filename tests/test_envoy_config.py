@@ -20,12 +20,12 @@ import requests
 import yaml
 from google.api import httpbody_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
-from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common.settings import load
 from localmesh.processes import Child, free_port, wait_for_port
-from ops import envoy_config
+from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
+from video2mp3.core.settings import load
+from video2mp3.media.v1 import media_pb2, media_pb2_grpc
+from video2mp3.ops import envoy_config
 
 AUTH = "video2mp3.auth.v1.AuthService"
 MEDIA = "video2mp3.media.v1.MediaService"

@@ -1,6 +1,6 @@
-"""common/errors.py: exceptions become rich statuses (code, message, details).
+"""core/errors.py: exceptions become rich statuses (code, message, details).
 Pure conversion first, then through a real in-process server built by
-common/grpc_server.build_server: unary, client- and server-streaming RPCs and
+rpc/server.build_server: unary, client- and server-streaming RPCs and
 an interceptor's error."""
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pytest
 from grpc_interceptor import ServerInterceptor
 from grpc_status import rpc_status
 
-from auth.users import DatabaseUnavailable
-from common import errors, grpc_server
-from common.errors import Reason
 from testkit.status import details
+from video2mp3.auth.users import DatabaseUnavailable
+from video2mp3.core import errors
+from video2mp3.core.errors import Reason
+from video2mp3.rpc import server as grpc_server
 
 
 def test_error_info_always_bad_request_with_violations_retry_info_with_a_delay():
@@ -60,9 +61,9 @@ def test_each_class_has_its_code_and_the_status_round_trips(cls, code):
 
 
 def test_a_full_store_disk_is_resource_exhausted_507_storage_full(tmp_path):
-    """common/storage_space.py's refusal goes the one error path: reason
+    """gateway/storage_space.py's refusal goes the one error path: reason
     STORAGE_FULL, and REST 507 through the x-http-status trailer."""
-    from common.storage_space import StorageFull, StorageSpace
+    from video2mp3.gateway.storage_space import StorageFull, StorageSpace
 
     StorageSpace(None, data_dir=tmp_path, reserve_bytes=0).check()  # 0: never refused
     with pytest.raises(StorageFull) as info:

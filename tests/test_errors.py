@@ -9,17 +9,17 @@ import jwt
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from video2mp3.auth.v1 import auth_pb2
-from video2mp3.media.v1 import media_pb2
 
-from auth.keys import generate
-from common import tokens
-from common.mongo import Mongo
-from common.settings import MongoSettings
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_media, make_text_file
 from testkit.status import details, rest_details
 from testkit.testbed import signing_key
+from video2mp3.auth.keys import generate
+from video2mp3.auth.v1 import auth_pb2
+from video2mp3.core import tokens
+from video2mp3.core.settings import MongoSettings
+from video2mp3.media.v1 import media_pb2
+from video2mp3.storage.mongo import Mongo
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,7 @@ import time
 import pika
 import pytest
 from bson import ObjectId
-from video2mp3.media.v1 import media_pb2
 
-from common import jobs
-from common.queue import MAX_DELIVERIES, dead_letter_queue, encode_task
-from converter.policy import REVIVED_HEADER
 from localmesh.processes import wait_for
 from testkit.faults import (
     SLOW_OPTIONS,
@@ -31,6 +27,10 @@ from testkit.faults import (
 )
 from testkit.media import analyse_mp3
 from testkit.testbed import publish_raw, rabbit_connection
+from video2mp3.converter.policy import REVIVED_HEADER
+from video2mp3.domain import jobs
+from video2mp3.domain.queue import MAX_DELIVERIES, dead_letter_queue, encode_task
+from video2mp3.media.v1 import media_pb2
 
 SERVICES = ("auth", "gateway", "converter")
 LEASE_S = 2

@@ -15,13 +15,13 @@ import io
 import random
 
 import pytest
-from video2mp3.media.v1 import media_pb2
 
-from common.queue import MAX_DELIVERIES
-from converter.transcode import ConversionError, transcode
 from testkit.faults import user_client, worker_pids
 from testkit.media import make_media
 from testkit.testbed import queue_depth
+from video2mp3.converter.transcode import ConversionError, transcode
+from video2mp3.domain.queue import MAX_DELIVERIES
+from video2mp3.media.v1 import media_pb2
 
 SERVICES = ("auth", "gateway", "converter")
 WORKERS = 2

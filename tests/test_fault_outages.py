@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from video2mp3.auth.v1 import auth_pb2
-from video2mp3.media.v1 import media_pb2
 
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient, RestClient, unique_email, upload_messages
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
 from testkit.tcp_proxy import TcpProxy
+from video2mp3.auth.v1 import auth_pb2
+from video2mp3.media.v1 import media_pb2
 
 FAST = 10  # seconds: the deadline an RPC must beat with an answer while a dependency is down
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
-from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common.queue import MAX_DELIVERIES
 from localmesh.processes import wait_for
 from testkit import testbed
 from testkit.clients import CHUNK, upload_messages
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
+from video2mp3.domain.queue import MAX_DELIVERIES
+from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 SERVICES = ("auth", "gateway", "converter")
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,15 +22,15 @@ import pytest
 import requests
 from bson import ObjectId
 from google.api import httpbody_pb2
-from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
-from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
-from common.gridfs_upload import ChunkedUpload
-from common.mongo import Mongo
-from common.settings import MongoSettings
-from gateway.janitor import OrphanChunkJanitor
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient
+from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
+from video2mp3.core.settings import MongoSettings
+from video2mp3.gateway.janitor import OrphanChunkJanitor
+from video2mp3.media.v1 import media_pb2, media_pb2_grpc
+from video2mp3.storage.gridfs_upload import ChunkedUpload
+from video2mp3.storage.mongo import Mongo
 
 MiB = 1024 * 1024
 PIECE = 64 * 1024
@@ -402,7 +402,7 @@ def test_janitor_removes_only_old_orphan_chunks(mongo_server):
         files, chunks = m.db["videos.files"], m.db["videos.chunks"]
         now = dt.datetime.now(dt.UTC)
 
-        uploads = m.db["videos.uploads"]  # in-progress records (common/gridfs_upload.py)
+        uploads = m.db["videos.uploads"]  # in-progress records (storage/gridfs_upload.py)
 
         def upload(fid, n_chunks: int, touched_age_s: float, data: bytes) -> None:
             for n in range(n_chunks):
@@ -435,8 +435,8 @@ def test_an_mp3_deleted_while_written_then_abandoned_is_removed_by_its_record(mo
     worker goes on writing, then the worker dies: the chunks it wrote after the
     delete sit past a gap. delete_file keeps the in-progress record, and the
     mp3s janitor deletes from 0 to past the record's count, across the gap."""
-    import common.gridfs_upload as gridfs_upload
-    from common.gridfs_download import RANGE_CHUNKS, delete_file
+    import video2mp3.storage.gridfs_upload as gridfs_upload
+    from video2mp3.storage.gridfs_download import RANGE_CHUNKS, delete_file
 
     with mongo_server.scratch("mp3janitor") as m:
         monkeypatch.setattr(gridfs_upload, "TOUCH_EVERY_S", 0.0)  # the record follows every chunk

@@ -1,4 +1,4 @@
-"""common.gridfs_download.ChunkedDownload (skipping, read-ahead) and
+"""storage.gridfs_download.ChunkedDownload (skipping, read-ahead) and
 converter.video_source.VideoSource on the session's real SecantusDB.
 
 Small GridFS chunks (16 KiB) make a few-MB file span many ranges, so seeks,
@@ -12,13 +12,13 @@ import threading
 import time
 
 import pytest
-from video2mp3.media.v1 import media_pb2
 
-from common.gridfs_download import ChunkedDownload
-from common.gridfs_upload import ChunkedUpload
-from common.mongo import VIDEOS_BUCKET
-from converter.video_source import VideoSource
 from testkit.media import make_media, mp3_bytes
+from video2mp3.converter.video_source import VideoSource
+from video2mp3.media.v1 import media_pb2
+from video2mp3.storage.gridfs_download import ChunkedDownload
+from video2mp3.storage.gridfs_upload import ChunkedUpload
+from video2mp3.storage.mongo import VIDEOS_BUCKET
 
 CHUNK = 16 * 1024
 
@@ -221,7 +221,7 @@ def test_a_delete_cut_short_is_finished_by_the_next_one(db, cut_after):
     So the first delete goes top-down and what it leaves is always 0..k,
     which the retry finds (the retention sweep's retry of a converter killed
     while deleting a phone-sized video)."""
-    from common.gridfs_download import delete_file
+    from video2mp3.storage.gridfs_download import delete_file
 
     fid = store(db, os.urandom(300 * CHUNK))  # 300 chunks: five delete ranges of 64
     with pytest.raises(ConnectionError):

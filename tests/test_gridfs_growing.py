@@ -1,4 +1,4 @@
-"""common/gridfs_growing.py against real SecantusDB: a file read while a writer
+"""storage/gridfs_growing.py against real SecantusDB: a file read while a writer
 (ChunkedUpload, as the gateway uses it) is still storing it."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 import gridfs.errors
 import pytest
 
-from common.gridfs_growing import GrowingDownload
-from common.gridfs_upload import ChunkedUpload
 from testkit.media import make_media, mp3_bytes
+from video2mp3.storage.gridfs_growing import GrowingDownload
+from video2mp3.storage.gridfs_upload import ChunkedUpload
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
-from video2mp3.media.v1 import media_pb2
 
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient, upload_messages
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
 from testkit.status import details
+from video2mp3.media.v1 import media_pb2
 
 DONE, FAILED = media_pb2.JOB_STATE_DONE, media_pb2.JOB_STATE_FAILED
 QUEUED, PROCESSING = media_pb2.JOB_STATE_QUEUED, media_pb2.JOB_STATE_PROCESSING

@@ -11,12 +11,12 @@ import pytest
 import requests
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from localmesh.stack import Stack
 from testkit.clients import unique_email
 from testkit.status import rest_details
 from testkit.testbed import fresh_ports
+from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 
 PASSWORD = "correct horse 1"
 LIMITS = dict(LOGIN_ACCOUNT_FAILURES=3, LOGIN_ADDRESS_FAILURES=6, LOGIN_BLOCK_BASE_S=2, LOGIN_BLOCK_MAX_S=60)

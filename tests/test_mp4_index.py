@@ -12,10 +12,10 @@ import os
 
 import av
 import pytest
-from video2mp3.media.v1 import media_pb2
 
-from converter.mp4_index import skippable_ranges
 from testkit.media import ReadSeekOnly, make_media, make_truncated, mp3_bytes
+from video2mp3.converter.mp4_index import skippable_ranges
+from video2mp3.media.v1 import media_pb2
 
 # Big noisy frames: video chunks much larger than the audio ones, like a real video.
 VIDEO_HEAVY = {"video_codec": "h264", "video_size": (160, 120), "video_noise": 60, "duration": 2.0}

@@ -22,12 +22,12 @@ from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from video2mp3.media.v1 import media_pb2
 
-from common import container_sniff
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient
 from testkit.prom import Scrape, metric_names, scrape
+from video2mp3.gateway import container_sniff
+from video2mp3.media.v1 import media_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "video2mp3.json"
@@ -316,7 +316,7 @@ def _run(code: str, **env) -> str:
 TRACING_PROBE = """
 import sys
 from opentelemetry import trace
-from common import tracing
+from video2mp3.telemetry import tracing
 tracing.setup_tracing("x")
 print(type(trace.get_tracer_provider()).__name__, "opentelemetry.sdk" in sys.modules)
 """
@@ -338,8 +338,8 @@ def test_the_converter_supervisor_sets_its_multiprocess_dir_before_prometheus_cl
 
 LOGGING_PROBE = """
 import logging
-from common import request_id
-from common.logging import setup_logging
+from video2mp3.core import request_id
+from video2mp3.core.logging import setup_logging
 setup_logging("gateway", worker=3)
 with request_id.bound("rid-1", job_id="job-1"):
     logging.getLogger("t").info("hello %s", "there", extra={"step": "queued"})

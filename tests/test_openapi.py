@@ -147,7 +147,7 @@ def test_fuzzing_the_rest_api_finds_nothing(mesh_factory, own_mysql_db, tmp_path
 
 
 def test_envoy_config_points_at_the_document_by_absolute_path():
-    from ops import envoy_config
+    from video2mp3.ops import envoy_config
 
     cfg = envoy_config.build()
     route = next(r for host in cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from converter import policy
-from converter.policy import (
+from video2mp3.converter import policy
+from video2mp3.converter.policy import (
     MAX_REVIVALS,
     REVIVED_HEADER,
     Cancelled,

@@ -11,12 +11,12 @@ import uuid
 import grpc
 import pytest
 import requests
-from video2mp3.media.v1 import media_pb2
 
 from localmesh.processes import wait_for
 from testkit.faults import SLOW_OPTIONS, make_long_audio, user_client
 from testkit.status import rest_details
 from testkit.tcp_proxy import TcpProxy
+from video2mp3.media.v1 import media_pb2
 
 WATCHERS = 1
 MAX_UPLOAD = 8_000_000  # the long audio (~4.5 MB) fits
@@ -106,7 +106,7 @@ def test_each_error_kind_over_rest(small_mesh, clip, long_audio):
 
 
 def test_oversized_grpc_metadata_is_refused_and_the_server_goes_on(mesh):
-    """The gateway's own bound (common/grpc_server.py MAX_METADATA_BYTES),
+    """The gateway's own bound (rpc/server.py MAX_METADATA_BYTES),
     for gRPC clients that reach it directly."""
     client = user_client(mesh)
     with pytest.raises(grpc.RpcError) as e:

@@ -12,10 +12,10 @@ import grpc
 import pymongo
 import pytest
 import requests
-from video2mp3.media.v1 import media_pb2
 
 from localmesh.processes import wait_for
 from testkit.faults import user_client
+from video2mp3.media.v1 import media_pb2
 
 VIDEO_S, MP3_S, JOB_S = 2, 5, 9
 

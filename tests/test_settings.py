@@ -1,4 +1,4 @@
-"""common/settings.py and the settings classes built on it: pure, no servers."""
+"""core/settings.py and the settings classes built on it: pure, no servers."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +7,11 @@ from typing import Literal
 
 import pytest
 
-from auth.config import AuthConfig
-from auth.login_limits import Limits
-from common.settings import (
+from localmesh.settings import MeshSettings
+from video2mp3.auth.config import AuthConfig
+from video2mp3.auth.login_limits import Limits
+from video2mp3.converter.config import CPUS, ConverterConfig
+from video2mp3.core.settings import (
     MysqlSettings,
     RabbitSettings,
     as_env,
@@ -18,10 +20,8 @@ from common.settings import (
     load,
     setting,
 )
-from converter.config import CPUS, ConverterConfig
-from gateway.config import GatewayConfig
-from localmesh.settings import MeshSettings
-from ops.envoy_config import EnvoySettings
+from video2mp3.gateway.config import GatewayConfig
+from video2mp3.ops.envoy_config import EnvoySettings
 
 
 @dataclasses.dataclass(frozen=True)

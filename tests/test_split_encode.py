@@ -16,12 +16,12 @@ import av
 import av.logging
 import numpy as np
 import pytest
-from video2mp3.media.v1 import media_pb2
 
-from converter import lame, mp3join, mp3tags, split_encode
-from converter import transcode as transcode_module
-from converter.split_encode import SEGMENT_FRAMES, SerialEncoder, SplitEncoder
 from testkit.media import analyse_mp3, make_media, mp3_bytes
+from video2mp3.converter import lame, mp3join, mp3tags, split_encode
+from video2mp3.converter import transcode as transcode_module
+from video2mp3.converter.split_encode import SEGMENT_FRAMES, SerialEncoder, SplitEncoder
+from video2mp3.media.v1 import media_pb2
 
 BATCH = 32 * 1152
 

@@ -15,12 +15,12 @@ import threading
 import grpc
 import pytest
 from google.api import httpbody_pb2
-from video2mp3.media.v1 import media_pb2
 
 from localmesh.processes import wait_for
 from testkit.faults import kill_worker, user_client, worker_pids
 from testkit.media import make_media, mp3_bytes
 from testkit.prom import scrape
+from video2mp3.media.v1 import media_pb2
 
 SERVICES = ("auth", "gateway", "converter")
 PIECE = 64 * 1024

@@ -26,15 +26,15 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from video2mp3.auth.v1 import auth_pb2
-from video2mp3.media.v1 import media_pb2
 
-from auth.keys import generate, load_dir
-from common import tokens
 from localmesh.processes import wait_for
 from testkit import testbed
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_text_file
+from video2mp3.auth.keys import generate, load_dir
+from video2mp3.auth.v1 import auth_pb2
+from video2mp3.core import tokens
+from video2mp3.media.v1 import media_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 # The seed's development key and the placeholders the old manifests shipped:
@@ -230,7 +230,7 @@ def test_no_signing_material_in_the_repository():
 
 
 def _run_auth(env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "auth"], env=env, cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "video2mp3.auth"], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -245,12 +245,12 @@ def test_production_auth_without_a_key_refuses_to_start_with_one_line(mesh_env, 
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
-    assert "AUTH_KEYS_DIR" in lines[0] and "python -m auth keys new --dir" in lines[0]
+    assert "AUTH_KEYS_DIR" in lines[0] and "python -m video2mp3.auth keys new --dir" in lines[0]
 
 
 def test_keys_new_writes_an_owner_only_key_and_refuses_a_second(mesh_env, tmp_path):
     d = tmp_path / "keys"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "auth", "keys", *a, "--dir", str(d)],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "video2mp3.auth", "keys", *a, "--dir", str(d)],  # noqa: E731
                                     env=mesh_env, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert run("new").returncode == 0
     (pem,) = d.glob("*.pem")
@@ -301,7 +301,7 @@ def test_rotation_while_requests_are_in_flight_fails_none(mesh_factory, tmp_path
     for t in threads:
         t.start()
     wait_for("requests with the first key", lambda: old_kid in kids_seen and counts[0] >= 3, timeout=30)
-    r = subprocess.run([sys.executable, "-m", "auth", "keys", "rotate", "--dir", str(keys_dir)],
+    r = subprocess.run([sys.executable, "-m", "video2mp3.auth", "keys", "rotate", "--dir", str(keys_dir)],
                        env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     new_kid = next(k.kid for k in load_dir(keys_dir) if k.kid != old_kid)

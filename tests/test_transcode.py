@@ -17,11 +17,7 @@ import threading
 import av
 import numpy as np
 import pytest
-from video2mp3.media.v1 import media_pb2
 
-from converter import lame, mp3tags
-from converter import options as opts
-from converter.transcode import ConversionError, TranscodeResult, transcode
 from testkit.media import ReadSeekOnly as Source
 from testkit.media import (
     analyse_mp3,
@@ -31,6 +27,10 @@ from testkit.media import (
     make_text_file,
     make_truncated,
 )
+from video2mp3.converter import lame, mp3tags
+from video2mp3.converter import options as opts
+from video2mp3.converter.transcode import ConversionError, TranscodeResult, transcode
+from video2mp3.media.v1 import media_pb2
 
 DURATION_TOLERANCE_S = 0.05
 FREQ_TOLERANCE_HZ = 5.0
@@ -602,7 +602,7 @@ def test_writes_as_it_goes(tmp_path):
 
 
 def test_progress(tmp_path, monkeypatch):
-    import converter.transcode as t
+    import video2mp3.converter.transcode as t
     path = make_media(tmp_path / "clip.m4a", video_codec=None, duration=20.0)
     monkeypatch.setattr(t, "PROGRESS_INTERVAL_S", 0.0)
     seen: list[tuple[float, str]] = []

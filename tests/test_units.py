@@ -8,15 +8,16 @@ import time
 import grpc
 import jwt
 import pytest
-from video2mp3.media.v1 import media_pb2, queue_pb2
 
-from auth.keys import KeyRing, generate, write_key
-from common import mp3_options, queue, tokens
-from common.errors import InvalidArgument, Reason
-from converter import options as converter_options
-from gateway import validation
-from gateway.jwks import JwksCache
-from gateway.user_check import AuthUnreachable, UserCheck
+from video2mp3.auth.keys import KeyRing, generate, write_key
+from video2mp3.converter import options as converter_options
+from video2mp3.core import tokens
+from video2mp3.core.errors import InvalidArgument, Reason
+from video2mp3.domain import mp3_options, queue
+from video2mp3.gateway import validation
+from video2mp3.gateway.jwks import JwksCache
+from video2mp3.gateway.user_check import AuthUnreachable, UserCheck
+from video2mp3.media.v1 import media_pb2, queue_pb2
 
 
 def req(**kw) -> media_pb2.UploadVideoRequest:

@@ -9,9 +9,9 @@ import time
 import grpc
 import pytest
 
-from common import jobs
-from common.errors import NotFound, ResourceExhausted, Unavailable
-from gateway.watch import WatchHub
+from video2mp3.core.errors import NotFound, ResourceExhausted, Unavailable
+from video2mp3.domain import jobs
+from video2mp3.gateway.watch import WatchHub
 
 
 class FakeStore:

@@ -36,7 +36,7 @@ def has_rpc(name: str) -> bool:
     """Whether this build's MediaService has RPC `name` (DeleteJob lands separately)."""
     from google.protobuf import descriptor_pb2
 
-    from ops import envoy_config
+    from video2mp3.ops import envoy_config
 
     fds = descriptor_pb2.FileDescriptorSet.FromString(envoy_config.DESCRIPTOR.read_bytes())
     return any(m.name == name for f in fds.file for s in f.service if s.name == "MediaService"

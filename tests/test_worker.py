@@ -9,15 +9,15 @@ import time
 
 import gridfs
 import pytest
-from video2mp3.media.v1 import media_pb2
 
-from common import jobs, retention
-from common.mongo import MP3S_BUCKET
-from converter.split_encode import SEGMENT_FRAMES
 from testkit.direct import DirectSubmitter
 from testkit.faults import Store
 from testkit.media import analyse_mp3, audio_duration, make_media
 from testkit.testbed import queue_depth
+from video2mp3.converter.split_encode import SEGMENT_FRAMES
+from video2mp3.domain import jobs, retention
+from video2mp3.media.v1 import media_pb2
+from video2mp3.storage.mongo import MP3S_BUCKET
 
 HEARTBEAT_S = 2
 

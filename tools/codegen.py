@@ -2,9 +2,9 @@
 
 The one codegen recipe, called by `make protos` and by the Dockerfile:
 
-  OUT/python/video2mp3/...   Python stubs (messages, gRPC, .pyi), a real package
-                             (with __init__.py files) that the project's install
-                             maps as `video2mp3`, so no path tweaking is needed
+  OUT/python/video2mp3/...   Python stubs (messages, gRPC, .pyi): the packages
+                             video2mp3.auth.v1 and video2mp3.media.v1, which the
+                             project's install maps beside its own folders
   OUT/descriptor.pb          the descriptor set Envoy's gRPC-JSON transcoder reads
   OUT/openapi.json           the REST surface as OpenAPI 3.0 (tools/openapi.py), which
                              Envoy serves at /openapi.json
@@ -65,8 +65,10 @@ def generate(out: Path) -> None:
     includes = [f"-I{PROTOS}", f"-I{third_party}"]
     _protoc(*includes, f"--python_out={python}", f"--pyi_out={python}",
             f"--grpc_python_out={python}", *ours)
-    # protoc writes modules only; make every folder a regular package.
-    for folder in [python / "video2mp3", *(p for p in (python / "video2mp3").rglob("*") if p.is_dir())]:
+    # protoc writes modules only. Each folder of modules (video2mp3/auth/v1, ...)
+    # becomes a regular package; the folders above them stay namespaces, as
+    # `video2mp3` and `video2mp3.auth` are also made of the project's own folders.
+    for folder in {p.parent for p in (python / "video2mp3").rglob("*.py")}:
         (folder / "__init__.py").touch()
     _protoc(*includes, "--include_imports", "--include_source_info",
             f"--descriptor_set_out={out / 'descriptor.pb'}", *ours, *DESCRIPTOR_EXTRAS)

@@ -4,7 +4,7 @@
 (() => {
   'use strict';
 
-  // Legal values: common/mp3_options.py.
+  // Legal values: domain/mp3_options.py.
   const BITRATES = [32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
   const DEFAULT_BITRATE = 192;
   const POLL_MS = 1000;

@@ -138,7 +138,7 @@ class MongoSettings:
     timeout_ms: int = setting("MONGO_TIMEOUT_MS", 3000)
     # The store's data folder when it is on this machine: `make run` keeps its
     # embedded SecantusDB there (default ./data/mongo, localmesh/settings.py) and
-    # hands it to the gateway, whose disk-space guard (common/storage_space.py)
+    # hands it to the gateway, whose disk-space guard (gateway/storage_space.py)
     # measures it; unset for a remote store.
     data_dir: pathlib.Path | None = setting("MONGO_DATA_DIR", None)
 

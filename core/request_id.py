@@ -2,9 +2,9 @@
 
 Envoy gives each request an `x-request-id`; it reaches the gateway as gRPC
 metadata, is stored on the job and travels in the task message's AMQP headers
-to the converter (common/tracing.py). Within a process it lives in context
-variables: common/observe.py binds it for each RPC, the converter's consumer
-for each delivery, and common/logging.py adds it to every line.
+to the converter (telemetry/tracing.py). Within a process it lives in context
+variables: rpc/observe.py binds it for each RPC, the converter's consumer
+for each delivery, and core/logging.py adds it to every line.
 """
 from __future__ import annotations
 

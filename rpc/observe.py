@@ -1,9 +1,9 @@
-"""One interceptor that makes every RPC observable (common/grpc_server.py
+"""One interceptor that makes every RPC observable (rpc/server.py
 installs it outermost, so it sees the final status the error interceptor sets):
 
 - binds the request id: Envoy's `x-request-id`, or a new one for a direct call;
-- a SERVER span, child of the caller's `traceparent` (common/tracing.py);
-- video2mp3_grpc_server_handled_total / _handling_seconds (common/metrics.py);
+- a SERVER span, child of the caller's `traceparent` (telemetry/tracing.py);
+- video2mp3_grpc_server_handled_total / _handling_seconds (telemetry/metrics.py);
 - one log line when the RPC ends: method, code, duration, request id
   (health checks and reflection at DEBUG: probes would drown the rest).
 
@@ -24,7 +24,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from common import metrics, request_id, tracing
+from video2mp3.core import request_id
+from video2mp3.telemetry import metrics, tracing
 
 log = logging.getLogger("rpc")
 

@@ -1,8 +1,8 @@
 """The one way every service builds, runs and stops its gRPC server.
 
 Each server gets: a bounded thread pool, explicit message-size limits, the
-observing interceptor (common/observe.py: request id, span, metrics, one log
-line per RPC), the one error-to-status interceptor (common/errors.py), the standard
+observing interceptor (rpc/observe.py: request id, span, metrics, one log
+line per RPC), the one error-to-status interceptor (core/errors.py), the standard
 grpc.health.v1 service, server reflection (so `grpcurl list` works without
 .proto files) and a graceful SIGTERM/SIGINT stop.
 """
@@ -18,8 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.errors import ErrorInterceptor
-from common.observe import ObserveInterceptor
+from video2mp3.core.errors import ErrorInterceptor
+from video2mp3.rpc.observe import ObserveInterceptor
 
 log = logging.getLogger(__name__)
 

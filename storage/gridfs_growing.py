@@ -1,6 +1,6 @@
 """Reading a GridFS file while it is still being uploaded (convert while uploading).
 
-The gateway stores an upload's chunks as they fill (common/gridfs_upload.py)
+The gateway stores an upload's chunks as they fill (storage/gridfs_upload.py)
 and the files document only at the end; until then every stored chunk is
 full, and the length is unknown. GrowingDownload reads such a file front to
 back, a bounded range of chunks per query like ChunkedDownload: when the next
@@ -29,7 +29,7 @@ from collections.abc import Callable
 import gridfs.errors
 from gridfs import DEFAULT_CHUNK_SIZE
 
-from common.gridfs_download import RANGE_CHUNKS, ChunkReader
+from video2mp3.storage.gridfs_download import RANGE_CHUNKS, ChunkReader
 
 WAIT_FIRST_S = 0.025
 WAIT_MAX_S = 0.2

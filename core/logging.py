@@ -14,8 +14,8 @@ from typing import Literal
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
-from common import request_id
-from common.settings import load, setting
+from video2mp3.core import request_id
+from video2mp3.core.settings import load, setting
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ anything is deleted, and deleting a file twice (a claim that expired) is a
 no-op. The same code finishes deletes (DeleteJob) a dead gateway left halfway.
 
 Every file is deleted by id, a bounded range of chunks per query
-(common/gridfs_download.delete_file), never by scanning chunks: MP3s being
+(storage/gridfs_download.delete_file), never by scanning chunks: MP3s being
 written are found on the job (current_mp3_fid, pending_mp3_fids), and chunks a
 worker wrote after its job was deleted, then died, by their in-progress
 `mp3s.uploads` record (gateway/janitor.py).
@@ -30,10 +30,10 @@ import uuid
 
 from bson import ObjectId
 
-from common import jobs
-from common.gridfs_download import delete_file
-from common.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
-from common.settings import setting
+from video2mp3.core.settings import setting
+from video2mp3.domain import jobs
+from video2mp3.storage.gridfs_download import delete_file
+from video2mp3.storage.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def mp3_expired(job: jobs.Job, s: RetentionSettings, now: dt.datetime | None = N
 
 def _delete_file(mongo: Mongo, bucket: str, fid) -> None:
     """A GridFS file and its chunks, a bounded range of chunks per query
-    (common/gridfs_download.delete_file: an unbounded chunk query can make
+    (storage/gridfs_download.delete_file: an unbounded chunk query can make
     the store build its whole result); a file already gone, or only half
     written (chunks without a files document), is fine."""
     if fid is None:
@@ -178,7 +178,7 @@ def sweep(mongo: Mongo, store: jobs.JobStore, s: RetentionSettings,
         store.swept(job.id, owner, fields)
     # Imported here: the converter's config imports this module before its
     # supervisor has set PROMETHEUS_MULTIPROC_DIR (converter/__main__.py).
-    from common import metrics
+    from video2mp3.telemetry import metrics
 
     for kind, n in counts.items():
         metrics.RETENTION_DELETED.labels(kind).inc(n)

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from common.errors import Reason, ResourceExhausted
+from video2mp3.core.errors import Reason, ResourceExhausted
 
 log = logging.getLogger(__name__)
 

@@ -290,7 +290,7 @@ def delete_file(db, bucket: str, file_id) -> bool:
     once), then its chunks in ranges. False if there was no files document
     (its chunks, if any, are deleted anyway). A complete file's leftover
     in-progress record goes too; a file still being written keeps its record
-    (common/gridfs_upload.py): its writer may store more chunks before it
+    (storage/gridfs_upload.py): its writer may store more chunks before it
     notices, and then abort() them, or die and leave them to the janitor."""
     doc = db[f"{bucket}.files"].find_one_and_delete({"_id": file_id})
     upto = None

@@ -17,10 +17,10 @@ import pika
 import pika.exceptions
 from google.protobuf import json_format
 from pika.adapters.blocking_connection import BlockingChannel
-from video2mp3.media.v1 import queue_pb2
 
-from common import metrics, tracing
-from common.settings import RabbitSettings
+from video2mp3.core.settings import RabbitSettings
+from video2mp3.media.v1 import queue_pb2
+from video2mp3.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Publisher:
     def publish(self, task: queue_pb2.ConversionTask) -> None:
         """Returns once RabbitMQ confirmed the message; raises PublishError if
         it is unreachable, refuses it or does not confirm within the deadline.
-        The message carries the request id and trace context (common/tracing.py)."""
+        The message carries the request id and trace context (telemetry/tracing.py)."""
         with tracing.producing(self.s.queue, task.job_id) as headers:
             metrics.QUEUE_PUBLISHES.labels("task").inc()
             try:

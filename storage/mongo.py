@@ -8,7 +8,7 @@ import gridfs
 import pymongo
 from pymongo.uri_parser import parse_uri
 
-from common.settings import MongoSettings
+from video2mp3.core.settings import MongoSettings
 
 DEFAULT_DB = "video2mp3"
 VIDEOS_BUCKET = "videos"

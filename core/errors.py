@@ -1,7 +1,7 @@
 """The one way an RPC ends with an error, on every server.
 
 Handlers (and interceptors) raise a ServiceError subclass; ErrorInterceptor,
-which common/grpc_server.build_server installs first, turns it into a rich
+which rpc/server.build_server installs first, turns it into a rich
 status: the code, a message that says what to do next, and google.rpc details:
 ErrorInfo(reason, domain, metadata) always, BadRequest when fields are wrong,
 RetryInfo when trying again later helps. Through Envoy, REST clients get the

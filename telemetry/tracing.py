@@ -1,7 +1,7 @@
 """OpenTelemetry tracing: one trace per upload, from the client (or Envoy)
 through the gateway, the queue and the converter.
 
-Spans: each gRPC server call (common/observe.py) and client call
+Spans: each gRPC server call (rpc/observe.py) and client call
 (client_channel), the publish of a task (PRODUCER), its delivery (CONSUMER)
 and its conversion. W3C `traceparent` travels in gRPC metadata and in the
 task message's AMQP headers, next to `x-request-id` (message_headers /
@@ -31,8 +31,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from common import request_id
-from common.settings import load, setting
+from video2mp3.core import request_id
+from video2mp3.core.settings import load, setting
 
 TRACER_NAME = "video2mp3"
 HEALTH_SERVICE = "grpc.health.v1.Health"

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from grpc_health.v1 import health_pb2
 
-from common import metrics
-from common.periodic import Periodic
+from video2mp3.core.periodic import Periodic
+from video2mp3.telemetry import metrics
 
 log = logging.getLogger(__name__)
 

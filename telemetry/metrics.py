@@ -25,7 +25,7 @@ prometheus_client.disable_created_metrics()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# ---------------------------------------------------------------- gRPC (common/observe.py)
+# ---------------------------------------------------------------- gRPC (rpc/observe.py)
 RPC_HANDLED = Counter(
     "video2mp3_grpc_server_handled", "RPCs completed, by method and gRPC status code",
     ["grpc_service", "grpc_method", "grpc_code"])
@@ -102,7 +102,7 @@ BUSY_WORKERS = Gauge("video2mp3_converter_busy_workers", "Converter workers hold
                      multiprocess_mode="livesum")
 WORKER_RESTARTS = Counter("video2mp3_converter_worker_restarts", "Converter workers that died and were replaced")
 
-# ---------------------------------------------------------------- dependencies (common/health.py)
+# ---------------------------------------------------------------- dependencies (rpc/health.py)
 DEPENDENCY_UP = Gauge("video2mp3_dependency_up", "1 if the last check of a dependency succeeded, else 0",
                       ["dependency"], multiprocess_mode="livemax")
 

@@ -18,7 +18,7 @@ Its upload's end clears both, and from then on it is a normal job.
 
 `request_id` is the client's idempotency key (CreateJob retries get the same
 job); `trace` is something else: the upload's x-request-id and trace context
-(common/tracing.carrier), so a job the outbox publishes later keeps them.
+(telemetry/tracing.carrier), so a job the outbox publishes later keeps them.
 
 Deleting is two steps (DeleteJob, or the retention sweep): the document is
 marked `deleted` first, which hides it from every reader and makes the
@@ -39,6 +39,7 @@ from typing import Any
 import pymongo
 from bson import ObjectId
 from google.protobuf import json_format, timestamp_pb2
+
 from video2mp3.media.v1 import media_pb2, queue_pb2
 
 
@@ -311,7 +312,7 @@ class JobStore:
             {"$set": {"state": QUEUED, "lease_until": None, "published": False, "update_time": now()}})
         return r.modified_count == 1
 
-    # --- retention sweep (common/retention.py) ------------------------------
+    # --- retention sweep (domain/retention.py) ------------------------------
 
     def claim_for_sweep(self, due: dict, owner: str, t: dt.datetime, lease_s: float) -> Job | None:
         """Take one job matching `due` that no live sweep holds; None if none is left."""
@@ -410,7 +411,7 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 
 def to_proto(job: Job, expire_time: dt.datetime | None = None,
              purge_time: dt.datetime | None = None) -> media_pb2.Job:
-    """`expire_time`, `purge_time`: from common/retention.py (the gateway's settings)."""
+    """`expire_time`, `purge_time`: from domain/retention.py (the gateway's settings)."""
     proto = media_pb2.Job(
         job_id=job.id,
         state=STATE_TO_PROTO[job.state],

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from bson import ObjectId
 from gridfs import DEFAULT_CHUNK_SIZE
 
-from common.gridfs_download import delete_chunks
+from video2mp3.storage.gridfs_download import delete_chunks
 
 TOUCH_EVERY_S = 1.0  # between refreshes of the in-progress record (one small write)
 # write_behind(): bytes per insert_many at most, and batches waiting for the
@@ -72,7 +72,7 @@ class ChunkedUpload:
                  chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None,
                  before_store: Callable[[int], None] | None = None):
         # before_store(n): called as each chunk is cut, in the caller's thread,
-        # before it is stored; may raise to stop the upload (common/storage_space.py's
+        # before it is stored; may raise to stop the upload (gateway/storage_space.py's
         # disk-space guard).
         ensure_indexes(db, bucket)
         self._id = file_id or ObjectId()
