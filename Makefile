@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos lock lint browser run test test-fast bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean
+.PHONY: install protos lock lint run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean
 
 install: $(VENV)/.installed
 
@@ -59,14 +59,15 @@ lint: install node_modules/.installed
 run: install
 	$(PY) -m localmesh
 
-# The browser tests (tests/test_web.py) drive Debian's Chromium; Playwright's
-# own browser download is not used.
-browser:
-	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
-
-# Lint and types first: CI enforces them through this target.
-test: lint browser
+# Every test, each level in its folder (tests/conftest.py): lint and types
+# first, as CI enforces them. The browser tests need Debian's Chromium at
+# /usr/bin/chromium (CONTRIBUTING.md; .ci/run installs it on CI's machine).
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: every unit test, no server needed, well under a minute.
+test-unit: install node_modules/.installed
+	$(PY) -m pytest -q -m unit tests/unit $(PYTEST_ARGS)
 
 bench-convert: install
 	$(PY) -m bench.convert
@@ -90,7 +91,6 @@ bench-uploads: install
 # Time to MP3 as a user sees it, through make run, against the ffmpeg command
 # line; uploads against raw GridFS; workers (bench/e2e.py). About 15 minutes.
 bench-e2e: install
-	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y ffmpeg)
 	$(PY) -m bench.e2e
 
 soak: install
@@ -98,7 +98,7 @@ soak: install
 
 # Every kustomize overlay built and checked offline, compose, Dockerfile, Envoy configs.
 k8s-validate: install
-	$(PY) -m pytest -q tests/test_deploy.py
+	$(PY) -m pytest -q tests/unit/test_deploy.py
 
 clean:
 	rm -rf gen $(VENV) node_modules .pytest_cache

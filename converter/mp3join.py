@@ -22,7 +22,7 @@ Layer III has exactly two links between frames (ISO 11172-3, 2.4.2.7 and
   iff its block types are the same in both streams.
 
 find_join() picks the first J in a window where both hold; splice() makes the
-bytes. Pure byte work, tested alone (tests/test_mp3join.py).
+bytes. Pure byte work, tested alone (tests/unit/test_split_encode.py).
 """
 
 from __future__ import annotations

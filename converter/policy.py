@@ -1,7 +1,7 @@
 """What the worker does with a task, decided without touching anything.
 
 Pure functions and types (no pika, no pymongo), so the retry and dead-letter
-rules are testable alone (tests/test_policy.py):
+rules are testable alone (tests/unit/test_policy.py):
 
 - a processed task is ACKed once its job is final, REQUEUEd (spending one of
   the queue's MAX_DELIVERIES) after an unexpected error, or HANDed BACK as a

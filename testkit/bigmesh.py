@@ -1,6 +1,6 @@
 """`make run` itself (python -m localmesh) on free ports, a MySQL database and
 queue of its own, and an on-disk embedded SecantusDB: what bench/big.py and
-tests/test_big_files.py measure, with make run's defaults untouched.
+tests/faults/test_big_files.py measure, with make run's defaults untouched.
 
     with MakeRun(tmp / "mongo", log=tmp / "make-run.log") as run:
         rest = RestClient(run.rest_base_url)

@@ -1,4 +1,4 @@
-"""Helpers shared by the fault-injection tests (tests/test_fault_*.py).
+"""Helpers shared by the fault-injection tests (tests/faults/).
 
 They look at what the services left behind directly in MongoDB and RabbitMQ,
 never through the proxies the tests cut:

@@ -1,5 +1,17 @@
 """Session fixtures shared by the whole suite: the real servers and the mesh.
 
+Levels: each folder is one, and its tests get its marker (`pytest -m unit`):
+
+  unit/         no server at all: pure logic, PyAV on files made here, tooling
+                (buf, the OpenAPI document, offline manifest checks) and
+                in-process gRPC servers. `make test-unit`, well under a minute.
+  integration/  one real component at a time: SecantusDB, MariaDB, Envoy.
+  e2e/          the whole mesh (auth, gateway, converter, Envoy), as users reach it.
+  faults/       the mesh while things break: kills, cuts, full limits, hostile
+                files; and the long scenarios (soak, big files), also `slow`.
+
+A unit test that asks for a server fixture is an error, so levels stay honest.
+
 Dependencies (the machine's shared servers are checked, never started or stopped):
 
   mysql_server     MariaDB at MYSQL_HOST:MYSQL_PORT (127.0.0.1:3306, root, no
@@ -295,6 +307,22 @@ def clip(tmp_path_factory):
     from testkit.media import make_media
 
     return make_media(tmp_path_factory.mktemp("clip") / "clip.mp4", duration=2.0)
+
+
+LEVELS = ("unit", "integration", "e2e", "faults")
+# Fixtures that reach a server; a unit test may use none of them.
+SERVER_FIXTURES = {"mysql_server", "mysql_db", "rabbitmq_server", "queue_name", "mongo_server", "store",
+                   "mesh_env", "mesh", "mesh_control", "mesh_factory", "module_mesh_factory"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        level = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
+        if level in LEVELS:
+            item.add_marker(getattr(pytest.mark, level))
+        servers = sorted(SERVER_FIXTURES & set(item.fixturenames))
+        if level == "unit" and servers:
+            raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {servers}: move it to the level it needs")
 
 
 @pytest.hookimpl(hookwrapper=True)

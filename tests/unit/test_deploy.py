@@ -17,9 +17,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+import testkit
 from video2mp3.ops import envoy_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("base", "overlays/local", "overlays/production")
 COMPOSE = ROOT / "deploy" / "docker-compose.yaml"
@@ -116,7 +117,7 @@ def test_deployments_are_probed_bounded_and_locked_down(built):
             assert c["livenessProbe"]["grpc"] == {"port": GRPC_PORTS[app], "service": "liveness"}
             assert int(config[f"{'AUTH' if app == 'auth' else 'MEDIA'}_METRICS_PORT"]) == METRICS_PORTS[app]
         if app != "envoy":
-            assert c["args"] == [app]
+            assert c["args"] == [f"video2mp3.{app}"]
             grace = int(_env(c).get("GRACE_SECONDS", {}).get("value") or config["GRACE_SECONDS"])
             # The service's grace, the converter supervisor's 5 s kill margin, and slack.
             assert pod["terminationGracePeriodSeconds"] >= grace + 10, (app, grace)
@@ -372,7 +373,7 @@ def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
 
     for name in ("auth", "gateway", "converter"):
         svc = services[name]
-        assert svc["command"] == [name]
+        assert svc["command"] == [f"video2mp3.{name}"]
         assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile"
         assert svc["healthcheck"]["test"]
         for dep, cond in svc["depends_on"].items():

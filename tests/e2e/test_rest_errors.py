@@ -1,7 +1,7 @@
 """Every kind of error, as a REST caller gets it through Envoy: the mapped
 HTTP status and the google.rpc.Status JSON body with its details (ErrorInfo
 always, BadRequest for bad input, RetryInfo where waiting helps). 410
-(MP3_EXPIRED) is in tests/test_retention.py."""
+(MP3_EXPIRED) is in tests/e2e/test_retention.py."""
 from __future__ import annotations
 
 import threading

@@ -22,9 +22,10 @@ import pexpect
 import pytest
 import requests
 
+import testkit
 from testkit.media import analyse_mp3
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 README = ROOT / "README.md"
 SESSIONS = ("A REST session (curl)", "A gRPC session (grpcurl)", "A job's lifecycle (curl)")
 SEED_SESSION = "The Flask seed's curl session"

@@ -23,13 +23,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import testkit
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient
 from testkit.prom import Scrape, metric_names, scrape
 from video2mp3.gateway import container_sniff
 from video2mp3.media.v1 import media_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 DASHBOARD = ROOT / "deploy" / "grafana" / "video2mp3.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 UPLOAD = "/video2mp3.media.v1.MediaService/UploadVideo"
@@ -134,7 +135,7 @@ def test_one_upload_moves_each_counter_by_what_it_did(journey):
     read = d("converter", "video2mp3_gridfs_read_bytes_total")
     assert size * 0.5 <= read <= size * 2, (read, size)
     assert d("converter", "video2mp3_conversion_read_bytes_sum") == read
-    # 2 s of audio is one encoder's segment: nothing to join (tests/test_big_files.py joins).
+    # 2 s of audio is one encoder's segment: nothing to join (tests/faults/test_big_files.py joins).
     for result in ("joined", "fallback"):
         assert d("converter", "video2mp3_conversion_encoder_joins_total", result=result) == 0
     assert d("converter", "video2mp3_queue_acks_total") == 1
@@ -297,60 +298,3 @@ def test_the_uploads_spans_form_one_trace(journey):
     assert convert["attributes"]["video2mp3.job_id"] == journey["job"].job_id
     assert convert["attributes"]["video2mp3.read_bytes"] == journey["size"]  # one chunk, fetched once
     assert consume["attributes"]["video2mp3.request_id"] == server["attributes"]["video2mp3.request_id"]
-
-
-# ------------------------------------------------------------------ in a process of their own
-
-def _run(code: str, **env) -> str:
-    import os
-    import subprocess
-    import sys
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACE_", "LOG_"))}
-    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                       timeout=60, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    return r.stdout + r.stderr
-
-
-TRACING_PROBE = """
-import sys
-from opentelemetry import trace
-from video2mp3.telemetry import tracing
-tracing.setup_tracing("x")
-print(type(trace.get_tracer_provider()).__name__, "opentelemetry.sdk" in sys.modules)
-"""
-
-
-def test_without_an_otlp_endpoint_no_tracing_sdk_is_loaded():
-    assert _run(TRACING_PROBE).split() == ["ProxyTracerProvider", "False"]
-    out = _run(TRACING_PROBE, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
-    assert out.split()[:2] == ["TracerProvider", "True"]
-
-
-def test_the_converter_supervisor_sets_its_multiprocess_dir_before_prometheus_client_loads():
-    """converter/__main__.py sets PROMETHEUS_MULTIPROC_DIR after loading its
-    config; if anything the config imports loads prometheus_client first, the
-    supervisor's own series (video2mp3_dependency_up...) silently vanish."""
-    probe = "import sys, converter.config\nprint('prometheus_client' in sys.modules)"
-    assert _run(probe).split() == ["False"]
-
-
-LOGGING_PROBE = """
-import logging
-from video2mp3.core import request_id
-from video2mp3.core.logging import setup_logging
-setup_logging("gateway", worker=3)
-with request_id.bound("rid-1", job_id="job-1"):
-    logging.getLogger("t").info("hello %s", "there", extra={"step": "queued"})
-"""
-
-
-def test_log_lines_are_json_by_default_and_text_on_request():
-    (line,) = [x for x in _run(LOGGING_PROBE).splitlines() if x]
-    entry = json.loads(line)
-    assert entry["message"] == "hello there" and entry["level"] == "INFO" and entry["service"] == "gateway"
-    assert (entry["request_id"], entry["job_id"], entry["worker"], entry["step"]) == ("rid-1", "job-1", 3, "queued")
-    assert entry["time"].endswith("+00:00")
-    (line,) = [x for x in _run(LOGGING_PROBE, LOG_FORMAT="text").splitlines() if x]
-    assert line.endswith("gateway[3] INFO t: hello there [request_id=rid-1 job_id=job-1]"), line

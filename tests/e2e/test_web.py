@@ -1,7 +1,7 @@
 """The web page (web/, served by Envoy at /) in a real browser.
 
-Playwright drives Debian's Chromium (/usr/bin/chromium, `make browser`
-installs it) against the session mesh. Screenshots of the main states go to
+Playwright drives Debian's Chromium (/usr/bin/chromium, apt's `chromium`)
+against the session mesh. Screenshots of the main states go to
 test-artifacts/screenshots/ (git-ignored) for people to look at.
 """
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
+import testkit
 from localmesh.processes import wait_for
 from testkit.media import analyse_mp3, audio_duration, make_media, make_text_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -48,7 +49,7 @@ def has_rpc(name: str) -> bool:
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)", pytrace=False)
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (CONTRIBUTING.md)", pytrace=False)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

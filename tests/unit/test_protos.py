@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import testkit
+
+ROOT = testkit.ROOT
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 PROTOS = sorted(ROOT.glob("protos/**/*.proto"))
 THIRD_PARTY = ROOT / "gen" / "third_party"

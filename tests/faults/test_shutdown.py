@@ -14,12 +14,12 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import grpc
 import jwt
 import pytest
 
+import testkit
 from localmesh.processes import wait_for
 from testkit import testbed
 from testkit.clients import CHUNK, upload_messages
@@ -28,7 +28,7 @@ from video2mp3.domain.queue import MAX_DELIVERIES
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 
 SERVICES = ("auth", "gateway", "converter")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,11 @@ converter workers are killed and MongoDB and RabbitMQ connections cut at
 random. Every job ends DONE, with one MP3."""
 from __future__ import annotations
 
+import pytest
+
 from bench import soak
+
+pytestmark = pytest.mark.slow
 
 
 def test_short_soak_loses_nothing(tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
+import testkit
 from testkit.media import analyse_mp3, audio_duration, make_media
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 
 
 def test_node_client_journey_through_envoy(mesh, tmp_path):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import grpc
 import jwt
 import pytest
 import requests
 
+import testkit
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient, RestClient, unique_email
 from testkit.media import make_text_file
@@ -21,7 +21,7 @@ from video2mp3.core.settings import MongoSettings
 from video2mp3.media.v1 import media_pb2
 from video2mp3.storage.mongo import Mongo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 PASSWORD = "correct horse 1"
 
 

@@ -24,6 +24,7 @@ import pytest
 from argon2 import PasswordHasher
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import testkit
 from localmesh.processes import Child, free_port, wait_for
 from testkit import testbed
 from testkit.status import reason
@@ -32,7 +33,7 @@ from video2mp3.auth.keys import ensure_key, generate, load_dir
 from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.core import tokens
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = testkit.ROOT
 SERVICE = "video2mp3.auth.v1.AuthService"
 # This module's own signing key, shared by every auth server it starts.
 KEYS_DIR = Path(tempfile.mkdtemp(prefix="video2mp3-test-keys-"))

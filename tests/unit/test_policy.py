@@ -80,7 +80,7 @@ def test_outcomes_are_an_enum():
 
 
 def test_policy_imports_no_broker_or_database():
-    code = ("import sys, converter.policy; "
+    code = ("import sys, video2mp3.converter.policy; "
             "print([m for m in ('pika', 'pymongo', 'bson') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

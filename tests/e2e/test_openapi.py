@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -16,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from google.protobuf import descriptor_pb2
-from openapi_spec_validator import validate
 
+import testkit
 from testkit import testbed
 from testkit.clients import RestClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
 DOCUMENT = ROOT / "gen" / "openapi.json"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 # Response conformance (the document is the contract) and no server errors.
@@ -36,57 +34,6 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
 @pytest.fixture(scope="module")
 def document() -> dict:
     return json.loads(DOCUMENT.read_text(encoding="utf-8"))
-
-
-def test_the_document_is_valid_openapi(document):
-    validate(document)
-    assert document["openapi"].startswith("3.0")
-
-
-def test_the_document_is_generated_from_the_protos(document, tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import openapi
-
-    openapi.main(str(ROOT / "gen" / "descriptor.pb"), str(tmp_path / "openapi.json"))
-    assert json.loads((tmp_path / "openapi.json").read_text()) == document
-    # Every google.api.http binding is an operation.
-    fds = descriptor_pb2.FileDescriptorSet.FromString((ROOT / "gen" / "descriptor.pb").read_bytes())
-    bindings = {(verb, re.sub(r"=[^}]*", "", path)) for verb, path, _ in _all_bindings(fds)}
-    documented = {(verb, path) for path, ops in document["paths"].items() for verb in ops}
-    assert documented == bindings
-    assert {"/v1/login", "/login", "/v1/videos", "/upload", "/v1/jobs/{job_id}/mp3", "/download",
-            "/health"} <= set(document["paths"])
-
-
-def test_the_special_cases_are_documented(document):
-    paths = document["paths"]
-    for path, verb in (("/v1/users", "post"), ("/v1/login", "post"), ("/login", "post"),
-                       ("/.well-known/jwks.json", "get"), ("/health", "get")):
-        assert paths[path][verb]["security"] in ([], [{"basicAuth": []}]), path    # no token needed
-    for path in ("/v1/users", "/v1/login", "/login"):                          # Envoy's edge limit
-        assert paths[path]["post"]["responses"]["429"]["headers"]["Retry-After"]["required"]
-    for path in ("/v1/jobs/{job_id}/mp3", "/download"):
-        assert {"409", "410"} <= set(paths[path]["get"]["responses"])
-    watch = paths["/v1/jobs/{job_id}:watch"]["get"]["responses"]["200"]["content"]["application/json"]
-    assert watch["schema"]["type"] == "array"
-    assert watch["schema"]["items"] == {"$ref": "#/components/schemas/video2mp3.media.v1.Job"}
-    for path in ("/v1/jobs/{job_id}", "/v1/me"):
-        assert paths[path]["delete"]["responses"]["200"]["content"]["application/json"]["schema"][
-            "maxProperties"] == 0
-    assert paths["/health"]["get"]["responses"]["503"]
-
-
-def _all_bindings(fds):
-    from google.api import annotations_pb2
-
-    for f in fds.file:
-        for service in f.service:
-            for method in service.method:
-                rule = method.options.Extensions[annotations_pb2.http]
-                for r in [rule, *rule.additional_bindings]:
-                    kind = r.WhichOneof("pattern")
-                    if kind:
-                        yield kind, getattr(r, kind), r.body
 
 
 def test_envoy_serves_the_document(mesh, document):
@@ -131,7 +78,7 @@ def test_fuzzing_the_rest_api_finds_nothing(mesh_factory, own_mysql_db, tmp_path
          # two threads and Python 3.11.7 fails that (SystemError, CPython gh-106905).
          "--workers", "1", "--request-timeout", "30", "--no-shrink", "--suppress-health-check", "all",
          # DELETE /v1/me would end the account (and token) the rest of the run
-         # uses; tests/test_accounts.py checks its REST answer.
+         # uses; tests/e2e/test_accounts.py checks its REST answer.
          "--exclude-operation-id", "AuthService_DeleteMe",
          "--report", "junit", "--report-dir", str(report)],
         # Its crash cache (.schemathesis/) and example database go to the
@@ -146,14 +93,3 @@ def test_fuzzing_the_rest_api_finds_nothing(mesh_factory, own_mysql_db, tmp_path
         assert stack.children[name].alive, f"{name} died"
 
 
-def test_envoy_config_points_at_the_document_by_absolute_path():
-    from video2mp3.ops import envoy_config
-
-    cfg = envoy_config.build()
-    route = next(r for host in cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-                 ["typed_config"]["route_config"]["virtual_hosts"] for r in host["routes"]
-                 if r["match"].get("path") == "/openapi.json")
-    path = Path(route["direct_response"]["body"]["filename"])
-    assert path.is_absolute() and path == DOCUMENT
-    assert "COPY --from=build /out/openapi.json /etc/envoy/openapi.json" in (
-        ROOT / "deploy" / "docker" / "Dockerfile").read_text()

@@ -15,12 +15,15 @@ from pathlib import Path
 import pymongo
 import pytest
 
+import testkit
 from localmesh.processes import wait_for
 from testkit.bigmesh import MakeRun
 from testkit.clients import RestClient
 from testkit.media import make_media
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = testkit.ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_phone_videos_stay_under_the_memory_ceilings(tmp_path):
