@@ -5,6 +5,7 @@ once: a burst of logins queues here instead of exhausting memory.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -33,10 +34,8 @@ class Passwords:
         user) is checked against a dummy hash and never matches."""
         with self._slots:
             if stored_hash is None:
-                try:
+                with contextlib.suppress(VerificationError):
                     self._hasher.verify(self._dummy_hash, password)
-                except VerificationError:
-                    pass
                 return False, None
             try:
                 self._hasher.verify(stored_hash, password)

@@ -216,8 +216,8 @@ def main() -> None:
     print("\npeak RSS of one conversion (a process of its own each):")
     me = [sys.executable, "-m", "bench.convert", "--child-convert"]
     rss = {
-        "converter 10 s": peak_rss_mb(me + [str(inputs["short"])]),
-        "converter 10 min": peak_rss_mb(me + [str(inputs["long"])]),
+        "converter 10 s": peak_rss_mb([*me, str(inputs["short"])]),
+        "converter 10 min": peak_rss_mb([*me, str(inputs["long"])]),
         "ffmpeg 10 s": peak_rss_mb(ffmpeg_cmd(ffmpeg, inputs["short"], out)),
         "ffmpeg 10 min": peak_rss_mb(ffmpeg_cmd(ffmpeg, inputs["long"], out)),
     }

@@ -33,6 +33,7 @@ Options (environment):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -198,10 +199,8 @@ def measure_upload_rss(run: MakeRun, path: str | os.PathLike, interval: float = 
     def sample() -> None:
         while not stop.wait(interval):
             for name, p in procs.items():
-                try:
+                with contextlib.suppress(psutil.Error):
                     peak[name] = max(peak[name], p.memory_info().rss)
-                except psutil.Error:
-                    pass
 
     sampler = threading.Thread(target=sample, name="rss", daemon=True)
     sampler.start()

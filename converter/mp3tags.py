@@ -275,7 +275,7 @@ def info_frame_header(first: FrameHeader, min_size: int) -> FrameHeader:
     the final frame always have the same size.
     """
     table = [k for k in _BITRATES[2 if first.lsf else 1] if k]
-    for kbps in [first.bitrate_kbps] + table:
+    for kbps in [first.bitrate_kbps, *table]:
         header = with_bitrate(first, kbps)
         if header.length >= min_size:
             return header

@@ -140,7 +140,7 @@ class MongoSettings:
     # embedded SecantusDB there (default ./data/mongo, localmesh/settings.py) and
     # hands it to the gateway, whose disk-space guard (gateway/storage_space.py)
     # measures it; unset for a remote store.
-    data_dir: pathlib.Path | None = setting("MONGO_DATA_DIR", None)
+    data_dir: pathlib.Path | None = setting("MONGO_DATA_DIR", None)  # noqa: RUF009 - a field specifier
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ looping forever. Messages go through the default exchange, as in the seed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import threading
@@ -138,10 +139,8 @@ class Publisher:
     def _drop(self):
         conn, self._conn, self._channel = self._conn, None, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken; nothing to save
                 conn.close()
-            except Exception:  # noqa: BLE001 - already broken; nothing to save
-                pass
 
     def publish(self, task: queue_pb2.ConversionTask) -> None:
         """Returns once RabbitMQ confirmed the message; raises PublishError if
@@ -200,8 +199,7 @@ class Publisher:
 
     def close(self) -> None:
         """Closes the connection (if the publisher thread is free to) and ends the thread."""
-        try:
+        # Stuck on a hung broker: the daemon thread dies with the process.
+        with contextlib.suppress(PublishError):
             self._call(self._drop, "close the connection")
-        except PublishError:
-            pass  # stuck on a hung broker: the daemon thread dies with the process
         self._calls.put((None, None))

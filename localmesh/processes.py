@@ -49,14 +49,14 @@ __all__ = [
     "ChildDied",
     "free_port",
     "port_is_open",
-    "wait_for",
-    "wait_for_port",
-    "wait_for_grpc_health",
-    "wait_for_mongo",
     "secantusd_argv",
     "secantusd_env",
-    "wait_for_queue_consumer",
     "stop_all",
+    "wait_for",
+    "wait_for_grpc_health",
+    "wait_for_mongo",
+    "wait_for_port",
+    "wait_for_queue_consumer",
 ]
 
 
@@ -148,7 +148,8 @@ class Child:
 
     def _pump_output(self) -> None:
         out = self.echo or sys.stdout
-        assert self.proc and self.proc.stdout
+        assert self.proc
+        assert self.proc.stdout
         for raw in iter(self.proc.stdout.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with contextlib.suppress(Exception):

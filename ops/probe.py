@@ -49,7 +49,7 @@ def http_ok(url: str, timeout: float = 3.0) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - a local probe
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             ok = r.status == 200
     except (urllib.error.URLError, OSError) as e:
         print(f"{url}: {e}", file=sys.stderr)

@@ -65,5 +65,5 @@ class DependencyMonitor:
         up = all(self._status[name] == CONNECTED for name in self.critical)
         serving = (health_pb2.HealthCheckResponse.SERVING if up
                    else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for service in self.service_names + [""]:
+        for service in [*self.service_names, ""]:
             self.health.set(service, serving)

@@ -226,7 +226,7 @@ class ChunkedDownload(ChunkReader):
             got: dict[int, bytes] | None = None
             try:
                 got = self._fetch(g)
-            except Exception:  # noqa: BLE001, S110 - the reader fetches it again and gets the error
+            except Exception:  # noqa: BLE001 - the reader fetches it again and gets the error
                 pass
             finally:  # whatever happened, a reader waiting for g must wake up
                 with self._cond:

@@ -10,6 +10,7 @@ tests/faults/test_big_files.py measure, with make run's defaults untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -169,8 +170,6 @@ def disk_usage(path: str | os.PathLike) -> int:
     total = 0
     for dirpath, _, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
-            except OSError:
-                pass
     return total

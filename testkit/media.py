@@ -158,12 +158,12 @@ def _tone_frames(stream, freq, duration, start_pts):
     cc = stream.codec_context  # open by now: frame_size and format are fixed
     rate, layout = cc.sample_rate, cc.layout.name
     channels = cc.layout.nb_channels
-    total = int(round(duration * rate))
+    total = round(duration * rate)
     frame_size = cc.frame_size or 1024
     if total % frame_size and not _takes_small_last_frame(cc.codec):
         total += frame_size - total % frame_size  # such encoders need whole frames
     resampler = av.AudioResampler(format=cc.format.name, layout=layout, rate=rate)
-    first = int(round(start_pts * rate))
+    first = round(start_pts * rate)
     for pos in range(0, total, frame_size):
         n = min(frame_size, total - pos)
         frame = av.AudioFrame.from_ndarray(tone(freq, n, rate, channels, pos), format="fltp", layout=layout)
@@ -183,14 +183,14 @@ def _video_frames(stream, duration, fps, start_pts, noise):
     w, h = stream.width, stream.height
     rng = np.random.default_rng(1)
     base = np.full((h, w, 3), 96, np.uint8)
-    for i in range(int(round(duration * fps))):
+    for i in range(round(duration * fps)):
         if noise:
             img = base + rng.integers(0, noise, (h, w, 3), dtype=np.uint8)
         else:
             img = base.copy()
             img[: h // 4, : (i * 7) % w or 1] = 200  # frames differ, as in a real video
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts = i + int(round(start_pts * fps))
+        frame.pts = i + round(start_pts * fps)
         frame.time_base = Fraction(1, fps)
         yield stream, frame
 
@@ -259,7 +259,7 @@ def _noise_frames(stream, duration, fps, pictures: int = 15):
     rng = np.random.default_rng(1)
     pool = [np.full((h * 3 // 2, w), 96, np.uint8) + rng.integers(0, 40, (h * 3 // 2, w), dtype=np.uint8)
             for _ in range(pictures)]
-    for i in range(int(round(duration * fps))):
+    for i in range(round(duration * fps)):
         frame = av.VideoFrame.from_ndarray(pool[i % pictures], format="yuv420p")
         frame.pts, frame.time_base = i, Fraction(1, fps)
         yield stream, frame
@@ -285,7 +285,7 @@ class ReadSeekOnly:
     readers: no fileno, no name, so PyAV goes through Python I/O."""
 
     def __init__(self, path) -> None:
-        self._f = open(path, "rb")
+        self._f = open(path, "rb")  # noqa: SIM115 - a file object the caller closes
 
     def read(self, n=-1):
         return self._f.read(n)
@@ -314,7 +314,7 @@ def make_text_file(path: str | os.PathLike, text: str = "not a video\n" * 40) ->
 
 def make_truncated(src: str | os.PathLike, dst: str | os.PathLike, keep: float = 0.5) -> str:
     """Copy the first `keep` fraction of a file, like an interrupted upload."""
-    data = open(src, "rb").read()
+    data = Path(src).read_bytes()
     with open(dst, "wb") as f:
         f.write(data[: int(len(data) * keep)])
     return os.fspath(dst)

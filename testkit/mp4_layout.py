@@ -79,7 +79,8 @@ def _track(trak: Box) -> _Track:
     assert mdia is not None, "a track without mdia"
     mdhd = mdia.child(b"mdhd")
     minf = mdia.child(b"minf")
-    assert mdhd is not None and minf is not None
+    assert mdhd is not None
+    assert minf is not None
     stbl = minf.child(b"stbl")
     assert stbl is not None
     version = mdhd.payload[0]

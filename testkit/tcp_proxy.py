@@ -18,6 +18,7 @@ daemon thread and stop() joins the accept thread.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -182,8 +183,6 @@ class TcpProxy:
 
 
 def _close(s: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         s.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv() on it
-    except OSError:
-        pass
     s.close()

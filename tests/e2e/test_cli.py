@@ -93,7 +93,8 @@ def test_login_prompts_hides_the_password_and_keeps_the_token_private(env):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert token_claims(path.read_text().strip())["email"] == email
     r = run(env, "whoami")
-    assert r.returncode == 0 and r.stdout.startswith(email), r.stderr
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(email), r.stderr
 
 
 def test_convert_two_files_at_once_in_a_terminal(env, user, clip, wav, tmp_path):
@@ -133,7 +134,8 @@ def test_convert_prints_plain_lines_when_not_a_terminal(env, mesh, user, clip, t
     wait_for("the WatchJob call in Envoy's access log",
              lambda: ("/video2mp3.media.v1.MediaService/WatchJob", "200") in calls(), timeout=10)
     assert not any(path.endswith("MediaService/GetJob") for path, _ in calls())
-    assert "\x1b" not in r.stdout and "━" not in r.stdout
+    assert "\x1b" not in r.stdout
+    assert "━" not in r.stdout
     lines = r.stdout.splitlines()
     assert lines[0] == "plain.mp4: uploading 85.2 kB" or lines[0].startswith("plain.mp4: uploading ")
     assert re.fullmatch(r"plain\.mp4: uploaded as job [0-9a-f]{32}", lines[1])
@@ -152,9 +154,11 @@ def test_convert_prints_plain_lines_when_not_a_terminal(env, mesh, user, clip, t
     assert (r.returncode, r.stdout.strip()) == (0, f"Deleted job {job_id}."), r.stderr
     assert job_id not in run(env, "jobs").stdout
     r = run(env, "download", job_id)
-    assert r.returncode == 1 and "not found" in r.stderr
+    assert r.returncode == 1
+    assert "not found" in r.stderr
     r = run(env, "delete", job_id)
-    assert r.returncode == 1 and "not found" in r.stderr
+    assert r.returncode == 1
+    assert "not found" in r.stderr
 
 
 def test_exit_codes(env, mesh, clip, tmp_path):
@@ -166,32 +170,40 @@ def test_exit_codes(env, mesh, clip, tmp_path):
 
     # 3: not logged in, expired, or a token the server refuses; wrong password
     r = run(env, "jobs")
-    assert r.returncode == 3 and "run `video2mp3 login`" in r.stderr
+    assert r.returncode == 3
+    assert "run `video2mp3 login`" in r.stderr
     email = signed_up(env)
     r = run(env, "login", "--email", email, "--password-stdin", stdin="wrong password\n")
-    assert r.returncode == 3 and "incorrect email or password" in r.stderr
+    assert r.returncode == 3
+    assert "incorrect email or password" in r.stderr
     path = token_file(env)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = testbed.signing_key(mesh.env)
     path.write_text(tokens.issue(key.private_key, key.kid, "1", email, 60, now=time.time() - 3600))
     r = run(env, "convert", str(clip))
-    assert r.returncode == 3 and "expired" in r.stderr
+    assert r.returncode == 3
+    assert "expired" in r.stderr
     other = generate_key()  # not the server's key
     path.write_text(tokens.issue(other.private_key, other.kid, "1", email, 600))
     r = run(env, "jobs")
-    assert r.returncode == 3 and "run `video2mp3 login`" in r.stderr
+    assert r.returncode == 3
+    assert "run `video2mp3 login`" in r.stderr
 
     # 4: nothing listens there
     r = run(env, "--server", f"127.0.0.1:{free_port()}", "health")
-    assert r.returncode == 4 and "cannot reach" in r.stderr and "--server" in r.stderr
+    assert r.returncode == 4
+    assert "cannot reach" in r.stderr
+    assert "--server" in r.stderr
 
     # 1: the server says no
     r = run(env, "login", "--email", email, "--password-stdin", stdin=PASSWORD + "\n")
     assert r.returncode == 0
     r = run(env, "download", "0" * 32)
-    assert r.returncode == 1 and "not found" in r.stderr
+    assert r.returncode == 1
+    assert "not found" in r.stderr
     r = run(env, "delete", "0" * 32)
-    assert r.returncode == 1 and "not found" in r.stderr
+    assert r.returncode == 1
+    assert "not found" in r.stderr
 
     # 5: one of the conversions failed; the other still arrives
     bad = tmp_path / "noise.mp4"
@@ -202,7 +214,8 @@ def test_exit_codes(env, mesh, clip, tmp_path):
     assert r.returncode == 5, r.stdout + r.stderr
     assert re.search(r"^noise\.mp4: FAILED while converting \(job [0-9a-f]+\): conversion failed: ",
                      r.stdout, re.M), r.stdout
-    assert (tmp_path / "good.mp3").exists() and not (tmp_path / "noise.mp3").exists()
+    assert (tmp_path / "good.mp3").exists()
+    assert not (tmp_path / "noise.mp3").exists()
 
 
 def test_ctrl_c_during_an_upload_leaves_nothing_on_the_server(env, user, store, tmp_path):
@@ -280,7 +293,8 @@ def test_tls_with_a_private_ca(env, tmp_path):
     server.start()
     try:
         r = run(env, "--server", f"https://localhost:{port}", "--ca", str(cert), "health", timeout=60)
-        assert r.returncode == 0 and "status:   healthy" in r.stdout, r.stderr
+        assert r.returncode == 0, r.stderr
+        assert "status:   healthy" in r.stdout, r.stderr
         r = run(env, "--server", f"https://localhost:{port}", "health", timeout=60)  # system roots
         assert r.returncode == 4, r.stdout + r.stderr
     finally:

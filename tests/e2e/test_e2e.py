@@ -29,12 +29,15 @@ def test_grpc_journey_through_envoy(mesh, video):
     client.sign_up_and_login()
     job = client.upload(video, filename="clip.mp4")
     assert job.state == media_pb2.JOB_STATE_QUEUED
-    assert job.filename == "clip.mp4" and job.video_size_bytes == video.stat().st_size
-    assert job.options.bitrate_kbps == 192 and job.options.channels == 2
+    assert job.filename == "clip.mp4"
+    assert job.video_size_bytes == video.stat().st_size
+    assert job.options.bitrate_kbps == 192
+    assert job.options.channels == 2
 
     done = client.wait(job.job_id)
     assert done.state == media_pb2.JOB_STATE_DONE, done.error
-    assert done.progress == 100 and done.mp3_size_bytes > 0
+    assert done.progress == 100
+    assert done.mp3_size_bytes > 0
     assert done.complete_time.seconds >= done.create_time.seconds
     mp3 = client.download(job.job_id)
     assert len(mp3) == done.mp3_size_bytes
@@ -59,7 +62,8 @@ def test_rest_journey_through_envoy(mesh, video):
     email = rest.sign_up_and_login()
 
     me = rest.get("/v1/me")
-    assert me.status_code == 200 and me.json()["email"] == email
+    assert me.status_code == 200
+    assert me.json()["email"] == email
 
     r = rest.upload(video, params={"filename": "café clip.mp4", "bitrate_kbps": "128"})
     assert r.status_code == 200, r.text
@@ -109,7 +113,8 @@ def test_the_seeds_login_and_multipart_upload_still_work(mesh, video):
     assert bad.json()["details"][0]["reason"] == "BAD_CREDENTIALS"
     # The versioned route keeps answering JSON.
     r = rest.s.post(f"{rest.base}/v1/login", json={"email": email, "password": "correct horse 1"}, timeout=20)
-    assert r.headers["content-type"] == "application/json" and r.json()["token_type"] == "Bearer"
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["token_type"] == "Bearer"
 
     with open(video, "rb") as f:  # requests streams the multipart body from the file
         r = rest.s.post(f"{rest.base}/upload", files={"file": ("seed clip.mp4", f, "video/mp4")},
@@ -133,4 +138,5 @@ def test_the_seeds_login_and_multipart_upload_still_work(mesh, video):
     r = rest.s.post(f"{rest.base}/upload", data=b"--x\r\nbroken", timeout=20,
                     headers={"Authorization": f"Bearer {token}",
                              "Content-Type": "multipart/form-data; boundary=x"})
-    assert r.status_code == 400 and "multipart" in r.json()["message"]
+    assert r.status_code == 400
+    assert "multipart" in r.json()["message"]

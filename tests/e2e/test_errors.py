@@ -47,7 +47,8 @@ def mongo(mesh):
 def rich_details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest]:
     """The ErrorInfo and BadRequest (empty if absent) of a failed call."""
     status = rpc_status.from_call(err)
-    assert status is not None and status.message == err.details()
+    assert status is not None
+    assert status.message == err.details()
     found = details(status)
     return found["ErrorInfo"], found.get("BadRequest", error_details_pb2.BadRequest())
 
@@ -161,7 +162,7 @@ def test_empty_upload_is_invalid_and_stores_nothing(mesh, grpc_user, rest_user, 
     assert "empty" in r.json()["message"]
 
 
-@pytest.mark.parametrize("options, field", [
+@pytest.mark.parametrize(("options", "field"), [
     ({"bitrate_kbps": 100}, "bitrate_kbps"),
     ({"vbr_quality": 12}, "vbr_quality"),
     ({"channels": 6}, "channels"),
@@ -182,7 +183,8 @@ def test_invalid_options_name_the_field(mesh, grpc_user, rest_user, mongo, tmp_p
 
     video = make_media(tmp_path / "v.mp4", duration=0.5)
     r = rest_user.upload(video, params={"filename": "v.mp4", **{k: str(v) for k, v in options.items()}})
-    assert r.status_code == 400 and field in r.json()["message"]
+    assert r.status_code == 400
+    assert field in r.json()["message"]
     details = rest_details(r.json())
     assert details["ErrorInfo"]["reason"] == "INVALID_OPTIONS", r.text
     assert details["ErrorInfo"]["domain"] == "video2mp3"

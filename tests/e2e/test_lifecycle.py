@@ -2,6 +2,7 @@
 ListJobs' filter and safe upload retries (request_id)."""
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -49,11 +50,12 @@ def test_watch_streams_progress_smoothly_to_done_then_ends(mesh, long_audio):
     seen = watch(client, job.job_id)
     states = [m.state for m in seen]
     progress = [m.progress for m in seen]
-    assert states[-1] == DONE and seen[-1].progress == 100, seen[-1]
+    assert states[-1] == DONE, seen[-1]
+    assert seen[-1].progress == 100, seen[-1]
     assert progress == sorted(progress), progress          # never goes back
     assert len({p for p in progress if 0 < p < 100}) >= 3, progress  # moves, not jumps
     # One message per change, never two alike in a row.
-    pairs = list(zip(seen, seen[1:], strict=False))
+    pairs = list(itertools.pairwise(seen))
     assert all((a.state, a.progress) != (b.state, b.progress) for a, b in pairs), progress
     assert len(seen) < 60, f"{len(seen)} messages for a ~6 s conversion"
     assert seen[-1].expire_time.seconds > seen[-1].complete_time.seconds  # AIP-214
@@ -69,7 +71,8 @@ def test_watch_of_a_job_that_fails_ends_with_its_error(mesh):
     client = user_client(mesh)
     job = client.upload(b"this is not a video at all" * 100, filename="notes.txt")
     seen = watch(client, job.job_id)
-    assert seen[-1].state == FAILED and seen[-1].error, seen[-1]
+    assert seen[-1].state == FAILED, seen[-1]
+    assert seen[-1].error, seen[-1]
 
 
 def test_watch_of_another_users_job_is_not_found(mesh, clip):
@@ -117,11 +120,14 @@ def test_rest_watch_streams_a_json_array_through_envoy(mesh, long_audio):
         pieces.append(chunk.decode())
         first_at = first_at or time.monotonic() - start
     body = "".join(pieces)
-    assert body.startswith("[{") and body.endswith("}]"), body[:200]
-    assert pieces[0].startswith("[{") and len(pieces) > 2      # streamed, not buffered
+    assert body.startswith("[{"), body[:200]
+    assert body.endswith("}]"), body[:200]
+    assert pieces[0].startswith("[{")
+    assert len(pieces) > 2
     assert first_at < 2, first_at                                # the current state at once
     jobs = json.loads(body)
-    assert jobs[-1]["state"] == "JOB_STATE_DONE" and jobs[-1]["progress"] == 100
+    assert jobs[-1]["state"] == "JOB_STATE_DONE"
+    assert jobs[-1]["progress"] == 100
 
 
 def test_watch_ends_with_not_found_when_the_job_is_deleted(mesh, long_audio):
@@ -252,9 +258,11 @@ def test_list_filters_on_state_and_pages_newest_first(mesh, clip):
     assert list_jobs(client, filter="state = JOB_STATE_QUEUED").jobs == []
     # Paging keeps the filter; a token used with another filter is refused.
     page = list_jobs(client, filter="state = JOB_STATE_DONE", page_size=2)
-    assert [j.job_id for j in page.jobs] == done[:0:-1] and page.next_page_token
+    assert [j.job_id for j in page.jobs] == done[:0:-1]
+    assert page.next_page_token
     rest = list_jobs(client, filter="state = JOB_STATE_DONE", page_size=2, page_token=page.next_page_token)
-    assert [j.job_id for j in rest.jobs] == done[:1] and not rest.next_page_token
+    assert [j.job_id for j in rest.jobs] == done[:1]
+    assert not rest.next_page_token
     err = rpc_error(lambda: list_jobs(client, page_token=page.next_page_token))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details(err)["ErrorInfo"].reason == "INVALID_PAGE"
@@ -388,4 +396,5 @@ def test_the_video_is_deleted_once_the_job_is_done(mesh, store, clip):
     doc = store.wait_job(job.job_id, lambda j: j["video_fid"] is None, "to drop its video", timeout=10)
     assert store.db["videos.files"].count_documents({"_id": video}) == 0
     assert store.db["videos.chunks"].count_documents({"files_id": video}) == 0
-    assert store.chunks(doc["mp3_fid"]) > 0 and client.download(job.job_id)
+    assert store.chunks(doc["mp3_fid"]) > 0
+    assert client.download(job.job_id)

@@ -81,8 +81,10 @@ def test_thirty_wrong_passwords_are_held_off_without_hashing(two_auths):
     assert "try again in" in err.details()
     status = rpc_status.from_call(err)
     info, reason = error_details_pb2.RetryInfo(), error_details_pb2.ErrorInfo()
-    assert any(d.Unpack(reason) for d in status.details) and reason.reason == "LOGIN_BLOCKED"
-    assert any(d.Unpack(info) for d in status.details) and 1 <= info.retry_delay.seconds <= 2
+    assert any(d.Unpack(reason) for d in status.details)
+    assert reason.reason == "LOGIN_BLOCKED"
+    assert any(d.Unpack(info) for d in status.details)
+    assert 1 <= info.retry_delay.seconds <= 2
     assert dict(err.trailing_metadata())["retry-after"] == str(info.retry_delay.seconds)
 
 
@@ -131,7 +133,8 @@ def test_an_address_guessing_at_many_accounts_is_blocked(two_auths):
         code = login(a if i % 2 else b, victims[i % 3], "wrong password", xff)[0]
         assert code == grpc.StatusCode.UNAUTHENTICATED
     code, _, err = login(b, victims[3], PASSWORD, xff)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "try again in" in err.details()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "try again in" in err.details()
     # The same account from another address is fine, and that does not unblock the address.
     assert login(a, victims[3], PASSWORD, address())[0] == grpc.StatusCode.OK
     assert login(a, victims[3], PASSWORD, xff)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -148,7 +151,8 @@ def test_rest_gets_429_with_retry_after_through_envoy(mesh):
     blocked = answers[-1]
     assert int(blocked.headers["retry-after"]) >= 1
     body = blocked.json()
-    assert body["code"] == 8 and "try again in" in body["message"]
+    assert body["code"] == 8
+    assert "try again in" in body["message"]
     details = rest_details(body)
     assert details["ErrorInfo"]["reason"] == "LOGIN_BLOCKED"
     assert details["RetryInfo"]["retry_delay"] == f"{blocked.headers['retry-after']}s"
@@ -166,7 +170,8 @@ def test_envoy_edge_limit_answers_429(mesh_factory):
     r = requests.post(f"{base}/login", auth=("edge@example.com", "x" * 9), timeout=20)  # the seed's route
     assert r.status_code == 401
     r = requests.post(f"{base}/v1/login", json={"email": "edge@example.com", "password": "x" * 9}, timeout=20)
-    assert r.status_code == 429 and r.headers["retry-after"] == "60"
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "60"
     # gRPC shares the bucket: RESOURCE_EXHAUSTED.
     with pytest.raises(grpc.RpcError) as e:
         auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel(stack.envoy_addr)).Login(

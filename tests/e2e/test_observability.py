@@ -11,6 +11,7 @@ move only by what these tests do):
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -121,7 +122,8 @@ def test_one_upload_moves_each_counter_by_what_it_did(journey):
     assert d("gateway", "video2mp3_queue_publish_failures_total") == 0
     gw = journey["after"]["gateway"]
     assert gw.value("video2mp3_jobs", state="DONE") >= 1
-    assert gw.value("video2mp3_outbox_backlog") == 0 and gw.value("video2mp3_outbox_oldest_age_seconds") == 0
+    assert gw.value("video2mp3_outbox_backlog") == 0
+    assert gw.value("video2mp3_outbox_oldest_age_seconds") == 0
     for dep in ("mongodb", "rabbitmq", "mysql"):
         assert gw.value("video2mp3_dependency_up", dependency=dep) == 1, dep
 
@@ -204,10 +206,13 @@ def test_alert_rules_name_only_exported_metrics(journey):
     assert len(rules) >= 5
     exported = _exported(journey)
     for rule in rules:
-        assert rule["alert"] and rule["labels"]["severity"] in ("warning", "critical")
-        assert rule["annotations"]["summary"] and "runbook" in rule["annotations"]
+        assert rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]
+        assert "runbook" in rule["annotations"]
         names = metric_names(rule["expr"])
-        assert names and names <= exported, (rule["alert"], names - exported)
+        assert names, (rule["alert"], names - exported)
+        assert names <= exported, (rule["alert"], names - exported)
 
 
 # ------------------------------------------------------------------ logs
@@ -235,7 +240,9 @@ def test_request_id_follows_the_upload_from_envoy_to_the_converter(journey):
     access = [e for e in _envoy_access(stack.logs["envoy"]) if e["grpc_path"] == UPLOAD]
     assert len(access) == 1, access
     rid = access[0]["request_id"]
-    assert rid and access[0]["status"] == 200 and access[0]["grpc_status"] == "OK"
+    assert rid
+    assert access[0]["status"] == 200
+    assert access[0]["grpc_status"] == "OK"
 
     logs = {name: _json_lines(stack.logs[name]) for name in ("auth", "gateway", "converter")}
     for name, lines in logs.items():
@@ -245,14 +252,18 @@ def test_request_id_follows_the_upload_from_envoy_to_the_converter(journey):
 
     gateway = [line for line in logs["gateway"] if line.get("request_id") == rid]
     rpc = [line for line in gateway if line.get("grpc_method") == UPLOAD]
-    assert len(rpc) == 1 and rpc[0]["grpc_code"] == "OK" and rpc[0]["duration_ms"] > 0
+    assert len(rpc) == 1
+    assert rpc[0]["grpc_code"] == "OK"
+    assert rpc[0]["duration_ms"] > 0
     assert {"recorded", "queued"} <= {line.get("step") for line in gateway}
     assert all(line.get("job_id") == job_id for line in gateway if line.get("step"))
 
     converter = [line for line in logs["converter"] if line.get("request_id") == rid]
     assert any(line.get("step") == "converting" for line in converter), converter
     done = [line for line in converter if line.get("step") == "done"]
-    assert len(done) == 1 and done[0]["job_id"] == job_id and "worker" in done[0]
+    assert len(done) == 1
+    assert done[0]["job_id"] == job_id
+    assert "worker" in done[0]
     # What a benchmark reads from the logs: bytes fetched from GridFS, the video's size.
     assert done[0]["video_bytes"] == journey["size"] > 0
     assert 0 < done[0]["read_bytes"] <= 2 * done[0]["video_bytes"]
@@ -291,9 +302,10 @@ def test_the_uploads_spans_form_one_trace(journey):
     consume = one(f"process {queue}", "CONSUMER", "converter")
     convert = one("convert", "INTERNAL", "converter")
     chain = [root, client, server, publish, consume, convert]
-    for parent, child in zip(chain, chain[1:], strict=False):
+    for parent, child in itertools.pairwise(chain):
         assert child["parent_id"] == parent["context"]["span_id"], (child["name"], parent["name"])
-    assert root["parent_id"] is None and all(s["parent_id"] in by_id for s in chain[1:])
+    assert root["parent_id"] is None
+    assert all(s["parent_id"] in by_id for s in chain[1:])
     assert server["attributes"]["rpc.grpc.status_code"] == 0
     assert convert["attributes"]["video2mp3.job_id"] == journey["job"].job_id
     assert convert["attributes"]["video2mp3.read_bytes"] == journey["size"]  # one chunk, fetched once

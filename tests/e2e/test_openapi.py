@@ -38,7 +38,8 @@ def document() -> dict:
 
 def test_envoy_serves_the_document(mesh, document):
     r = requests.get(f"{mesh.rest_base_url}/openapi.json", timeout=10)
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
     assert r.json() == document
 
 
@@ -52,7 +53,9 @@ def test_envoys_own_rest_errors_are_status_json(mesh):
         assert r.status_code == code
         assert r.headers["content-type"] == "application/json"
         body = r.json()
-        assert isinstance(body["code"], int) and body["code"] in (3, 5) and body["message"], body
+        assert isinstance(body["code"], int), body
+        assert body["code"] in (3, 5), body
+        assert body["message"], body
 
 
 @pytest.fixture

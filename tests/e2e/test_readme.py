@@ -68,7 +68,8 @@ def test_readme_sessions_run_as_written(mesh, repo_like_dir):
     assert '"filename":"demo.mp4"' in rest                # GET /v1/jobs
     assert '"status":"healthy"' in rest                   # GET /health
     duration, freq, _, _ = analyse_mp3(repo_like_dir / "demo.mp3")
-    assert abs(duration - 5.0) < 0.1 and abs(freq - 440) < 5
+    assert abs(duration - 5.0) < 0.1
+    assert abs(freq - 440) < 5
 
     grpc_out = run_session(SESSIONS[1], mesh.envoy_addr, repo_like_dir)
     for service in ("video2mp3.auth.v1.AuthService", "video2mp3.media.v1.MediaService",
@@ -84,14 +85,16 @@ def test_readme_sessions_run_as_written(mesh, repo_like_dir):
     job_id = json.loads(upload[0])["job_id"]
     watched = next(line for line in life if line.startswith("[{"))
     states = [j["state"] for j in json.loads(watched)]     # a whole JSON array
-    assert states[-1] == "JOB_STATE_DONE" and json.loads(watched)[-1]["progress"] == 100, watched
+    assert states[-1] == "JOB_STATE_DONE", watched
+    assert json.loads(watched)[-1]["progress"] == 100, watched
     assert all(j["job_id"] == job_id for j in json.loads(watched))
     listed = json.loads(next(line for line in life if line.startswith('{"jobs"')))
     assert job_id in [j["job_id"] for j in listed["jobs"]]
     assert {j["state"] for j in listed["jobs"]} == {"JOB_STATE_DONE"}
     assert "{}" in life                                     # the delete
     gone = json.loads(life[-1])                             # the second delete
-    assert gone["code"] == 5 and gone["details"][0]["reason"] == "JOB_NOT_FOUND", gone
+    assert gone["code"] == 5, gone
+    assert gone["details"][0]["reason"] == "JOB_NOT_FOUND", gone
 
 
 def test_readme_error_example_is_what_rest_answers(mesh):
@@ -109,7 +112,8 @@ def test_the_seeds_curl_session_runs_as_written(mesh, repo_like_dir):
     out = run_session(SEED_SESSION, mesh.envoy_addr, repo_like_dir)
     assert '"status":"healthy","mongodb":"connected","rabbitmq":"connected"' in out
     duration, freq, _, _ = analyse_mp3(repo_like_dir / "video.mp3")  # named by Content-Disposition
-    assert abs(duration - 5.0) < 0.1 and abs(freq - 440) < 5
+    assert abs(duration - 5.0) < 0.1
+    assert abs(freq - 440) < 5
 
 
 def test_the_cli_session_runs_as_written_in_a_terminal(mesh, repo_like_dir):
@@ -132,4 +136,5 @@ def test_the_cli_session_runs_as_written_in_a_terminal(mesh, repo_like_dir):
     assert "healthy" in out
     for name in ("holiday.mp3", "fête.mp3"):
         duration, freq, _, _ = analyse_mp3(repo_like_dir / "mp3s" / name)
-        assert abs(duration - 5.0) < 0.1 and abs(freq - 440) < 5
+        assert abs(duration - 5.0) < 0.1
+        assert abs(freq - 440) < 5

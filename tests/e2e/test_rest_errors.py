@@ -40,9 +40,11 @@ def check(r: requests.Response, status: int, code: grpc.StatusCode, reason: str,
     assert r.status_code == status, (r.status_code, r.text)
     assert r.headers["content-type"].startswith("application/json"), r.headers
     body = r.json()
-    assert body["code"] == code.value[0] and body["message"], body
+    assert body["code"] == code.value[0], body
+    assert body["message"], body
     details = rest_details(body)
-    assert details["ErrorInfo"]["reason"] == reason and details["ErrorInfo"]["domain"] == "video2mp3"
+    assert details["ErrorInfo"]["reason"] == reason
+    assert details["ErrorInfo"]["domain"] == "video2mp3"
     if fields:
         assert [v["field"] for v in details["BadRequest"]["field_violations"]] == list(fields), body
     else:

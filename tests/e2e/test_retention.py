@@ -81,8 +81,9 @@ def test_files_and_jobs_expire_swept_by_two_gateways(mesh_factory, isolated_db, 
     body = r.json()
     assert body["code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "upload the video again" in body["message"]
-    info = [d for d in body["details"] if d["@type"].endswith("ErrorInfo")][0]
-    assert info["reason"] == "MP3_EXPIRED" and info["metadata"]["job_id"] == ids[0]
+    info = next(d for d in body["details"] if d["@type"].endswith("ErrorInfo"))
+    assert info["reason"] == "MP3_EXPIRED"
+    assert info["metadata"]["job_id"] == ids[0]
     assert client.job(ids[0]).state == media_pb2.JOB_STATE_DONE
 
     wait_for("the job records to go",
@@ -95,5 +96,7 @@ def test_files_and_jobs_expire_swept_by_two_gateways(mesh_factory, isolated_db, 
     assert swept_totals(one, two) == {"videos": 4, "mp3s": 4, "jobs": 4}, swept_totals(one, two)
     for stack in (one, two):
         log = stack.logs["gateway"].read_text()
-        assert "retention-sweep:" not in log and "Traceback" not in log, log[-3000:]
-    assert db["mp3s.chunks"].count_documents({}) == 0 and db["videos.chunks"].count_documents({}) == 0
+        assert "retention-sweep:" not in log, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+    assert db["mp3s.chunks"].count_documents({}) == 0
+    assert db["videos.chunks"].count_documents({}) == 0

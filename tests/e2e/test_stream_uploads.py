@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -55,7 +56,7 @@ class GatedUpload:
     def __init__(self, client, path, filename: str, hold_at: float = 0.5, data: bytes | None = None,
                  content_type: str = "video/mp4"):
         self.client = client
-        self.data = open(path, "rb").read() if data is None else data
+        self.data = Path(path).read_bytes() if data is None else data
         self.filename = filename
         self.content_type = content_type
         self.hold_at = int(len(self.data) * hold_at)
@@ -109,15 +110,18 @@ def normal_mp3(path, filename: str) -> bytes:
     the meshes here convert it (CONVERTER_OVERLAP=on): one LAME encoder per
     core, on segments (converter/split_encode.py). The output depends on the
     audio and those segments only, not on how or when the bytes arrived."""
-    return mp3_bytes(io.BytesIO(open(path, "rb").read()), filename=filename,
+    return mp3_bytes(io.BytesIO(Path(path).read_bytes()), filename=filename,
                      overlap=True, encoders=os.cpu_count() or 1)
 
 
 def assert_not_found(call) -> None:
-    with pytest.raises(grpc.RpcError) as e:
+    def read_all():
         result = call()
         if hasattr(result, "__iter__"):
             list(result)
+
+    with pytest.raises(grpc.RpcError) as e:
+        read_all()
     assert e.value.code() == NOT_FOUND, e.value.details()
 
 
@@ -145,7 +149,8 @@ def test_a_streamable_upload_is_converted_before_it_ends_and_hidden_until_then(
     up = GatedUpload(client, faststart, "fast.mp4")
     # Half the file is in, the client holds the rest: the converter is at work.
     doc = hidden_job(store, uid, lambda j: j.get("uploading") and converting(j), "converting while uploading")
-    assert not up.call.done() and up.sent < len(up.data)
+    assert not up.call.done()
+    assert up.sent < len(up.data)
     job_id = doc["_id"]
 
     # Hidden from its owner exactly like a job that does not exist.
@@ -163,13 +168,15 @@ def test_a_streamable_upload_is_converted_before_it_ends_and_hidden_until_then(
     assert job.job_id == job_id
     assert job.state in (media_pb2.JOB_STATE_PROCESSING, media_pb2.JOB_STATE_DONE)
     assert job.progress > 0
-    assert job.video_size_bytes == len(up.data) and job.filename == "fast.mp4"
+    assert job.video_size_bytes == len(up.data)
+    assert job.filename == "fast.mp4"
     assert client.job(job_id).job_id == job_id  # visible from now on
 
     done = client.wait(job_id)
     assert done.state == media_pb2.JOB_STATE_DONE, done.error
     doc = store.assert_one_mp3(job_id)
-    assert doc["attempts"] == 1 and "uploading" not in doc
+    assert doc["attempts"] == 1
+    assert "uploading" not in doc
     assert client.download(job_id) == normal_mp3(faststart, "fast.mp4")
 
 
@@ -182,7 +189,8 @@ def test_an_mp4_with_its_index_at_the_end_is_not_converted_early(stream_mesh, st
              lambda: set(store.db["videos.chunks"].distinct("files_id")) - before, timeout=30)
     assert store.jobs.count_documents({"user_id": uid}) == 0  # no job while it uploads
     job = up.finish()
-    assert job.state == media_pb2.JOB_STATE_QUEUED and job.progress == 0
+    assert job.state == media_pb2.JOB_STATE_QUEUED
+    assert job.progress == 0
     assert client.wait(job.job_id).state == media_pb2.JOB_STATE_DONE
     assert client.download(job.job_id) == normal_mp3(moov_at_end, "slow.mp4")
 
@@ -208,15 +216,19 @@ def test_a_stream_that_cannot_be_converted_waits_for_the_whole_file_before_faili
     doc = hidden_job(store, uid, lambda j: j.get("uploading") and j["attempts"] >= 1, "taken while uploading")
     mp3_fid = doc["current_mp3_fid"]
     wait_for("the streamed attempt to fall back", lambda: fallbacks() > before, timeout=30)
-    assert not up.call.done() and up.sent < len(up.data)
+    assert not up.call.done()
+    assert up.sent < len(up.data)
     assert store.job(doc["_id"])["state"] != "FAILED"  # not before the whole file is in
     job = up.finish()
     final = client.wait(job.job_id)
-    assert final.state == media_pb2.JOB_STATE_FAILED and "audio" in final.error, final.error
+    assert final.state == media_pb2.JOB_STATE_FAILED, final.error
+    assert "audio" in final.error, final.error
     assert fallbacks() == before + 1
     doc = store.job(job.job_id)
-    assert doc["attempts"] == 1 and doc.get("pending_mp3_fids") == []
-    assert store.mp3_files(job.job_id) == [] and store.chunks(mp3_fid) == 0
+    assert doc["attempts"] == 1
+    assert doc.get("pending_mp3_fids") == []
+    assert store.mp3_files(job.job_id) == []
+    assert store.chunks(mp3_fid) == 0
 
 
 def test_a_form_upload_is_sniffed_by_its_file_part(stream_mesh, store, faststart):
@@ -224,7 +236,7 @@ def test_a_form_upload_is_sniffed_by_its_file_part(stream_mesh, store, faststart
     client = user_client(stream_mesh)
     uid = user_id_of(client)
     boundary = "sniffsniff"
-    video = open(faststart, "rb").read()
+    video = Path(faststart).read_bytes()
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n"
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"form.mp4\"\r\n"
             "Content-Type: video/mp4\r\n\r\n").encode() + video + f"\r\n--{boundary}--\r\n".encode()
@@ -233,7 +245,8 @@ def test_a_form_upload_is_sniffed_by_its_file_part(stream_mesh, store, faststart
     doc = hidden_job(store, uid, lambda j: j.get("uploading") and converting(j), "converting while uploading")
     assert doc["filename"] == "form.mp4"
     job = up.finish()
-    assert job.filename == "form.mp4" and job.video_size_bytes == len(video)
+    assert job.filename == "form.mp4"
+    assert job.video_size_bytes == len(video)
     assert client.wait(job.job_id).state == media_pb2.JOB_STATE_DONE
     assert client.download(job.job_id) == normal_mp3(faststart, "form.mp4")
 

@@ -173,7 +173,9 @@ def test_every_forged_or_stale_token_is_refused_and_changes_nothing(mesh, victim
     assert client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=client.md, timeout=10).email == email
     # The reasons are logged server-side, precisely.
     log = mesh.log_tail("gateway", 400)
-    assert "unknown kid" in log and "expired" in log and "algorithm 'HS256' is not EdDSA" in log
+    assert "unknown kid" in log
+    assert "expired" in log
+    assert "algorithm 'HS256' is not EdDSA" in log
 
 
 def test_token_of_a_deleted_user_is_refused(mesh, mysql_db):
@@ -193,12 +195,14 @@ def test_token_of_a_deleted_user_is_refused(mesh, mysql_db):
 
 def test_jwks_through_envoy_is_a_valid_key_set_that_verifies_tokens(mesh):
     r = requests.get(f"{mesh.rest_base_url}/.well-known/jwks.json", timeout=10)
-    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert set(body) == {"keys"}
     keyset = jwt.PyJWKSet.from_dict(body)
     for k in body["keys"]:
-        assert set(k) == {"kty", "crv", "x", "kid", "alg", "use"} and "d" not in k
+        assert set(k) == {"kty", "crv", "x", "kid", "alg", "use"}
+        assert "d" not in k
     client = GrpcClient(mesh.envoy_addr)
     client.sign_up_and_login()
     kid = jwt.get_unverified_header(client.token)["kid"]
@@ -229,7 +233,8 @@ def test_production_auth_without_a_key_refuses_to_start_with_one_line(mesh_env, 
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
-    assert "AUTH_KEYS_DIR" in lines[0] and "python -m video2mp3.auth keys new --dir" in lines[0]
+    assert "AUTH_KEYS_DIR" in lines[0]
+    assert "python -m video2mp3.auth keys new --dir" in lines[0]
 
 
 def test_keys_new_writes_an_owner_only_key_and_refuses_a_second(mesh_env, tmp_path):
@@ -238,12 +243,14 @@ def test_keys_new_writes_an_owner_only_key_and_refuses_a_second(mesh_env, tmp_pa
                                     env=mesh_env, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert run("new").returncode == 0
     (pem,) = d.glob("*.pem")
-    assert pem.stat().st_mode & 0o777 == 0o600 and d.stat().st_mode & 0o777 == 0o700
+    assert pem.stat().st_mode & 0o777 == 0o600
+    assert d.stat().st_mode & 0o777 == 0o700
     assert run("new").returncode == 1
     assert run("rotate").returncode == 0
     assert len(load_dir(d)) == 2
     listing = run("list").stdout
-    assert "signing" in listing and "published" in listing
+    assert "signing" in listing
+    assert "published" in listing
 
 
 def test_rotation_while_requests_are_in_flight_fails_none(mesh_factory, tmp_path):
@@ -297,7 +304,8 @@ def test_rotation_while_requests_are_in_flight_fails_none(mesh_factory, tmp_path
         for t in threads:
             t.join(30)
     assert failures == []
-    assert old_kid in kids_seen and counts[0] > 10
+    assert old_kid in kids_seen
+    assert counts[0] > 10
     published = [k["kid"] for k in requests.get(f"{stack.rest_base_url}/.well-known/jwks.json",
                                                 timeout=10).json()["keys"]]
     assert set(published) == {old_kid, new_kid}  # the old one until its tokens expire

@@ -193,7 +193,8 @@ def test_page_and_assets_are_served_with_security_headers(mesh):
     html = requests.get(base + "/", timeout=10).text
     # No inline script or style and nothing from another origin (works offline).
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)
-    assert "style=" not in html and "<style" not in html
+    assert "style=" not in html
+    assert "<style" not in html
     for f in ("index.html", "app.js", "app.css"):
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", (ROOT / "web" / f).read_text()), f
     # The REST API is untouched by the page's routes.
@@ -261,7 +262,8 @@ def test_convert_two_videos_in_the_browser(web, mesh, videos, tmp_path):
         return out;
     }""")
     assert abs(played["duration"] - source_s) <= 0.1, (played, source_s)
-    assert played["time"] > 0.2 and not played["paused"], played
+    assert played["time"] > 0.2, played
+    assert not played["paused"], played
 
     # Download the other: a real MP3 of the 440 Hz tone.
     with page.expect_download() as dl:
@@ -380,7 +382,8 @@ def test_wrong_password_says_so(web, mesh):
     error = p.page.locator("#auth-error")
     wait_for("the login error", lambda: error.text_content() != "", timeout=20)
     assert error.text_content() == "Incorrect email or password."
-    assert p.page.locator("#app-view").is_hidden() and p.token == ""
+    assert p.page.locator("#app-view").is_hidden()
+    assert p.token == ""
     p.shot("11-wrong-password")
 
 
@@ -415,7 +418,8 @@ def test_too_large_and_too_many_uploads_say_what_to_do(browser, mesh_factory, tm
                           video_noise=60))
     slow = Path(make_media(tmp_path / "slow.mp4", video_codec="h264", duration=3.0, video_size=(320, 240),
                            video_noise=60))
-    assert big.stat().st_size > 2 * 1024 * 1024 and slow.stat().st_size < 1024 * 1024
+    assert big.stat().st_size > 2 * 1024 * 1024
+    assert slow.stat().st_size < 1024 * 1024
     p = Page(browser, small.rest_base_url)
     try:
         p.sign_up()
@@ -451,7 +455,8 @@ def test_the_page_fits_a_phone(web, videos):
     # Every control is inside the viewport horizontally.
     for box in p.page.locator("button:visible, a:visible, select:visible, audio").evaluate_all(
             "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.right]; })"):
-        assert box[0] >= 0 and box[1] <= 375, box
+        assert box[0] >= 0, box
+        assert box[1] <= 375, box
     p.shot("16-phone-done")
 
 

@@ -45,10 +45,12 @@ def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_pa
 
         time.sleep(3 * HEARTBEAT_S)  # a lost ack would show up as a redelivery by now
         job = submitter.jobs.get(job_id)
-        assert job.attempts == 1 and job.state == jobs.DONE
+        assert job.attempts == 1
+        assert job.state == jobs.DONE
         assert queue_depth(stack.env, stack.env["QUEUE_NAME"])[0] == 0
         log = stack.log_tail("converter", 400)
-        assert "connection lost" not in log and "reconnecting" not in log, log
+        assert "connection lost" not in log, log
+        assert "reconnecting" not in log, log
         assert "duplicate task" not in log, log
     finally:
         # The session's MongoDB is in memory: do not leave ~20 MB behind.
@@ -80,7 +82,8 @@ def test_a_lone_long_job_is_encoded_on_every_core_and_stays_gapless(mesh_factory
         mp3 = gridfs.GridFSBucket(store.db, MP3S_BUCKET).open_download_stream(job["mp3_fid"]).read()
         duration, freq, rate, channels = analyse_mp3(mp3)
         assert duration == pytest.approx(audio_duration(source), abs=1 / rate)
-        assert (rate, channels) == (48000, 2) and abs(freq - 440) < 5
+        assert (rate, channels) == (48000, 2)
+        assert abs(freq - 440) < 5
         lines = [json.loads(line) for line in stack.logs["converter"].read_text().splitlines()
                  if line.startswith("{")]
         done = [line for line in lines if line.get("step") == "done"]

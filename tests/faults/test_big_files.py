@@ -33,7 +33,8 @@ def test_two_phone_videos_stay_under_the_memory_ceilings(tmp_path):
                BIG_CEILING_SCALE="0.75", BIG_ABORT_RSS_MB="4000")
     r = subprocess.run([sys.executable, "-m", "bench.big"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and "RESULT: ok" in r.stdout, r.stdout + r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "RESULT: ok" in r.stdout, r.stdout + r.stderr[-3000:]
     # The videos were deleted once DONE (counted in the store), and its disk
     # stays near its high-water mark: about one video, the oplog at its cap
     # (<= ~0.5 GB) and the journal, far below everything ever uploaded twice over.
@@ -66,10 +67,12 @@ def test_make_run_restarts_a_dead_service_and_the_store(tmp_path, clip):
             death = f"{name} (pid {pid}) killed by SIGKILL"
             line = wait_for(f"{name}'s death to be logged", lambda death=death: next(
                 (ln for ln in run.log().splitlines() if death in ln), None), timeout=10)
-            assert "OOM killer" in line and "restarting in" in line, line
+            assert "OOM killer" in line, line
+            assert "restarting in" in line, line
             restarted = f"{name} restarted"
             wait_for(f"{name} to be restarted", lambda restarted=restarted: restarted in run.log(), timeout=30)
-            assert run.pids()[name] and run.pids()[name][0] != pid
+            assert run.pids()[name]
+            assert run.pids()[name][0] != pid
         # The services reconnect by themselves: a whole journey works again.
         wait_for("REST to answer", lambda: rest.get("/v1/jobs").status_code == 200, timeout=60)
         _up_and_converting(rest, clip)

@@ -79,11 +79,14 @@ def test_worker_killed_mid_conversion_is_redelivered_and_converts_once(
     assert job["mp3_fid"] != half_written
     store.assert_attempt_gone(half_written)
     assert store.orphan_chunk_files() <= orphans_before
-    assert len(worker_pids(stack)) == 1 and worker not in worker_pids(stack)  # replaced
+    assert len(worker_pids(stack)) == 1
+    assert worker not in worker_pids(stack)
 
     # The MP3 is whole: as long as the source.
     duration, freq, rate, channels = analyse_mp3(client.download(job_id))
-    assert abs(duration - 600) < 0.2 and abs(freq - 440) < 5 and (rate, channels) == (48000, 2)
+    assert abs(duration - 600) < 0.2
+    assert abs(freq - 440) < 5
+    assert (rate, channels) == (48000, 2)
 
 
 def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
@@ -102,7 +105,8 @@ def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
 
     failed = client.wait(job_id, timeout=60)
     assert failed.state == media_pb2.JOB_STATE_FAILED
-    assert "stopped unexpectedly" in failed.error and "corrupt or unsupported" in failed.error
+    assert "stopped unexpectedly" in failed.error
+    assert "corrupt or unsupported" in failed.error
     job = store.job(job_id)
     assert job["attempts"] == MAX_DELIVERIES  # never a fourth delivery
     assert store.mp3_files(job_id) == []
@@ -150,7 +154,7 @@ def _divert_to_dead_letters(rabbit_env: dict, queue: str, headers: dict | None =
     return body
 
 
-@pytest.mark.parametrize("revived, final_state", [(0, "DONE"), (3, "FAILED")])
+@pytest.mark.parametrize(("revived", "final_state"), [(0, "DONE"), (3, "FAILED")])
 def test_a_dead_letter_never_attempted_is_queued_again_a_bounded_number_of_times(
         mesh_factory, store, clip, rabbitmq_server, revived, final_state):
     """Deliveries lost to connection cuts (no conversion ever started) do not
@@ -168,4 +172,5 @@ def test_a_dead_letter_never_attempted_is_queued_again_a_bounded_number_of_times
     if final_state == "DONE":
         store.assert_one_mp3(job_id)
     else:
-        assert job["attempts"] == 0 and "stopped unexpectedly" in job["error"]
+        assert job["attempts"] == 0
+        assert "stopped unexpectedly" in job["error"]

@@ -12,6 +12,7 @@ with forced kills in test_converter.py.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +62,7 @@ def corpus(tmp_path_factory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("mutated")
     files = {}
     for name, kw in SOURCES.items():
-        data = open(make_media(folder / name, duration=2.0, **kw), "rb").read()
+        data = Path(make_media(folder / name, duration=2.0, **kw)).read_bytes()
         files[name] = data
         stem, ext = name.rsplit(".", 1)
         for kind, mutated in mutations(name, data).items():
@@ -87,7 +88,8 @@ def test_every_mutated_file_ends_done_or_failed_and_the_converter_goes_on(
             outcome[name] = "DONE"
         else:
             assert job["error"].strip(), f"{name} FAILED without a reason"
-            assert store.mp3_files(job["_id"]) == [] and job["pending_mp3_fids"] == [], name
+            assert store.mp3_files(job["_id"]) == [], name
+            assert job["pending_mp3_fids"] == [], name
             if "stopped unexpectedly" in job["error"]:
                 assert crashed, f"{name}: dead-lettered although no worker crashed"
             outcome[name] = f"FAILED: {job['error']}"

@@ -60,7 +60,8 @@ def test_converter_sigterm_hands_back_a_job_it_cannot_finish_within_the_grace(
         assert stack.stop_service("converter", deadline=0.5 + 10) == 0
         assert "did not stop in time" not in stack.log_tail("converter")
         job = store.job(job_id)
-        assert job["state"] == "QUEUED" and job["attempts"] == attempt, job
+        assert job["state"] == "QUEUED", job
+        assert job["attempts"] == attempt, job
         assert job["pending_mp3_fids"] == []
         store.assert_attempt_gone(fid)
         stack.start_service("converter")
@@ -86,7 +87,8 @@ def test_converter_sigterm_finishes_the_job_in_hand_and_takes_no_new_one(
     assert stack.child("converter").wait(60 + 5) == 0
     store.assert_one_mp3(job_id)
     assert store.job(job_id)["attempts"] == 1
-    assert store.job(later)["state"] == "QUEUED" and store.job(later)["attempts"] == 0
+    assert store.job(later)["state"] == "QUEUED"
+    assert store.job(later)["attempts"] == 0
 
     stack.start_service("converter")
     assert client.wait(later, timeout=60).state == media_pb2.JOB_STATE_DONE
@@ -201,4 +203,5 @@ def test_make_run_ctrl_c_stops_every_service_with_sigterm(mesh_env, rabbitmq_ser
                           ("converter", "got SIGTERM, stopping workers")):
         assert any(line in row for row in log.splitlines() if row.startswith(f"{service:<10}|")), \
             f"{service} did not get a SIGTERM:\n{log}"
-    assert "sending SIGKILL" not in log and "did not stop in time" not in log, log
+    assert "sending SIGKILL" not in log, log
+    assert "did not stop in time" not in log, log

@@ -275,7 +275,8 @@ def test_login_returns_a_bearer_token_with_the_standard_claims(auth_stub):
     claims = jwt.decode(resp.access_token, KEY.public_key, algorithms=["EdDSA"], audience=tokens.AUDIENCE)
     assert set(claims) >= {"sub", "email", "iat", "nbf", "exp", "iss", "aud"}
     assert claims["sub"] == user.id
-    assert claims["iss"] == tokens.ISSUER and claims["aud"] == tokens.AUDIENCE
+    assert claims["iss"] == tokens.ISSUER
+    assert claims["aud"] == tokens.AUDIENCE
     assert claims["exp"] - claims["iat"] == TTL
     assert before - 5 <= claims["iat"] <= int(time.time()) + 5
 
@@ -293,9 +294,11 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(auth_stub):
 
 def test_login_without_credentials_is_invalid_argument(auth_stub):
     err = rpc_error(auth_stub.Login, auth_pb2.LoginRequest(email="", password="whatever1"))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("email")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("email")
     err = rpc_error(auth_stub.Login, auth_pb2.LoginRequest(email=unique_email(), password=""))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("password")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("password")
 
 
 def test_login_rehashes_a_hash_made_with_weaker_parameters(auth_stub, auth_sql):

@@ -124,7 +124,8 @@ def test_every_file_envoy_reads_is_resolved_and_shipped_in_the_image():
                    for r in local["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
                        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
                    if "filename" in r.get("direct_response", {}).get("body", {})]
-    assert len(local_files) == 4 and all(Path(f).is_absolute() and Path(f).is_file() for f in local_files)
+    assert len(local_files) == 4
+    assert all(Path(f).is_absolute() and Path(f).is_file() for f in local_files)
     text = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     assert "--openapi /etc/envoy/openapi.json --web-root /etc/envoy/web" in text
     envoy_stage = text.split("AS envoy", 1)[1]
@@ -246,7 +247,8 @@ def test_grpc_errors_become_http_statuses_with_a_status_body(envoy):
     assert r.json()["message"] == "wrong email or password"
 
     r = requests.get(f"{envoy['base']}/v1/jobs/nope", timeout=10)
-    assert r.status_code == 404 and r.json()["code"] == 5
+    assert r.status_code == 404
+    assert r.json()["code"] == 5
 
 
 def test_unknown_paths_and_query_parameters_are_rejected(envoy):
@@ -288,9 +290,8 @@ def test_over_limit_upload_is_413_for_rest_and_resource_exhausted_for_grpc(envoy
         for _ in range(200):
             yield media_pb2.UploadVideoRequest(body=httpbody_pb2.HttpBody(data=b"\x00" * 1_000_000))
 
-    with grpc.insecure_channel(envoy["addr"]) as ch:
-        with pytest.raises(grpc.RpcError) as e:
-            media_pb2_grpc.MediaServiceStub(ch).UploadVideo(messages(), timeout=30)
+    with grpc.insecure_channel(envoy["addr"]) as ch, pytest.raises(grpc.RpcError) as e:
+        media_pb2_grpc.MediaServiceStub(ch).UploadVideo(messages(), timeout=30)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -323,7 +324,8 @@ def test_concurrent_rest_and_grpc_share_the_listener(envoy):
     def rest():
         try:
             r = requests.get(f"{envoy['base']}/health", timeout=10)
-            assert r.status_code == 200 and r.json()["status"] == "healthy"
+            assert r.status_code == 200
+            assert r.json()["status"] == "healthy"
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 

@@ -10,6 +10,7 @@ import os
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,8 +107,10 @@ def test_read_ahead_fetches_ahead_and_close_stops_it(db, random_file):
     data, fid = random_file
     dl = ChunkedDownload(db, VIDEOS_BUCKET, fid, range_chunks=4, read_ahead=2)
     helper = dl._helper
-    assert helper is not None and helper.is_alive()
-    assert dl.read(4 * CHUNK) == data[:4 * CHUNK] and dl.bytes_fetched == 4 * CHUNK  # range 0, on demand
+    assert helper is not None
+    assert helper.is_alive()
+    assert dl.read(4 * CHUNK) == data[:4 * CHUNK]
+    assert dl.bytes_fetched == 4 * CHUNK
     assert dl.read(1) == data[4 * CHUNK:4 * CHUNK + 1]  # range 1: now reading is sequential
     wait_for(lambda: dl.bytes_fetched == 4 * 4 * CHUNK)  # ranges 2 and 3 came without being read
     dl.seek(100 * CHUNK)  # a jump: nothing is fetched ahead until reading goes on sequentially
@@ -142,7 +145,8 @@ def test_helper_failure_leaves_the_reader_to_fetch(db, random_file, monkeypatch)
             data_read.append(got)
         data_read.append(got)
         assert b"".join(data_read) == data
-    assert calls and not dl._helper.is_alive()
+    assert calls
+    assert not dl._helper.is_alive()
 
 
 def test_missing_chunk_is_reported(db):
@@ -150,13 +154,13 @@ def test_missing_chunk_is_reported(db):
     db[f"{VIDEOS_BUCKET}.chunks"].delete_one({"files_id": fid, "n": 6})
     with ChunkedDownload(db, VIDEOS_BUCKET, fid, range_chunks=4, read_ahead=2) as dl:
         assert len(dl.read(6 * CHUNK)) == 6 * CHUNK
-        with pytest.raises(Exception, match="chunk 6 .* missing"):
+        with pytest.raises(Exception, match=r"chunk 6 .* missing"):
             dl.read(CHUNK)
 
 
 # --- a conversion from GridFS -----------------------------------------------------
 
-@pytest.mark.parametrize("name, kw, options", [
+@pytest.mark.parametrize(("name", "kw", "options"), [
     ("heavy.mp4", {}, {}),
     ("heavy.mov", {"n_audio_tracks": 2}, {"audio_track": 1}),
     ("faststart.mp4", {"faststart": True}, {}),
@@ -165,7 +169,7 @@ def test_conversion_fetches_less_and_gives_the_same_mp3(db, tmp_path, name, kw, 
     # Big noisy frames, 5 fps: most 16 KiB chunks hold video only.
     path = make_media(tmp_path / name, video_codec="h264", video_size=(320, 240), video_noise=80,
                       fps=5, duration=3.0, **kw)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     fid = store(db, data)
     opts = media_pb2.ConversionOptions(**options)
     results = {}
@@ -182,11 +186,12 @@ def test_conversion_fetches_less_and_gives_the_same_mp3(db, tmp_path, name, kw, 
 
 
 def test_small_or_not_mp4_files_are_read_as_before(db, tmp_path):
-    small = store(db, open(make_media(tmp_path / "s.mp4", duration=1.0), "rb").read())
+    small = store(db, Path(make_media(tmp_path / "s.mp4", duration=1.0)).read_bytes())
     with VideoSource(db, small) as video:
-        assert video.skip is None and video.index_bytes == 0
+        assert video.skip is None
+        assert video.index_bytes == 0
     mkv = make_media(tmp_path / "big.mkv", video_codec="h264", video_size=(320, 240), video_noise=80, fps=5)
-    fid = store(db, open(mkv, "rb").read())
+    fid = store(db, Path(mkv).read_bytes())
     with VideoSource(db, fid) as video:
         assert video.skip is None
         assert mp3_bytes(video.stream)

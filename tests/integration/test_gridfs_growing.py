@@ -6,6 +6,7 @@ import io
 import os
 import threading
 import time
+from pathlib import Path
 
 import gridfs.errors
 import pytest
@@ -51,10 +52,12 @@ def test_reads_a_growing_file_to_its_exact_end(db):
     while block := src.read(100_000):
         got += block
     t.join()
-    assert bytes(got) == data and src.length == len(data)
+    assert bytes(got) == data
+    assert src.length == len(data)
     assert waits, "the reader never had to wait: the test did not test growth"
     src.seek(10)  # our own callers go back to the head
-    assert src.read(20) == data[10:30] and src.tell() == 30
+    assert src.read(20) == data[10:30]
+    assert src.tell() == 30
 
 
 def test_an_upload_that_never_ends_is_left_to_on_wait(db):
@@ -94,7 +97,7 @@ def test_a_conversion_of_a_growing_file_equals_the_normal_one(db, tmp_path, name
     """The same MP3, byte for byte, as converting the complete file."""
     path = make_media(tmp_path / name, video_codec="h264", duration=8.0, faststart=name.endswith("mp4"),
                       video_noise=40)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     expected = mp3_bytes(io.BytesIO(data), filename=name, overlap=False)
 
     up, t = slow_writer(db, data, 32 * 1024, 0.01)

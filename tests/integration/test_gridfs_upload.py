@@ -65,10 +65,13 @@ def test_write_behind_stores_every_chunk_in_order_and_a_failed_store_raises_in_t
 
         up._insert = store  # type: ignore[method-assign]
         up.write_behind(batch_bytes=2 * 261120)
-        with pytest.raises(Refused):
+        def write_all():
             for _ in range(40):
                 up.write(data[:261120])
             up.close()
+
+        with pytest.raises(Refused):
+            write_all()
         up.abort()
         assert chunks.count_documents({"files_id": up._id}) == 0
         assert m.db["videos.files"].count_documents({"_id": up._id}) == 0

@@ -2,7 +2,7 @@
 follows a job."""
 from __future__ import annotations
 
-import os
+import io
 import re
 import subprocess
 import sys
@@ -113,7 +113,7 @@ def test_following_a_job_uses_watchjob_where_it_exists_else_polls(watch, monkeyp
     media = _FakeMedia(watch)
     session = type("S", (), {"media": media, "metadata": [], "server": None})()
     item = convert.Item(Path("v.mp4"), Path("v.mp3"))
-    converter = convert.Converter(session, {}, convert.Display(Console(file=open(os.devnull, "w"))))
+    converter = convert.Converter(session, {}, convert.Display(Console(file=io.StringIO())))
     converter.display.add(item)
     job = converter._follow(item, media_pb2.Job(job_id="j", state=media_pb2.JOB_STATE_QUEUED))
     assert job.state == media_pb2.JOB_STATE_DONE

@@ -3,6 +3,7 @@ judged from real files made by FFmpeg (testkit/media.py) and hand-made MP4 boxes
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ def head_of(path) -> bytes:
         return f.read(SNIFF_BYTES)
 
 
-@pytest.mark.parametrize("name, kwargs", [
+@pytest.mark.parametrize(("name", "kwargs"), [
     ("a.mkv", {}),
     ("a.webm", dict(audio_codec="libopus")),
     ("a.ts", {}),
@@ -35,13 +36,14 @@ def test_streamable_files(tmp_path, name, kwargs):
 
 
 def test_an_mp3_without_id3_is_streamable(tmp_path):
-    data = open(make_media(tmp_path / "a.mp3", audio_codec="libmp3lame", video_codec=None,
-                           duration=1.0), "rb").read()
+    data = Path(make_media(tmp_path / "a.mp3", audio_codec="libmp3lame", video_codec=None,
+                           duration=1.0)).read_bytes()
     size = 10 + int.from_bytes(bytes(b & 0x7F for b in data[6:10]), "big")  # skip the ID3v2 tag
-    assert data.startswith(b"ID3") and streamable(data[size:size + SNIFF_BYTES])
+    assert data.startswith(b"ID3")
+    assert streamable(data[size:size + SNIFF_BYTES])
 
 
-@pytest.mark.parametrize("name, kwargs", [
+@pytest.mark.parametrize(("name", "kwargs"), [
     ("slow.mp4", dict(video_codec="h264")),  # FFmpeg's default: moov at the end
     ("slow.mov", dict(video_codec="h264")),
     ("slow.m4a", dict(video_codec=None)),

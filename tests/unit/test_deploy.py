@@ -89,7 +89,7 @@ def test_every_file_is_listed_by_its_kustomization():
 # ------------------------------------------------------------------ workloads
 
 def test_deployments_are_probed_bounded_and_locked_down(built):
-    name, docs = built
+    _name, docs = built
     kinds = _by_kind(docs)
     config = kinds[("ConfigMap", "video2mp3-config")]["data"]
     for app in APPS:
@@ -100,10 +100,12 @@ def test_deployments_are_probed_bounded_and_locked_down(built):
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
         sc = c["securityContext"]
-        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"]["drop"] == ["ALL"]
         tmp = {m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp"}
-        assert tmp and all("emptyDir" in v for v in pod["volumes"] if v["name"] in tmp), app
+        assert tmp, app
+        assert all("emptyDir" in v for v in pod["volumes"] if v["name"] in tmp), app
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(c["resources"][kind]), (app, kind)
         assert pod.get("topologySpreadConstraints"), app
@@ -138,17 +140,21 @@ def test_converter_scales_on_the_queue_from_zero_and_gateway_on_cpu(built):
 
     hpa = kinds[("HorizontalPodAutoscaler", "gateway")]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
-    assert hpa["minReplicas"] >= 1 and hpa["maxReplicas"] > hpa["minReplicas"]
+    assert hpa["minReplicas"] >= 1
+    assert hpa["maxReplicas"] > hpa["minReplicas"]
 
     so = kinds[("ScaledObject", "converter")]
     assert so["apiVersion"] == "keda.sh/v1alpha1"
     spec = so["spec"]
-    assert spec["scaleTargetRef"] == {"name": "converter"} and spec["minReplicaCount"] == 0
-    assert spec["maxReplicaCount"] >= 1 and spec["cooldownPeriod"] > 0
+    assert spec["scaleTargetRef"] == {"name": "converter"}
+    assert spec["minReplicaCount"] == 0
+    assert spec["maxReplicaCount"] >= 1
+    assert spec["cooldownPeriod"] > 0
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "rabbitmq"
     md = trigger["metadata"]
-    assert md["queueName"] == config["QUEUE_NAME"] and md["mode"] == "QueueLength"
+    assert md["queueName"] == config["QUEUE_NAME"]
+    assert md["mode"] == "QueueLength"
     assert md["protocol"] == "http"  # counts unacked messages: busy pods are not scaled away
     (converter,) = _pod(kinds[("Deployment", "converter")])["containers"]
     assert md["value"] == _env(converter)["CONVERTER_WORKERS"]["value"]  # one task per worker
@@ -179,7 +185,8 @@ def test_no_secret_values_in_any_manifest(built):
     for doc in docs:
         for ref in doc.get("spec", {}).get("secretTargetRef", []):
             referenced.add(ref["name"])
-    assert referenced <= SECRETS and "video2mp3-secret" in referenced
+    assert referenced <= SECRETS
+    assert "video2mp3-secret" in referenced
 
 
 def _secret_keys(node) -> set[str]:
@@ -323,7 +330,7 @@ def test_services_get_the_seed_settings_and_run_in_production(built):
         (c,) = _pod(kinds[("Deployment", app)])["containers"]
         assert {r["configMapRef"]["name"] for r in c["envFrom"]} == {"video2mp3-config"}, app
         given |= set(_env(c))
-    assert SEED_ENV <= given, SEED_ENV - given
+    assert given >= SEED_ENV, SEED_ENV - given
     assert "SECRET_KEY" not in given
     assert "SECRET_KEY" not in yaml.safe_dump_all(docs)
     # Auth refuses to start without a signing key.
@@ -350,7 +357,8 @@ def test_signing_keys_come_from_a_secret_the_operator_creates(built):
     assert volume["secret"]["secretName"] == AUTH_KEYS_SECRET
     assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
     # Group-readable (0440) by the pod's fsGroup, as the files are root's.
-    assert volume["secret"]["defaultMode"] & 0o040 and pod["securityContext"]["fsGroup"] == 10001
+    assert volume["secret"]["defaultMode"] & 0o040
+    assert pod["securityContext"]["fsGroup"] == 10001
     # Only auth holds private keys.
     for app in ("gateway", "converter", "envoy"):
         assert AUTH_KEYS_SECRET not in yaml.safe_dump(_pod(kinds[("Deployment", app)])), app
@@ -445,7 +453,8 @@ def test_dockerfile_copies_only_what_exists_and_the_context_lets_it_through():
 
 def test_dockerfile_builds_a_small_runtime_image():
     text = DOCKERFILE.read_text()
-    assert "python:3.11" in text and "envoyproxy/envoy:" in text  # pinned bases
+    assert "python:3.11" in text
+    assert "envoyproxy/envoy:" in text
     for target in ("AS build", "AS service", "AS envoy"):
         assert target in text
     runtime = (ROOT / "requirements" / "runtime.txt").read_text().lower()
@@ -456,14 +465,16 @@ def test_dockerfile_builds_a_small_runtime_image():
         assert f"\n{dep}==" in runtime, dep
     service_stage = text.split("AS service", 1)[1].split("AS envoy", 1)[0]
     assert "COPY --from=build /opt/venv /opt/venv" in service_stage
-    assert "USER 10001" in service_stage and "HEALTHCHECK" in service_stage
+    assert "USER 10001" in service_stage
+    assert "HEALTHCHECK" in service_stage
     for folder in ("core", "telemetry", "rpc", "storage", "domain", "auth", "gateway", "converter", "ops", "cli",
                    "protos", "tools"):
         assert f"COPY {folder} ./{folder}" in text
     # Only service code: no launcher, test kit or benchmarks in the image.
     for folder in ("localmesh", "testkit", "bench", "tests"):
         assert f"COPY {folder}" not in text
-    assert "tools/codegen.py" in text and "requirements/runtime.txt" in text
+    assert "tools/codegen.py" in text
+    assert "requirements/runtime.txt" in text
 
 
 # ------------------------------------------------------------------ Envoy

@@ -39,7 +39,7 @@ def test_error_info_always_bad_request_with_violations_retry_info_with_a_delay()
     assert d["RetryInfo"].retry_delay.ToMilliseconds() == 2500
 
 
-@pytest.mark.parametrize("cls, code", [
+@pytest.mark.parametrize(("cls", "code"), [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
@@ -158,8 +158,10 @@ def failure(fn) -> tuple[grpc.RpcError, dict]:
 
 def test_unary_error_carries_its_details(channel):
     err, d = failure(lambda: call(channel, "Unary")(b"", timeout=10))
-    assert err.code() == grpc.StatusCode.NOT_FOUND and err.details() == "job j1 not found"
-    assert d["ErrorInfo"].reason == "JOB_NOT_FOUND" and d["ErrorInfo"].metadata == {"job_id": "j1"}
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.details() == "job j1 not found"
+    assert d["ErrorInfo"].reason == "JOB_NOT_FOUND"
+    assert d["ErrorInfo"].metadata == {"job_id": "j1"}
     assert call(channel, "Ok")(b"", timeout=10) == b"fine"
 
 
@@ -175,7 +177,8 @@ def test_unexpected_exception_is_internal_logged_once(channel, caplog):
     assert (err.code(), err.details()) == (grpc.StatusCode.INTERNAL, "internal error")
     assert d["ErrorInfo"].reason == "INTERNAL"
     tracebacks = [r for r in caplog.records if r.exc_info]
-    assert len(tracebacks) == 1 and "/test.Errors/Bug" in tracebacks[0].getMessage()
+    assert len(tracebacks) == 1
+    assert "/test.Errors/Bug" in tracebacks[0].getMessage()
 
 
 def test_server_stream_fails_after_its_messages(channel):
@@ -187,7 +190,8 @@ def test_server_stream_fails_after_its_messages(channel):
     err, d = failure(read)
     assert got == [b"one", b"two"]
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert d["ErrorInfo"].reason == "STORAGE_UNAVAILABLE" and "RetryInfo" in d
+    assert d["ErrorInfo"].reason == "STORAGE_UNAVAILABLE"
+    assert "RetryInfo" in d
 
 
 def test_client_stream_error_keeps_extra_trailers(channel):

@@ -8,7 +8,9 @@ very same MP3 as converting the file as it is.
 from __future__ import annotations
 
 import io
+import itertools
 import os
+from pathlib import Path
 
 import av
 import pytest
@@ -51,8 +53,9 @@ def index(path):
 def check_against_ffmpeg(path) -> list[tuple[int, int]]:
     ranges = index(path)
     assert ranges is not None
-    assert ranges == sorted(ranges) and all(s < e for s, e in ranges)
-    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False)), "not merged"
+    assert ranges == sorted(ranges)
+    assert all(s < e for s, e in ranges)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges)), "not merged"
     packets = packet_ranges(path)
     for start, end in packets["audio"] + packets["other"]:
         assert not overlaps(ranges, start, end), (start, end)
@@ -63,7 +66,7 @@ def check_against_ffmpeg(path) -> list[tuple[int, int]]:
     return ranges
 
 
-@pytest.mark.parametrize("name, kw", [
+@pytest.mark.parametrize(("name", "kw"), [
     ("av.mp4", {}),
     ("faststart.mp4", {"faststart": True}),
     ("two_audio.mp4", {"n_audio_tracks": 2}),
@@ -108,7 +111,7 @@ def test_remuxed_plain_mp4_is_indexed(tmp_path):
     check_against_ffmpeg(remux(src, tmp_path / "plain.mp4"))
 
 
-@pytest.mark.parametrize("name, kw", [
+@pytest.mark.parametrize(("name", "kw"), [
     ("clip.mkv", {}), ("clip.webm", {"audio_codec": "libopus"}), ("clip.ts", {}),
     ("tone.mp3", {"video_codec": None, "audio_codec": "mp3"}),
 ])
@@ -130,7 +133,7 @@ def test_junk_reads_everything(data):
 
 def test_corrupt_moov_reads_everything(tmp_path):
     path = make_media(tmp_path / "clip.mp4", faststart=True, **VIDEO_HEAVY)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     at = data.index(b"stsz")
     data[at + 12:at + 16] = (10 ** 6).to_bytes(4, "big")  # more samples than the table holds
     assert skippable_ranges(io.BytesIO(bytes(data))) is None
@@ -138,7 +141,7 @@ def test_corrupt_moov_reads_everything(tmp_path):
 
 def test_external_data_reference_reads_everything(tmp_path):
     path = make_media(tmp_path / "clip.mp4", faststart=True, **VIDEO_HEAVY)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     at = data.index(b"url ")
     data[at + 7] &= 0xFE  # "the data is in another file"
     assert skippable_ranges(io.BytesIO(bytes(data))) is None
@@ -163,7 +166,7 @@ class Zeroed(ReadSeekOnly):
         return bytes(data)
 
 
-@pytest.mark.parametrize("name, kw, options", [
+@pytest.mark.parametrize(("name", "kw", "options"), [
     ("av.mp4", {}, {}),
     ("moov_last.mov", {}, {"bitrate_kbps": 128}),
     ("faststart.mp4", {"faststart": True}, {"channels": 1}),

@@ -2,7 +2,9 @@
 the same media, only laid out differently."""
 from __future__ import annotations
 
+import itertools
 import struct
+from pathlib import Path
 
 import av
 import numpy as np
@@ -13,7 +15,7 @@ from testkit.mp4_layout import interleave
 
 
 def top_level(path) -> list[bytes]:
-    kinds, data, pos = [], open(path, "rb").read(), 0
+    kinds, data, pos = [], Path(path).read_bytes(), 0
     while pos < len(data):
         size, kind = struct.unpack(">I4s", data[pos:pos + 8])
         if size == 1:
@@ -32,11 +34,13 @@ def test_relaid_file_has_the_same_audio_and_video(tmp_path, index_first):
     for track in (0, 1):
         a, rate_a, ch_a = decode_audio(src, track)
         b, rate_b, ch_b = decode_audio(dst, track)
-        assert (rate_a, ch_a) == (rate_b, ch_b) and np.array_equal(a, b)
+        assert (rate_a, ch_a) == (rate_b, ch_b)
+        assert np.array_equal(a, b)
     with av.open(str(src)) as a, av.open(str(dst)) as b:
         frames_a = [f.to_ndarray() for f in a.decode(video=0)]
         frames_b = [f.to_ndarray() for f in b.decode(video=0)]
-    assert len(frames_a) == len(frames_b) and all(np.array_equal(x, y) for x, y in zip(frames_a, frames_b, strict=True))
+    assert len(frames_a) == len(frames_b)
+    assert all(np.array_equal(x, y) for x, y in zip(frames_a, frames_b, strict=True))
 
 
 def test_one_chunk_per_track_per_second(tmp_path):
@@ -46,5 +50,5 @@ def test_one_chunk_per_track_per_second(tmp_path):
         in_file_order = [p.stream.type for p in sorted((p for p in c.demux() if p.size), key=lambda p: p.pos)]
     # In file order the track changes once per chunk: 3 s x 2 tracks at most
     # (FFmpeg's own muxer alternates every few packets).
-    changes = sum(1 for x, y in zip(in_file_order, in_file_order[1:], strict=False) if x != y)
+    changes = sum(1 for x, y in itertools.pairwise(in_file_order) if x != y)
     assert 2 <= changes <= 2 * 3

@@ -80,6 +80,7 @@ def test_envoy_config_points_at_the_document_by_absolute_path():
                  ["typed_config"]["route_config"]["virtual_hosts"] for r in host["routes"]
                  if r["match"].get("path") == "/openapi.json")
     path = Path(route["direct_response"]["body"]["filename"])
-    assert path.is_absolute() and path == DOCUMENT
+    assert path.is_absolute()
+    assert path == DOCUMENT
     assert "COPY --from=build /out/openapi.json /etc/envoy/openapi.json" in (
         ROOT / "deploy" / "docker" / "Dockerfile").read_text()

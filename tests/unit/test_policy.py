@@ -21,7 +21,7 @@ from video2mp3.converter.policy import (
 MAX_DELIVERIES = 3
 
 
-@pytest.mark.parametrize("error, outcome", [
+@pytest.mark.parametrize(("error", "outcome"), [
     (Cancelled(), Outcome.HAND_BACK),         # shutdown: a fresh copy, no delivery spent
     (LostLease(), Outcome.ACK),               # another attempt owns the job now
     (StorageUnavailable("down"), None),       # retried in place, unacked
@@ -71,7 +71,8 @@ def test_revival_headers_count_up():
 
 def test_crashed_reason_names_the_count():
     reason = policy.crashed_reason(MAX_DELIVERIES)
-    assert "stopped unexpectedly" in reason and f"{MAX_DELIVERIES} times" in reason
+    assert "stopped unexpectedly" in reason
+    assert f"{MAX_DELIVERIES} times" in reason
     assert "corrupt or unsupported" in reason
 
 

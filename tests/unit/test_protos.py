@@ -47,7 +47,7 @@ def _ignores() -> list[tuple[Path, int, str]]:
 
 
 @pytest.mark.parametrize(
-    "path,line,rule",
+    ("path", "line", "rule"),
     [pytest.param(p, i, rule, id=f"{p.name}:{i + 1}:{rule}") for p, i, rule in _ignores()]
     or [pytest.param(None, None, None, marks=pytest.mark.skip(reason="no lint exceptions"))],
 )

@@ -59,7 +59,7 @@ def test_blank_means_default_unless_empty_is_allowed():
     assert (s.count, s.word, s.empty_ok, s.maybe) == (3, "default", "", None)
 
 
-@pytest.mark.parametrize("env, message", [
+@pytest.mark.parametrize(("env", "message"), [
     ({"T_COUNT": "x"}, "T_COUNT must be an integer, got 'x'"),
     ({"T_COUNT": "0"}, "T_COUNT must be at least 1, got '0'"),
     ({"T_RATIO": "fast"}, "T_RATIO must be a number, got 'fast'"),
@@ -91,7 +91,8 @@ def test_secrets_stay_out_of_repr():
 
 
 def test_is_set_and_as_env():
-    assert not is_set(Sample, "word", {"T_WORD": " "}) and is_set(Sample, "word", {"T_WORD": "a"})
+    assert not is_set(Sample, "word", {"T_WORD": " "})
+    assert is_set(Sample, "word", {"T_WORD": "a"})
     rabbit = load(RabbitSettings, {"RABBITMQ_PORT": "5673", "RABBITMQ_PASSWORD": ""})
     assert as_env(rabbit, "port", "password") == {"RABBITMQ_PORT": "5673", "RABBITMQ_PASSWORD": ""}
     assert load(RabbitSettings, as_env(rabbit)) == rabbit
@@ -158,7 +159,9 @@ def test_big_files_settings():
 def test_auth_production_and_limits():
     auth = load(AuthConfig, {"VIDEO2MP3_ENV": " Production ", "AUTH_KEYS_DIR": "/keys", "ALLOW_SIGNUP": "off",
                              "LOGIN_ACCOUNT_FAILURES": "3", "LOGIN_BLOCK_MAX_S": "60"})
-    assert auth.environment.production and auth.keys_dir == Path("/keys") and not auth.allow_signup
+    assert auth.environment.production
+    assert auth.keys_dir == Path("/keys")
+    assert not auth.allow_signup
     assert (auth.login_limits.account_failures, auth.login_limits.block_max_s) == (3, 60.0)
     with pytest.raises(SystemExit, match="VIDEO2MP3_ENV must be one of development, production"):
         load(AuthConfig, {"VIDEO2MP3_ENV": "prod"})

@@ -94,7 +94,7 @@ CASES = [  # rate, channels, VBR quality (None: CBR), LAME build (None: the fast
 ]
 
 
-@pytest.mark.parametrize("rate,channels,vbr,backend", CASES)
+@pytest.mark.parametrize(("rate", "channels", "vbr", "backend"), CASES)
 def test_a_split_encoding_plays_like_one_encoder(rate, channels, vbr, backend):
     frame = mp3tags.samples_per_frame(rate)
     seconds = 3.4 * SEGMENT_FRAMES * frame / rate  # three joins, the last segment short
@@ -102,7 +102,9 @@ def test_a_split_encoding_plays_like_one_encoder(rate, channels, vbr, backend):
     single, _ = encode(pcm, rate, threads=1, vbr=vbr, backend=backend)
     split, encoder = encode(pcm, rate, threads=2, vbr=vbr, backend=backend)
 
-    assert encoder is not None and encoder.joins == 3 and encoder.fallbacks == 0
+    assert encoder is not None
+    assert encoder.joins == 3
+    assert encoder.fallbacks == 0
     assert split != single
     # Same frame grid: same count, hence the same delay and padding.
     assert frame_count(split) == frame_count(single)
@@ -134,7 +136,8 @@ def test_the_joined_frame_gets_its_reservoir_from_the_other_encoder(monkeypatch)
     rate, frame = 48000, 1152
     pcm = music(2.2 * SEGMENT_FRAMES * frame / rate, rate, 2, seed=7)
     split, encoder = encode(pcm, rate, threads=2)
-    assert encoder is not None and encoder.joins == 2
+    assert encoder is not None
+    assert encoder.joins == 2
     frames = mp3join.Frames(split)
     used = [frames[k * SEGMENT_FRAMES + i].main_data_begin
             for k in (1, 2) for i in range(split_encode.WINDOW_FRAMES)]
@@ -153,7 +156,9 @@ def test_without_a_join_in_the_window_the_earlier_encoder_goes_on(monkeypatch):
     rate = 48000
     pcm = music(2.5 * SEGMENT_FRAMES * 1152 / rate, rate, 2)
     split, encoder = encode(pcm, rate, threads=2)
-    assert encoder is not None and encoder.joins == 0 and encoder.fallbacks == 2
+    assert encoder is not None
+    assert encoder.joins == 0
+    assert encoder.fallbacks == 2
     assert split == encode(pcm, rate, threads=1)[0]
 
 
@@ -167,7 +172,9 @@ def test_split_while_false_goes_on_with_one_encoder():
         return len(asked) > 1  # no to the first segment, yes to the next
 
     out, encoder = encode(pcm, rate, threads=2, split=split)
-    assert len(asked) == 2 and encoder is not None and encoder.joins == 1
+    assert len(asked) == 2
+    assert encoder is not None
+    assert encoder.joins == 1
     single, _ = encode(pcm, rate, threads=1)
     assert frame_count(out) == frame_count(single)
     # Up to the second segment's join the stream is the single encoder's.
@@ -193,7 +200,8 @@ def test_memory_stays_bounded_when_one_encoder_goes_on():
         encoder.encode(planes, batch)
         held.append(encoder.held)
     encoder.finish()
-    assert encoder.joins == 2 and encoder.fallbacks == 0
+    assert encoder.joins == 2
+    assert encoder.fallbacks == 0
     split, alone = held[:3 * per_segment], held[4 * per_segment:]
     assert max(split) <= 3 * (per_segment + 4)
     assert max(alone) <= split_encode.MAX_QUEUED

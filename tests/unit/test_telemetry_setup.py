@@ -57,7 +57,9 @@ def test_the_converter_supervisor_sets_its_multiprocess_dir_before_prometheus_cl
 def test_log_lines_are_json_by_default_and_text_on_request():
     (line,) = [x for x in _run(LOGGING_PROBE).splitlines() if x]
     entry = json.loads(line)
-    assert entry["message"] == "hello there" and entry["level"] == "INFO" and entry["service"] == "gateway"
+    assert entry["message"] == "hello there"
+    assert entry["level"] == "INFO"
+    assert entry["service"] == "gateway"
     assert (entry["request_id"], entry["job_id"], entry["worker"], entry["step"]) == ("rid-1", "job-1", 3, "queued")
     assert entry["time"].endswith("+00:00")
     (line,) = [x for x in _run(LOGGING_PROBE, LOG_FORMAT="text").splitlines() if x]

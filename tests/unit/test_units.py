@@ -27,15 +27,18 @@ def req(**kw) -> media_pb2.UploadVideoRequest:
 def test_defaults_are_192k_cbr_stereo_source_rate():
     o = validation.conversion_options(req())
     assert (o.bitrate_kbps, o.channels, o.sample_rate_hz) == (192, 2, 0)
-    assert not o.HasField("vbr_quality") and not o.HasField("audio_track")
+    assert not o.HasField("vbr_quality")
+    assert not o.HasField("audio_track")
 
 
 def test_vbr_replaces_bitrate():
     o = validation.conversion_options(req(vbr_quality=0))
-    assert o.HasField("vbr_quality") and o.vbr_quality == 0 and o.bitrate_kbps == 0
+    assert o.HasField("vbr_quality")
+    assert o.vbr_quality == 0
+    assert o.bitrate_kbps == 0
 
 
-@pytest.mark.parametrize("kw, field", [
+@pytest.mark.parametrize(("kw", "field"), [
     ({"bitrate_kbps": 31}, "bitrate_kbps"), ({"bitrate_kbps": 321}, "bitrate_kbps"),
     ({"vbr_quality": -1}, "vbr_quality"), ({"vbr_quality": 10}, "vbr_quality"),
     ({"vbr_quality": 2, "bitrate_kbps": 128}, "vbr_quality"),
@@ -50,8 +53,8 @@ def test_invalid_options_name_their_field(kw, field):
 
 
 def test_every_bad_option_is_a_violation_of_its_own():
-    e = pytest.raises(InvalidArgument, validation.conversion_options,
-                      req(bitrate_kbps=100, channels=6, sample_rate_hz=96000, audio_track=-1))
+    with pytest.raises(InvalidArgument) as e:
+        validation.conversion_options(req(bitrate_kbps=100, channels=6, sample_rate_hz=96000, audio_track=-1))
     assert [v.field for v in e.value.violations] == [
         "bitrate_kbps", "channels", "sample_rate_hz", "audio_track"]
     assert all(v.field in v.description for v in e.value.violations)
@@ -91,7 +94,8 @@ def test_filename_keeps_unicode_drops_control_characters_and_is_bounded():
     assert validation.filename("a\nb\x00\x7f\x85.mp4") == "ab.mp4"
     assert validation.filename("Ünïcødé 視頻 🎵.mkv") == "Ünïcødé 視頻 🎵.mkv"
     long = validation.filename("x" * 1000 + ".mp4")
-    assert len(long) == validation.MAX_FILENAME_CHARS and long.endswith("x.mp4")
+    assert len(long) == validation.MAX_FILENAME_CHARS
+    assert long.endswith("x.mp4")
 
 
 def test_task_message_keeps_the_seed_shape():
@@ -99,18 +103,20 @@ def test_task_message_keeps_the_seed_shape():
     task.options.bitrate_kbps = 128
     body = json.loads(queue.encode_task(task))
     assert list(body)[:3] == ["video_fid", "mp3_fid", "user_email"]
-    assert body["mp3_fid"] is None and body["job_id"] == "j1"
+    assert body["mp3_fid"] is None
+    assert body["job_id"] == "j1"
     assert queue.decode_task(queue.encode_task(task)) == task
 
 
 def test_seed_message_without_our_fields_still_decodes():
     task = queue.decode_task(b'{"video_fid": "abc", "mp3_fid": null, "user_email": "u@example.com"}')
-    assert task.video_fid == "abc" and task.job_id == ""
+    assert task.video_fid == "abc"
+    assert task.job_id == ""
 
 
 @pytest.mark.parametrize("body", [b"not json", b'{"video_fid": 5}', b"[1,2]"])
 def test_garbage_messages_are_rejected(body):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a conversion task"):
         queue.decode_task(body)
 
 
@@ -173,7 +179,8 @@ def test_jwks_cache_refetches_unknown_kids_at_a_bounded_rate():
         return {key.kid: key.public_key}
 
     cache = JwksCache(fetch, min_refetch_s=60)
-    assert cache.lookup(key.kid) is not None and len(calls) == 1
+    assert cache.lookup(key.kid) is not None
+    assert len(calls) == 1
     for i in range(100):
         assert cache.lookup(f"forged-{i}") is None
     assert len(calls) == 1  # the first lookup used up the refetch budget

@@ -103,7 +103,8 @@ def test_limit_delete_and_stop():
     settle(hub, 2)
     with pytest.raises(ResourceExhausted) as e:
         list(hub.watch(store.job, FakeContext()))
-    assert e.value.retry_after_s and e.value.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert e.value.retry_after_s
+    assert e.value.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
     store.job = None  # deleted
     for t in threads:
         t.join(5)
@@ -129,7 +130,8 @@ def test_a_cancelled_watcher_leaves_at_once():
     for cb in ctx.callbacks:
         cb()
     t.join(2)
-    assert not t.is_alive() and len(out) == 1
+    assert not t.is_alive()
+    assert len(out) == 1
     settle(hub, 0)
     list(hub.watch(dataclasses.replace(store.job, state=jobs.DONE), FakeContext()))  # the slot is free
     hub.stop()
