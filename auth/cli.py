@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 
 from video2mp3.auth.config import AuthConfig
-from video2mp3.auth.keys import KeyRing, generate, load_dir, write_key
+from video2mp3.auth.keys import configured_ring, generate, load_dir, write_key
 from video2mp3.auth.login_limits import CREATE_TABLE as LOGIN_FAILURES_TABLE
 from video2mp3.auth.passwords import Passwords
 from video2mp3.auth.service import EMAIL_RE, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_email
@@ -31,11 +31,6 @@ from video2mp3.core.settings import load
 
 def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _ring(cfg: AuthConfig, keys_dir: Path) -> KeyRing:
-    return KeyRing(keys_dir, token_ttl_s=cfg.token_ttl_seconds, reload_s=cfg.keys_reload_s,
-                   activate_after_s=cfg.key_activate_after_s)
 
 
 def keys_cmd(a, cfg: AuthConfig) -> int:
@@ -61,7 +56,7 @@ def keys_cmd(a, cfg: AuthConfig) -> int:
     if not existing:
         print(f"no keys in {keys_dir}", file=sys.stderr)
         return 1
-    ring = _ring(cfg, keys_dir)
+    ring = configured_ring(cfg, keys_dir)
     signing = ring.signing()
     published = {k.kid for k in ring.published()}
     for k in existing:
@@ -123,9 +118,8 @@ def users_cmd(a, cfg: AuthConfig) -> int:
             print(f"deleted user {found.id} {email} (their files were kept)")
             return 0
         from video2mp3.auth.accounts import MediaData, delete_account
-        from video2mp3.auth.server import key_ring
 
-        key = key_ring(cfg).signing()
+        key = configured_ring(cfg).signing()
         # A short-lived token of the user's own, so the Media service deletes exactly their data.
         token = tokens.issue(key.private_key, key.kid, str(found.id), found.email, 300)
         try:

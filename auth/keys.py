@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from video2mp3.auth.config import AuthConfig
 from video2mp3.core import tokens
 
 log = logging.getLogger(__name__)
@@ -184,3 +185,23 @@ class KeyRing:
 
     def jwks(self) -> list[dict[str, str]]:
         return [tokens.public_jwk(k.kid, k.public_key) for k in self.published()]
+
+
+def configured_ring(cfg: AuthConfig, keys_dir: Path | None = None) -> KeyRing:
+    """The keys the settings name: `keys_dir` (default AUTH_KEYS_DIR), else, outside production,
+    an ephemeral key. SystemExit with one line saying what to provide when there are none."""
+    ttl, reload_s, activate = cfg.token_ttl_seconds, cfg.keys_reload_s, cfg.key_activate_after_s
+    keys_dir = keys_dir or cfg.keys_dir
+    if keys_dir is not None:
+        try:
+            return KeyRing(keys_dir, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate)
+        except NoSigningKey as e:
+            raise SystemExit(f"auth: {e}") from None
+    if cfg.environment.production:
+        raise SystemExit(
+            "auth: no signing key: VIDEO2MP3_ENV=production needs AUTH_KEYS_DIR, a directory of Ed25519 "
+            "private keys (create one with `python -m video2mp3.auth keys new --dir DIR`; in Kubernetes, the "
+            "video2mp3-auth-keys Secret)")
+    log.warning("AUTH_KEYS_DIR is not set: signing with an ephemeral key; every token dies with this "
+                "process (set AUTH_KEYS_DIR, as `make run` does)")
+    return KeyRing(None, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate, ephemeral=generate())

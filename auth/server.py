@@ -5,7 +5,7 @@ import logging
 
 from video2mp3.auth.accounts import MediaData
 from video2mp3.auth.config import AuthConfig
-from video2mp3.auth.keys import KeyRing, NoSigningKey, generate
+from video2mp3.auth.keys import configured_ring
 from video2mp3.auth.login_limits import CREATE_TABLE as LOGIN_FAILURES_TABLE
 from video2mp3.auth.login_limits import LoginLimits
 from video2mp3.auth.passwords import Passwords
@@ -22,29 +22,11 @@ from video2mp3.telemetry import metrics, tracing
 log = logging.getLogger("auth")
 
 
-def key_ring(cfg: AuthConfig) -> KeyRing:
-    """The configured keys; SystemExit with one line saying what to provide when there are none."""
-    ttl, reload_s, activate = cfg.token_ttl_seconds, cfg.keys_reload_s, cfg.key_activate_after_s
-    if cfg.keys_dir is not None:
-        try:
-            return KeyRing(cfg.keys_dir, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate)
-        except NoSigningKey as e:
-            raise SystemExit(f"auth: {e}") from None
-    if cfg.environment.production:
-        raise SystemExit(
-            "auth: no signing key: VIDEO2MP3_ENV=production needs AUTH_KEYS_DIR, a directory of Ed25519 "
-            "private keys (create one with `python -m video2mp3.auth keys new --dir DIR`; in Kubernetes, the "
-            "video2mp3-auth-keys Secret)")
-    log.warning("AUTH_KEYS_DIR is not set: signing with an ephemeral key; every token dies with this "
-                "process (set AUTH_KEYS_DIR, as `make run` does)")
-    return KeyRing(None, token_ttl_s=ttl, reload_s=reload_s, activate_after_s=activate, ephemeral=generate())
-
-
 def serve() -> None:
     setup_logging("auth")
     tracing.setup_tracing("auth")
     cfg = load(AuthConfig)
-    keys = key_ring(cfg)
+    keys = configured_ring(cfg)
     metrics.serve(cfg.metrics_port)
     log.info("signing with key %s; publishing %s", keys.signing().kid,
              ", ".join(k.kid for k in keys.published()))
