@@ -46,14 +46,15 @@ lock: $(VENV)/.deps
 	$(VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  -o requirements/runtime.txt pyproject.toml
 
-# Protos (buf STANDARD), then Python lint/import order (ruff) and types (mypy,
-# over the installed layout: tools/typecheck_tree.py).
+# Protos (buf STANDARD), then Python lint/import order (ruff), types (mypy) and
+# the layer rules (import-linter), both over the installed layout (tools/typecheck_tree.py).
 lint: install node_modules/.installed
 	$(BUF) lint
 	$(BUF) build -o /dev/null
 	$(VENV)/bin/ruff check .
 	$(PY) tools/typecheck_tree.py gen/typecheck
 	$(VENV)/bin/mypy
+	PYTHONPATH=gen/typecheck $(VENV)/bin/lint-imports
 
 # Starts SecantusDB, auth, gateway, converter and Envoy in the foreground.
 run: install
