@@ -55,11 +55,15 @@ ON DUPLICATE KEY UPDATE
 class Limits:
     """The failed-login limits (auth's LOGIN_* settings). Failures allowed per
     window before each further one blocks for block_base * 2^(n - allowed) s, capped."""
-    account_failures: int = setting("LOGIN_ACCOUNT_FAILURES", 5, minimum=1)
-    address_failures: int = setting("LOGIN_ADDRESS_FAILURES", 20, minimum=1)
-    window_s: float = setting("LOGIN_WINDOW_S", 900.0, minimum=1)
-    block_base_s: float = setting("LOGIN_BLOCK_BASE_S", 1.0, minimum=0.01)
-    block_max_s: float = setting("LOGIN_BLOCK_MAX_S", 900.0, minimum=0.01)
+    account_failures: int = setting("LOGIN_ACCOUNT_FAILURES", 5, minimum=1, help=(
+        "failed logins of one account allowed in `LOGIN_WINDOW_S`; each further one blocks the account"))
+    address_failures: int = setting("LOGIN_ADDRESS_FAILURES", 20, minimum=1, help=(
+        "failed logins from one client address (the one Envoy appends to `x-forwarded-for`) allowed in "
+        "`LOGIN_WINDOW_S`; each further one blocks the address"))
+    window_s: float = setting("LOGIN_WINDOW_S", 900.0, minimum=1, help="the failure-counting window, seconds")
+    block_base_s: float = setting("LOGIN_BLOCK_BASE_S", 1.0, minimum=0.01, help=(
+        "the first block, seconds; doubled with each further failure"))
+    block_max_s: float = setting("LOGIN_BLOCK_MAX_S", 900.0, minimum=0.01, help="the longest block, seconds")
 
 
 class LoginBlocked(ResourceExhausted):

@@ -18,24 +18,31 @@ class ConverterConfig:
     # Only VIDEO_RETENTION matters here: 0 deletes the video as the job ends.
     retention: RetentionSettings = group(RetentionSettings)
     # As asked; `workers` is what runs (0 or less means 1).
-    requested_workers: int = setting("CONVERTER_WORKERS", CPUS)
-    grace_seconds: float = setting("GRACE_SECONDS", 10.0)
-    # Pause between retries of a job whose storage is unreachable.
-    retry_delay_s: float = setting("CONVERTER_RETRY_DELAY_S", 2.0)
-    # Decode/write on helper threads while LAME encodes; "auto" decides per
-    # job (converter/policy.overlap).
-    overlap_mode: Literal["auto", "on", "off"] = setting("CONVERTER_OVERLAP", "auto")
-    # A worker renews its lease on a job as it makes progress; a job whose
-    # lease has run out (its worker died) may be taken over by a redelivery,
-    # which waits that long at most. Longer than any pause in progress.
-    lease_s: float = setting("CONVERTER_LEASE_S", 15.0)
-    # Workers run at this nice level: conversions are batch work, and on a
-    # small box they would otherwise starve the API and the store it reads.
-    nice: int = setting("CONVERTER_NICE", 10)
-    # Prometheus /metrics, summed over the workers by the supervisor; 0: off.
-    metrics_port: int = setting("CONVERTER_METRICS_PORT", 9103, minimum=0)
-    # How often the supervisor checks MongoDB and RabbitMQ (video2mp3_dependency_up).
-    dependency_check_s: float = setting("CONVERTER_CHECK_INTERVAL_S", 5.0, minimum=0.1)
+    requested_workers: int = setting("CONVERTER_WORKERS", CPUS, shown_default="number of CPUs", help=(
+        "worker processes, each taking one task at a time (prefetch 1); also the most cores conversions use "
+        "(`CONVERTER_OVERLAP`). 0 or less means 1"))
+    grace_seconds: float = setting("GRACE_SECONDS", 10.0, help=(
+        "seconds a worker gets after SIGTERM to finish the job in hand; then it deletes the partial MP3 and "
+        "hands the task back"))
+    retry_delay_s: float = setting("CONVERTER_RETRY_DELAY_S", 2.0, help=(
+        "pause between retries of a job while MongoDB is unreachable, seconds"))
+    # "auto" decides per job (converter/policy.overlap).
+    overlap_mode: Literal["auto", "on", "off"] = setting("CONVERTER_OVERLAP", "auto", help=(
+        "let one conversion use more than one core: decode and write on helper threads, and one LAME encoder per "
+        "core on ~25 s segments joined into one stream. `on`: every CPU, always; `off`: never; `auto`: per job, "
+        "only when it is the only work in sight (no other worker converting, nothing queued), then on the idle "
+        "workers' cores, so never more cores than `CONVERTER_WORKERS`; asked again before each segment"))
+    # A worker renews its lease on a job as it makes progress; a redelivery
+    # waits that long at most. Longer than any pause in progress.
+    lease_s: float = setting("CONVERTER_LEASE_S", 15.0, help=(
+        "seconds after which a job whose worker stopped renewing its lease (it died) is taken over by the "
+        "redelivered task"))
+    nice: int = setting("CONVERTER_NICE", 10, help=(
+        "nice level of the worker processes (batch work: keeps the API and the store responsive)"))
+    metrics_port: int = setting("CONVERTER_METRICS_PORT", 9103, minimum=0, help=(
+        "Prometheus `/metrics` port, the sum over the workers; `0`: off"))
+    dependency_check_s: float = setting("CONVERTER_CHECK_INTERVAL_S", 5.0, minimum=0.1, help=(
+        "how often the supervisor checks MongoDB and RabbitMQ (`video2mp3_dependency_up`, queue depth), seconds"))
 
     @property
     def workers(self) -> int:

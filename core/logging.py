@@ -21,8 +21,9 @@ from video2mp3.core.settings import load, setting
 @dataclasses.dataclass(frozen=True)
 class LogSettings:
     level: Literal["CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "NOTSET"] = \
-        setting("LOG_LEVEL", "INFO")
-    format: Literal["json", "text"] = setting("LOG_FORMAT", "json")
+        setting("LOG_LEVEL", "INFO", help="logging level; `DEBUG` also logs health checks and reflection calls")
+    format: Literal["json", "text"] = setting("LOG_FORMAT", "json", help=(
+        "`json`: one JSON object per line; `text`: a readable line (`make run` sets it)"))
 
 
 CONTEXT_FIELDS = ("request_id", "job_id", "trace_id", "span_id")

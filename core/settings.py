@@ -4,7 +4,7 @@ A settings group is a frozen dataclass whose fields name their variable:
 
     @dataclasses.dataclass(frozen=True)
     class AuthConfig:
-        port: int = setting("AUTH_PORT", 50051, minimum=1)
+        port: int = setting("AUTH_PORT", 50051, minimum=1, help="gRPC port")
         mysql: MysqlSettings = group(MysqlSettings)
 
     cfg = load(AuthConfig)            # from os.environ
@@ -13,7 +13,8 @@ A settings group is a frozen dataclass whose fields name their variable:
 Values are converted by the field's type (int, float, str, bool, Path, a
 Literal of strings, or any of these | None); unset or blank means the default
 (allow_empty=True keeps an empty value, e.g. an empty password); a bad value
-exits with one line: "AUTH_PORT must be an integer, got 'x'".
+exits with one line: "AUTH_PORT must be an integer, got 'x'". Each field's
+`help` is its line in docs/configuration.md (`make docs` regenerates it).
 
 Why not pydantic-settings: the launcher and the tests read the exact mapping
 they are about to give a child process, while pydantic-settings reads
@@ -37,10 +38,16 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def setting(env: str, default: Any, *, minimum: float | None = None, allow_empty: bool = False,
-            secret: bool = False) -> Any:
-    """A field read from environment variable `env`; a `secret` one stays out of repr()."""
+            secret: bool = False, help: str = "", shown_default: str | None = None) -> Any:
+    """A field read from environment variable `env`; a `secret` one stays out of repr().
+
+    `help` says what the variable means, for an operator: docs/configuration.md
+    is generated from it (`make docs`, tools/settings_doc.py). `shown_default`
+    describes a default computed on this machine (e.g. "number of CPUs"), so
+    the document does not depend on where it was generated."""
     return dataclasses.field(default=default, repr=not secret, metadata={
-        "env": env, "minimum": minimum, "allow_empty": allow_empty})
+        "env": env, "minimum": minimum, "allow_empty": allow_empty, "help": help,
+        "shown_default": shown_default})
 
 
 def group(cls: type) -> Any:
@@ -119,60 +126,74 @@ def as_env(obj: Any, *fields: str) -> dict[str, str]:
 @dataclasses.dataclass(frozen=True)
 class MysqlSettings:
     """The auth service's user database; the tests create and drop databases with it."""
-    host: str = setting("MYSQL_HOST", "127.0.0.1")
-    port: int = setting("MYSQL_PORT", 3306, minimum=1)
-    user: str = setting("MYSQL_USER", "root")
-    password: str = setting("MYSQL_PASSWORD", "", allow_empty=True, secret=True)
-    db: str = setting("MYSQL_DB", "video2mp3")
+    host: str = setting("MYSQL_HOST", "127.0.0.1", help="MySQL (or MariaDB) server's host")
+    port: int = setting("MYSQL_PORT", 3306, minimum=1, help="MySQL server's port")
+    user: str = setting("MYSQL_USER", "root", help="MySQL account")
+    password: str = setting("MYSQL_PASSWORD", "", allow_empty=True, secret=True, help="that account's password")
+    db: str = setting("MYSQL_DB", "video2mp3", help="database, created if absent (tables `users`, `login_failures`)")
     # Bounded so that an unreachable or hung MySQL fails an RPC in seconds.
-    connect_timeout: float = setting("MYSQL_CONNECT_TIMEOUT", 3.0, minimum=0.1)
-    read_timeout: float = setting("MYSQL_READ_TIMEOUT", 5.0, minimum=0.1)
-    write_timeout: float = setting("MYSQL_WRITE_TIMEOUT", 5.0, minimum=0.1)
-    pool_size: int = setting("MYSQL_POOL_SIZE", 8, minimum=1)
+    connect_timeout: float = setting("MYSQL_CONNECT_TIMEOUT", 3.0, minimum=0.1, help=(
+        "seconds before an unreachable MySQL fails the RPC (UNAVAILABLE)"))
+    read_timeout: float = setting("MYSQL_READ_TIMEOUT", 5.0, minimum=0.1, help=(
+        "seconds before a hung MySQL read fails the RPC (UNAVAILABLE)"))
+    write_timeout: float = setting("MYSQL_WRITE_TIMEOUT", 5.0, minimum=0.1, help=(
+        "seconds before a hung MySQL write fails the RPC (UNAVAILABLE)"))
+    pool_size: int = setting("MYSQL_POOL_SIZE", 8, minimum=1, help="pooled MySQL connections")
 
 
 @dataclasses.dataclass(frozen=True)
 class MongoSettings:
-    uri: str = setting("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3")
+    uri: str = setting("MONGO_URI", "mongodb://127.0.0.1:27017/video2mp3", help=(
+        "MongoDB: GridFS buckets `videos` and `mp3s`, collection `jobs`. `make run` starts an embedded SecantusDB "
+        "(`MONGO_PORT`, `MONGO_DATA_DIR`) when it is unset"))
     # Bounded so an unreachable MongoDB fails an RPC in seconds, not minutes.
-    timeout_ms: int = setting("MONGO_TIMEOUT_MS", 3000)
-    # The store's data folder when it is on this machine: `make run` keeps its
-    # embedded SecantusDB there (default ./data/mongo, localmesh/settings.py) and
-    # hands it to the gateway, whose disk-space guard (gateway/storage_space.py)
-    # measures it; unset for a remote store.
-    data_dir: pathlib.Path | None = setting("MONGO_DATA_DIR", None)  # noqa: RUF009 - a field specifier
+    timeout_ms: int = setting("MONGO_TIMEOUT_MS", 3000, help=(
+        "milliseconds a MongoDB call waits for an unreachable server before failing (UNAVAILABLE)"))
+    # Its default is localmesh/settings.py's; the guard is gateway/storage_space.py.
+    data_dir: pathlib.Path | None = setting("MONGO_DATA_DIR", None, help=(  # noqa: RUF009 - a field specifier
+        "the store's data folder when it is on this machine: `make run` keeps its embedded SecantusDB there "
+        "(`./data/mongo` when unset) and the gateway checks its free space (`STORAGE_RESERVE_MB`); leave unset "
+        "for a remote store"))
 
 
 @dataclasses.dataclass(frozen=True)
 class RabbitSettings:
-    host: str = setting("RABBITMQ_HOST", "127.0.0.1")
-    port: int = setting("RABBITMQ_PORT", 5672)
-    user: str = setting("RABBITMQ_USER", "guest")
-    password: str = setting("RABBITMQ_PASSWORD", "guest", allow_empty=True, secret=True)
-    vhost: str = setting("RABBITMQ_VHOST", "/")
-    queue: str = setting("QUEUE_NAME", "video")
-    heartbeat: int = setting("RABBITMQ_HEARTBEAT", 30)
-    timeout_s: float = setting("RABBITMQ_TIMEOUT_S", 3.0)
+    host: str = setting("RABBITMQ_HOST", "127.0.0.1", help="RabbitMQ's host")
+    port: int = setting("RABBITMQ_PORT", 5672, help="RabbitMQ's AMQP port")
+    user: str = setting("RABBITMQ_USER", "guest", help="RabbitMQ account")
+    password: str = setting("RABBITMQ_PASSWORD", "guest", allow_empty=True, secret=True, help="that account's password")
+    vhost: str = setting("RABBITMQ_VHOST", "/", help="RabbitMQ virtual host")
+    queue: str = setting("QUEUE_NAME", "video", help="the job queue (dead letters go to `<name>.dead`)")
+    heartbeat: int = setting("RABBITMQ_HEARTBEAT", 30, help="AMQP heartbeat, seconds")
+    timeout_s: float = setting("RABBITMQ_TIMEOUT_S", 3.0, help=(
+        "connect timeout, seconds; also how long an upload waits for RabbitMQ's confirm before leaving the job to "
+        "the outbox"))
 
 
 @dataclasses.dataclass(frozen=True)
 class AuthEndpoint:
     """Where auth is reached: by the gateway's health check and by Envoy's route."""
-    addr: str = setting("AUTH_ADDR", "127.0.0.1:50051")
+    addr: str = setting("AUTH_ADDR", "127.0.0.1:50051", help=(
+        "where auth is reached, `host:port`: the gateway's health check, public keys and user checks, and Envoy's "
+        "route"))
 
 
 @dataclasses.dataclass(frozen=True)
 class MediaEndpoint:
     """Where the Media service (the gateway) is reached: by Envoy's route and by
     auth, which asks it to delete a user's data (DeleteMe)."""
-    addr: str = setting("MEDIA_ADDR", "127.0.0.1:50052")
+    addr: str = setting("MEDIA_ADDR", "127.0.0.1:50052", help=(
+        "where the Media service (the gateway) is reached, `host:port`: Envoy's route, and auth, which asks it to "
+        "delete a deleted account's data"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Environment:
     """What kind of deployment this is; compose and Kubernetes set production
     on every service. In production auth refuses to start without signing keys."""
-    name: Literal["development", "production"] = setting("VIDEO2MP3_ENV", "development")
+    name: Literal["development", "production"] = setting("VIDEO2MP3_ENV", "development", help=(
+        "`production` (compose and Kubernetes set it): auth refuses to start without signing keys in "
+        "`AUTH_KEYS_DIR`; `development`: it signs with an ephemeral key and says so"))
 
     @property
     def production(self) -> bool:

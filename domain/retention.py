@@ -46,10 +46,15 @@ STALE_DELETE_S = 60.0
 
 @dataclasses.dataclass(frozen=True)
 class RetentionSettings:
-    video_s: float = setting("VIDEO_RETENTION", 0.0, minimum=0)
-    mp3_s: float = setting("MP3_RETENTION", 7 * DAY_S, minimum=0)
-    job_s: float = setting("JOB_RETENTION", 7 * DAY_S, minimum=0)
-    sweep_interval_s: float = setting("RETENTION_SWEEP_INTERVAL_S", 60.0, minimum=0.1)
+    video_s: float = setting("VIDEO_RETENTION", 0.0, minimum=0, help=(
+        "seconds a video is kept after its job is DONE or FAILED; 0 deletes it at once"))
+    mp3_s: float = setting("MP3_RETENTION", 7 * DAY_S, minimum=0, help=(
+        "seconds an MP3 is kept after its job completed (the Job's `expire_time`; the default is 7 days)"))
+    job_s: float = setting("JOB_RETENTION", 7 * DAY_S, minimum=0, help=(
+        "seconds a job record is kept after it completed (`purge_time`, never before its MP3 goes; the default is "
+        "7 days)"))
+    sweep_interval_s: float = setting("RETENTION_SWEEP_INTERVAL_S", 60.0, minimum=0.1, help=(
+        "how often each gateway deletes what expired, seconds"))
 
     @property
     def purge_s(self) -> float:

@@ -9,40 +9,51 @@ from video2mp3.domain.retention import RetentionSettings
 
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig:
-    port: int = setting("MEDIA_PORT", 50052)
+    port: int = setting("MEDIA_PORT", 50052, help="the gateway's (Media service's) gRPC port")
     mongo: MongoSettings = group(MongoSettings)
     rabbit: RabbitSettings = group(RabbitSettings)
     auth: AuthEndpoint = group(AuthEndpoint)
-    # Token keys (gateway/jwks.py): the whole set is refetched this often, and an
-    # unknown kid refetches it at most this often.
-    jwks_refresh_s: float = setting("JWKS_REFRESH_S", 60.0, minimum=0.1)
-    jwks_min_refetch_s: float = setting("JWKS_MIN_REFETCH_S", 10.0, minimum=0)
-    # User existence (gateway/user_check.py): a deleted user's tokens stop working
-    # within the TTL; while auth is down, a confirmed user is trusted this long.
-    user_cache_ttl_s: float = setting("USER_CACHE_TTL_S", 30.0, minimum=0)
-    user_cache_stale_s: float = setting("USER_CACHE_STALE_S", 600.0, minimum=0)
-    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 2 * 1024**3)
-    max_concurrent_uploads: int = setting("MAX_CONCURRENT_UPLOADS", 8)
+    # Token keys: gateway/jwks.py.
+    jwks_refresh_s: float = setting("JWKS_REFRESH_S", 60.0, minimum=0.1, help=(
+        "how often the gateway refetches auth's public keys, seconds"))
+    jwks_min_refetch_s: float = setting("JWKS_MIN_REFETCH_S", 10.0, minimum=0, help=(
+        "at most how often a token with an unknown `kid` makes it refetch them, seconds"))
+    # User existence: gateway/user_check.py.
+    user_cache_ttl_s: float = setting("USER_CACHE_TTL_S", 30.0, minimum=0, help=(
+        "how long \"this user exists\" is trusted, seconds: a deleted user's tokens stop working within it"))
+    user_cache_stale_s: float = setting("USER_CACHE_STALE_S", 600.0, minimum=0, help=(
+        "how long a confirmed user keeps working while auth is unreachable, seconds"))
+    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 2 * 1024**3, help=(
+        "larger uploads are refused as soon as they cross it: RESOURCE_EXHAUSTED, 413 over REST (2 GiB by "
+        "default)"))
+    max_concurrent_uploads: int = setting("MAX_CONCURRENT_UPLOADS", 8, help=(
+        "uploads at once; one more gets RESOURCE_EXHAUSTED / 429"))
     # Each WatchJob (a server stream) holds one handler thread while it runs:
     # MAX_WATCHERS of them at most, more get RESOURCE_EXHAUSTED, and the
     # threads left over (MEDIA_MAX_WORKERS - MAX_WATCHERS) serve everything else.
-    max_workers: int = setting("MEDIA_MAX_WORKERS", 128, minimum=2)
-    max_watchers: int = setting("MAX_WATCHERS", 64, minimum=1)
-    # One query per interval for all the jobs watched in this process.
-    watch_poll_interval_s: float = setting("WATCH_POLL_INTERVAL_S", 0.5, minimum=0.05)
+    max_workers: int = setting("MEDIA_MAX_WORKERS", 128, minimum=2, help=(
+        "gRPC handler threads (at most 4x as many RPCs in flight); each WatchJob holds one"))
+    max_watchers: int = setting("MAX_WATCHERS", 64, minimum=1, help=(
+        "WatchJob streams at once per gateway, less than `MEDIA_MAX_WORKERS`; more get RESOURCE_EXHAUSTED / 429"))
+    watch_poll_interval_s: float = setting("WATCH_POLL_INTERVAL_S", 0.5, minimum=0.05, help=(
+        "how often the gateway reads every watched job, seconds (one query for all)"))
     retention: RetentionSettings = group(RetentionSettings)
-    republish_interval_s: float = setting("REPUBLISH_INTERVAL_S", 5.0)
-    grace_seconds: float = setting("GRACE_SECONDS", 10.0)
-    # Chunks of an upload with no files document and nothing written for this
-    # long are removed (a gateway killed mid-upload).
-    orphan_chunk_age_s: float = setting("ORPHAN_CHUNK_AGE_S", 3600.0)
-    janitor_interval_s: float = setting("JANITOR_INTERVAL_S", 300.0)
-    # Prometheus /metrics (0: off) and how often jobs are counted by state for it.
-    metrics_port: int = setting("MEDIA_METRICS_PORT", 9102, minimum=0)
-    job_stats_interval_s: float = setting("JOB_STATS_INTERVAL_S", 15.0, minimum=0.1)
-    # Uploads are refused while the store's disk has less than this free
-    # (gateway/storage_space.py; its folder is MongoSettings.data_dir if local).
-    storage_reserve_mb: int = setting("STORAGE_RESERVE_MB", 512, minimum=0)
+    republish_interval_s: float = setting("REPUBLISH_INTERVAL_S", 5.0, help=(
+        "how often the outbox re-publishes jobs RabbitMQ did not confirm, seconds"))
+    grace_seconds: float = setting("GRACE_SECONDS", 10.0, help="seconds in-flight RPCs get to finish after SIGTERM")
+    orphan_chunk_age_s: float = setting("ORPHAN_CHUNK_AGE_S", 3600.0, help=(
+        "seconds after which chunks of an upload (video or MP3) with no file and nothing written (its gateway or "
+        "worker was killed) are deleted; so is the hidden job of a streamed upload whose gateway stopped beating "
+        "this long"))
+    janitor_interval_s: float = setting("JANITOR_INTERVAL_S", 300.0, help=(
+        "how often the gateway looks for such chunks, seconds"))
+    metrics_port: int = setting("MEDIA_METRICS_PORT", 9102, minimum=0, help="Prometheus `/metrics` port; `0`: off")
+    job_stats_interval_s: float = setting("JOB_STATS_INTERVAL_S", 15.0, minimum=0.1, help=(
+        "how often jobs are counted by state (and the outbox backlog measured) for the metrics, seconds"))
+    # gateway/storage_space.py; its folder is MongoSettings.data_dir if local.
+    storage_reserve_mb: int = setting("STORAGE_RESERVE_MB", 512, minimum=0, help=(
+        "uploads are refused (RESOURCE_EXHAUSTED, reason `STORAGE_FULL`; 507 over REST) while the store's disk "
+        "has less than this free, MiB"))
 
     @property
     def storage_reserve_bytes(self) -> int:

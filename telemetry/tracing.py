@@ -42,8 +42,11 @@ _provider = None
 
 @dataclasses.dataclass(frozen=True)
 class TracingSettings:
-    otlp_endpoint: str = setting("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-    spans_dir: Path | None = setting("TRACE_SPANS_DIR", None)
+    otlp_endpoint: str = setting("OTEL_EXPORTER_OTLP_ENDPOINT", "", help=(
+        "export traces over OTLP/gRPC there (e.g. `http://otel-collector:4317`); the standard `OTEL_*` variables "
+        "apply. Unset: no tracing SDK at all"))
+    spans_dir: Path | None = setting("TRACE_SPANS_DIR", None, help=(
+        "for the tests: each process writes its finished spans as JSON lines in this folder"))
 
 
 def tracer() -> trace.Tracer:
