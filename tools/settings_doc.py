@@ -8,6 +8,7 @@ variable with its default, what it accepts and its `help`, so the document
 cannot drift from the code. `--check` exits 1 when OUT is not what would be
 written (tests/unit/test_settings_doc.py checks the same).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -137,8 +138,7 @@ def _accepts(kind: Any, minimum: float | None, secret: bool) -> str:
     if typing.get_origin(kind) is Literal:
         text = ", ".join(f"`{a}`" for a in args)
     else:
-        text = {int: "integer", float: "number", str: "text", bool: "`true` or `false`",
-                pathlib.Path: "path"}[kind]
+        text = {int: "integer", float: "number", str: "text", bool: "`true` or `false`", pathlib.Path: "path"}[kind]
     if minimum is not None:
         text += f" ≥ {minimum:g}"
     if secret:
@@ -199,9 +199,19 @@ def render_section(section: Section) -> str:
         m = f.metadata
         if not m.get("help"):
             raise SystemExit(f"{_source(cls)}: {cls.__name__}.{f.name} ({m['env']}) has no help=")
-        lines.append("| " + " | ".join(_cell(c) for c in (
-            f"`{m['env']}`", _default(f.default, m.get("shown_default")),
-            _accepts(hints[f.name], m["minimum"], not f.repr), m["help"])) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in (
+                    f"`{m['env']}`",
+                    _default(f.default, m.get("shown_default")),
+                    _accepts(hints[f.name], m["minimum"], not f.repr),
+                    m["help"],
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

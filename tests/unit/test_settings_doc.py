@@ -1,5 +1,6 @@
 """docs/configuration.md is what `make docs` writes from the settings classes,
 and it says what every variable means."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,8 @@ def declared() -> dict[str, list[dict]]:
 
 def test_configuration_doc_is_up_to_date():
     assert DOC.read_text(encoding="utf-8") == settings_doc.render(), (
-        "docs/configuration.md is out of date: run `make docs` and commit it")
+        "docs/configuration.md is out of date: run `make docs` and commit it"
+    )
 
 
 def test_check_mode_tells_when_the_doc_is_stale(tmp_path):
@@ -35,7 +37,8 @@ def test_check_mode_tells_when_the_doc_is_stale(tmp_path):
     stale.write_text("# Configuration\n")
     script = str(testkit.ROOT / "tools" / "settings_doc.py")
     r = subprocess.run([sys.executable, script, "--check", str(stale)], capture_output=True, text=True)
-    assert r.returncode == 1 and "make docs" in r.stderr
+    assert r.returncode == 1
+    assert "make docs" in r.stderr
     r = subprocess.run([sys.executable, script, "--check", str(DOC)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -58,13 +61,22 @@ def test_every_settings_class_in_the_code_is_reached():
     reached = {s.cls for s in settings_doc.sections()}
     folders = tomllib.loads((testkit.ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     folders["localmesh"] = "localmesh"
-    modules = [f"{package}.{py.stem}" for package, folder in folders.items() if not folder.startswith("gen/")
-               for py in sorted((testkit.ROOT / folder).glob("*.py")) if py.stem not in ("__init__", "__main__")]
+    modules = [
+        f"{package}.{py.stem}"
+        for package, folder in folders.items()
+        if not folder.startswith("gen/")
+        for py in sorted((testkit.ROOT / folder).glob("*.py"))
+        if py.stem not in ("__init__", "__main__")
+    ]
     assert len(modules) > 60
     for name in modules:
         for obj in vars(importlib.import_module(name)).values():
-            if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == name
-                    and any("env" in f.metadata for f in dataclasses.fields(obj))):
+            if (
+                isinstance(obj, type)
+                and dataclasses.is_dataclass(obj)
+                and obj.__module__ == name
+                and any("env" in f.metadata for f in dataclasses.fields(obj))
+            ):
                 assert obj in reached, f"{name}.{obj.__name__} is read by no program in tools/settings_doc.py"
 
 
