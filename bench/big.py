@@ -41,7 +41,7 @@ from video2mp3.core.settings import load, setting
 
 MB = 2**20
 # Per process (the largest single process of each name; converter: the
-# supervisor or one worker). README "Big files" explains them.
+# supervisor or one worker). docs/operations.md "Big files" explains them.
 CEILINGS_MB = {"mongo": 1024, "auth": 200, "gateway": 300, "converter": 400, "envoy": 200}
 
 

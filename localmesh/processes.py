@@ -388,7 +388,7 @@ def wait_for_grpc_health(
         channel.close()
 
 
-# The embedded SecantusDB, configured for GridFS (README "Big files"). Every
+# The embedded SecantusDB, configured for GridFS (docs/operations.md "Big files"). Every
 # write is also an oplog entry holding the whole document, so each 255 KiB
 # chunk costs its size again in the oplog: the built-in 100,000 entries / 1 h
 # meant ~25 GB of oplog. Entries are capped by count (time cannot bound bytes

@@ -1,4 +1,4 @@
-"""Phone-sized videos: `make run` stays up, bounded and responsive (README "Big files").
+"""Phone-sized videos: `make run` stays up, bounded and responsive (docs/operations.md "Big files").
 
 All three run `python -m localmesh` itself (testkit/bigmesh.py), with its
 embedded on-disk SecantusDB and default flags, on free ports.

@@ -100,7 +100,7 @@ def test_is_set_and_as_env():
 
 # ------------------------------------------------------- the services' classes
 
-def test_service_defaults_match_the_readme():
+def test_service_defaults_match_the_documented_ones():
     auth = load(AuthConfig, {})
     assert (auth.port, auth.grace_seconds, auth.token_ttl_seconds) == (50051, 5.0, 3600)
     assert (auth.mysql.host, auth.mysql.port, auth.mysql.user, auth.mysql.password, auth.mysql.db) == (
