@@ -73,7 +73,7 @@ test: lint
 
 # The edit loop: every unit test, no server needed, well under a minute.
 test-unit: install node_modules/.installed
-	$(PY) -m pytest -q -m unit tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto -m unit tests/unit $(PYTEST_ARGS)
 
 bench-convert: install
 	$(PY) -m bench.convert
