@@ -217,9 +217,10 @@ def main() -> int:
     print(f"== {files} x {size / MB:.0f} MB ({minutes:g} min, {mbit:g} Mbit/s) through make run ==")
     print(f"{'process':<10} {'peak RSS':>9} {'ceiling':>8}")
     for name, peak in peaks.items():
-        over = peak > ceilings[name] * MB
-        ok &= not over
-        print(f"{name:<10} {peak / MB:>6.0f} MB {ceilings[name]:>5} MB {'OVER' if over else 'ok'}")
+        # A process never found was never measured: that is a failure, not a pass.
+        verdict = "NOT MEASURED" if peak == 0 else "OVER" if peak > ceilings[name] * MB else "ok"
+        ok &= verdict == "ok"
+        print(f"{name:<10} {peak / MB:>6.0f} MB {ceilings[name]:>5} MB {verdict}")
     print(f"store disk after all DONE: {disk / MB:.0f} MB (uploaded {files * size / MB:.0f} MB)")
     for name, samples in prober.samples.items():
         for label, vals in (("under load", [d for d, b in samples if b]), ("overall", [d for d, _ in samples])):
