@@ -300,75 +300,122 @@ def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
     paths: dict[str, dict] = {}
     used: set[tuple[str, str]] = set()
     for service_name in SERVICES:
-        service = protos.services[service_name]
-        short_service = service_name.rsplit(".", 1)[-1]
-        for method in service.method:
+        for method in protos.services[service_name].method:
             full = f"{service_name}.{method.name}"
             rule = method.options.Extensions[annotations_pb2.http]
             if not _bindings(rule) and full not in GRPC_ONLY:
                 raise ValueError(f"{full} has no google.api.http binding and is not in GRPC_ONLY")
             for index, (verb, template, body) in enumerate(_bindings(rule)):
                 path, path_names = _path_fields(template)
-                every, this = EXTRA.get((full, "*"), {}), EXTRA.get((full, path), {})
-                extra = {**every, **this,
-                         "statuses": {**every.get("statuses", {}), **this.get("statuses", {})}}
                 used.update({(full, "*"), (full, path)})
-                request = method.input_type
-                op: dict[str, Any] = {
-                    "operationId": f"{short_service}_{method.name}" + (f"_{index}" if index else ""),
-                    "tags": [short_service],
-                    "summary": extra.get("summary") or _text(protos.comments[f".{full}"]).split(". ")[0],
-                    "description": _text(protos.comments[f".{full}"]),
-                }
-                params = []
-                for name in path_names:
-                    field = next(f for f in protos.messages[request].field if f.name == name)
-                    params.append({"name": name, "in": "path", "required": True, "schema": b.field_schema(field)})
-                if body != "*":
-                    params += _query_params(b, request, set(path_names) | {body})
-                if params:
-                    op["parameters"] = params
-                if body == "*":
-                    b.request_types.add(_schema_name(request))
-                    op["requestBody"] = {"required": True, "content": {JSON: {"schema": b.ref(request)}}}
-                elif body:
-                    op["requestBody"] = {"required": True, "content": extra.get("request_content") or {
-                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                        "*/*": {"schema": {"type": "string", "format": "binary"}}}}
-                ok: dict[str, Any] = {"description": "OK"}
-                if "ok_content" in extra:
-                    ok["content"] = extra["ok_content"]
-                elif method.output_type == ".google.api.HttpBody":
-                    ok["content"] = {extra.get("ok_media_type", "*/*"): {
-                        "schema": {"type": "string", "format": "binary"}}}
-                elif method.server_streaming:
-                    # The transcoder writes the stream as one JSON array, element by element.
-                    ok["description"] = ("OK: a JSON array written as the stream goes, one element per "
-                                         "message; a stream broken off after the first one ends without `]`")
-                    ok["content"] = {JSON: {"schema": {"type": "array", "items": b.ref(method.output_type)}}}
-                else:
-                    ok["content"] = {JSON: {"schema": b.ref(method.output_type)}}
-                if "ok_headers" in extra:
-                    ok["headers"] = extra["ok_headers"]
-                responses: dict[str, Any] = {"200": ok}
-                for status, why in sorted(extra["statuses"].items()):
-                    info = why if isinstance(why, dict) else {"description": why}
-                    responses[status] = (
-                        {"description": info["description"], "content": ok["content"]} if extra.get("health")
-                        else _error_response(info["description"]))
-                    if "headers" in info:
-                        responses[status]["headers"] = info["headers"]
-                responses["default"] = _error_response(
-                    "An error: the gRPC status as its HTTP status, a google.rpc.Status body")
-                op["responses"] = responses
-                if full in PUBLIC:
-                    op["security"] = extra.get("security", [])
-                elif "security" in extra:
-                    op["security"] = extra["security"]
-                paths.setdefault(path, {})[verb] = op
+                paths.setdefault(path, {})[verb] = _operation(b, service_name, method, index, path, path_names, body)
     if stale := set(EXTRA) - used:
         raise ValueError(f"EXTRA names bindings that do not exist: {sorted(stale)}")
-    schemas = b.finish()
+    return _document(b.finish(), paths, version)
+
+
+def _extra(full: str, path: str) -> dict[str, Any]:
+    """EXTRA for one binding: the RPC's entry, then the path's, their statuses merged."""
+    every, this = EXTRA.get((full, "*"), {}), EXTRA.get((full, path), {})
+    return {**every, **this, "statuses": {**every.get("statuses", {}), **this.get("statuses", {})}}
+
+
+def _operation(
+    b: Builder,
+    service_name: str,
+    method: descriptor_pb2.MethodDescriptorProto,
+    index: int,
+    path: str,
+    path_names: list[str],
+    body: str,
+) -> dict[str, Any]:
+    """The index-th binding of an RPC as an OpenAPI operation."""
+    full = f"{service_name}.{method.name}"
+    short_service = service_name.rsplit(".", 1)[-1]
+    extra = _extra(full, path)
+    description = _text(b.p.comments[f".{full}"])
+    op: dict[str, Any] = {
+        "operationId": f"{short_service}_{method.name}" + (f"_{index}" if index else ""),
+        "tags": [short_service],
+        "summary": extra.get("summary") or description.split(". ")[0],
+        "description": description,
+    }
+    if params := _parameters(b, method.input_type, path_names, body):
+        op["parameters"] = params
+    if request_body := _request_body(b, method.input_type, body, extra):
+        op["requestBody"] = request_body
+    op["responses"] = _responses(b, method, extra)
+    if full in PUBLIC:
+        op["security"] = extra.get("security", [])
+    elif "security" in extra:
+        op["security"] = extra["security"]
+    return op
+
+
+def _parameters(b: Builder, request: str, path_names: list[str], body: str) -> list[dict]:
+    """Path variables, then (unless the body is the whole message) the other fields as query parameters."""
+    params = []
+    for name in path_names:
+        field = next(f for f in b.p.messages[request].field if f.name == name)
+        params.append({"name": name, "in": "path", "required": True, "schema": b.field_schema(field)})
+    if body != "*":
+        params += _query_params(b, request, set(path_names) | {body})
+    return params
+
+
+def _request_body(b: Builder, request: str, body: str, extra: dict[str, Any]) -> dict | None:
+    if body == "*":
+        b.request_types.add(_schema_name(request))
+        return {"required": True, "content": {JSON: {"schema": b.ref(request)}}}
+    if body:
+        return {
+            "required": True,
+            "content": extra.get("request_content")
+            or {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "*/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    return None
+
+
+def _ok_response(b: Builder, method: descriptor_pb2.MethodDescriptorProto, extra: dict[str, Any]) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "OK"}
+    if "ok_content" in extra:
+        ok["content"] = extra["ok_content"]
+    elif method.output_type == ".google.api.HttpBody":
+        ok["content"] = {extra.get("ok_media_type", "*/*"): {"schema": {"type": "string", "format": "binary"}}}
+    elif method.server_streaming:
+        # The transcoder writes the stream as one JSON array, element by element.
+        ok["description"] = (
+            "OK: a JSON array written as the stream goes, one element per "
+            "message; a stream broken off after the first one ends without `]`"
+        )
+        ok["content"] = {JSON: {"schema": {"type": "array", "items": b.ref(method.output_type)}}}
+    else:
+        ok["content"] = {JSON: {"schema": b.ref(method.output_type)}}
+    if "ok_headers" in extra:
+        ok["headers"] = extra["ok_headers"]
+    return ok
+
+
+def _responses(b: Builder, method: descriptor_pb2.MethodDescriptorProto, extra: dict[str, Any]) -> dict[str, Any]:
+    ok = _ok_response(b, method, extra)
+    responses: dict[str, Any] = {"200": ok}
+    for status, why in sorted(extra["statuses"].items()):
+        info = why if isinstance(why, dict) else {"description": why}
+        responses[status] = (
+            {"description": info["description"], "content": ok["content"]}
+            if extra.get("health")
+            else _error_response(info["description"])
+        )
+        if "headers" in info:
+            responses[status]["headers"] = info["headers"]
+    responses["default"] = _error_response("An error: the gRPC status as its HTTP status, a google.rpc.Status body")
+    return responses
+
+
+def _document(schemas: dict[str, dict], paths: dict[str, dict], version: str) -> dict:
     schemas["google.rpc.Status"] = {
         "type": "object",
         "description": "An error (google.rpc.Status): code is the gRPC status code; details hold "
