@@ -133,9 +133,7 @@ def main() -> int:
     opts = load(BigSettings)
     files, minutes, mbit, base = opts.files, opts.minutes, opts.mbit, opts.dir
     abort_rss = opts.abort_rss_mb * MB
-    scale = opts.ceiling_scale
-    p99_target = opts.latency_p99_s
-    ceilings = {k: int(v * scale) for k, v in CEILINGS_MB.items()}
+    ceilings = {k: int(v * opts.ceiling_scale) for k, v in CEILINGS_MB.items()}
     base.mkdir(parents=True, exist_ok=True)
 
     t = time.monotonic()
@@ -145,57 +143,19 @@ def main() -> int:
 
     data = base / f"run-{os.getpid()}"
     shutil.rmtree(data, ignore_errors=True)
-    ok = True
     run = MakeRun(data / "mongo", log=data / "make-run.log")
     run.start()
     print(f"make run up: REST {run.rest_base_url}, log {run.log_path}", flush=True)
     sampler = RssSampler(run).start()
-    uploading = threading.Event()
     rest = RestClient(run.rest_base_url)
     rest.sign_up_and_login()
-    prober = Prober(run.rest_base_url, rest.token, uploading).start()
-    job_ids: list[str] = []
-    aborted = ""
+    prober = Prober(run.rest_base_url, rest.token, threading.Event()).start()
     try:
-        # The last three make the load the latency is measured under: two
-        # uploads at once, whose conversions then run while the third uploads.
-        plan = [[i] for i in range(files)] if files < 3 else \
-            [[i] for i in range(files - 3)] + [[files - 3, files - 2], [files - 1]]
-        for group in plan:
-            t = time.monotonic()
-            uploading.set()
-            results: list[requests.Response | None] = [None] * len(group)
-            threads = [threading.Thread(target=_upload, args=(run, rest.token, video, i, results, k))
-                       for k, i in enumerate(group)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            uploading.clear()
-            dt = time.monotonic() - t
-            for i, r in zip(group, results, strict=True):
-                if r is None or r.status_code != 200:
-                    what = f"HTTP {r.status_code} {r.text[:200]}" if r is not None else "failed"
-                    print(f"upload {i + 1}: {what}", flush=True)
-                    ok = False
-                    continue
-                job_ids.append(r.json()["job_id"])
-                prober.job_id = job_ids[-1]
-            print(f"upload {'+'.join(str(i + 1) for i in group)}/{files}: {dt:.0f}s "
-                  f"({len(group) * size / MB / dt:.0f} MB/s); peak RSS so far: "
-                  + ", ".join(f"{k} {v // MB}" for k, v in sampler.peak.items()), flush=True)
-            if max(sampler.peak.values()) > abort_rss:
-                aborted = "a process passed BIG_ABORT_RSS_MB"
-                break
-        deadline = time.monotonic() + 600 + 300 * files * minutes / 10
-        states = {}
-        while not aborted and time.monotonic() < deadline:
-            states = {j: rest.get(f"/v1/jobs/{j}").json().get("state") for j in job_ids}
-            if all(s in ("JOB_STATE_DONE", "JOB_STATE_FAILED") for s in states.values()):
-                break
-            if max(sampler.peak.values()) > abort_rss:
-                aborted = "a process passed BIG_ABORT_RSS_MB"
-            time.sleep(2)
+        job_ids, ok, aborted = _upload_all(run, rest.token, prober, sampler, video, files, abort_rss)
+        states: dict[str, str] = {}
+        if not aborted:
+            deadline = time.monotonic() + 600 + 300 * files * minutes / 10
+            states, aborted = _wait_finished(rest, job_ids, sampler, abort_rss, deadline)
         print(f"jobs: {sorted(states.values())}", flush=True)
         ok &= len(job_ids) == files and all(s == "JOB_STATE_DONE" for s in states.values())
         kept = videos_kept(run)
@@ -215,13 +175,103 @@ def main() -> int:
 
     print()
     print(f"== {files} x {size / MB:.0f} MB ({minutes:g} min, {mbit:g} Mbit/s) through make run ==")
+    ok &= _report_rss(peaks, ceilings)
+    print(f"store disk after all DONE: {disk / MB:.0f} MB (uploaded {files * size / MB:.0f} MB)")
+    _report_latency(prober, opts.latency_p99_s)
+    deaths = [line for line in log.splitlines() if "restarting in" in line]
+    for line in deaths:
+        print(line)
+    ok &= not deaths and code == 0
+    print(f"make run exit code: {code}")
+    if not opts.keep_data:
+        shutil.rmtree(data / "mongo", ignore_errors=True)
+    print("RESULT:", "ok" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+def _upload_plan(files: int) -> list[list[int]]:
+    """The uploads, in groups that run at once. The last three make the load the
+    latency is measured under: two uploads at once, whose conversions then run
+    while the third uploads."""
+    if files < 3:
+        return [[i] for i in range(files)]
+    return [[i] for i in range(files - 3)] + [[files - 3, files - 2], [files - 1]]
+
+
+def _upload_group(run: MakeRun, token: str, video: Path, group: list[int]) -> list[requests.Response | None]:
+    """The uploads of one group at once, a thread each; None where one raised."""
+    results: list[requests.Response | None] = [None] * len(group)
+    threads = [threading.Thread(target=_upload, args=(run, token, video, i, results, k)) for k, i in enumerate(group)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def _upload_all(
+    run: MakeRun, token: str, prober: Prober, sampler: RssSampler, video: Path, files: int, abort_rss: int
+) -> tuple[list[str], bool, str]:
+    """Every upload of the plan: (the jobs created, whether every upload was
+    accepted, why it stopped early or "")."""
+    size = video.stat().st_size
+    job_ids: list[str] = []
+    ok = True
+    for group in _upload_plan(files):
+        t = time.monotonic()
+        prober.uploading.set()
+        results = _upload_group(run, token, video, group)
+        prober.uploading.clear()
+        dt = time.monotonic() - t
+        for i, r in zip(group, results, strict=True):
+            if r is None or r.status_code != 200:
+                what = f"HTTP {r.status_code} {r.text[:200]}" if r is not None else "failed"
+                print(f"upload {i + 1}: {what}", flush=True)
+                ok = False
+                continue
+            job_ids.append(r.json()["job_id"])
+            prober.job_id = job_ids[-1]
+        print(
+            f"upload {'+'.join(str(i + 1) for i in group)}/{files}: {dt:.0f}s "
+            f"({len(group) * size / MB / dt:.0f} MB/s); peak RSS so far: "
+            + ", ".join(f"{k} {v // MB}" for k, v in sampler.peak.items()),
+            flush=True,
+        )
+        if max(sampler.peak.values()) > abort_rss:
+            return job_ids, ok, "a process passed BIG_ABORT_RSS_MB"
+    return job_ids, ok, ""
+
+
+def _wait_finished(
+    rest: RestClient, job_ids: list[str], sampler: RssSampler, abort_rss: int, deadline: float
+) -> tuple[dict[str, str], str]:
+    """Poll until every job is DONE or FAILED, the deadline passes or a process
+    grows past abort_rss: (each job's last state, why it was aborted or "")."""
+    states: dict[str, str] = {}
+    aborted = ""
+    while not aborted and time.monotonic() < deadline:
+        states = {j: rest.get(f"/v1/jobs/{j}").json().get("state") for j in job_ids}
+        if all(s in ("JOB_STATE_DONE", "JOB_STATE_FAILED") for s in states.values()):
+            break
+        if max(sampler.peak.values()) > abort_rss:
+            aborted = "a process passed BIG_ABORT_RSS_MB"
+        time.sleep(2)
+    return states, aborted
+
+
+def _report_rss(peaks: dict[str, int], ceilings: dict[str, int]) -> bool:
+    """Each process's peak RSS against its ceiling (MB); True if each was measured and none is over."""
+    ok = True
     print(f"{'process':<10} {'peak RSS':>9} {'ceiling':>8}")
     for name, peak in peaks.items():
         # A process never found was never measured: that is a failure, not a pass.
         verdict = "NOT MEASURED" if peak == 0 else "OVER" if peak > ceilings[name] * MB else "ok"
         ok &= verdict == "ok"
         print(f"{name:<10} {peak / MB:>6.0f} MB {ceilings[name]:>5} MB {verdict}")
-    print(f"store disk after all DONE: {disk / MB:.0f} MB (uploaded {files * size / MB:.0f} MB)")
+    return ok
+
+
+def _report_latency(prober: Prober, p99_target: float) -> None:
     for name, samples in prober.samples.items():
         for label, vals in (("under load", [d for d, b in samples if b]), ("overall", [d for d, _ in samples])):
             print(f"{name:<9} {label:<10} n={len(vals):<5} p50={percentile(vals, 50):.3f}s "
@@ -232,15 +282,6 @@ def main() -> int:
     print(f"GetJob+ListJobs p99 with 2 conversions + 1 upload running: {p99:.3f}s "
           f"(target {p99_target}s; {len(loaded)} samples) {'ok' if loaded and p99 < p99_target else 'MISSED'}")
     print(f"API errors: {prober.errors}")
-    deaths = [line for line in log.splitlines() if "restarting in" in line]
-    for line in deaths:
-        print(line)
-    ok &= not deaths and code == 0
-    print(f"make run exit code: {code}")
-    if not opts.keep_data:
-        shutil.rmtree(data / "mongo", ignore_errors=True)
-    print("RESULT:", "ok" if ok else "FAILED")
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":
