@@ -93,32 +93,17 @@ def main() -> int:
     env.setdefault("LOG_FORMAT", "text")  # a terminal, not a log pipeline
     mesh = load(MeshSettings, env)  # a bad value exits here with one line
     preflight(mesh)
-
-    auth_port, media_port = mesh.auth.port, mesh.gateway.port
-    envoy_port, admin_port = mesh.envoy.port, mesh.envoy.admin_port
     embedded_mongo = not is_set(MongoSettings, "uri", env)
-    mongo_port = mesh.mongo_port
-    ports = {"AUTH_PORT": auth_port, "MEDIA_PORT": media_port, "ENVOY_PORT": envoy_port,
-             "ENVOY_ADMIN_PORT": admin_port, "AUTH_METRICS_PORT": mesh.auth.metrics_port,
-             "MEDIA_METRICS_PORT": mesh.gateway.metrics_port,
-             "CONVERTER_METRICS_PORT": mesh.converter.metrics_port,
-             "ENVOY_METRICS_PORT": mesh.envoy.metrics_port}
-    ports = {name: port for name, port in ports.items() if port}
-    if embedded_mongo:
-        ports["MONGO_PORT"] = mongo_port
-    busy = [f"{port} ({name})" for name, port in ports.items() if port_is_open("127.0.0.1", port)]
-    if busy:
-        _fail(f"port {', '.join(busy)} already in use — is another `make run` still running? "
-              "Stop it or choose other ports")
+    _check_ports_free(mesh, embedded_mongo)
 
-    env.update(AUTH_PORT=str(auth_port), MEDIA_PORT=str(media_port),
-               ENVOY_PORT=str(envoy_port), ENVOY_ADMIN_PORT=str(admin_port))
-    queue = mesh.converter.rabbit.queue
+    env.update(
+        AUTH_PORT=str(mesh.auth.port),
+        MEDIA_PORT=str(mesh.gateway.port),
+        ENVOY_PORT=str(mesh.envoy.port),
+        ENVOY_ADMIN_PORT=str(mesh.envoy.admin_port),
+    )
     if mesh.auth.keys_dir is None:
-        keys_dir = (ROOT / "data" / "keys").resolve()
-        if ensure_key(keys_dir):
-            _say(f"generated a token signing key in {keys_dir}")
-        env["AUTH_KEYS_DIR"] = str(keys_dir)
+        env["AUTH_KEYS_DIR"] = str(_local_signing_key())
     # make run is for humans: a converter that is slow to attach to its queue
     # is reported, not fatal.
     stack = Stack(env, require_consumer=False, start_timeout=START_TIMEOUT)
@@ -134,45 +119,13 @@ def main() -> int:
         if embedded_mongo:
             data_dir = mesh.mongo_data_dir.resolve()
             data_dir.mkdir(parents=True, exist_ok=True)
-            # directConnection: talk to exactly this address, never to the
-            # replica-set member address SecantusDB advertises.
-            uri = f"mongodb://127.0.0.1:{mongo_port}/video2mp3?directConnection=true"
-            mongo = Child("mongo", secantusd_argv(mongo_port, data_dir), env=secantusd_env(env), cwd=data_dir).start()
-            wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
-            stack.env["MONGO_URI"] = uri
-            stack.env["MONGO_DATA_DIR"] = str(data_dir)  # the gateway's disk-space guard
-            _say(f"SecantusDB up at {uri} (data in {data_dir})")
-
-        for name in ("auth", "gateway", "converter"):
-            stack.child(name).start()
-        stack.wait_ready("auth")
-        _say(f"auth up on {stack.auth_addr}")
-        stack.wait_ready("gateway")
-        _say(f"gateway (MediaService) up on {stack.media_addr}")
-        if stack.wait_ready("converter"):
-            _say(f"converter consuming queue {queue!r}")
-        else:
-            _say(f"converter running, but not consuming queue {queue!r} yet")
-        stack.start(["envoy"])
-        _say(f"envoy up on {stack.envoy_addr}")
-
-        _say()
-        _say("video2mp3 is up.")
-        _say(f"  Web   {stack.rest_base_url}/          open it in a browser")
-        _say(f"  REST  {stack.rest_base_url}          e.g. curl {stack.rest_base_url}/health")
-        _say(f"  gRPC  {stack.envoy_addr} via Envoy     e.g. grpcurl -plaintext {stack.envoy_addr} list")
-        _say(f"        direct: auth {stack.auth_addr}, media {stack.media_addr}")
-        _say(f"  Envoy admin  {stack.envoy_admin_url}")
-        for name, url in stack.metrics_urls.items():
-            _say(f"  metrics  {name:<10} {url}")
-        _say("Press Ctrl-C to stop everything.")
-        _say()
-
-        # A child that dies is logged and restarted with backoff (localmesh/supervise.py).
-        supervisor = Supervisor(_say)
-        while True:
-            supervisor.check(([mongo] if mongo else []) + list(stack.children.values()))
-            time.sleep(0.5)
+            mongo = Child(
+                "mongo", secantusd_argv(mesh.mongo_port, data_dir), env=secantusd_env(env), cwd=data_dir
+            ).start()
+            _use_mongo(stack, mongo, mesh.mongo_port, data_dir)
+        _start_services(stack, mesh.converter.rabbit.queue)
+        _say_where(stack)
+        _supervise(stack, mongo)
     except _Stop as why:
         if str(why):
             _say(f"got {why}, stopping")
@@ -188,6 +141,86 @@ def main() -> int:
             stop_all([mongo], deadline=15)
     _say("stopped")
     return exit_code
+
+
+def _check_ports_free(mesh: MeshSettings, embedded_mongo: bool) -> None:
+    """Exit with one line if a port the mesh would listen on is taken."""
+    ports = {
+        "AUTH_PORT": mesh.auth.port,
+        "MEDIA_PORT": mesh.gateway.port,
+        "ENVOY_PORT": mesh.envoy.port,
+        "ENVOY_ADMIN_PORT": mesh.envoy.admin_port,
+        "AUTH_METRICS_PORT": mesh.auth.metrics_port,
+        "MEDIA_METRICS_PORT": mesh.gateway.metrics_port,
+        "CONVERTER_METRICS_PORT": mesh.converter.metrics_port,
+        "ENVOY_METRICS_PORT": mesh.envoy.metrics_port,
+    }
+    ports = {name: port for name, port in ports.items() if port}
+    if embedded_mongo:
+        ports["MONGO_PORT"] = mesh.mongo_port
+    busy = [f"{port} ({name})" for name, port in ports.items() if port_is_open("127.0.0.1", port)]
+    if busy:
+        _fail(
+            f"port {', '.join(busy)} already in use — is another `make run` still running? "
+            "Stop it or choose other ports"
+        )
+
+
+def _local_signing_key() -> Path:
+    """./data/keys, with a token signing key generated on first start."""
+    keys_dir = (ROOT / "data" / "keys").resolve()
+    if ensure_key(keys_dir):
+        _say(f"generated a token signing key in {keys_dir}")
+    return keys_dir
+
+
+def _use_mongo(stack: Stack, mongo: Child, port: int, data_dir: Path) -> None:
+    """Wait for the started SecantusDB, then point the services at it."""
+    # directConnection: talk to exactly this address, never to the
+    # replica-set member address SecantusDB advertises.
+    uri = f"mongodb://127.0.0.1:{port}/video2mp3?directConnection=true"
+    wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
+    stack.env["MONGO_URI"] = uri
+    stack.env["MONGO_DATA_DIR"] = str(data_dir)  # the gateway's disk-space guard
+    _say(f"SecantusDB up at {uri} (data in {data_dir})")
+
+
+def _start_services(stack: Stack, queue: str) -> None:
+    """auth, gateway and converter together, each waited for; then Envoy in front."""
+    for name in ("auth", "gateway", "converter"):
+        stack.child(name).start()
+    stack.wait_ready("auth")
+    _say(f"auth up on {stack.auth_addr}")
+    stack.wait_ready("gateway")
+    _say(f"gateway (MediaService) up on {stack.media_addr}")
+    if stack.wait_ready("converter"):
+        _say(f"converter consuming queue {queue!r}")
+    else:
+        _say(f"converter running, but not consuming queue {queue!r} yet")
+    stack.start(["envoy"])
+    _say(f"envoy up on {stack.envoy_addr}")
+
+
+def _say_where(stack: Stack) -> None:
+    _say()
+    _say("video2mp3 is up.")
+    _say(f"  Web   {stack.rest_base_url}/          open it in a browser")
+    _say(f"  REST  {stack.rest_base_url}          e.g. curl {stack.rest_base_url}/health")
+    _say(f"  gRPC  {stack.envoy_addr} via Envoy     e.g. grpcurl -plaintext {stack.envoy_addr} list")
+    _say(f"        direct: auth {stack.auth_addr}, media {stack.media_addr}")
+    _say(f"  Envoy admin  {stack.envoy_admin_url}")
+    for name, url in stack.metrics_urls.items():
+        _say(f"  metrics  {name:<10} {url}")
+    _say("Press Ctrl-C to stop everything.")
+    _say()
+
+
+def _supervise(stack: Stack, mongo: Child | None) -> NoReturn:
+    """Until a signal: a child that dies is logged and restarted with backoff (localmesh/supervise.py)."""
+    supervisor = Supervisor(_say)
+    while True:
+        supervisor.check(([mongo] if mongo else []) + list(stack.children.values()))
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":
