@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from video2mp3.core.process import die_with_parent
 from video2mp3.core.settings import RabbitSettings
@@ -111,7 +111,7 @@ class Child:
         self.log_path = Path(log_path) if log_path else None
         self.echo = echo
         self.prefix = f"{name:<{prefix_width}}| "
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._expected_exit = False
         self._reaped_at: float | None = None
@@ -123,7 +123,25 @@ class Child:
         self._kill_leftovers()  # of a previous run that crashed
         self._expected_exit = False
         self._reaped_at = None
-        common = dict(
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log:
+                log.write(f"==== {time.strftime('%H:%M:%S')} starting {self.name}: "
+                          f"{' '.join(self.argv)}\n".encode())
+                log.flush()
+                self.proc = self._popen(log)
+        else:
+            self.proc = self._popen(subprocess.PIPE)
+            self._pump = threading.Thread(
+                target=self._pump_output, name=f"log-{self.name}", daemon=True
+            )
+            self._pump.start()
+        return self
+
+    def _popen(self, stdout: IO[bytes] | int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.argv,
+            stdout=stdout,
             env=self.env,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
@@ -131,20 +149,6 @@ class Child:
             start_new_session=True,
             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "ab") as log:
-                log.write(f"==== {time.strftime('%H:%M:%S')} starting {self.name}: "
-                          f"{' '.join(self.argv)}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(self.argv, stdout=log, **common)
-        else:
-            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, **common)
-            self._pump = threading.Thread(
-                target=self._pump_output, name=f"log-{self.name}", daemon=True
-            )
-            self._pump.start()
-        return self
 
     def _pump_output(self) -> None:
         out = self.echo or sys.stdout
@@ -183,17 +187,18 @@ class Child:
     def descendants(self) -> list[int]:
         """PIDs of the processes it started (e.g. the converter's workers), for
         fault tests that kill one of them rather than the whole service."""
-        if not self.alive:
+        proc = self.proc
+        if proc is None or not self.alive:
             return []
         import psutil
 
         try:
-            return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+            return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
 
     def signal(self, sig: int) -> None:
-        if self.alive:
+        if self.proc is not None and self.alive:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
 
@@ -432,7 +437,9 @@ def wait_for_mongo(uri: str, *, timeout: float = 30.0, child: Child | None = Non
     import pymongo
 
     def check() -> bool:
-        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000)
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000
+        )
         try:
             return client.admin.command("ping").get("ok") == 1
         finally:

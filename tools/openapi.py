@@ -100,7 +100,7 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 # Well-known types as Envoy prints them.
-WKT = {
+WKT: dict[str, dict[str, Any]] = {
     ".google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     ".google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?s$"},
     ".google.protobuf.Empty": {"type": "object"},
