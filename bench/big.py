@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -125,6 +126,7 @@ def videos_kept(run: MakeRun) -> int:
     import pymongo
 
     uri = f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true"
+    client: pymongo.MongoClient[dict[str, Any]]
     with pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000) as client:
         return client["video2mp3"]["videos.files"].count_documents({})
 

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, TypedDict
 
 from video2mp3.converter import lame
 from video2mp3.converter.transcode import transcode
@@ -71,7 +72,7 @@ def make_inputs(workdir: Path) -> dict[str, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     video = dict(video_codec="h264", video_size=(1280, 720), fps=10, video_noise=12,
                  audio_codec="aac", sample_rate=48000, layout="stereo")
-    wanted = {
+    wanted: dict[str, tuple[str, dict[str, Any]]] = {  # file name, make_media's arguments
         "long": (f"long10min_v{MEDIA_VERSION}.mp4", dict(duration=600.0, **video)),
         "short": (f"clip10s_v{MEDIA_VERSION}.mp4", dict(duration=10.0, **video)),
         "mp3": (f"song10min_v{MEDIA_VERSION}.mp3", dict(duration=600.0, video_codec=None,
@@ -94,14 +95,23 @@ def make_inputs(workdir: Path) -> dict[str, Path]:
 
 # --- Timed runs ------------------------------------------------------------------------
 
-LONE_JOB = dict(overlap=True, encoders=os.cpu_count() or 1)  # what converter/conversion.py gives a lone job
+class Parallelism(TypedDict):
+    """transcode()'s keyword arguments for how a job runs."""
+
+    overlap: bool
+    encoders: int
 
 
-def run_converter(path: Path, **kw) -> float:
+LONE_JOB = Parallelism(overlap=True, encoders=os.cpu_count() or 1)  # what converter/conversion.py gives a lone job
+
+
+def run_converter(path: Path, **kw: Any) -> float:
+    """One conversion with transcode()'s keyword arguments `kw` over LONE_JOB."""
     opts = media_pb2.ConversionOptions()
+    args: dict[str, Any] = {**LONE_JOB, **kw}
     t = time.perf_counter()
     with open(path, "rb") as src:
-        transcode(src, CountingSink(), opts, filename=path.name, **(LONE_JOB | kw))
+        transcode(src, CountingSink(), opts, filename=path.name, **args)
     return time.perf_counter() - t
 
 

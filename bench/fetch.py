@@ -30,7 +30,7 @@ from video2mp3.converter.transcode import transcode
 from video2mp3.converter.video_source import VideoSource
 from video2mp3.core.settings import MongoSettings
 from video2mp3.media.v1 import media_pb2
-from video2mp3.storage.gridfs_download import READ_AHEAD
+from video2mp3.storage.gridfs_download import READ_AHEAD, ChunkedDownload
 from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.storage.mongo import VIDEOS_BUCKET, Mongo
 
@@ -49,6 +49,7 @@ def fetched_bytes(db, file_id, *, skip: bool = True, read_ahead: int = READ_AHEA
     """Convert a stored video as the converter does; bytes fetched and seconds."""
     started = time.monotonic()
     with VideoSource(db, file_id, skip=skip, read_ahead=read_ahead) as video:
+        assert isinstance(video.stream, ChunkedDownload)  # a stored video, not a growing upload
         result = transcode(video.stream, CountingSink(), options or media_pb2.ConversionOptions())
     return {"fetched": video.bytes_fetched, "index_bytes": video.index_bytes,
             "seconds": round(time.monotonic() - started, 3), "waited_s": round(video.stream.wait_seconds, 3),

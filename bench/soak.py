@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -381,13 +382,13 @@ def orphan_chunks(db) -> list[tuple]:
 
 def account(mongo_uri: str, job_ids: list[str], result: Result) -> None:
     """Read every job and its MP3 files directly from MongoDB."""
-    client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
     try:
         db = client.get_default_database()
         mp3_count = collections.Counter(
             d["metadata"]["job_id"] for d in db["mp3s.files"].find({}, {"metadata.job_id": 1}))
         for job_id in job_ids:
-            doc = db["jobs"].find_one({"_id": job_id})
+            doc = db["jobs"].find_one({"_id": job_id}) or {}  # {}: no such job
             state = doc["state"] if doc else None
             if mp3_count[job_id] > 1:
                 result.duplicated += 1
@@ -416,7 +417,7 @@ def run(*, jobs: int = 200, clients: int = 20, seed: int = 1, fault_every_s: flo
     rng = random.Random(seed)
     result = Result(clients=clients, seed=seed)
     own_dir = log_dir is None  # a temporary one, removed unless the run fails
-    log_dir = Path(tempfile.mkdtemp(prefix="video2mp3-soak-") if own_dir else log_dir)
+    log_dir = Path(tempfile.mkdtemp(prefix="video2mp3-soak-")) if log_dir is None else Path(log_dir)
     started = time.monotonic()
     try:
         videos = make_videos(log_dir / "videos")

@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -87,7 +88,7 @@ class Ways:
         self.channel = grpc.insecure_channel(run.media_addr, options=[
             ("grpc.max_send_message_length", 4 * MB)])
         self.media = media_pb2_grpc.MediaServiceStub(self.channel)
-        self.mongo = pymongo.MongoClient(mongo_uri(run))
+        self.mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_uri(run))
         self.raw_bucket = GridFSBucket(self.mongo.get_database("video2mp3"), bucket_name=RAW_BUCKET)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pymongo
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         stack = Stack(bed.service_env(), log_dir=log_dir)
         try:
             stack.start(["auth", "gateway", "converter"])
-            mongo = pymongo.MongoClient(bed.mongo_uri())
+            mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(bed.mongo_uri())
             db = mongo.get_default_database()
             db.command("profile", 2)
             print(f"WatchJob cost (gateway MEDIA_MAX_WORKERS / MAX_WATCHERS defaults, "

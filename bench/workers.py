@@ -65,6 +65,8 @@ def time_jobs(bed: Testbed, log_dir: Path, workers: int, video: Path, n: int, ov
             time.sleep(0.1)
             for job_id in list(pending):
                 job = submitter.jobs.get(job_id)
+                if job is None:
+                    raise SystemExit(f"job {job_id} is gone")
                 if job.state in jobs.FINAL_STATES:
                     if job.state != jobs.DONE:
                         raise SystemExit(f"job {job_id} FAILED: {job.error}")

@@ -165,7 +165,7 @@ class RssSampler:
         return dict(self.peak)
 
 
-def disk_usage(path: str | os.PathLike) -> int:
+def disk_usage(path: str | os.PathLike[str]) -> int:
     """Bytes the files under `path` occupy."""
     total = 0
     for dirpath, _, files in os.walk(path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pymongo
@@ -50,7 +51,7 @@ class Store:
     """The test MongoDB, reached directly (fault tests cut only the services' path)."""
 
     def __init__(self, uri: str):
-        self.client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000)
+        self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000)
         self.db = self.client.get_default_database()
         self.jobs = self.db["jobs"]
 

@@ -226,6 +226,7 @@ def make_phone_video(path: str | os.PathLike, *, minutes: float = 10, mbit: floa
                 for p in src.demux():
                     if p.dts is None:  # the demuxer's end-of-stream marker
                         continue
+                    assert p.pts is not None  # our own encoder's seed: every packet has both
                     shift = k * span[p.stream.index]
                     p.pts, p.dts = p.pts + shift, p.dts + shift
                     p.stream = streams[p.stream.index]
