@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from video2mp3.core.process import die_with_parent
 from video2mp3.core.settings import RabbitSettings
@@ -96,7 +96,7 @@ class Child:
     def __init__(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Sequence[str | os.PathLike[str]],
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike | None = None,
@@ -326,7 +326,7 @@ def stop_all(children: Sequence[Child], deadline: float = 15.0) -> None:
 
 def wait_for(
     what: str,
-    check: Callable[[], T],
+    check: Callable[[], T | Literal[False] | None],
     timeout: float = 30.0,
     interval: float = 0.1,
     *,
