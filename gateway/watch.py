@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Protocol
 
 import pymongo.errors
 
@@ -32,6 +33,12 @@ BUSY_RETRY_S = 5.0
 IDLE_CHECK_S = 5.0
 
 
+class LiveJobs(Protocol):
+    """What the hub asks of the job store (jobs.JobStore)."""
+
+    def live(self, job_ids: list[str]) -> dict[str, jobs.Job]: ...
+
+
 class _Entry:
     def __init__(self, job: jobs.Job, lock: threading.Lock):
         self.job: jobs.Job | None = job  # None: deleted
@@ -41,7 +48,7 @@ class _Entry:
 
 
 class WatchHub:
-    def __init__(self, store: jobs.JobStore, *, interval_s: float, max_watchers: int):
+    def __init__(self, store: LiveJobs, *, interval_s: float, max_watchers: int):
         self.store = store
         self.interval_s = interval_s
         self.max_watchers = max_watchers
