@@ -85,7 +85,7 @@ class Violation(NamedTuple):
 class ServiceError(GrpcException):
     """Ends the RPC with `status_code`, `message` and the details described above.
 
-    metadata: ErrorInfo.metadata (e.g. the job id); trailers: extra trailing
+    metadata: ErrorInfo.metadata (e.g. the job id; values become strings); trailers: extra trailing
     metadata (e.g. `x-http-status`, read by deploy/envoy.yaml's Lua filter)."""
 
     status_code = grpc.StatusCode.UNKNOWN
@@ -93,7 +93,7 @@ class ServiceError(GrpcException):
     def __init__(self, message: str, *, reason: str,
                  violations: Iterable[tuple[str, str]] = (),
                  retry_after_s: float | None = None,
-                 metadata: Mapping[str, str] | None = None,
+                 metadata: Mapping[str, object] | None = None,
                  trailers: Sequence[tuple[str, str]] = ()):
         super().__init__(details=message)
         self.args = (message,)  # GrpcException leaves str(e) empty
