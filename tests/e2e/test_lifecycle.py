@@ -124,6 +124,7 @@ def test_rest_watch_streams_a_json_array_through_envoy(mesh, long_audio):
     assert body.endswith("}]"), body[:200]
     assert pieces[0].startswith("[{")
     assert len(pieces) > 2
+    assert first_at is not None
     assert first_at < 2, first_at                                # the current state at once
     jobs = json.loads(body)
     assert jobs[-1]["state"] == "JOB_STATE_DONE"

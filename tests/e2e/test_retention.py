@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import grpc
 import pymongo
@@ -24,7 +25,9 @@ VIDEO_S, MP3_S, JOB_S = 2, 5, 9
 def isolated_db(mongo_server):
     """A database of its own: these sweeps must not expire the session's jobs."""
     name = f"v2m_retention_{uuid.uuid4().hex[:8]}"
-    client = pymongo.MongoClient(mongo_server.build(mongo_server.host, mongo_server.port, name))
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        mongo_server.build(mongo_server.host, mongo_server.port, name)
+    )
     yield mongo_server.build(mongo_server.host, mongo_server.port, name), client[name]
     client.drop_database(name)
     client.close()

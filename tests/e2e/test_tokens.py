@@ -90,7 +90,8 @@ def forged_tokens(env: dict, user_id: str, email: str, real_token: str) -> dict[
     tampered_claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     tampered_claims["sub"] = str(int(user_id) + 1)
     out = {
-        "alg none": jwt.encode(c, None, algorithm="none", headers={"kid": kid}),
+        # alg "none" takes the key None; PyJWT's encode() annotation leaves None out.
+        "alg none": jwt.encode(c, None, algorithm="none", headers={"kid": kid}),  # type: ignore[arg-type]
         "alg none, no signature": f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': kid})}.{b64(c)}.",
         "HS256 with the public key PEM as secret": hs256(pub_pem, {"alg": "HS256", "typ": "JWT", "kid": kid}, c),
         "HS256 with the raw public key as secret": hs256(pub_raw, {"alg": "HS256", "typ": "JWT", "kid": kid}, c),
@@ -99,28 +100,49 @@ def forged_tokens(env: dict, user_id: str, email: str, real_token: str) -> dict[
         "ES256": jwt.encode(c, ec_key, algorithm="ES256", headers={"kid": kid}),
         "unknown kid": tokens.issue(attacker.private_key, attacker.kid, user_id, email, 600),
         "our kid, attacker's key": tokens.issue(attacker.private_key, kid, user_id, email, 600),
-        "kid is a URL": jwt.encode(c, attacker.private_key, algorithm="EdDSA",
-                                   headers={"kid": "https://attacker.example/jwks.json"}),
-        "kid is a path": jwt.encode(c, attacker.private_key, algorithm="EdDSA",
-                                    headers={"kid": "../../../../../dev/null"}),
-        "jku header": jwt.encode(c, attacker.private_key, algorithm="EdDSA",
-                                 headers={"kid": attacker.kid, "jku": "https://attacker.example/jwks.json"}),
-        "embedded jwk header": jwt.encode(c, attacker.private_key, algorithm="EdDSA", headers={
-            "kid": attacker.kid, "jwk": tokens.public_jwk(attacker.kid, attacker.public_key)}),
+        "kid is a URL": jwt.encode(
+            c, attacker.private_key, algorithm="EdDSA", headers={"kid": "https://attacker.example/jwks.json"}
+        ),
+        "kid is a path": jwt.encode(
+            c, attacker.private_key, algorithm="EdDSA", headers={"kid": "../../../../../dev/null"}
+        ),
+        "jku header": jwt.encode(
+            c,
+            attacker.private_key,
+            algorithm="EdDSA",
+            headers={"kid": attacker.kid, "jku": "https://attacker.example/jwks.json"},
+        ),
+        "embedded jwk header": jwt.encode(
+            c,
+            attacker.private_key,
+            algorithm="EdDSA",
+            headers={"kid": attacker.kid, "jwk": tokens.public_jwk(attacker.kid, attacker.public_key)},
+        ),
         "tampered payload": f"{head}.{b64(tampered_claims)}.{sig}",
         "signature stripped": f"{head}.{payload}.",
         "expired": tokens.issue(key.private_key, kid, user_id, email, 60, now=time.time() - 3600),
-        "nbf in the future": jwt.encode(claims_for(user_id, email, nbf=int(time.time()) + 3600),
-                                        key.private_key, algorithm="EdDSA", headers={"kid": kid}),
+        "nbf in the future": jwt.encode(
+            claims_for(user_id, email, nbf=int(time.time()) + 3600),
+            key.private_key,
+            algorithm="EdDSA",
+            headers={"kid": kid},
+        ),
         "iat in the future": tokens.issue(key.private_key, kid, user_id, email, 600, now=time.time() + 3600),
-        "no exp": jwt.encode(claims_for(user_id, email, exp=None), key.private_key, algorithm="EdDSA",
-                             headers={"kid": kid}),
-        "wrong aud": jwt.encode(claims_for(user_id, email, aud="another-service"), key.private_key,
-                                algorithm="EdDSA", headers={"kid": kid}),
-        "wrong iss": jwt.encode(claims_for(user_id, email, iss="https://attacker.example"), key.private_key,
-                                algorithm="EdDSA", headers={"kid": kid}),
-        "another deployment's key": tokens.issue(other_deployment.private_key, other_deployment.kid,
-                                                 user_id, email, 600),
+        "no exp": jwt.encode(
+            claims_for(user_id, email, exp=None), key.private_key, algorithm="EdDSA", headers={"kid": kid}
+        ),
+        "wrong aud": jwt.encode(
+            claims_for(user_id, email, aud="another-service"), key.private_key, algorithm="EdDSA", headers={"kid": kid}
+        ),
+        "wrong iss": jwt.encode(
+            claims_for(user_id, email, iss="https://attacker.example"),
+            key.private_key,
+            algorithm="EdDSA",
+            headers={"kid": kid},
+        ),
+        "another deployment's key": tokens.issue(
+            other_deployment.private_key, other_deployment.kid, user_id, email, 600
+        ),
     }
     for i, secret in enumerate(OLD_SHARED_SECRETS):
         out[f"HS256 with an old shared secret #{i}"] = jwt.encode(

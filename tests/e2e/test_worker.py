@@ -45,6 +45,7 @@ def test_long_conversion_keeps_heartbeats_and_is_acked_once(mesh_factory, tmp_pa
 
         time.sleep(3 * HEARTBEAT_S)  # a lost ack would show up as a redelivery by now
         job = submitter.jobs.get(job_id)
+        assert job is not None
         assert job.attempts == 1
         assert job.state == jobs.DONE
         assert queue_depth(stack.env, stack.env["QUEUE_NAME"])[0] == 0
@@ -78,8 +79,8 @@ def test_a_lone_long_job_is_encoded_on_every_core_and_stays_gapless(mesh_factory
     try:
         job_id = submitter.submit(source)
         assert store.wait_final(job_id, timeout=120)["state"] == jobs.DONE
-        job = store.assert_one_mp3(job_id)
-        mp3 = gridfs.GridFSBucket(store.db, MP3S_BUCKET).open_download_stream(job["mp3_fid"]).read()
+        doc = store.assert_one_mp3(job_id)
+        mp3 = gridfs.GridFSBucket(store.db, MP3S_BUCKET).open_download_stream(doc["mp3_fid"]).read()
         duration, freq, rate, channels = analyse_mp3(mp3)
         assert duration == pytest.approx(audio_duration(source), abs=1 / rate)
         assert (rate, channels) == (48000, 2)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pymongo
 import pytest
@@ -39,8 +40,12 @@ def test_two_phone_videos_stay_under_the_memory_ceilings(tmp_path):
     # stays near its high-water mark: about one video, the oplog at its cap
     # (<= ~0.5 GB) and the journal, far below everything ever uploaded twice over.
     assert "videos kept after DONE: 0" in r.stdout, r.stdout
-    disk = int(re.search(r"store disk after all DONE: (\d+) MB", r.stdout).group(1))
-    uploaded = int(re.search(r"uploaded (\d+) MB", r.stdout).group(1))
+    disk_line = re.search(r"store disk after all DONE: (\d+) MB", r.stdout)
+    uploaded_line = re.search(r"uploaded (\d+) MB", r.stdout)
+    assert disk_line is not None, r.stdout
+    assert uploaded_line is not None, r.stdout
+    disk = int(disk_line.group(1))
+    uploaded = int(uploaded_line.group(1))
     assert disk < uploaded + 600, r.stdout
 
 
@@ -65,12 +70,17 @@ def test_make_run_restarts_a_dead_service_and_the_store(tmp_path, clip):
         for name in ("gateway", "mongo"):
             pid = run.kill(name)
             death = f"{name} (pid {pid}) killed by SIGKILL"
-            line = wait_for(f"{name}'s death to be logged", lambda death=death: next(
+            # (death=death: the loop's value; mypy cannot infer such a lambda, python/mypy#15459)
+            line = wait_for(f"{name}'s death to be logged", lambda death=death: next(  # type: ignore[misc]
                 (ln for ln in run.log().splitlines() if death in ln), None), timeout=10)
             assert "OOM killer" in line, line
             assert "restarting in" in line, line
             restarted = f"{name} restarted"
-            wait_for(f"{name} to be restarted", lambda restarted=restarted: restarted in run.log(), timeout=30)
+            wait_for(
+                f"{name} to be restarted",
+                lambda restarted=restarted: restarted in run.log(),  # type: ignore[misc]
+                timeout=30,
+            )
             assert run.pids()[name]
             assert run.pids()[name][0] != pid
         # The services reconnect by themselves: a whole journey works again.
@@ -100,7 +110,9 @@ def small_fs(tmp_path):
 
 def test_full_store_disk_refuses_uploads_and_recovers(tmp_path, small_fs, clip):
     run = MakeRun(small_fs / "mongo", log=tmp_path / "make-run.log", STORAGE_RESERVE_MB="100").start()
-    mongo = pymongo.MongoClient(f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true")
+    mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true"
+    )
     balloon = small_fs / "balloon"
     try:
         rest = RestClient(run.rest_base_url)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ SERVICES = ("auth", "gateway", "converter")
 WORKERS = 2
 
 # Valid sources: (file name, make_media arguments), 2 s each.
-SOURCES = {
+SOURCES: dict[str, dict[str, Any]] = {
     "clip.mp4": dict(),                                         # h264 + aac, moov at the end
     "clip.mkv": dict(audio_codec="libopus"),                    # h264 + opus
     "clip.webm": dict(audio_codec="libopus"),                   # vp8 + opus

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_short_soak_loses_nothing(tmp_path):
-    notes = []
+    notes: list[str] = []
     result = soak.run(jobs=30, clients=6, seed=20261124, fault_every_s=1.0, think_s=2.5,
                       fault_window_s=120, settle_s=120, log_dir=tmp_path, say=notes.append)
     line = result.summary_line()

@@ -112,7 +112,7 @@ class AuthServer:
         except (AssertionError, TimeoutError) as e:
             raise AssertionError(f"{e}\n--- auth log ---\n{self.log()}") from None
 
-    def stop(self) -> int:
+    def stop(self) -> int | None:
         self.channel.close()
         return self.child.stop(20)
 

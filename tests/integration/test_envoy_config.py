@@ -13,6 +13,7 @@ import subprocess
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import TypedDict
 
 import grpc
 import pytest
@@ -99,10 +100,23 @@ def test_web_page_routes_are_rendered_with_absolute_paths(tmp_path):
         "/etc/envoy/web/app.css", "/etc/envoy/web/app.js", "/etc/envoy/web/index.html"]
     # Rendered from elsewhere, Envoy still finds the files.
     path = envoy_config.render(tmp_path / "envoy.yaml", listen_port=free_port(), admin_port=free_port())
-    r = subprocess.run([envoy_config.envoy_binary(), "--mode", "validate", "-c", str(path),
-                        "--disable-hot-restart", "--log-level", "error"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    validated = subprocess.run(
+        [
+            envoy_config.envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "--log-level",
+            "error",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert validated.returncode == 0, validated.stdout + validated.stderr
 
 
 def test_every_file_envoy_reads_is_resolved_and_shipped_in_the_image():
@@ -166,13 +180,26 @@ class _Auth(auth_pb2_grpc.AuthServiceServicer):
                                       expires_in=60)
 
 
+class _Upload(TypedDict):
+    """What the stub gateway saw of one UploadVideo."""
+
+    messages: int
+    bytes: int
+    first: media_pb2.UploadVideoRequest | None
+    authorization: str | None
+
+
 class _Media(media_pb2_grpc.MediaServiceServicer):
     def __init__(self):
-        self.uploads: list[dict] = []
+        self.uploads: list[_Upload] = []
 
     def UploadVideo(self, request_iterator, context):
-        seen = {"messages": 0, "bytes": 0, "first": None,
-                "authorization": dict(context.invocation_metadata()).get("authorization")}
+        seen: _Upload = {
+            "messages": 0,
+            "bytes": 0,
+            "first": None,
+            "authorization": dict(context.invocation_metadata()).get("authorization"),
+        }
         self.uploads.append(seen)
         for msg in request_iterator:
             if seen["first"] is None:
@@ -182,6 +209,7 @@ class _Media(media_pb2_grpc.MediaServiceServicer):
             if seen["bytes"] > LIMIT:
                 context.set_trailing_metadata((("x-http-status", "413"),))
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "upload too large")
+        assert seen["first"] is not None
         return media_pb2.Job(job_id="j1", filename=seen["first"].filename,
                              video_size_bytes=seen["bytes"], state=media_pb2.JOB_STATE_QUEUED)
 

@@ -146,6 +146,7 @@ def test_helper_failure_leaves_the_reader_to_fetch(db, random_file, monkeypatch)
         data_read.append(got)
         assert b"".join(data_read) == data
     assert calls
+    assert dl._helper is not None
     assert not dl._helper.is_alive()
 
 

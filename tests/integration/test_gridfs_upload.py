@@ -55,7 +55,7 @@ def test_write_behind_stores_every_chunk_in_order_and_a_failed_store_raises_in_t
             pass
 
         up = ChunkedUpload(m.db, "videos", "b.mp4")
-        stored = []
+        stored: list[int] = []
 
         def store(docs):  # the second insert fails, as a store going away would
             if stored:

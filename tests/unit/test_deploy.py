@@ -317,6 +317,7 @@ def _image_envoy_args() -> dict:
     """The upstreams the envoy image's config is rendered with (Dockerfile)."""
     text = DOCKERFILE.read_text().replace("\\\n", " ")
     m = re.search(r"ops\.envoy_config (.*)", text)
+    assert m is not None, "the Dockerfile renders no Envoy config"
     args = m.group(1).split()
     return {args[i].lstrip("-"): args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
 

@@ -80,6 +80,8 @@ def test_a_full_store_disk_is_resource_exhausted_507_storage_full(tmp_path):
 def test_dependency_errors_are_unavailable_with_a_retry_delay():
     mongo = errors.as_service_error(pymongo.errors.ServerSelectionTimeoutError("no servers"))
     mysql = errors.as_service_error(DatabaseUnavailable("MySQL at x:3306: lost connection"))
+    assert mongo is not None
+    assert mysql is not None
     assert (mongo.status_code, mongo.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
     assert mongo.message == "storage is unavailable; try again shortly"
     assert (mysql.status_code, mysql.reason) == (grpc.StatusCode.UNAVAILABLE, "USER_DATABASE_UNAVAILABLE")
@@ -121,7 +123,7 @@ HANDLERS = {
         lambda r, c: _raise(errors.NotFound("job j1 not found", reason=Reason.JOB_NOT_FOUND,
                                             metadata={"job_id": "j1"}))),
     "Ok": grpc.unary_unary_rpc_method_handler(lambda r, c: b"fine"),
-    "Bug": grpc.unary_unary_rpc_method_handler(lambda r, c: {}["missing"]),
+    "Bug": grpc.unary_unary_rpc_method_handler(lambda r, c: _raise(KeyError("missing"))),
     "ServerStream": grpc.unary_stream_rpc_method_handler(_stream_then_fail),
     "ClientStream": grpc.stream_unary_rpc_method_handler(_read_all_then_fail),
 }

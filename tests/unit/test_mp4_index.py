@@ -11,6 +11,7 @@ import io
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -20,7 +21,7 @@ from video2mp3.converter.mp4_index import skippable_ranges
 from video2mp3.media.v1 import media_pb2
 
 # Big noisy frames: video chunks much larger than the audio ones, like a real video.
-VIDEO_HEAVY = {"video_codec": "h264", "video_size": (160, 120), "video_noise": 60, "duration": 2.0}
+VIDEO_HEAVY: dict[str, Any] = {"video_codec": "h264", "video_size": (160, 120), "video_noise": 60, "duration": 2.0}
 
 
 def packet_ranges(path) -> dict[str, list[tuple[int, int]]]:

@@ -56,6 +56,7 @@ def encode(pcm: np.ndarray, rate: int, *, threads: int, vbr: int | None = None, 
         return lame.open_encoder(rate, channels, 128, vbr, 3, backend)
 
     out = bytearray()
+    sink: SplitEncoder | SerialEncoder
     if threads > 1:
         unit = 4 if lame.input_format(backend) == "fltp" else 2 * channels
         sink = SplitEncoder(open_encoder, mp3tags.samples_per_frame(rate), unit, out.extend,
@@ -70,12 +71,12 @@ def encode(pcm: np.ndarray, rate: int, *, threads: int, vbr: int | None = None, 
             planes = ((part.T * 32767).astype("<i2").tobytes(),)
         sink.encode(planes, part.shape[1])
     sink.finish()
-    return bytes(out), sink if threads > 1 else None
+    return bytes(out), sink if isinstance(sink, SplitEncoder) else None
 
 
 def decode(mp3: bytes) -> tuple[np.ndarray, list[str]]:
     """(channels, samples) as FFmpeg decodes it, and what its decoder logged."""
-    with av.logging.Capture() as logs, av.open(io.BytesIO(mp3)) as container:
+    with av.logging.Capture() as logs, av.open(io.BytesIO(mp3), "r") as container:
         frames = [f.to_ndarray() for f in container.decode(audio=0)]
     errors = [message for level, _, message in logs if level <= av.logging.WARNING]
     return np.concatenate(frames, axis=1), errors

@@ -26,6 +26,7 @@ class FakeStore:
             return {self.job.id: self.job} if self.job is not None and self.job.id in ids else {}
 
     def set(self, **changes):
+        assert self.job is not None
         with self.lock:
             self.job = dataclasses.replace(self.job, update_time=jobs.now(), **changes)
 
@@ -49,7 +50,7 @@ def queued() -> jobs.Job:
 
 
 def start(hub, first, n):
-    results = [None] * n
+    results: list[list[jobs.Job] | Exception | None] = [None] * n
 
     def run(i):
         try:
@@ -101,6 +102,7 @@ def test_limit_delete_and_stop():
     hub = WatchHub(store, interval_s=0.05, max_watchers=2).start()
     threads, results = start(hub, store.job, 2)
     settle(hub, 2)
+    assert store.job is not None
     with pytest.raises(ResourceExhausted) as e:
         list(hub.watch(store.job, FakeContext()))
     assert e.value.retry_after_s
@@ -122,8 +124,10 @@ def test_a_cancelled_watcher_leaves_at_once():
     store = FakeStore(queued())
     hub = WatchHub(store, interval_s=0.05, max_watchers=1).start()
     ctx = FakeContext()
-    out = []
-    t = threading.Thread(target=lambda: out.extend(hub.watch(store.job, ctx)))
+    out: list[jobs.Job] = []
+    first = store.job
+    assert first is not None
+    t = threading.Thread(target=lambda: out.extend(hub.watch(first, ctx)))
     t.start()
     settle(hub, 1)
     ctx.active = False
@@ -133,5 +137,5 @@ def test_a_cancelled_watcher_leaves_at_once():
     assert not t.is_alive()
     assert len(out) == 1
     settle(hub, 0)
-    list(hub.watch(dataclasses.replace(store.job, state=jobs.DONE), FakeContext()))  # the slot is free
+    list(hub.watch(dataclasses.replace(first, state=jobs.DONE), FakeContext()))  # the slot is free
     hub.stop()
