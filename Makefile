@@ -46,8 +46,10 @@ lock: $(VENV)/.deps
 	$(VENV)/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
 	  -o requirements/runtime.txt pyproject.toml
 
-# Protos (buf STANDARD), then Python lint/import order (ruff), types (mypy) and
-# the layer rules (import-linter), both over the installed layout (tools/typecheck_tree.py).
+# Protos (buf STANDARD), then Python lint/import order (ruff), types (mypy: the
+# package in its installed layout, built by tools/typecheck_tree.py, and the
+# tests, tools and benchmarks from the checkout) and the layer rules
+# (import-linter, over the installed layout).
 lint: install node_modules/.installed
 	$(BUF) lint
 	$(BUF) build -o /dev/null
