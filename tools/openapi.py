@@ -14,18 +14,19 @@ serves (deploy/envoy.yaml):
     (always_print_primitive_fields), enums as their names, 64-bit integers
     as strings, Timestamp as a date-time string, OUTPUT_ONLY as readOnly,
     REQUIRED as required in request bodies;
-  - google.api.HttpBody is a raw body; errors are google.rpc.Status JSON
+  - google.api.HttpBody is a raw body, any other body field (AIP-133's
+    `body: "api_key"`) its message as JSON; errors are google.rpc.Status JSON
     (convert_grpc_status).
 
   - a server-streaming RPC that returns messages (WatchJob) is one JSON
     array written as the messages come: `[{...}`, `,{...}`, ..., `]`.
 
 What the .proto files cannot say is in PUBLIC and EXTRA below: which RPCs
-need no token (SignUp, Login, GetJwks, GetHealth), and what Envoy (its Lua
-filter, its edge rate limit) and the services add: the seed's text/plain
-/login and multipart /upload, the MP3's media type and Content-Disposition,
-the empty answers of DeleteJob and DeleteMe, and the statuses the transcoder's
-table does not give (409/410 via x-http-status, 413, 429 with Retry-After,
+need no token (SignUp, Login, GetJwks, GetHealth, RefreshSession,
+RevokeSession), and what Envoy (its Lua filter, its edge rate limit) and the
+services add: the seed's text/plain /login and multipart /upload, the MP3's
+media type and Content-Disposition, the empty answers of the Delete RPCs,
+and the statuses the transcoder's table does not give (409/410 via x-http-status, 413, 429 with Retry-After,
 503 from /health). RPCs without a REST binding are listed in GRPC_ONLY; any
 other RPC without one, or an EXTRA entry naming no binding, is an error, so
 a new RPC cannot be left out unnoticed. Comments become descriptions.
@@ -44,7 +45,9 @@ from google.protobuf import descriptor_pb2
 SERVICES = ["video2mp3.auth.v1.AuthService", "video2mp3.media.v1.MediaService"]
 TITLE = "video2mp3 REST API"
 PUBLIC = {"video2mp3.auth.v1.AuthService.SignUp", "video2mp3.auth.v1.AuthService.Login",
-          "video2mp3.auth.v1.AuthService.GetJwks", "video2mp3.media.v1.MediaService.GetHealth"}
+          "video2mp3.auth.v1.AuthService.GetJwks", "video2mp3.media.v1.MediaService.GetHealth",
+          # The refresh token in the body is the credential (RFC 6749 §6, RFC 7009).
+          "video2mp3.auth.v1.AuthService.RefreshSession", "video2mp3.auth.v1.AuthService.RevokeSession"}
 # RPCs with no google.api.http binding, on purpose.
 GRPC_ONLY = {"video2mp3.media.v1.MediaService.DeleteMyData"}
 JSON = "application/json"
@@ -72,6 +75,9 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
         "ok_content": {"text/plain": {"schema": {"type": "string", "description": "the access token (a JWT)"}}},
     },
     ("video2mp3.auth.v1.AuthService.DeleteMe", "*"): {"ok_content": EMPTY},
+    ("video2mp3.auth.v1.AuthService.DeleteApiKey", "*"): {"ok_content": EMPTY},
+    ("video2mp3.auth.v1.AuthService.DeleteSession", "*"): {"ok_content": EMPTY},
+    ("video2mp3.auth.v1.AuthService.RevokeSession", "*"): {"ok_content": EMPTY},
     ("video2mp3.auth.v1.AuthService.GetJwks", "*"): {
         "summary": "The JSON Web Key Set (RFC 7517) that verifies access tokens; needs no token.",
     },
@@ -367,6 +373,11 @@ def _request_body(b: Builder, request: str, body: str, extra: dict[str, Any]) ->
     if body == "*":
         b.request_types.add(_schema_name(request))
         return {"required": True, "content": {JSON: {"schema": b.ref(request)}}}
+    body_type = next((f.type_name for f in b.p.messages[request].field if f.name == body), "")
+    if body and body_type != ".google.api.HttpBody":
+        # One field is the body (AIP-133's `body: "api_key"`): its message as JSON.
+        b.request_types.add(_schema_name(body_type))
+        return {"required": True, "content": {JSON: {"schema": b.ref(body_type)}}}
     if body:
         return {
             "required": True,
@@ -435,8 +446,9 @@ def _document(schemas: dict[str, dict], paths: dict[str, dict], version: str) ->
         "components": {
             "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                               "description": "access_token from POST /v1/login"},
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key",
+                               "description": "access_token from POST /v1/login or POST /v1/sessions:refresh, "
+                                              "or an API key (v2m_...) from POST /v1/apiKeys"},
                 "basicAuth": {"type": "http", "scheme": "basic"},
             },
         },
