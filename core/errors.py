@@ -51,6 +51,27 @@ class Reason(enum.StrEnum):
     SIGNUP_DISABLED = "SIGNUP_DISABLED"
     # DeleteMe: the Media service did not confirm deleting the user's data.
     MEDIA_UNAVAILABLE = "MEDIA_UNAVAILABLE"
+    # API keys (auth/api_keys.py): unknown, deleted or malformed (one message for all).
+    API_KEY_INVALID = "API_KEY_INVALID"
+    # PERMISSION_DENIED: the key's scopes do not cover the call (a read-only key uploading).
+    API_KEY_SCOPE_INSUFFICIENT = "API_KEY_SCOPE_INSUFFICIENT"
+    # PERMISSION_DENIED: an API key where an access token is needed (managing keys
+    # and sessions, deleting the account).
+    SESSION_REQUIRED = "SESSION_REQUIRED"
+    API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
+    TOO_MANY_API_KEYS = "TOO_MANY_API_KEYS"
+    INVALID_DISPLAY_NAME = "INVALID_DISPLAY_NAME"
+    INVALID_SCOPE = "INVALID_SCOPE"
+    # Sessions (auth/sessions.py). An access token or refresh token whose
+    # session was revoked (logout, DeleteSession, a reused refresh token).
+    SESSION_REVOKED = "SESSION_REVOKED"
+    # A refresh token whose session expired (unused too long, or too old).
+    SESSION_EXPIRED = "SESSION_EXPIRED"
+    # A refresh token that was never issued (or whose session is long gone).
+    REFRESH_TOKEN_INVALID = "REFRESH_TOKEN_INVALID"
+    # A refresh token used a second time: its session is revoked.
+    REFRESH_TOKEN_REUSED = "REFRESH_TOKEN_REUSED"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
     # media
     INVALID_OPTIONS = "INVALID_OPTIONS"
     INVALID_FORM = "INVALID_FORM"

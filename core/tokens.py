@@ -3,7 +3,8 @@ in-process by every other service against auth's published public keys (JWKS).
 
 No shared secret: only auth holds private keys (auth/keys.py); verifiers get
 public keys by `kid` from a lookup (gateway/jwks.py). Claims: sub (user id),
-email, iat, nbf, exp, iss, aud; header: alg EdDSA, kid.
+email, iat, nbf, exp, iss, aud, and sid (the login session, auth/sessions.py)
+when the token came from Login or RefreshSession; header: alg EdDSA, kid.
 
 Verification pins the algorithm (EdDSA only, whatever the header says), takes
 the key only from the lookup by a well-formed kid (never from a URL, path or
@@ -42,14 +43,24 @@ class InvalidToken(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Caller:
+    """Who makes a call. Equal when the user is: the rest says with what credential."""
     user_id: str
     email: str
+    # An access token's login session ("" for a token made without one).
+    session_id: str = dataclasses.field(default="", compare=False)
+    # An API key's id and scopes (core/credentials.py); "" for an access token.
+    api_key_id: str = dataclasses.field(default="", compare=False)
+    scopes: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
+
+    @property
+    def is_api_key(self) -> bool:
+        return bool(self.api_key_id)
 
 
 def issue(private_key: Ed25519PrivateKey, kid: str, user_id: str, email: str, ttl_seconds: int,
-          now: float | None = None) -> str:
+          now: float | None = None, session_id: str = "") -> str:
     iat = int(now if now is not None else time.time())
-    claims = {
+    claims: dict[str, str | int] = {
         "sub": str(user_id),
         "email": email,
         "iat": iat,
@@ -58,6 +69,8 @@ def issue(private_key: Ed25519PrivateKey, kid: str, user_id: str, email: str, tt
         "iss": ISSUER,
         "aud": AUDIENCE,
     }
+    if session_id:
+        claims["sid"] = session_id
     return jwt.encode(claims, private_key, algorithm=ALGORITHM, headers={"kid": kid})
 
 
@@ -105,7 +118,10 @@ def verify(token: str, lookup: KeyLookup) -> Caller:
     sub, email = claims["sub"], claims["email"]
     if not isinstance(sub, str) or not sub or not isinstance(email, str):
         raise InvalidToken("sub/email claims are not strings")
-    return Caller(user_id=sub, email=email)
+    sid = claims.get("sid", "")
+    if not isinstance(sid, str):
+        raise InvalidToken("the sid claim is not a string")
+    return Caller(user_id=sub, email=email, session_id=sid)
 
 
 def bearer_from_metadata(metadata) -> str:
