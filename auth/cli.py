@@ -19,9 +19,9 @@ from pathlib import Path
 
 import grpc
 
+from video2mp3.auth import tables
 from video2mp3.auth.config import AuthConfig
 from video2mp3.auth.keys import configured_ring, generate, load_dir, write_key
-from video2mp3.auth.login_limits import CREATE_TABLE as LOGIN_FAILURES_TABLE
 from video2mp3.auth.passwords import Passwords
 from video2mp3.auth.service import EMAIL_RE, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_email
 from video2mp3.auth.users import MAX_EMAIL_LENGTH, DatabaseUnavailable, EmailTaken, UserRepository
@@ -70,7 +70,7 @@ def keys_cmd(a, cfg: AuthConfig) -> int:
 
 
 def _repo(cfg: AuthConfig) -> UserRepository:
-    users = UserRepository(cfg.mysql, extra_tables=(LOGIN_FAILURES_TABLE,))
+    users = tables.repository(cfg.mysql)
     users.check()  # creates the schema if needed; raises DatabaseUnavailable
     return users
 

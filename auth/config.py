@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from video2mp3.auth.login_limits import Limits
+from video2mp3.auth.sessions import SessionSettings
 from video2mp3.core.settings import Environment, MediaEndpoint, MysqlSettings, group, setting
 
 
@@ -21,6 +22,8 @@ class AuthConfig:
     mysql: MysqlSettings = group(MysqlSettings)
     token_ttl_seconds: int = setting("TOKEN_TTL_SECONDS", 3600, minimum=1, help=(
         "access token lifetime, seconds; also how long a replaced signing key stays published"))
+    # Login sessions and their refresh tokens (auth/sessions.py).
+    sessions: SessionSettings = group(SessionSettings)
     # -- signing keys (auth/keys.py) --
     # VIDEO2MP3_ENV=production (compose, Kubernetes): no key configured means refuse to start.
     environment: Environment = group(Environment)

@@ -67,11 +67,15 @@ class User:
 
 
 class UserRepository:
-    def __init__(self, cfg: MysqlSettings, extra_tables: tuple[str, ...] = ()):
+    def __init__(self, cfg: MysqlSettings, extra_tables: tuple[str, ...] = (),
+                 owned_tables: tuple[str, ...] = ()):
         """`extra_tables`: CREATE TABLE IF NOT EXISTS statements of other modules
-        (auth/login_limits.py), created with the users table."""
+        (auth/tables.py lists them), created with the users table. `owned_tables`:
+        tables with a user_id column whose rows are deleted with their user
+        (API keys, sessions), before the user row."""
         self._cfg = cfg
         self._extra_tables = extra_tables
+        self._owned_tables = owned_tables
         self._connect_args = dict(
             host=cfg.host,
             port=cfg.port,
@@ -211,8 +215,11 @@ class UserRepository:
             cur.execute("UPDATE users SET password = %s WHERE id = %s", (password_hash, user_id))
 
     def delete(self, user_id: int) -> bool:
-        """True if the user existed."""
-        with self._cursor() as cur:
+        """True if the user existed. What the user owns (owned_tables) goes first, in
+        the same transaction."""
+        with self._cursor(transaction=True) as cur:
+            for table in self._owned_tables:
+                cur.execute(f"DELETE FROM {_quote_ident(table)} WHERE user_id = %s", (user_id,))
             return cur.execute("DELETE FROM users WHERE id = %s", (user_id,)) > 0
 
     def all(self) -> list[User]:
@@ -220,16 +227,20 @@ class UserRepository:
             cur.execute("SELECT id, email, password, created_at FROM users ORDER BY id")
             return [_user(row) for row in cur.fetchall()]
 
-    def cursor(self):
-        """A cursor with this repository's error handling, for the other auth tables."""
-        return self._cursor()
+    def cursor(self, transaction: bool = False):
+        """A cursor with this repository's error handling, for the other auth tables.
+        transaction=True: its statements commit together at the end of the block,
+        or roll back if it raises (SELECT ... FOR UPDATE locks until then)."""
+        return self._cursor(transaction=transaction)
 
     # -- plumbing -------------------------------------------------------------
 
     @contextmanager
-    def _cursor(self, probe: bool = False):
+    def _cursor(self, probe: bool = False, transaction: bool = False):
         """A cursor on a pooled connection; connection-level failures become
-        DatabaseUnavailable, everything else propagates unchanged."""
+        DatabaseUnavailable, everything else propagates unchanged. In a
+        transaction, DBUtils never silently reconnects (it would lose the
+        transaction): a broken connection fails the block."""
         if not self.schema_ready:
             raise DatabaseUnavailable("users table not created yet")
         if not probe and not self._reachable.is_set():
@@ -237,9 +248,17 @@ class UserRepository:
         con = None
         try:
             con = self._pool.connection()
+            if transaction:
+                con.begin()
             cur = con.cursor()
             try:
                 yield cur
+                if transaction:
+                    con.commit()
+            except BaseException:
+                if transaction:
+                    _rollback(con)
+                raise
             finally:
                 cur.close()
         except (pymysql.OperationalError, pymysql.InterfaceError, PooledDBError) as e:
@@ -269,6 +288,13 @@ class UserRepository:
         # Someone dropped the database or table: let the monitor recreate it.
         log.warning("users table missing (%s); will recreate it", _describe(e))
         self._schema_ready.clear()
+
+
+def _rollback(con) -> None:
+    try:
+        con.rollback()
+    except (pymysql.MySQLError, PooledDBError) as e:  # the connection is broken: nothing to keep
+        log.debug("rollback failed: %s", e)
 
 
 def _worth_a_new_connection(e: Exception) -> bool:
