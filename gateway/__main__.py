@@ -15,7 +15,8 @@ from video2mp3.domain import jobs, retention
 from video2mp3.domain.queue import Publisher
 from video2mp3.gateway import early_jobs
 from video2mp3.gateway import stats as job_stats
-from video2mp3.gateway.auth import AuthInterceptor
+from video2mp3.gateway.api_keys import ApiKeyCheck, grpc_get_credential
+from video2mp3.gateway.auth import Authenticator, AuthInterceptor
 from video2mp3.gateway.config import GatewayConfig
 from video2mp3.gateway.janitor import OrphanChunkJanitor
 from video2mp3.gateway.jwks import JwksCache, auth_channel, grpc_fetcher
@@ -71,12 +72,13 @@ def main() -> None:
         health, [SERVICE_NAME], critical={"mongodb"})
     keys = JwksCache(grpc_fetcher(to_auth), min_refetch_s=cfg.jwks_min_refetch_s)
     users = UserCheck(grpc_get_me(to_auth), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
+    api_keys = ApiKeyCheck(grpc_get_credential(to_auth), ttl_s=cfg.api_key_cache_ttl_s)
     hub = WatchHub(job_store, interval_s=cfg.watch_poll_interval_s, max_watchers=cfg.max_watchers)
     service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port, max_workers=cfg.max_workers, health_servicer=health,
-        interceptors=[AuthInterceptor(keys, users)],
+        interceptors=[AuthInterceptor(Authenticator(keys, users, api_keys))],
         # Envoy sends every reflection request to the gateway; offering
         # AuthService's descriptors too lets `grpcurl` through Envoy's single
         # port describe and call both services without .proto files.
