@@ -29,6 +29,7 @@ class GrpcClient:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.media = media_pb2_grpc.MediaServiceStub(self.channel)
         self.token = ""
+        self.login: auth_pb2.LoginResponse | None = None  # the last Login's whole answer
 
     def close(self) -> None:
         self.channel.close()
@@ -40,7 +41,8 @@ class GrpcClient:
     def sign_up_and_login(self, email: str | None = None, password: str = "correct horse 1") -> str:
         email = email or unique_email()
         self.auth.SignUp(auth_pb2.SignUpRequest(email=email, password=password), timeout=20)
-        self.token = self.auth.Login(auth_pb2.LoginRequest(email=email, password=password), timeout=20).access_token
+        self.login = self.auth.Login(auth_pb2.LoginRequest(email=email, password=password), timeout=20)
+        self.token = self.login.access_token
         return email
 
     def upload(self, data_or_path, filename: str = "clip.mp4", timeout: float = 60, **options) -> media_pb2.Job:
@@ -84,6 +86,7 @@ class RestClient:
         self.base = base_url.rstrip("/")
         self.s = requests.Session()
         self.token = ""
+        self.login: dict = {}  # the last login's whole answer (refresh_token, session_id...)
 
     def headers(self, token: str | None = None) -> dict:
         token = self.token if token is None else token
@@ -95,7 +98,8 @@ class RestClient:
         assert r.status_code == 200, r.text
         r = self.s.post(f"{self.base}/v1/login", json={"email": email, "password": password}, timeout=20)
         assert r.status_code == 200, r.text
-        self.token = r.json()["access_token"]
+        self.login = r.json()
+        self.token = self.login["access_token"]
         return email
 
     def upload(self, path, params: dict | None = None, token: str | None = None,
