@@ -27,8 +27,8 @@ from video2mp3.cli.session import (
     Session,
     describe,
     forget_token,
-    load_token,
     save_token,
+    saved_refresh_token,
     token_claims,
 )
 from video2mp3.media.v1 import media_pb2
@@ -55,21 +55,25 @@ HELP = f"""Convert videos to MP3 with a video2mp3 server.
 The server is {DEFAULT_SERVER} (Envoy's port) unless --server or
 VIDEO2MP3_SERVER says otherwise: HOST:PORT, or https://HOST[:PORT] for TLS
 with the system's certificate authorities (--ca FILE for your own).
-The login token is kept in $XDG_CONFIG_HOME/video2mp3/token (default
-~/.config/video2mp3/token), readable by you only.
+The login is kept in $XDG_CONFIG_HOME/video2mp3/ (default
+~/.config/video2mp3/: `token` and `refresh_token`, readable by you only)
+and renews itself while you use it, until `video2mp3 logout`. Programs can
+use an API key instead (`video2mp3 keys create`), given as --api-key or
+VIDEO2MP3_API_KEY.
 """
 
 
 class Context:
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, api_key: str | None = None):
         self.server = server
+        self.api_key = api_key
         self.console = Console(highlight=False)
         self._session: Session | None = None
 
     @property
     def session(self) -> Session:
         if self._session is None:
-            self._session = Session(self.server)
+            self._session = Session(self.server, self.api_key)
         return self._session
 
     @property
@@ -111,11 +115,14 @@ def fail(ctx: Context, err: CliError):
 @click.option("--tls", is_flag=True, help="Use TLS with the system's certificate authorities.")
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use TLS trusting this CA certificate (PEM).")
+@click.option("--api-key", envvar="VIDEO2MP3_API_KEY", metavar="KEY",
+              help="Use this API key instead of the saved login (env VIDEO2MP3_API_KEY, which keeps it "
+                   "out of the process list).")
 @click.version_option(package_name="video2mp3")
 @click.pass_context
-def main(click_ctx: click.Context, server: str, tls: bool, ca: Path | None) -> None:
+def main(click_ctx: click.Context, server: str, tls: bool, ca: Path | None, api_key: str | None) -> None:
     try:
-        click_ctx.obj = Context(Server.parse(server, tls, ca))
+        click_ctx.obj = Context(Server.parse(server, tls, ca), api_key)
     except CliError as e:
         raise click.BadParameter(str(e), param_hint="--server") from None
 
@@ -146,29 +153,45 @@ def signup(ctx: Context, email: str | None, password_stdin: bool) -> None:
     ctx.echo(f"Signed up as {user.email}. Now run: video2mp3 login --email {user.email}")
 
 
-@command(main, help="Log in and keep the token for the other commands (password not echoed).")
+@command(main, help="Log in and keep the login for the other commands (password not echoed). "
+                    "It renews itself while you use it, until `video2mp3 logout`.")
 @click.option("--email", help="Your email address (asked if not given).")
 @password_stdin
 def login(ctx: Context, email: str | None, password_stdin: bool) -> None:
     email = _ask_email(email)
     password = _password(password_stdin, "Password")
     answer = ctx.session.auth.Login(auth_pb2.LoginRequest(email=email, password=password), timeout=30)
-    path = save_token(answer.access_token)
-    ctx.echo(f"Logged in as {email.strip().lower()} for {answer.expires_in // 60} minutes "
-             f"(token saved in {path}).")
+    path = save_token(answer.access_token, answer.refresh_token)
+    lasts = (f"; it renews itself while you use it (unused for {answer.refresh_token_expires_in // 86400} days, "
+             "it ends)" if answer.refresh_token else f" for {answer.expires_in // 60} minutes")
+    ctx.echo(f"Logged in as {email.strip().lower()} (saved in {path.parent}){lasts}.")
 
 
-@command(main, help="Forget the saved token.")
+@command(main, help="End the saved login: the server revokes its session, and the token is forgotten.")
 def logout(ctx: Context) -> None:
-    ctx.echo("Logged out." if forget_token() else "Was not logged in.")
+    refresh_token = saved_refresh_token()
+    ended = ""
+    if refresh_token:
+        try:
+            ctx.session.auth.RevokeSession(auth_pb2.RevokeSessionRequest(refresh_token=refresh_token), timeout=30)
+            ended = " The server has ended the session."
+        except grpc.RpcError as e:
+            ended = (f" The server could not be told ({describe(e, ctx.server)}); the session ends by itself "
+                     "once left unused.")
+    ctx.echo(f"Logged out.{ended}" if forget_token() else "Was not logged in.")
 
 
-@command(main, help="Show who the saved token belongs to.")
+@command(main, help="Show who the saved login (or the API key) belongs to.")
 def whoami(ctx: Context) -> None:
-    user = ctx.session.auth.GetMe(auth_pb2.GetMeRequest(), metadata=ctx.session.metadata, timeout=30)
-    exp = token_claims(load_token()).get("exp")
-    left = f"; login valid for {max(0, int(exp - time.time())) // 60} more minutes" if exp else ""
-    ctx.echo(f"{user.email} (user {user.id}){left}")
+    session = ctx.session
+    user = session.auth.GetMe(auth_pb2.GetMeRequest(), metadata=session.metadata, timeout=30)
+    if session.api_key:
+        ctx.echo(f"{user.email} (user {user.id}); using API key {session.api_key[:8]}…")
+        return
+    exp = token_claims(session.credential()).get("exp")
+    left = f"; access token valid for {max(0, int(exp - time.time())) // 60} more minutes" if exp else ""
+    renews = ", renewed automatically" if saved_refresh_token() else ""
+    ctx.echo(f"{user.email} (user {user.id}){left}{renews}")
 
 
 @command(main, help="Show the server's health; exit 1 when a dependency is down.")
@@ -207,7 +230,7 @@ def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitr
         options["vbr_quality"] = vbr
     if mono:
         options["channels"] = 1
-    load_token()  # not logged in: say so before anything starts
+    ctx.session.credential()  # not logged in: say so before anything starts
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
     items = [conv.Item(path, conv.mp3_destination(path, output_dir)) for path in dict.fromkeys(files)]
@@ -283,6 +306,82 @@ def delete(ctx: Context, job_id: str) -> None:
             raise CliError("deleting jobs is not supported by this server (it has no DeleteJob)") from None
         raise
     ctx.echo(f"Deleted job {job_id}.")
+
+
+# ------------------------------------------------------------------ API keys
+
+SCOPE_NAMES = {"read": auth_pb2.API_KEY_SCOPE_READ, "write": auth_pb2.API_KEY_SCOPE_WRITE}
+
+
+@main.group(help="API keys, for programs: a key works wherever a login does, until it is deleted. "
+                 "Managing them needs a login (`video2mp3 login`), not a key.")
+def keys() -> None:
+    pass
+
+
+@command(keys, name="create", help="Create an API key. The key goes to standard output, alone, and is "
+                                   "shown this once (KEY=$(video2mp3 keys create NAME)); the rest to stderr.")
+@click.argument("name")
+@click.option("--read-only", is_flag=True, help="Only see jobs and download MP3s (scope read).")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(sorted(SCOPE_NAMES)),
+              help="What the key may do (repeatable; default: read and write).")
+def keys_create(ctx: Context, name: str, read_only: bool, scopes: tuple[str, ...]) -> None:
+    chosen = {"read"} if read_only else set(scopes)
+    session = ctx.session
+    created = session.auth.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(
+            display_name=name, scopes=[SCOPE_NAMES[s] for s in sorted(chosen)])),
+        metadata=session.metadata, timeout=30)
+    click.echo(created.key)
+    click.echo(f"Created API key {created.api_key.id} ({name}; {_scopes_text(created.api_key)}). It is shown "
+               "only now: keep it like a password. Use it as `Authorization: Bearer KEY`, or "
+               "VIDEO2MP3_API_KEY=KEY for this command; `video2mp3 keys delete "
+               f"{created.api_key.id}` revokes it.", err=True)
+
+
+def _scopes_text(key: auth_pb2.ApiKey) -> str:
+    names = {auth_pb2.ApiKeyScope.Name(s).removeprefix("API_KEY_SCOPE_").lower() for s in key.scopes}
+    if names == {"read"}:
+        return "read-only"
+    if names == {"write"}:
+        return "write only"
+    return "read and write"
+
+
+@command(keys, name="list", help="List your API keys, newest first (never the keys themselves).")
+def keys_list(ctx: Context) -> None:
+    session = ctx.session
+    found, page = [], ""
+    while True:
+        answer = session.auth.ListApiKeys(auth_pb2.ListApiKeysRequest(page_size=100, page_token=page),
+                                          metadata=session.metadata, timeout=30)
+        found += answer.api_keys
+        page = answer.next_page_token
+        if not page:
+            break
+    rows = [(k.id, k.display_name, _scopes_text(k), f"{k.key_prefix}…",
+             _when(k.create_time.ToDatetime(dt.UTC)),
+             _when(k.last_used_time.ToDatetime(dt.UTC)) if k.HasField("last_used_time") else "never")
+            for k in found]
+    if ctx.plain:
+        for row in rows:
+            ctx.echo("\t".join(row))
+        return
+    if not rows:
+        ctx.echo("No API keys: `video2mp3 keys create NAME` makes one.")
+        return
+    table = Table("ID", "NAME", "SCOPES", "KEY", "CREATED", "LAST USED", box=None)
+    for row in rows:
+        table.add_row(*row)
+    ctx.console.print(table)
+
+
+@command(keys, name="delete", help="Delete (revoke) an API key: the server refuses it within seconds.")
+@click.argument("key_id", metavar="ID")
+def keys_delete(ctx: Context, key_id: str) -> None:
+    session = ctx.session
+    session.auth.DeleteApiKey(auth_pb2.DeleteApiKeyRequest(id=key_id), metadata=session.metadata, timeout=30)
+    ctx.echo(f"Deleted API key {key_id}.")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""What every command needs: where the server is, the saved token, the stubs,
-and one mapping from gRPC failures to a message and an exit code."""
+"""What every command needs: where the server is, the saved login (renewed
+silently) or an API key, the stubs, and one mapping from gRPC failures to a
+message and an exit code."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +18,13 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from video2mp3.auth.v1 import auth_pb2_grpc
+from video2mp3.auth.v1 import auth_pb2, auth_pb2_grpc
 from video2mp3.media.v1 import media_pb2_grpc
+
+try:  # one renewal at a time across processes sharing the config dir (not on Windows)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 DEFAULT_SERVER = "localhost:8000"  # Envoy's port: gRPC and REST on one listener
 # Exit codes (listed in `video2mp3 --help`); 2 is click's own for bad usage.
@@ -67,11 +76,20 @@ class Server:
         return cls(rest, tls, ca_file)
 
     def channel(self) -> grpc.Channel:
-        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        # The user agent names the CLI in the server's list of sessions.
+        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                   ("grpc.primary_user_agent", f"video2mp3-cli/{_version()}")]
         if not self.tls:
             return grpc.insecure_channel(self.target, options=options)
         roots = self.ca_file.read_bytes() if self.ca_file is not None else _system_roots()
         return grpc.secure_channel(self.target, grpc.ssl_channel_credentials(roots), options=options)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("video2mp3")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
 
 
 def _has_port(hostport: str) -> bool:
@@ -89,7 +107,15 @@ def _system_roots() -> bytes | None:
     return None
 
 
-# ------------------------------------------------------------------ the token
+# ------------------------------------------------------------------ the login
+
+# The login is two files in the config dir, each 0600: `token`, the access
+# token (short-lived, sent with every call), and `refresh_token`, which renews
+# it (RefreshSession) shortly before it expires: the login lasts as long as
+# the server's session does. Renewal rotates the refresh token, so processes
+# sharing the files take turns (a lock file): the second one finds the token
+# the first one got, instead of spending a refresh token twice (which the
+# server would take for theft and end the session).
 
 def config_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -100,23 +126,52 @@ def token_path() -> Path:
     return config_dir() / "token"
 
 
-def save_token(token: str) -> Path:
-    path = token_path()
+def refresh_token_path() -> Path:
+    return config_dir() / "refresh_token"
+
+
+def _write_private(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Created 0600, and made 0600 if it existed with looser bits.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         os.fchmod(f.fileno(), 0o600)
-        f.write(token + "\n")
+        f.write(text + "\n")
     return path
 
 
-def forget_token() -> bool:
+def _read(path: Path) -> str:
     try:
-        token_path().unlink()
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+
+
+def save_token(token: str, refresh_token: str = "") -> Path:
+    """Save a login: the access token and (when the server gave one) the refresh token."""
+    if refresh_token:  # first: a crash in between leaves a pair that still renews
+        _write_private(refresh_token_path(), refresh_token)
+    else:
+        forget(refresh_token_path())
+    return _write_private(token_path(), token)
+
+
+def forget(path: Path) -> bool:
+    try:
+        path.unlink()
         return True
     except FileNotFoundError:
         return False
+
+
+def forget_token() -> bool:
+    """Forget the saved login (both files). True if there was one."""
+    had_refresh = forget(refresh_token_path())
+    return forget(token_path()) or had_refresh
+
+
+def saved_refresh_token() -> str:
+    return _read(refresh_token_path())
 
 
 def token_claims(token: str) -> dict:
@@ -128,12 +183,19 @@ def token_claims(token: str) -> dict:
         return {}
 
 
+def needs_renewal(token: str, now: float | None = None) -> bool:
+    """Expired, or about to: within a quarter of its lifetime of its end, and a minute at most."""
+    claims = token_claims(token)
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not isinstance(exp, (int, float)):
+        return False  # not ours to judge: the server will say
+    lifetime = exp - iat if isinstance(iat, (int, float)) and exp > iat else 0
+    return exp - min(60.0, lifetime / 4) <= (time.time() if now is None else now)
+
+
 def load_token() -> str:
-    """The saved token; CliError(EXIT_AUTH) if there is none or it has expired."""
-    try:
-        token = token_path().read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        token = ""
+    """The saved access token; CliError(EXIT_AUTH) if there is none or it has expired."""
+    token = _read(token_path())
     if not token:
         raise not_logged_in("not logged in")
     exp = token_claims(token).get("exp")
@@ -142,21 +204,73 @@ def load_token() -> str:
     return token
 
 
+@contextlib.contextmanager
+def _renewal_lock():
+    if fcntl is None:
+        yield
+        return
+    config_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(config_dir() / ".renew.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # ------------------------------------------------------------------ the stubs
 
 class Session:
-    def __init__(self, server: Server):
+    """The stubs, and the credential every call carries: an API key if one is
+    given, else the saved login, renewed as it nears its end."""
+
+    def __init__(self, server: Server, api_key: str | None = None):
         self.server = server
         self.channel = server.channel()
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.media = media_pb2_grpc.MediaServiceStub(self.channel)
+        self.api_key = (api_key or "").strip() or None
         self._token: str | None = None
+        self._lock = threading.Lock()  # convert's threads renew once between them
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
-        if self._token is None:
-            self._token = load_token()
-        return [("authorization", f"Bearer {self._token}")]
+        return [("authorization", f"Bearer {self.credential()}")]
+
+    def credential(self) -> str:
+        """The API key, or an access token that is not about to expire; CliError(EXIT_AUTH) when
+        there is no login or it cannot be renewed."""
+        if self.api_key:
+            return self.api_key
+        with self._lock:
+            if self._token is None or needs_renewal(self._token):
+                self._token = self._current_token()
+            return self._token
+
+    def _current_token(self) -> str:
+        token = _read(token_path())
+        if token and not needs_renewal(token):
+            return token
+        if not saved_refresh_token():
+            return load_token()  # not logged in, or expired with nothing to renew it
+        with _renewal_lock():
+            token = _read(token_path())  # another process may have renewed it meanwhile
+            if token and not needs_renewal(token):
+                return token
+            return self._renew(saved_refresh_token())
+
+    def _renew(self, refresh_token: str) -> str:
+        try:
+            answer = self.auth.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=refresh_token),
+                                              timeout=30)
+        except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                                         grpc.StatusCode.INVALID_ARGUMENT):
+                forget_token()
+                raise not_logged_in(f"your login has ended ({e.details()})") from None
+            raise
+        save_token(answer.access_token, answer.refresh_token)
+        return answer.access_token
 
     def close(self) -> None:
         self.channel.close()
@@ -193,6 +307,8 @@ def describe(err: grpc.RpcError, server: Server) -> CliError:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         if reason == "BAD_CREDENTIALS":
             return CliError(f"{details}; try again", EXIT_AUTH)
+        if reason == "API_KEY_INVALID":  # logging in would not help: the key is the problem
+            return CliError(f"the server did not accept the API key ({details})", EXIT_AUTH)
         return not_logged_in(f"the server did not accept your login ({details})")
     if reason is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         where = ("https://" if server.tls else "") + server.target
