@@ -12,6 +12,11 @@
   const watchUrl = (id) => `/v1/jobs/${encodeURIComponent(id)}:watch`;
   const TOKEN_KEY = 'video2mp3.token';
   const EMAIL_KEY = 'video2mp3.email';
+  const REFRESH_KEY = 'video2mp3.refresh';
+  // Renew the access token this long before it expires (a quarter of its
+  // lifetime if that is shorter); retry this often while the server is away.
+  const RENEW_BEFORE_MS = 60 * 1000;
+  const RENEW_RETRY_MS = 5 * 1000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -23,12 +28,18 @@
     jobs: $('jobs'), jobsEmpty: $('jobs-empty'), more: $('more'), refresh: $('refresh'),
   };
 
-  // The token lives in sessionStorage only (gone when the tab closes) and is
-  // only ever sent in the Authorization header, never in a URL.
+  // The tokens live in sessionStorage only (gone when the tab closes). The
+  // access token is only ever sent in the Authorization header, never in a
+  // URL; the refresh token only to POST /v1/sessions:refresh (which renews
+  // both, before the access token expires or after a 401) and
+  // POST /v1/sessions:revoke (logout).
   const session = {
     token: sessionStorage.getItem(TOKEN_KEY) || '',
     email: sessionStorage.getItem(EMAIL_KEY) || '',
+    refreshToken: sessionStorage.getItem(REFRESH_KEY) || '',
   };
+  let renewTimer = 0;
+  let renewing = null; // the renewal in flight: every caller waits for the same one
   const rows = []; // every Row on screen, newest first
   let nextPageToken = '';
   let watchSupported = null; // unknown until the first watch request
@@ -127,7 +138,8 @@
 
   // ------------------------------------------------------------ the API
 
-  async function api(method, path, { body, signal, raw = false, authed = true } = {}) {
+  async function api(method, path, { body, signal, raw = false, authed = true, renewed = false } = {}) {
+    if (authed && !renewed) await renewIfDue();
     const headers = {};
     if (authed) headers.Authorization = `Bearer ${session.token}`;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -142,7 +154,13 @@
     }
     if (!res.ok) {
       const err = new ApiError(res.status, parseJson(await res.text().catch(() => '')));
-      if (authed && res.status === 401) sessionExpired();
+      if (authed && res.status === 401) {
+        // Once: the token may have expired (a sleeping laptop) or been refused.
+        const outcome = renewed ? 'ended' : await renewSession();
+        if (outcome === 'ok') return api(method, path, { body, signal, raw, authed, renewed: true });
+        if (outcome === 'unreachable') throw new ApiError(0, null);
+        sessionExpired();
+      }
       throw err;
     }
     if (raw) return res;
@@ -160,7 +178,8 @@
 
   // True if the stream carried the job to a final state; false to fall back
   // to polling (no WatchJob on this server, or the stream ended early).
-  async function watchJob(id, onJob, signal) {
+  async function watchJob(id, onJob, signal, renewed = false) {
+    if (!renewed) await renewIfDue();
     let res;
     try {
       res = await fetch(watchUrl(id), { headers: { Authorization: `Bearer ${session.token}` }, signal });
@@ -169,6 +188,9 @@
       return false;
     }
     if (res.status === 401) {
+      const outcome = renewed ? 'ended' : await renewSession();
+      if (outcome === 'ok') return watchJob(id, onJob, signal, true);
+      if (outcome === 'unreachable') return false; // polling will retry
       sessionExpired();
       throw new ApiError(401, null);
     }
@@ -278,7 +300,7 @@
 
     // -- upload
 
-    upload() {
+    upload(renewed = false) {
       const options = currentOptions();
       const params = new URLSearchParams({ filename: this.name, ...options });
       const xhr = new XMLHttpRequest();
@@ -309,8 +331,9 @@
           this.showJob(body);
           this.startFollowing();
         } else {
-          if (xhr.status === 401) sessionExpired();
-          else this.uploadFailed(new ApiError(xhr.status, body));
+          if (xhr.status === 401) {
+            retryAfterRenewal(renewed, () => this.upload(true), () => this.uploadFailed(new ApiError(0, null)));
+          } else this.uploadFailed(new ApiError(xhr.status, body));
         }
       });
       xhr.addEventListener('error', () => { this.xhr = null; this.uploadFailed(new ApiError(0, null)); });
@@ -572,16 +595,106 @@
     loadJobs();
   }
 
-  function setSession(token, email) {
+  function setSession(token, email, refreshToken = '') {
     session.token = token;
     session.email = email;
-    if (token) {
-      sessionStorage.setItem(TOKEN_KEY, token);
-      sessionStorage.setItem(EMAIL_KEY, email);
-    } else {
-      sessionStorage.removeItem(TOKEN_KEY);
-      sessionStorage.removeItem(EMAIL_KEY);
+    session.refreshToken = refreshToken;
+    const saved = { [TOKEN_KEY]: token, [EMAIL_KEY]: email, [REFRESH_KEY]: refreshToken };
+    for (const [key, value] of Object.entries(saved)) {
+      if (token && value) sessionStorage.setItem(key, value);
+      else sessionStorage.removeItem(key);
     }
+    scheduleRenewal();
+  }
+
+  // ------------------------------------------------------------ renewal
+
+  // The access token's iat and exp (seconds), read from its payload (only
+  // the server verifies it).
+  function tokenTimes(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const claims = JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, '=')));
+      return { iat: Number(claims.iat) || 0, exp: Number(claims.exp) || 0 };
+    } catch {
+      return { iat: 0, exp: 0 };
+    }
+  }
+
+  // When to renew: RENEW_BEFORE_MS before expiry, or a quarter of the lifetime before.
+  function renewAt() {
+    const { iat, exp } = tokenTimes(session.token);
+    if (!exp) return Infinity;
+    return exp * 1000 - Math.min(RENEW_BEFORE_MS, ((exp - iat) * 1000) / 4);
+  }
+
+  const tokenNeedsRenewal = () => Boolean(session.refreshToken) && Date.now() >= renewAt();
+
+  // Before a call: a token due for renewal is renewed first (the timer may
+  // not have run: a sleeping laptop). A session found over ends here.
+  async function renewIfDue() {
+    if (!tokenNeedsRenewal()) return;
+    if (await renewSession() === 'ended') {
+      sessionExpired();
+      throw new ApiError(401, null);
+    }
+  }
+
+  function scheduleRenewal(delay = null) {
+    clearTimeout(renewTimer);
+    renewTimer = 0;
+    if (!session.token || !session.refreshToken) return;
+    const wait = delay ?? Math.max(0, renewAt() - Date.now());
+    if (!Number.isFinite(wait)) return;
+    renewTimer = setTimeout(async () => {
+      const outcome = await renewSession();
+      if (outcome === 'ended') sessionExpired();
+      else if (outcome === 'unreachable') scheduleRenewal(RENEW_RETRY_MS);
+    }, Math.min(wait, 2 ** 31 - 1));
+  }
+
+  // Trade the refresh token for new tokens: 'ok', 'ended' (the session is
+  // over: log in again) or 'unreachable' (try again later). One at a time:
+  // a refresh token works once, so a second request would end the session.
+  function renewSession() {
+    if (!session.refreshToken) return Promise.resolve('ended');
+    if (!renewing) renewing = doRenew().finally(() => { renewing = null; });
+    return renewing;
+  }
+
+  async function doRenew() {
+    const sent = session.refreshToken;
+    let res;
+    try {
+      res = await fetch('/v1/sessions:refresh', {
+        method: 'POST', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ refresh_token: sent }),
+      });
+    } catch {
+      return 'unreachable';
+    }
+    const body = parseJson(await res.text().catch(() => ''));
+    if (session.refreshToken !== sent) return session.token ? 'ok' : 'ended'; // logged out meanwhile
+    if (res.ok && body?.access_token) {
+      setSession(body.access_token, session.email, body.refresh_token);
+      return 'ok';
+    }
+    if (res.status === 401 || res.status === 400) {
+      session.endedBecause = new ApiError(res.status, body).reason;
+      return 'ended';
+    }
+    return 'unreachable';
+  }
+
+  // After a 401: renew once and call `retry`; `unreachable` if the server
+  // cannot be asked; log out if the session is over.
+  function retryAfterRenewal(renewed, retry, unreachable) {
+    if (renewed) { sessionExpired(); return; }
+    renewSession().then((outcome) => {
+      if (outcome === 'ok') retry();
+      else if (outcome === 'unreachable') unreachable();
+      else sessionExpired();
+    });
   }
 
   function logout(message, kind = 'info') {
@@ -593,10 +706,41 @@
     ui.email.value = email;
   }
 
-  // Any 401 on an authenticated call: the token expired or was revoked.
+  // The Log out button: the server revokes the session (its refresh token
+  // and, within seconds, its access tokens), then the page forgets it.
+  async function endSession() {
+    const token = session.refreshToken;
+    let told = true;
+    if (token) {
+      const ctl = new AbortController();
+      const timer = setTimeout(() => ctl.abort(), 5000);
+      try {
+        const res = await fetch('/v1/sessions:revoke', {
+          method: 'POST', headers: { 'Content-Type': 'application/json' }, signal: ctl.signal, keepalive: true,
+          body: JSON.stringify({ refresh_token: token }),
+        });
+        told = res.ok;
+      } catch {
+        told = false;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    logout(told ? 'You have logged out.'
+      : 'You have logged out on this device. The server could not be reached to end the session; it ends by itself once unused.');
+  }
+
+  const ENDED_MESSAGES = {
+    REFRESH_TOKEN_REUSED: 'For your safety this session was ended: its renewal was used twice (a copied tab?). Please log in again.',
+    SESSION_REVOKED: 'This session was ended (logged out elsewhere). Please log in again.',
+  };
+
+  // A 401 that renewing did not cure: the session expired or was revoked.
   function sessionExpired() {
     if (!session.token) return;
-    logout('Your session has expired. Please log in again.', 'error');
+    const message = ENDED_MESSAGES[session.endedBecause] || 'Your session has expired. Please log in again.';
+    session.endedBecause = '';
+    logout(message, 'error');
     ui.password.focus();
   }
 
@@ -613,7 +757,7 @@
     try {
       if (create) await api('POST', '/v1/users', { body: { email, password }, authed: false });
       const res = await api('POST', '/v1/login', { body: { email, password }, authed: false });
-      setSession(res.access_token, email);
+      setSession(res.access_token, email, res.refresh_token || '');
       showNotice('');
       showApp();
     } catch (e) {
@@ -629,11 +773,13 @@
     setUpDropZone();
     ui.authForm.addEventListener('submit', (e) => { e.preventDefault(); signIn(false); });
     ui.signup.addEventListener('click', () => signIn(true));
-    ui.logout.addEventListener('click', () => logout('You have logged out.'));
+    ui.logout.addEventListener('click', () => endSession());
     ui.more.addEventListener('click', () => loadJobs(true));
     ui.refresh.addEventListener('click', () => loadJobs());
-    if (session.token) showApp();
-    else showAuth();
+    if (session.token) {
+      scheduleRenewal(); // a reloaded page renews at once if its token is due
+      showApp();
+    } else showAuth();
   }
 
   start();

@@ -390,8 +390,10 @@ def test_wrong_password_says_so(web, mesh):
 def test_an_expired_session_goes_back_to_login(web):
     p = web()
     p.sign_up()
-    # A token the server no longer accepts (as after expiry), then any authenticated call.
+    # A token the server no longer accepts (as after expiry), then any authenticated call;
+    # the session is over too, so renewing it fails (tests/e2e/test_web_sessions.py renews).
     p.page.evaluate("() => sessionStorage.setItem('video2mp3.token', 'expired.token.value')")
+    p.page.evaluate("() => sessionStorage.setItem('video2mp3.refresh', 'v2mrt_ended')")
     p.page.reload()
     p.page.wait_for_selector("#auth-view:not([hidden])")
     assert p.page.locator("#notice").text_content() == "Your session has expired. Please log in again."
