@@ -6,19 +6,24 @@ stored only as a hash, and gone with their user's account."""
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import subprocess
 import time
 
 import grpc
 import pymysql
 import pytest
 
+import testkit
 from localmesh.processes import wait_for
 from testkit.clients import GrpcClient, RestClient, unique_email
-from testkit.media import make_text_file
+from testkit.media import analyse_mp3, make_text_file
 from testkit.status import reason, rest_details
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.media.v1 import media_pb2
 
+ROOT = testkit.ROOT
 # gateway/config.py's API_KEY_CACHE_TTL_S default, which the session mesh runs with.
 KEY_CACHE_TTL_S = 2.0
 # What a refusal may take beyond the cache's lifetime here: the call to auth and a
@@ -306,3 +311,27 @@ def test_a_key_is_never_served_stale_while_auth_is_down(mesh_control):
     refused_within("a key going unconfirmed while auth is down", unavailable, KEY_CACHE_TTL_S + SLACK_S)
     # An access token's user, confirmed before, keeps working (USER_CACHE_STALE_S).
     assert rest.get("/v1/jobs").status_code == 200
+
+
+def test_the_readme_section_runs_as_written(mesh, tmp_path):
+    """README's "API keys and sessions" block, with bash, as test_readme.py runs the others."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## API keys and sessions\n(.*?)(?=^## )", text, re.M | re.S)
+    assert section, "README has no section '## API keys and sessions'"
+    script = "\n".join(re.findall(r"^```sh\n(.*?)^```", section.group(1), re.M | re.S))
+    assert "localhost:8000" in script
+    for name in (".venv", "testkit"):
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    r = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script.replace("localhost:8000", mesh.envoy_addr)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert '"email":"dan@example.com"' in lines[0]
+    assert analyse_mp3(tmp_path / "demo-key.mp3")[0] > 4.9     # the program's MP3
+    listed = next(line for line in lines if line.startswith('{"api_keys"'))
+    assert '"display_name":"nightly batch"' in listed
+    assert '"key":' not in listed
+    assert "{}" in lines                                      # the delete, the logout
+    assert '"reason":"API_KEY_INVALID"' in r.stdout           # the deleted key, 2 s later
+    assert '"current":true' in r.stdout                       # the session list
