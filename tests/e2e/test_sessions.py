@@ -194,6 +194,7 @@ def test_sessions_over_grpc(mesh):
     client = GrpcClient(mesh.envoy_addr)
     email = client.sign_up_and_login(password=PASSWORD)
     first = client.login
+    assert first is not None
     assert first.refresh_token.startswith("v2mrt_")
     second = client.auth.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=first.refresh_token), timeout=20)
     assert second.session_id == first.session_id
