@@ -248,30 +248,10 @@ class UserRepository:
         con = None
         try:
             con = self._pool.connection()
-            if transaction:
-                con.begin()
-            cur = con.cursor()
-            try:
+            with _statements(con, transaction) as cur:
                 yield cur
-                if transaction:
-                    con.commit()
-            except BaseException:
-                if transaction:
-                    _rollback(con)
-                raise
-            finally:
-                cur.close()
         except (pymysql.OperationalError, pymysql.InterfaceError, PooledDBError) as e:
-            code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
-            if code in _SCHEMA_GONE:
-                self._schema_gone(e)
-            elif code == 0 or code >= _CLIENT_ERRORS:
-                # The connection itself failed (not a statement): MySQL is unreachable.
-                if self._reachable.is_set():
-                    log.warning("%s: %s; failing calls until it answers again",
-                                self._where(), _describe(e))
-                self._reachable.clear()
-            raise DatabaseUnavailable(f"{self._where()}: {_describe(e)}") from e
+            raise self._unavailable(e) from e
         except pymysql.ProgrammingError as e:
             if e.args and e.args[0] in _SCHEMA_GONE:
                 self._schema_gone(e)
@@ -281,6 +261,19 @@ class UserRepository:
             if con is not None:
                 con.close()  # back to the pool
 
+    def _unavailable(self, e: Exception) -> DatabaseUnavailable:
+        """What a connection-level failure means: the schema is gone, or MySQL is unreachable."""
+        code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+        if code in _SCHEMA_GONE:
+            self._schema_gone(e)
+        elif code == 0 or code >= _CLIENT_ERRORS:
+            # The connection itself failed (not a statement): MySQL is unreachable.
+            if self._reachable.is_set():
+                log.warning("%s: %s; failing calls until it answers again",
+                            self._where(), _describe(e))
+            self._reachable.clear()
+        return DatabaseUnavailable(f"{self._where()}: {_describe(e)}")
+
     def _where(self) -> str:
         return f"MySQL at {self._cfg.host}:{self._cfg.port}"
 
@@ -288,6 +281,24 @@ class UserRepository:
         # Someone dropped the database or table: let the monitor recreate it.
         log.warning("users table missing (%s); will recreate it", _describe(e))
         self._schema_ready.clear()
+
+
+@contextmanager
+def _statements(con, transaction: bool):
+    """A cursor of `con`; in a transaction, committed at the end of the block, rolled back if it raises."""
+    if transaction:
+        con.begin()
+    cur = con.cursor()
+    try:
+        yield cur
+        if transaction:
+            con.commit()
+    except BaseException:
+        if transaction:
+            _rollback(con)
+        raise
+    finally:
+        cur.close()
 
 
 def _rollback(con) -> None:
