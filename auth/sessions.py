@@ -71,7 +71,7 @@ _ACTIVE = "revoked_at IS NULL AND expires_at > NOW(6)"
 
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
-    """How long sessions last (auth's settings)."""
+    """How long a login session (its refresh tokens) lasts: docs/authentication.md."""
     refresh_ttl_s: int = setting("REFRESH_TOKEN_TTL_SECONDS", 14 * 86400, minimum=1, help=(
         "a login session whose refresh token goes unused this long, seconds, expires (log in again)"))
     max_age_s: int = setting("SESSION_MAX_AGE_SECONDS", 30 * 86400, minimum=1, help=(

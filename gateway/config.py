@@ -20,7 +20,8 @@ class GatewayConfig:
         "at most how often a token with an unknown `kid` makes it refetch them, seconds"))
     # User existence: gateway/user_check.py.
     user_cache_ttl_s: float = setting("USER_CACHE_TTL_S", 30.0, minimum=0, help=(
-        "how long \"this user exists\" is trusted, seconds: a deleted user's tokens stop working within it"))
+        "how long \"this user and login session still hold\" is trusted, seconds: a deleted user's or an ended "
+        "session's access tokens stop working within it"))
     user_cache_stale_s: float = setting("USER_CACHE_STALE_S", 600.0, minimum=0, help=(
         "how long a confirmed user keeps working while auth is unreachable, seconds"))
     # API keys: gateway/api_keys.py. Never served past it, not even while auth is down.

@@ -52,6 +52,7 @@ TITLES = {
     "MysqlSettings": "MySQL",
     "Environment": "Deployment kind",
     "Limits": "Failed logins",
+    "SessionSettings": "Login sessions",
     "MediaEndpoint": "Where the Media service is",
     "GatewayConfig": "gateway (Media service)",
     "MongoSettings": "MongoDB",
