@@ -26,8 +26,8 @@ need no token (SignUp, Login, GetJwks, GetHealth, RefreshSession,
 RevokeSession), and what Envoy (its Lua filter, its edge rate limit) and the
 services add: the seed's text/plain /login and multipart /upload, the MP3's
 media type and Content-Disposition, the empty answers of the Delete RPCs,
-and the statuses the transcoder's table does not give (409/410 via x-http-status, 413, 429 with Retry-After,
-503 from /health). RPCs without a REST binding are listed in GRPC_ONLY; any
+and the statuses the transcoder's table does not give (409/410 via
+x-http-status, 413, 429 with Retry-After, 503 from /health). RPCs without a REST binding are listed in GRPC_ONLY; any
 other RPC without one, or an EXTRA entry naming no binding, is an error, so
 a new RPC cannot be left out unnoticed. Comments become descriptions.
 """

@@ -4,6 +4,7 @@ account's deletion taking its keys and sessions with it."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pymysql
 import pytest
@@ -18,7 +19,7 @@ from video2mp3.core.settings import MysqlSettings
 
 
 @pytest.fixture
-def users(mysql_db) -> UserRepository:
+def users(mysql_db) -> Iterator[UserRepository]:
     repo = tables.repository(MysqlSettings(
         host=mysql_db["MYSQL_HOST"], port=int(mysql_db["MYSQL_PORT"]), user=mysql_db["MYSQL_USER"],
         password=mysql_db["MYSQL_PASSWORD"], db=mysql_db["MYSQL_DB"]))
