@@ -11,6 +11,7 @@ works, whatever is left in the table. last_used_at is written at most once a
 minute per key (a busy program costs one UPDATE a minute, not one per call),
 so it is right to the minute.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,8 +67,15 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 def _key(row) -> ApiKey:
     key_id, user_id, name, scopes, prefix, created, last_used = row[:7]
-    return ApiKey(id=key_id, user_id=int(user_id), display_name=name, scopes=credentials.decode_scopes(scopes),
-                  key_prefix=prefix, created_at=_utc(created) or created, last_used_at=_utc(last_used))
+    return ApiKey(
+        id=key_id,
+        user_id=int(user_id),
+        display_name=name,
+        scopes=credentials.decode_scopes(scopes),
+        key_prefix=prefix,
+        created_at=_utc(created) or created,
+        last_used_at=_utc(last_used),
+    )
 
 
 class ApiKeys:
@@ -87,8 +95,15 @@ class ApiKeys:
             cur.execute(
                 "INSERT INTO api_keys (id, user_id, key_hash, key_prefix, display_name, scopes, created_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, NOW(6))",
-                (key_id, user_id, credentials.digest(secret), credentials.hint(secret), display_name,
-                 credentials.encode_scopes(scopes)))
+                (
+                    key_id,
+                    user_id,
+                    credentials.digest(secret),
+                    credentials.hint(secret),
+                    display_name,
+                    credentials.encode_scopes(scopes),
+                ),
+            )
             cur.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
             return _key(cur.fetchone()), secret
 
@@ -96,8 +111,10 @@ class ApiKeys:
         """Up to `size` keys after `cursor`, newest first."""
         where, args = paging.after_clause(cursor)
         with self._users.cursor() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE user_id = %s{where}"
-                        " ORDER BY created_at DESC, id DESC LIMIT %s", (user_id, *args, size))
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE user_id = %s{where} ORDER BY created_at DESC, id DESC LIMIT %s",
+                (user_id, *args, size),
+            )
             return [_key(row) for row in cur.fetchall()]
 
     def delete(self, user_id: int, key_id: str) -> bool:
@@ -116,7 +133,8 @@ class ApiKeys:
                 "SELECT k.id, k.user_id, k.display_name, k.scopes, k.key_prefix, k.created_at, k.last_used_at,"
                 " (k.last_used_at IS NULL OR k.last_used_at < NOW(6) - INTERVAL %s SECOND)"
                 " FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = %s",
-                (LAST_USED_GRANULARITY_S, credentials.digest(secret)))
+                (LAST_USED_GRANULARITY_S, credentials.digest(secret)),
+            )
             row = cur.fetchone()
             if row is None:
                 return None

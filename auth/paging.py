@@ -3,6 +3,7 @@
 A page token is the last item's (created_at, id), base64url: opaque to clients,
 stable while items come and go, one indexed range scan per page.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,8 +22,9 @@ def _invalid(field: str, message: str) -> InvalidArgument:
 
 def page_size(requested: int) -> int:
     if requested < 0:
-        raise _invalid("page_size", f"page_size must not be negative (0 means {DEFAULT_PAGE_SIZE}; "
-                                    f"at most {MAX_PAGE_SIZE})")
+        raise _invalid(
+            "page_size", f"page_size must not be negative (0 means {DEFAULT_PAGE_SIZE}; at most {MAX_PAGE_SIZE})"
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -40,8 +42,7 @@ def decode(token: str) -> Cursor | None:
         when, _, item_id = text.partition("|")
         created = dt.datetime.fromisoformat(when)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise _invalid("page_token", "page_token is not one this server gave out; "
-                                     "start again without it") from None
+        raise _invalid("page_token", "page_token is not one this server gave out; start again without it") from None
     if not item_id:
         raise _invalid("page_token", "page_token is not one this server gave out; start again without it")
     return created, item_id

@@ -36,9 +36,17 @@ def serve() -> None:
     users = tables.repository(cfg.mysql)
     limits = LoginLimits(users, cfg.login_limits)
     sessions = Sessions(users, cfg.sessions)
-    service = AuthService(users, Passwords(cfg.hash_concurrency), keys, cfg.token_ttl_seconds, limits,
-                          MediaData(cfg.media.addr), api_keys=ApiKeys(users), sessions=sessions,
-                          allow_signup=cfg.allow_signup)
+    service = AuthService(
+        users,
+        Passwords(cfg.hash_concurrency),
+        keys,
+        cfg.token_ttl_seconds,
+        limits,
+        MediaData(cfg.media.addr),
+        api_keys=ApiKeys(users),
+        sessions=sessions,
+        allow_signup=cfg.allow_signup,
+    )
     health = grpc_server.new_health()
     # Checks MySQL every few seconds: drives grpc.health.v1 (SERVING / NOT_SERVING)
     # and, until it first succeeds, keeps retrying the creation of the users table,

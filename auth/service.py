@@ -56,8 +56,9 @@ SESSION_REVOKED_MESSAGE = credentials.SESSION_REVOKED_MESSAGE
 SESSION_REQUIRED_MESSAGE = credentials.SESSION_REQUIRED_MESSAGE
 REFRESH_MESSAGES = {
     Refusal.INVALID: "this refresh token is not valid; log in again",
-    Refusal.REUSED: ("this refresh token was used already, so its session has been ended in case it was "
-                     "stolen; log in again"),
+    Refusal.REUSED: (
+        "this refresh token was used already, so its session has been ended in case it was stolen; log in again"
+    ),
     Refusal.REVOKED: SESSION_REVOKED_MESSAGE,
     Refusal.EXPIRED: "your session has expired; log in again",
 }
@@ -99,16 +100,25 @@ def _user_message(user: User) -> auth_pb2.User:
 
 def _api_key_message(key: ApiKey) -> auth_pb2.ApiKey:
     return auth_pb2.ApiKey(
-        id=key.id, display_name=key.display_name, key_prefix=key.key_prefix,
+        id=key.id,
+        display_name=key.display_name,
+        key_prefix=key.key_prefix,
         scopes=[auth_pb2.ApiKeyScope.Value(credentials.SCOPE_ENUM_NAMES[s]) for s in sorted(key.scopes)],
-        create_time=_timestamp(key.created_at), last_used_time=_timestamp(key.last_used_at))
+        create_time=_timestamp(key.created_at),
+        last_used_time=_timestamp(key.last_used_at),
+    )
 
 
 def _session_message(session: Session, current_id: str) -> auth_pb2.Session:
     return auth_pb2.Session(
-        id=session.id, create_time=_timestamp(session.created_at), refresh_time=_timestamp(session.refreshed_at),
-        expire_time=_timestamp(session.expires_at), user_agent=session.user_agent,
-        client_address=session.client_address, current=session.id == current_id)
+        id=session.id,
+        create_time=_timestamp(session.created_at),
+        refresh_time=_timestamp(session.refreshed_at),
+        expire_time=_timestamp(session.expires_at),
+        user_agent=session.user_agent,
+        client_address=session.client_address,
+        current=session.id == current_id,
+    )
 
 
 def _metadata_value(metadata, name: str) -> str:
@@ -119,24 +129,27 @@ def _display_name(text: str) -> str:
     name = text.strip()
     problem = ""
     if not name:
-        problem = "display_name is required: say what the key is for (e.g. \"backup script\")"
+        problem = 'display_name is required: say what the key is for (e.g. "backup script")'
     elif len(name) > MAX_DISPLAY_NAME:
         problem = f"display_name must be at most {MAX_DISPLAY_NAME} characters"
     elif any(unicodedata.category(c) == "Cc" for c in name):
         problem = "display_name must not contain control characters"
     if problem:
-        raise InvalidArgument(problem, reason=Reason.INVALID_DISPLAY_NAME,
-                              violations=[("api_key.display_name", problem)])
+        raise InvalidArgument(
+            problem, reason=Reason.INVALID_DISPLAY_NAME, violations=[("api_key.display_name", problem)]
+        )
     return name
 
 
 def _scopes(values) -> frozenset[str]:
     by_number = {auth_pb2.ApiKeyScope.Value(name): scope for scope, name in credentials.SCOPE_ENUM_NAMES.items()}
-    unknown = [auth_pb2.ApiKeyScope.Name(v) if v in auth_pb2.ApiKeyScope.values() else str(v)
-               for v in values if v not in by_number]
+    unknown = [
+        auth_pb2.ApiKeyScope.Name(v) if v in auth_pb2.ApiKeyScope.values() else str(v)
+        for v in values
+        if v not in by_number
+    ]
     if unknown:
-        message = ("scopes may hold API_KEY_SCOPE_READ and API_KEY_SCOPE_WRITE (none: both); "
-                   f"got {', '.join(unknown)}")
+        message = f"scopes may hold API_KEY_SCOPE_READ and API_KEY_SCOPE_WRITE (none: both); got {', '.join(unknown)}"
         raise InvalidArgument(message, reason=Reason.INVALID_SCOPE, violations=[("api_key.scopes", message)])
     return frozenset(by_number[v] for v in values)
 
@@ -151,6 +164,7 @@ def _required(field: str, value: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Credential:
     """The credential a call was made with, checked: whose it is and what it is."""
+
     user: User
     bearer: str  # as sent
     session_id: str = ""  # an access token's session
@@ -158,9 +172,18 @@ class Credential:
 
 
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, users: UserRepository, passwords: Passwords, keys: KeyRing,
-                 token_ttl_seconds: int, limits: LoginLimits, media: MediaData,
-                 api_keys: ApiKeys, sessions: Sessions, allow_signup: bool = True):
+    def __init__(
+        self,
+        users: UserRepository,
+        passwords: Passwords,
+        keys: KeyRing,
+        token_ttl_seconds: int,
+        limits: LoginLimits,
+        media: MediaData,
+        api_keys: ApiKeys,
+        sessions: Sessions,
+        allow_signup: bool = True,
+    ):
         self._users = users
         self._passwords = passwords
         self._keys = keys
@@ -269,19 +292,26 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             except DatabaseUnavailable as e:  # the login itself succeeded; retry next time
                 log.warning("could not store the rehashed password of user %d: %s", user.id, e)
         metadata = context.invocation_metadata()
-        renewal = self._sessions.start(user.id, user.email, user_agent=_metadata_value(metadata, "user-agent"),
-                                       client_address=address)
+        renewal = self._sessions.start(
+            user.id, user.email, user_agent=_metadata_value(metadata, "user-agent"), client_address=address
+        )
         return auth_pb2.LoginResponse(**self._tokens(renewal))
 
     def _tokens(self, renewal: Renewal) -> dict:
         """The fields LoginResponse and RefreshSessionResponse share."""
         key = self._keys.signing()
         session = renewal.session
-        token = tokens.issue(key.private_key, key.kid, str(session.user_id), renewal.email, self._ttl,
-                             session_id=session.id)
-        return dict(access_token=token, token_type="Bearer", expires_in=self._ttl,
-                    refresh_token=renewal.refresh_token, refresh_token_expires_in=renewal.expires_in(),
-                    session_id=session.id)
+        token = tokens.issue(
+            key.private_key, key.kid, str(session.user_id), renewal.email, self._ttl, session_id=session.id
+        )
+        return dict(
+            access_token=token,
+            token_type="Bearer",
+            expires_in=self._ttl,
+            refresh_token=renewal.refresh_token,
+            refresh_token_expires_in=renewal.expires_in(),
+            session_id=session.id,
+        )
 
     def GetMe(self, request, context):
         return _user_message(self._credential(context).user)
@@ -290,10 +320,13 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         cred = self._credential(context)
         if cred.api_key is not None:
             return auth_pb2.GetCredentialResponse(
-                kind=auth_pb2.CREDENTIAL_KIND_API_KEY, user=_user_message(cred.user),
-                api_key=_api_key_message(cred.api_key))
-        return auth_pb2.GetCredentialResponse(kind=auth_pb2.CREDENTIAL_KIND_ACCESS_TOKEN,
-                                              user=_user_message(cred.user), session_id=cred.session_id)
+                kind=auth_pb2.CREDENTIAL_KIND_API_KEY,
+                user=_user_message(cred.user),
+                api_key=_api_key_message(cred.api_key),
+            )
+        return auth_pb2.GetCredentialResponse(
+            kind=auth_pb2.CREDENTIAL_KIND_ACCESS_TOKEN, user=_user_message(cred.user), session_id=cred.session_id
+        )
 
     def DeleteMe(self, request, context):
         cred = self._session_credential(context, "deleting the account")
@@ -320,8 +353,10 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         try:
             key, secret = self._api_keys.create(cred.user.id, name, scopes)
         except TooManyKeys:
-            raise ResourceExhausted(f"you have {MAX_KEYS_PER_USER} API keys, the most allowed; delete one "
-                                    "you no longer use first", reason=Reason.TOO_MANY_API_KEYS) from None
+            raise ResourceExhausted(
+                f"you have {MAX_KEYS_PER_USER} API keys, the most allowed; delete one you no longer use first",
+                reason=Reason.TOO_MANY_API_KEYS,
+            ) from None
         log.info("user %d created API key %s (%s)", cred.user.id, key.id, credentials.describe_scopes(scopes))
         return auth_pb2.CreateApiKeyResponse(api_key=_api_key_message(key), key=secret)
 
@@ -336,8 +371,11 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     def DeleteApiKey(self, request, context):
         cred = self._session_credential(context, "deleting API keys")
         if not self._api_keys.delete(cred.user.id, request.id):
-            raise NotFound(f"API key {request.id!r} not found (deleted already, or not yours)",
-                           reason=Reason.API_KEY_NOT_FOUND, metadata={"id": request.id})
+            raise NotFound(
+                f"API key {request.id!r} not found (deleted already, or not yours)",
+                reason=Reason.API_KEY_NOT_FOUND,
+                metadata={"id": request.id},
+            )
         log.info("user %d deleted API key %s", cred.user.id, request.id)
         return auth_pb2.DeleteApiKeyResponse()
 
@@ -364,13 +402,17 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         found = self._sessions.list(cred.user.id, size + 1, cursor)
         page = found[:size]
         token = paging.encode(page[-1].created_at, page[-1].id) if len(found) > size else ""
-        return auth_pb2.ListSessionsResponse(sessions=[_session_message(s, cred.session_id) for s in page],
-                                             next_page_token=token)
+        return auth_pb2.ListSessionsResponse(
+            sessions=[_session_message(s, cred.session_id) for s in page], next_page_token=token
+        )
 
     def DeleteSession(self, request, context):
         cred = self._session_credential(context, "ending sessions")
         if not self._sessions.revoke(cred.user.id, request.id):
-            raise NotFound(f"session {request.id!r} not found (ended already, or not yours)",
-                           reason=Reason.SESSION_NOT_FOUND, metadata={"id": request.id})
+            raise NotFound(
+                f"session {request.id!r} not found (ended already, or not yours)",
+                reason=Reason.SESSION_NOT_FOUND,
+                metadata={"id": request.id},
+            )
         log.info("user %d ended session %s", cred.user.id, request.id)
         return auth_pb2.DeleteSessionResponse()

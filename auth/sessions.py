@@ -18,6 +18,7 @@ through auth every USER_CACHE_TTL_S. Ended sessions are kept RETAIN_ENDED_S
 A refresh is one transaction that locks the presented token's row: of two
 concurrent refreshes with the same token one wins and the other is a reuse.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,14 +73,24 @@ _ACTIVE = "revoked_at IS NULL AND expires_at > NOW(6)"
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
     """How long a login session (its refresh tokens) lasts: docs/authentication.md."""
-    refresh_ttl_s: int = setting("REFRESH_TOKEN_TTL_SECONDS", 14 * 86400, minimum=1, help=(
-        "a login session whose refresh token goes unused this long, seconds, expires (log in again)"))
-    max_age_s: int = setting("SESSION_MAX_AGE_SECONDS", 30 * 86400, minimum=1, help=(
-        "no login session lasts longer than this after its login, seconds, however often it is refreshed"))
+
+    refresh_ttl_s: int = setting(
+        "REFRESH_TOKEN_TTL_SECONDS",
+        14 * 86400,
+        minimum=1,
+        help=("a login session whose refresh token goes unused this long, seconds, expires (log in again)"),
+    )
+    max_age_s: int = setting(
+        "SESSION_MAX_AGE_SECONDS",
+        30 * 86400,
+        minimum=1,
+        help=("no login session lasts longer than this after its login, seconds, however often it is refreshed"),
+    )
 
 
 class Refusal(enum.StrEnum):
     """Why a refresh token is refused (each is a core.errors.Reason too)."""
+
     INVALID = "REFRESH_TOKEN_INVALID"
     REUSED = "REFRESH_TOKEN_REUSED"
     REVOKED = "SESSION_REVOKED"
@@ -106,6 +117,7 @@ class Session:
 @dataclasses.dataclass(frozen=True)
 class Renewal:
     """What a login or a refresh hands out."""
+
     session: Session
     refresh_token: str
     email: str
@@ -117,9 +129,15 @@ class Renewal:
 
 def _session(row) -> Session:
     sid, user_id, created, refreshed, expires, agent, address = row[:7]
-    return Session(id=sid, user_id=int(user_id), created_at=created.replace(tzinfo=dt.UTC),
-                   refreshed_at=refreshed.replace(tzinfo=dt.UTC), expires_at=expires.replace(tzinfo=dt.UTC),
-                   user_agent=agent, client_address=address)
+    return Session(
+        id=sid,
+        user_id=int(user_id),
+        created_at=created.replace(tzinfo=dt.UTC),
+        refreshed_at=refreshed.replace(tzinfo=dt.UTC),
+        expires_at=expires.replace(tzinfo=dt.UTC),
+        user_agent=agent,
+        client_address=address,
+    )
 
 
 class Sessions:
@@ -129,13 +147,17 @@ class Sessions:
 
     def _expiry(self, created: str) -> str:
         """SQL for a session's expiry after a refresh now; `created`: its creation time (SQL)."""
-        return (f"LEAST(NOW(6) + INTERVAL {int(self.settings.refresh_ttl_s)} SECOND, "
-                f"{created} + INTERVAL {int(self.settings.max_age_s)} SECOND)")
+        return (
+            f"LEAST(NOW(6) + INTERVAL {int(self.settings.refresh_ttl_s)} SECOND, "
+            f"{created} + INTERVAL {int(self.settings.max_age_s)} SECOND)"
+        )
 
     def _issue(self, cur, session_id: str, user_id: int) -> str:
         token = credentials.new_secret(credentials.REFRESH_TOKEN_PREFIX)
-        cur.execute("INSERT INTO refresh_tokens (token_hash, session_id, user_id, created_at)"
-                    " VALUES (%s, %s, %s, NOW(6))", (credentials.digest(token), session_id, user_id))
+        cur.execute(
+            "INSERT INTO refresh_tokens (token_hash, session_id, user_id, created_at) VALUES (%s, %s, %s, NOW(6))",
+            (credentials.digest(token), session_id, user_id),
+        )
         return token
 
     def start(self, user_id: int, email: str, user_agent: str = "", client_address: str = "") -> Renewal:
@@ -145,7 +167,8 @@ class Sessions:
             cur.execute(
                 "INSERT INTO sessions (id, user_id, created_at, refreshed_at, expires_at, user_agent,"
                 f" client_address) VALUES (%s, %s, NOW(6), NOW(6), {self._expiry('NOW(6)')}, %s, %s)",
-                (session_id, user_id, user_agent[:255], client_address[:64]))
+                (session_id, user_id, user_agent[:255], client_address[:64]),
+            )
             token = self._issue(cur, session_id, user_id)
             cur.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = %s", (session_id,))
             session = _session(cur.fetchone())
@@ -156,14 +179,19 @@ class Sessions:
     def _evict_beyond_limit(cur, user_id: int) -> None:
         """The oldest active sessions past MAX_SESSIONS_PER_USER end (a script that logs in every
         minute and never logs out must not grow the table without bound)."""
-        cur.execute(f"SELECT id FROM sessions WHERE user_id = %s AND {_ACTIVE}"
-                    " ORDER BY created_at DESC, id DESC LIMIT 1000 OFFSET %s", (user_id, MAX_SESSIONS_PER_USER))
+        cur.execute(
+            f"SELECT id FROM sessions WHERE user_id = %s AND {_ACTIVE}"
+            " ORDER BY created_at DESC, id DESC LIMIT 1000 OFFSET %s",
+            (user_id, MAX_SESSIONS_PER_USER),
+        )
         extra = [row[0] for row in cur.fetchall()]
         if extra:
-            cur.execute("UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'too_many_sessions'"
-                        f" WHERE id IN ({', '.join(['%s'] * len(extra))})", extra)
-            log.info("user %d: ended %d session(s) past the limit of %d", user_id, len(extra),
-                     MAX_SESSIONS_PER_USER)
+            cur.execute(
+                "UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'too_many_sessions'"
+                f" WHERE id IN ({', '.join(['%s'] * len(extra))})",
+                extra,
+            )
+            log.info("user %d: ended %d session(s) past the limit of %d", user_id, len(extra), MAX_SESSIONS_PER_USER)
 
     def refresh(self, refresh_token: str) -> Renewal:
         """Spend `refresh_token` for the next one. RefreshRefused says why not; a reused
@@ -183,7 +211,9 @@ class Sessions:
                 "SELECT rt.session_id, rt.user_id, rt.used_at IS NOT NULL, s.revoked_at IS NOT NULL,"
                 " s.expires_at <= NOW(6), u.email FROM refresh_tokens rt"
                 " JOIN sessions s ON s.id = rt.session_id JOIN users u ON u.id = rt.user_id"
-                " WHERE rt.token_hash = %s FOR UPDATE", (token_hash,))
+                " WHERE rt.token_hash = %s FOR UPDATE",
+                (token_hash,),
+            )
             row = cur.fetchone()
             if row is None:
                 return Refusal.INVALID
@@ -191,16 +221,23 @@ class Sessions:
             if revoked:
                 return Refusal.REVOKED
             if used:
-                cur.execute("UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'refresh_token_reused'"
-                            " WHERE id = %s", (session_id,))
-                log.warning("a used refresh token of session %s (user %s) was presented again: "
-                            "session revoked", session_id, user_id)
+                cur.execute(
+                    "UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'refresh_token_reused' WHERE id = %s",
+                    (session_id,),
+                )
+                log.warning(
+                    "a used refresh token of session %s (user %s) was presented again: session revoked",
+                    session_id,
+                    user_id,
+                )
                 return Refusal.REUSED
             if expired:
                 return Refusal.EXPIRED
             cur.execute("UPDATE refresh_tokens SET used_at = NOW(6) WHERE token_hash = %s", (token_hash,))
-            cur.execute(f"UPDATE sessions SET refreshed_at = NOW(6), expires_at = {self._expiry('created_at')}"
-                        " WHERE id = %s", (session_id,))
+            cur.execute(
+                f"UPDATE sessions SET refreshed_at = NOW(6), expires_at = {self._expiry('created_at')} WHERE id = %s",
+                (session_id,),
+            )
             token = self._issue(cur, session_id, int(user_id))
             cur.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = %s", (session_id,))
             return Renewal(_session(cur.fetchone()), token, email)
@@ -210,13 +247,17 @@ class Sessions:
         if not credentials.well_formed(refresh_token, credentials.REFRESH_TOKEN_PREFIX):
             return None
         with self._users.cursor() as cur:
-            cur.execute("SELECT session_id FROM refresh_tokens WHERE token_hash = %s",
-                        (credentials.digest(refresh_token),))
+            cur.execute(
+                "SELECT session_id FROM refresh_tokens WHERE token_hash = %s", (credentials.digest(refresh_token),)
+            )
             row = cur.fetchone()
             if row is None:
                 return None
-            cur.execute("UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'logout'"
-                        " WHERE id = %s AND revoked_at IS NULL", (row[0],))
+            cur.execute(
+                "UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'logout'"
+                " WHERE id = %s AND revoked_at IS NULL",
+                (row[0],),
+            )
         return row[0]
 
     def revoke(self, user_id: int, session_id: str) -> bool:
@@ -224,16 +265,21 @@ class Sessions:
         if not ID_RE.match(session_id):
             return False
         with self._users.cursor() as cur:
-            return cur.execute("UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'deleted'"
-                               f" WHERE id = %s AND user_id = %s AND {_ACTIVE}", (session_id, user_id)) > 0
+            return (
+                cur.execute(
+                    "UPDATE sessions SET revoked_at = NOW(6), revoked_reason = 'deleted'"
+                    f" WHERE id = %s AND user_id = %s AND {_ACTIVE}",
+                    (session_id, user_id),
+                )
+                > 0
+            )
 
     def is_revoked(self, user_id: int, session_id: str) -> bool:
         """Whether an access token of this session must be refused: the session was revoked
         (or pruned, or is not the user's). Expiry does not matter here: an access token lives
         its own, shorter, lifetime."""
         with self._users.cursor() as cur:
-            cur.execute("SELECT revoked_at IS NULL FROM sessions WHERE id = %s AND user_id = %s",
-                        (session_id, user_id))
+            cur.execute("SELECT revoked_at IS NULL FROM sessions WHERE id = %s AND user_id = %s", (session_id, user_id))
             row = cur.fetchone()
         return row is None or not row[0]
 
@@ -241,14 +287,19 @@ class Sessions:
         """Up to `size` active sessions after `cursor`, newest first."""
         where, args = paging.after_clause(cursor)
         with self._users.cursor() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM sessions WHERE user_id = %s AND {_ACTIVE}{where}"
-                        " ORDER BY created_at DESC, id DESC LIMIT %s", (user_id, *args, size))
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE user_id = %s AND {_ACTIVE}{where}"
+                " ORDER BY created_at DESC, id DESC LIMIT %s",
+                (user_id, *args, size),
+            )
             return [_session(row) for row in cur.fetchall()]
 
     def prune(self) -> None:
         """Forget sessions that ended more than RETAIN_ENDED_S ago, with their refresh tokens."""
-        ended = (f"(s.expires_at < NOW(6) - INTERVAL {RETAIN_ENDED_S} SECOND"
-                 f" OR s.revoked_at < NOW(6) - INTERVAL {RETAIN_ENDED_S} SECOND)")
+        ended = (
+            f"(s.expires_at < NOW(6) - INTERVAL {RETAIN_ENDED_S} SECOND"
+            f" OR s.revoked_at < NOW(6) - INTERVAL {RETAIN_ENDED_S} SECOND)"
+        )
         with self._users.cursor() as cur:
             cur.execute(f"DELETE rt FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE {ended}")
             cur.execute(f"DELETE s FROM sessions s WHERE {ended}")

@@ -1,5 +1,6 @@
 """Every MySQL table of the auth service, created with `users` by UserRepository.ensure_schema,
 and the ones whose rows go with their user when the account is deleted."""
+
 from __future__ import annotations
 
 from video2mp3.auth import api_keys, login_limits, sessions

@@ -67,8 +67,7 @@ class User:
 
 
 class UserRepository:
-    def __init__(self, cfg: MysqlSettings, extra_tables: tuple[str, ...] = (),
-                 owned_tables: tuple[str, ...] = ()):
+    def __init__(self, cfg: MysqlSettings, extra_tables: tuple[str, ...] = (), owned_tables: tuple[str, ...] = ()):
         """`extra_tables`: CREATE TABLE IF NOT EXISTS statements of other modules
         (auth/tables.py lists them), created with the users table. `owned_tables`:
         tables with a user_id column whose rows are deleted with their user
@@ -269,8 +268,7 @@ class UserRepository:
         elif code == 0 or code >= _CLIENT_ERRORS:
             # The connection itself failed (not a statement): MySQL is unreachable.
             if self._reachable.is_set():
-                log.warning("%s: %s; failing calls until it answers again",
-                            self._where(), _describe(e))
+                log.warning("%s: %s; failing calls until it answers again", self._where(), _describe(e))
             self._reachable.clear()
         return DatabaseUnavailable(f"{self._where()}: {_describe(e)}")
 

@@ -115,9 +115,12 @@ def fail(ctx: Context, err: CliError):
 @click.option("--tls", is_flag=True, help="Use TLS with the system's certificate authorities.")
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use TLS trusting this CA certificate (PEM).")
-@click.option("--api-key", envvar="VIDEO2MP3_API_KEY", metavar="KEY",
-              help="Use this API key instead of the saved login (env VIDEO2MP3_API_KEY, which keeps it "
-                   "out of the process list).")
+@click.option(
+    "--api-key",
+    envvar="VIDEO2MP3_API_KEY",
+    metavar="KEY",
+    help="Use this API key instead of the saved login (env VIDEO2MP3_API_KEY, which keeps it out of the process list).",
+)
 @click.version_option(package_name="video2mp3")
 @click.pass_context
 def main(click_ctx: click.Context, server: str, tls: bool, ca: Path | None, api_key: str | None) -> None:
@@ -153,8 +156,11 @@ def signup(ctx: Context, email: str | None, password_stdin: bool) -> None:
     ctx.echo(f"Signed up as {user.email}. Now run: video2mp3 login --email {user.email}")
 
 
-@command(main, help="Log in and keep the login for the other commands (password not echoed). "
-                    "It renews itself while you use it, until `video2mp3 logout`.")
+@command(
+    main,
+    help="Log in and keep the login for the other commands (password not echoed). "
+    "It renews itself while you use it, until `video2mp3 logout`.",
+)
 @click.option("--email", help="Your email address (asked if not given).")
 @password_stdin
 def login(ctx: Context, email: str | None, password_stdin: bool) -> None:
@@ -162,8 +168,11 @@ def login(ctx: Context, email: str | None, password_stdin: bool) -> None:
     password = _password(password_stdin, "Password")
     answer = ctx.session.auth.Login(auth_pb2.LoginRequest(email=email, password=password), timeout=30)
     path = save_token(answer.access_token, answer.refresh_token)
-    lasts = (f"; it renews itself while you use it (unused for {answer.refresh_token_expires_in // 86400} days, "
-             "it ends)" if answer.refresh_token else f" for {answer.expires_in // 60} minutes")
+    lasts = (
+        f"; it renews itself while you use it (unused for {answer.refresh_token_expires_in // 86400} days, it ends)"
+        if answer.refresh_token
+        else f" for {answer.expires_in // 60} minutes"
+    )
     ctx.echo(f"Logged in as {email.strip().lower()} (saved in {path.parent}){lasts}.")
 
 
@@ -176,8 +185,10 @@ def logout(ctx: Context) -> None:
             ctx.session.auth.RevokeSession(auth_pb2.RevokeSessionRequest(refresh_token=refresh_token), timeout=30)
             ended = " The server has ended the session."
         except grpc.RpcError as e:
-            ended = (f" The server could not be told ({describe(e, ctx.server)}); the session ends by itself "
-                     "once left unused.")
+            ended = (
+                f" The server could not be told ({describe(e, ctx.server)}); the session ends by itself "
+                "once left unused."
+            )
     ctx.echo(f"Logged out.{ended}" if forget_token() else "Was not logged in.")
 
 
@@ -313,30 +324,47 @@ def delete(ctx: Context, job_id: str) -> None:
 SCOPE_NAMES = {"read": auth_pb2.API_KEY_SCOPE_READ, "write": auth_pb2.API_KEY_SCOPE_WRITE}
 
 
-@main.group(help="API keys, for programs: a key works wherever a login does, until it is deleted. "
-                 "Managing them needs a login (`video2mp3 login`), not a key.")
+@main.group(
+    help="API keys, for programs: a key works wherever a login does, until it is deleted. "
+    "Managing them needs a login (`video2mp3 login`), not a key."
+)
 def keys() -> None:
     pass
 
 
-@command(keys, name="create", help="Create an API key. The key goes to standard output, alone, and is "
-                                   "shown this once (KEY=$(video2mp3 keys create NAME)); the rest to stderr.")
+@command(
+    keys,
+    name="create",
+    help="Create an API key. The key goes to standard output, alone, and is "
+    "shown this once (KEY=$(video2mp3 keys create NAME)); the rest to stderr.",
+)
 @click.argument("name")
 @click.option("--read-only", is_flag=True, help="Only see jobs and download MP3s (scope read).")
-@click.option("--scope", "scopes", multiple=True, type=click.Choice(sorted(SCOPE_NAMES)),
-              help="What the key may do (repeatable; default: read and write).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(sorted(SCOPE_NAMES)),
+    help="What the key may do (repeatable; default: read and write).",
+)
 def keys_create(ctx: Context, name: str, read_only: bool, scopes: tuple[str, ...]) -> None:
     chosen = {"read"} if read_only else set(scopes)
     session = ctx.session
     created = session.auth.CreateApiKey(
-        auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(
-            display_name=name, scopes=[SCOPE_NAMES[s] for s in sorted(chosen)])),
-        metadata=session.metadata, timeout=30)
+        auth_pb2.CreateApiKeyRequest(
+            api_key=auth_pb2.ApiKey(display_name=name, scopes=[SCOPE_NAMES[s] for s in sorted(chosen)])
+        ),
+        metadata=session.metadata,
+        timeout=30,
+    )
     click.echo(created.key)
-    click.echo(f"Created API key {created.api_key.id} ({name}; {_scopes_text(created.api_key)}). It is shown "
-               "only now: keep it like a password. Use it as `Authorization: Bearer KEY`, or "
-               "VIDEO2MP3_API_KEY=KEY for this command; `video2mp3 keys delete "
-               f"{created.api_key.id}` revokes it.", err=True)
+    click.echo(
+        f"Created API key {created.api_key.id} ({name}; {_scopes_text(created.api_key)}). It is shown "
+        "only now: keep it like a password. Use it as `Authorization: Bearer KEY`, or "
+        "VIDEO2MP3_API_KEY=KEY for this command; `video2mp3 keys delete "
+        f"{created.api_key.id}` revokes it.",
+        err=True,
+    )
 
 
 def _scopes_text(key: auth_pb2.ApiKey) -> str:
@@ -353,16 +381,24 @@ def keys_list(ctx: Context) -> None:
     session = ctx.session
     found, page = [], ""
     while True:
-        answer = session.auth.ListApiKeys(auth_pb2.ListApiKeysRequest(page_size=100, page_token=page),
-                                          metadata=session.metadata, timeout=30)
+        answer = session.auth.ListApiKeys(
+            auth_pb2.ListApiKeysRequest(page_size=100, page_token=page), metadata=session.metadata, timeout=30
+        )
         found += answer.api_keys
         page = answer.next_page_token
         if not page:
             break
-    rows = [(k.id, k.display_name, _scopes_text(k), f"{k.key_prefix}…",
-             _when(k.create_time.ToDatetime(dt.UTC)),
-             _when(k.last_used_time.ToDatetime(dt.UTC)) if k.HasField("last_used_time") else "never")
-            for k in found]
+    rows = [
+        (
+            k.id,
+            k.display_name,
+            _scopes_text(k),
+            f"{k.key_prefix}…",
+            _when(k.create_time.ToDatetime(dt.UTC)),
+            _when(k.last_used_time.ToDatetime(dt.UTC)) if k.HasField("last_used_time") else "never",
+        )
+        for k in found
+    ]
     if ctx.plain:
         for row in rows:
             ctx.echo("\t".join(row))

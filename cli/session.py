@@ -1,6 +1,7 @@
 """What every command needs: where the server is, the saved login (renewed
 silently) or an API key, the stubs, and one mapping from gRPC failures to a
 message and an exit code."""
+
 from __future__ import annotations
 
 import base64
@@ -77,8 +78,10 @@ class Server:
 
     def channel(self) -> grpc.Channel:
         # The user agent names the CLI in the server's list of sessions.
-        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                   ("grpc.primary_user_agent", f"video2mp3-cli/{_version()}")]
+        options = [
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.primary_user_agent", f"video2mp3-cli/{_version()}"),
+        ]
         if not self.tls:
             return grpc.insecure_channel(self.target, options=options)
         roots = self.ca_file.read_bytes() if self.ca_file is not None else _system_roots()
@@ -116,6 +119,7 @@ def _system_roots() -> bytes | None:
 # sharing the files take turns (a lock file): the second one finds the token
 # the first one got, instead of spending a refresh token twice (which the
 # server would take for theft and end the session).
+
 
 def config_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -261,11 +265,12 @@ class Session:
 
     def _renew(self, refresh_token: str) -> str:
         try:
-            answer = self.auth.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=refresh_token),
-                                              timeout=30)
+            answer = self.auth.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=refresh_token), timeout=30)
         except grpc.RpcError as e:
-            if isinstance(e, grpc.Call) and e.code() in (grpc.StatusCode.UNAUTHENTICATED,
-                                                         grpc.StatusCode.INVALID_ARGUMENT):
+            if isinstance(e, grpc.Call) and e.code() in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
                 forget_token()
                 raise not_logged_in(f"your login has ended ({e.details()})") from None
             raise

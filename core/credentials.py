@@ -17,6 +17,7 @@ account's (an access token only: no API key may empty the account), every
 other RPC, uploads and deletes and whatever is added later, needs WRITE. A
 key with no scopes has both.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,11 +39,13 @@ _READ_VERBS = ("Get", "List", "Watch", "Download")
 _ACCOUNT_METHODS = {"DeleteMyData"}
 
 # Refusals said the same way by auth and the gateway (reasons in core/errors.py).
-API_KEY_INVALID_MESSAGE = ("this API key is not valid (deleted, or mistyped); "
-                           "check it, or create a new one (POST /v1/apiKeys)")
+API_KEY_INVALID_MESSAGE = (
+    "this API key is not valid (deleted, or mistyped); check it, or create a new one (POST /v1/apiKeys)"
+)
 SESSION_REVOKED_MESSAGE = "your session has ended (logged out, or revoked); log in again"
-SESSION_REQUIRED_MESSAGE = ("{what} needs a login session, not an API key: log in (POST /v1/login) "
-                            "and use its access token")
+SESSION_REQUIRED_MESSAGE = (
+    "{what} needs a login session, not an API key: log in (POST /v1/login) and use its access token"
+)
 
 
 def new_secret(prefix: str) -> str:
@@ -61,12 +64,12 @@ def is_api_key(credential: str) -> bool:
 
 def well_formed(secret: str, prefix: str) -> bool:
     """Prefix and 43 base64url characters: anything else is refused without a lookup."""
-    return secret.startswith(prefix) and bool(_BODY.match(secret[len(prefix):]))
+    return secret.startswith(prefix) and bool(_BODY.match(secret[len(prefix) :]))
 
 
 def hint(secret: str) -> str:
     """The first characters, to tell keys apart in a list (`v2m_AbCd`)."""
-    return secret[:len(API_KEY_PREFIX) + HINT_CHARS]
+    return secret[: len(API_KEY_PREFIX) + HINT_CHARS]
 
 
 def needed_permission(method_name: str) -> str:

@@ -130,8 +130,13 @@ class MysqlSettings:
     port: int = setting("MYSQL_PORT", 3306, minimum=1, help="MySQL server's port")
     user: str = setting("MYSQL_USER", "root", help="MySQL account")
     password: str = setting("MYSQL_PASSWORD", "", allow_empty=True, secret=True, help="that account's password")
-    db: str = setting("MYSQL_DB", "video2mp3", help=(
-        "database, created if absent (tables `users`, `login_failures`, `api_keys`, `sessions`, `refresh_tokens`)"))
+    db: str = setting(
+        "MYSQL_DB",
+        "video2mp3",
+        help=(
+            "database, created if absent (tables `users`, `login_failures`, `api_keys`, `sessions`, `refresh_tokens`)"
+        ),
+    )
     # Bounded so that an unreachable or hung MySQL fails an RPC in seconds.
     connect_timeout: float = setting("MYSQL_CONNECT_TIMEOUT", 3.0, minimum=0.1, help=(
         "seconds before an unreachable MySQL fails the RPC (UNAVAILABLE)"))

@@ -44,6 +44,7 @@ class InvalidToken(Exception):
 @dataclasses.dataclass(frozen=True)
 class Caller:
     """Who makes a call. Equal when the user is: the rest says with what credential."""
+
     user_id: str
     email: str
     # An access token's login session ("" for a token made without one).
@@ -57,8 +58,15 @@ class Caller:
         return bool(self.api_key_id)
 
 
-def issue(private_key: Ed25519PrivateKey, kid: str, user_id: str, email: str, ttl_seconds: int,
-          now: float | None = None, session_id: str = "") -> str:
+def issue(
+    private_key: Ed25519PrivateKey,
+    kid: str,
+    user_id: str,
+    email: str,
+    ttl_seconds: int,
+    now: float | None = None,
+    session_id: str = "",
+) -> str:
     iat = int(now if now is not None else time.time())
     claims: dict[str, str | int] = {
         "sub": str(user_id),

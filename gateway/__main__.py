@@ -77,12 +77,15 @@ def main() -> None:
     service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
-        cfg.port, max_workers=cfg.max_workers, health_servicer=health,
+        cfg.port,
+        max_workers=cfg.max_workers,
+        health_servicer=health,
         interceptors=[AuthInterceptor(Authenticator(keys, users, api_keys))],
         # Envoy sends every reflection request to the gateway; offering
         # AuthService's descriptors too lets `grpcurl` through Envoy's single
         # port describe and call both services without .proto files.
-        also_reflect=[AUTH_SERVICE_NAME])
+        also_reflect=[AUTH_SERVICE_NAME],
+    )
     monitor.start()
     # Auth may not be up yet: an unknown kid fetches on demand anyway.
     if not keys.refresh():

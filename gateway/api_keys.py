@@ -15,6 +15,7 @@ valid) by the key's SHA-256 for ttl_s. So:
     it was issued; a key proves nothing by itself);
   * a malformed key is refused without asking anyone.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,11 @@ Answer = tokens.Caller | str
 
 
 def _scopes(api_key: auth_pb2.ApiKey) -> frozenset[str]:
-    return frozenset(scope for scope, name in credentials.SCOPE_ENUM_NAMES.items()
-                     if auth_pb2.ApiKeyScope.Value(name) in api_key.scopes)
+    return frozenset(
+        scope
+        for scope, name in credentials.SCOPE_ENUM_NAMES.items()
+        if auth_pb2.ApiKeyScope.Value(name) in api_key.scopes
+    )
 
 
 def grpc_get_credential(channel: grpc.Channel) -> Callable[[str], Answer]:
@@ -49,18 +53,24 @@ def grpc_get_credential(channel: grpc.Channel) -> Callable[[str], Answer]:
 
     def get(key: str) -> Answer:
         try:
-            found = stub.GetCredential(auth_pb2.GetCredentialRequest(),
-                                       metadata=[("authorization", f"Bearer {key}")],
-                                       timeout=GET_CREDENTIAL_TIMEOUT_S)
+            found = stub.GetCredential(
+                auth_pb2.GetCredentialRequest(),
+                metadata=[("authorization", f"Bearer {key}")],
+                timeout=GET_CREDENTIAL_TIMEOUT_S,
+            )
         except grpc.RpcError as e:
-            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                            grpc.StatusCode.NOT_FOUND):
+            if e.code() in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.NOT_FOUND,
+            ):
                 return error_reason(e) or Reason.API_KEY_INVALID
             raise AuthUnreachable(f"{e.code().name}: {e.details()}") from None
         if found.kind != auth_pb2.CREDENTIAL_KIND_API_KEY or not found.api_key.id:
             return Reason.API_KEY_INVALID
-        return tokens.Caller(user_id=found.user.id, email=found.user.email, api_key_id=found.api_key.id,
-                             scopes=_scopes(found.api_key))
+        return tokens.Caller(
+            user_id=found.user.id, email=found.user.email, api_key_id=found.api_key.id, scopes=_scopes(found.api_key)
+        )
 
     return get
 
@@ -93,6 +103,9 @@ class ApiKeyCheck:
 
     def forget(self, user_id: str) -> None:
         with self._lock:
-            for digest in [d for d, (answer, _) in self._seen.items()
-                           if isinstance(answer, tokens.Caller) and answer.user_id == user_id]:
+            for digest in [
+                d
+                for d, (answer, _) in self._seen.items()
+                if isinstance(answer, tokens.Caller) and answer.user_id == user_id
+            ]:
                 del self._seen[digest]

@@ -37,10 +37,14 @@ MEDIA_SERVICE = "/video2mp3.media.v1.MediaService/"
 PUBLIC_METHODS = {MEDIA_SERVICE + "GetHealth"}
 AUTH_UNAVAILABLE_MESSAGE = "cannot confirm your account right now; try again shortly"
 # What each permission covers, in words, for the refusal's message.
-PERMISSION_WORDS = {credentials.READ: "seeing jobs and downloading MP3s",
-                    credentials.WRITE: "uploading videos and deleting jobs"}
-MESSAGES: dict[str, str] = {Reason.SESSION_REVOKED: credentials.SESSION_REVOKED_MESSAGE,
-                            Reason.API_KEY_INVALID: credentials.API_KEY_INVALID_MESSAGE}
+PERMISSION_WORDS = {
+    credentials.READ: "seeing jobs and downloading MP3s",
+    credentials.WRITE: "uploading videos and deleting jobs",
+}
+MESSAGES: dict[str, str] = {
+    Reason.SESSION_REVOKED: credentials.SESSION_REVOKED_MESSAGE,
+    Reason.API_KEY_INVALID: credentials.API_KEY_INVALID_MESSAGE,
+}
 
 
 def _unavailable(e: AuthUnreachable, what: str) -> Unavailable:
@@ -105,14 +109,19 @@ class Authenticator:
             return
         name = method_name.rsplit("/", 1)[-1]
         if needed == credentials.ACCOUNT:
-            raise PermissionDenied(credentials.SESSION_REQUIRED_MESSAGE.format(what=name),
-                                   reason=Reason.SESSION_REQUIRED)
+            raise PermissionDenied(
+                credentials.SESSION_REQUIRED_MESSAGE.format(what=name), reason=Reason.SESSION_REQUIRED
+            )
         raise PermissionDenied(
             f"this API key is {credentials.describe_scopes(caller.scopes)}: {PERMISSION_WORDS[needed]} "
             f"({name}) needs a key with the {needed} scope; create one with POST /v1/apiKeys",
             reason=Reason.API_KEY_SCOPE_INSUFFICIENT,
-            metadata={"needed_scope": needed, "key_scopes": credentials.encode_scopes(caller.scopes),
-                      "api_key_id": caller.api_key_id})
+            metadata={
+                "needed_scope": needed,
+                "key_scopes": credentials.encode_scopes(caller.scopes),
+                "api_key_id": caller.api_key_id,
+            },
+        )
 
 
 class AuthInterceptor(ServerInterceptor):

@@ -19,15 +19,27 @@ class GatewayConfig:
     jwks_min_refetch_s: float = setting("JWKS_MIN_REFETCH_S", 10.0, minimum=0, help=(
         "at most how often a token with an unknown `kid` makes it refetch them, seconds"))
     # User existence: gateway/user_check.py.
-    user_cache_ttl_s: float = setting("USER_CACHE_TTL_S", 30.0, minimum=0, help=(
-        "how long \"this user and login session still hold\" is trusted, seconds: a deleted user's or an ended "
-        "session's access tokens stop working within it"))
+    user_cache_ttl_s: float = setting(
+        "USER_CACHE_TTL_S",
+        30.0,
+        minimum=0,
+        help=(
+            'how long "this user and login session still hold" is trusted, seconds: a deleted user\'s or an ended '
+            "session's access tokens stop working within it"
+        ),
+    )
     user_cache_stale_s: float = setting("USER_CACHE_STALE_S", 600.0, minimum=0, help=(
         "how long a confirmed user keeps working while auth is unreachable, seconds"))
     # API keys: gateway/api_keys.py. Never served past it, not even while auth is down.
-    api_key_cache_ttl_s: float = setting("API_KEY_CACHE_TTL_S", 2.0, minimum=0, help=(
-        "how long auth's answer about an API key is trusted, seconds: a deleted key stops working within it; "
-        "`0`: ask auth on every call"))
+    api_key_cache_ttl_s: float = setting(
+        "API_KEY_CACHE_TTL_S",
+        2.0,
+        minimum=0,
+        help=(
+            "how long auth's answer about an API key is trusted, seconds: a deleted key stops working within it; "
+            "`0`: ask auth on every call"
+        ),
+    )
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 2 * 1024**3, help=(
         "larger uploads are refused as soon as they cross it: RESOURCE_EXHAUSTED, 413 over REST (2 GiB by "
         "default)"))

@@ -95,8 +95,7 @@ class UserCheck:
             refusal = _refusal(self._get_me(user_id, token))
         except AuthUnreachable as e:
             if entry is not None and (entry[0] is not None or now - entry[1] < self.stale_s):
-                log.warning("auth unreachable (%s); using user %s's state from %.0f s ago",
-                            e, user_id, now - entry[1])
+                log.warning("auth unreachable (%s); using user %s's state from %.0f s ago", e, user_id, now - entry[1])
                 return entry[0]
             raise
         with self._lock:

@@ -44,10 +44,15 @@ from google.protobuf import descriptor_pb2
 
 SERVICES = ["video2mp3.auth.v1.AuthService", "video2mp3.media.v1.MediaService"]
 TITLE = "video2mp3 REST API"
-PUBLIC = {"video2mp3.auth.v1.AuthService.SignUp", "video2mp3.auth.v1.AuthService.Login",
-          "video2mp3.auth.v1.AuthService.GetJwks", "video2mp3.media.v1.MediaService.GetHealth",
-          # The refresh token in the body is the credential (RFC 6749 §6, RFC 7009).
-          "video2mp3.auth.v1.AuthService.RefreshSession", "video2mp3.auth.v1.AuthService.RevokeSession"}
+PUBLIC = {
+    "video2mp3.auth.v1.AuthService.SignUp",
+    "video2mp3.auth.v1.AuthService.Login",
+    "video2mp3.auth.v1.AuthService.GetJwks",
+    "video2mp3.media.v1.MediaService.GetHealth",
+    # The refresh token in the body is the credential (RFC 6749 §6, RFC 7009).
+    "video2mp3.auth.v1.AuthService.RefreshSession",
+    "video2mp3.auth.v1.AuthService.RevokeSession",
+}
 # RPCs with no google.api.http binding, on purpose.
 GRPC_ONLY = {"video2mp3.media.v1.MediaService.DeleteMyData"}
 JSON = "application/json"
@@ -81,28 +86,41 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
     ("video2mp3.auth.v1.AuthService.GetJwks", "*"): {
         "summary": "The JSON Web Key Set (RFC 7517) that verifies access tokens; needs no token.",
     },
-    ("video2mp3.media.v1.MediaService.UploadVideo", "*"): {"statuses": {
-        "413": "upload too large",
-        "429": "too many uploads in progress; RetryInfo says when to retry"}},
+    ("video2mp3.media.v1.MediaService.UploadVideo", "*"): {
+        "statuses": {"413": "upload too large", "429": "too many uploads in progress; RetryInfo says when to retry"}
+    },
     ("video2mp3.media.v1.MediaService.UploadVideo", "/upload"): {
         "summary": "The Flask seed's upload: a multipart/form-data body whose `file` part is the video.",
-        "request_content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary"}}}}},
+        "request_content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
     },
-    ("video2mp3.media.v1.MediaService.WatchJob", "*"): {"statuses": {
-        "429": "too many watchers on this gateway; RetryInfo says when to retry"}},
+    ("video2mp3.media.v1.MediaService.WatchJob", "*"): {
+        "statuses": {"429": "too many watchers on this gateway; RetryInfo says when to retry"}
+    },
     ("video2mp3.media.v1.MediaService.DeleteJob", "*"): {"ok_content": EMPTY},
     ("video2mp3.media.v1.MediaService.DownloadMp3", "*"): {
         "ok_media_type": "audio/mpeg",
-        "ok_headers": {"Content-Disposition": {
-            "description": "attachment; the upload's name with .mp3: an ASCII filename, then filename*=UTF-8''...",
-            "schema": {"type": "string"}}},
-        "statuses": {"409": "the job is not DONE yet (FAILED_PRECONDITION, reason JOB_NOT_DONE)",
-                     "410": "the MP3 expired and was deleted (FAILED_PRECONDITION, reason MP3_EXPIRED)"},
+        "ok_headers": {
+            "Content-Disposition": {
+                "description": "attachment; the upload's name with .mp3: an ASCII filename, then filename*=UTF-8''...",
+                "schema": {"type": "string"},
+            }
+        },
+        "statuses": {
+            "409": "the job is not DONE yet (FAILED_PRECONDITION, reason JOB_NOT_DONE)",
+            "410": "the MP3 expired and was deleted (FAILED_PRECONDITION, reason MP3_EXPIRED)",
+        },
     },
     ("video2mp3.media.v1.MediaService.GetHealth", "/health"): {
-        "statuses": {"503": "a dependency is down; the same body says which"}, "health": True,
+        "statuses": {"503": "a dependency is down; the same body says which"},
+        "health": True,
     },
 }
 # Well-known types as Envoy prints them.
@@ -437,18 +455,25 @@ def _document(schemas: dict[str, dict], paths: dict[str, dict], version: str) ->
     }
     return {
         "openapi": "3.0.3",
-        "info": {"title": TITLE, "version": version,
-                 "description": "Generated from protos/ by tools/openapi.py; served by Envoy's gRPC-JSON "
-                                "transcoder. The same API is gRPC on the same port."},
+        "info": {
+            "title": TITLE,
+            "version": version,
+            "description": "Generated from protos/ by tools/openapi.py; served by Envoy's gRPC-JSON "
+            "transcoder. The same API is gRPC on the same port.",
+        },
         "servers": [{"url": "http://localhost:8000"}],
         "security": [{"bearerAuth": []}],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key",
-                               "description": "access_token from POST /v1/login or POST /v1/sessions:refresh, "
-                                              "or an API key (v2m_...) from POST /v1/apiKeys"},
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT or API key",
+                    "description": "access_token from POST /v1/login or POST /v1/sessions:refresh, "
+                    "or an API key (v2m_...) from POST /v1/apiKeys",
+                },
                 "basicAuth": {"type": "http", "scheme": "basic"},
             },
         },

@@ -3,6 +3,7 @@ created once and shown once, listed without the secret, used as a bearer
 credential everywhere a token goes, limited by scopes, refused within the
 gateway's documented cache bound once deleted (also while auth is down),
 stored only as a hash, and gone with their user's account."""
+
 from __future__ import annotations
 
 import hashlib
@@ -70,8 +71,14 @@ def refused_within(what: str, attempt, bound_s: float) -> float:
 
 def mysql(mesh):
     e = mesh.env
-    return pymysql.connect(host=e["MYSQL_HOST"], port=int(e["MYSQL_PORT"]), user=e["MYSQL_USER"],
-                           password=e["MYSQL_PASSWORD"], database=e["MYSQL_DB"], connect_timeout=5)
+    return pymysql.connect(
+        host=e["MYSQL_HOST"],
+        port=int(e["MYSQL_PORT"]),
+        user=e["MYSQL_USER"],
+        password=e["MYSQL_PASSWORD"],
+        database=e["MYSQL_DB"],
+        connect_timeout=5,
+    )
 
 
 def test_a_key_is_shown_once_listed_without_its_secret_works_and_revocation_is_quick(rest, clip):
@@ -134,7 +141,9 @@ def test_keys_over_grpc(mesh, clip):
     email = client.sign_up_and_login()
     created = client.auth.CreateApiKey(
         auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="nightly batch")),
-        metadata=client.md, timeout=20)
+        metadata=client.md,
+        timeout=20,
+    )
     key = created.key
     assert key.startswith("v2m_")
     assert client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=md(key), timeout=10).email == email
@@ -157,8 +166,7 @@ def test_keys_over_grpc(mesh, clip):
 
     refused_within("the gateway refusing a deleted key (gRPC)", refused, KEY_CACHE_TTL_S + SLACK_S)
     with pytest.raises(grpc.RpcError) as e:
-        client.auth.DeleteApiKey(auth_pb2.DeleteApiKeyRequest(id=created.api_key.id), metadata=client.md,
-                                 timeout=10)
+        client.auth.DeleteApiKey(auth_pb2.DeleteApiKeyRequest(id=created.api_key.id), metadata=client.md, timeout=10)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     client.close()
 
@@ -214,10 +222,19 @@ def test_scopes_write_only_and_the_account_is_for_sessions(rest, mesh, clip):
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert reason(e.value) == "SESSION_REQUIRED"
     grpc_client.close()
-    for method, path in (("POST", "/v1/apiKeys"), ("GET", "/v1/apiKeys"), ("GET", "/v1/sessions"),
-                         ("DELETE", "/v1/me")):
-        r = rest.s.request(method, f"{rest.base}{path}", headers=bearer(full),
-                           json={"display_name": "more"} if method == "POST" else None, timeout=20)
+    for method, path in (
+        ("POST", "/v1/apiKeys"),
+        ("GET", "/v1/apiKeys"),
+        ("GET", "/v1/sessions"),
+        ("DELETE", "/v1/me"),
+    ):
+        r = rest.s.request(
+            method,
+            f"{rest.base}{path}",
+            headers=bearer(full),
+            json={"display_name": "more"} if method == "POST" else None,
+            timeout=20,
+        )
         assert r.status_code == 403, (path, r.text)
         assert rest_reason(r) == "SESSION_REQUIRED"
         assert "needs a login session" in r.json()["message"]
@@ -225,10 +242,11 @@ def test_scopes_write_only_and_the_account_is_for_sessions(rest, mesh, clip):
 
 
 def test_bad_requests_and_bad_keys(rest):
-    for body, why, field in (({"display_name": "  "}, "INVALID_DISPLAY_NAME", "api_key.display_name"),
-                             ({"display_name": "x" * 101}, "INVALID_DISPLAY_NAME", "api_key.display_name"),
-                             ({"display_name": "ok", "scopes": ["API_KEY_SCOPE_UNSPECIFIED"]}, "INVALID_SCOPE",
-                              "api_key.scopes")):
+    for body, why, field in (
+        ({"display_name": "  "}, "INVALID_DISPLAY_NAME", "api_key.display_name"),
+        ({"display_name": "x" * 101}, "INVALID_DISPLAY_NAME", "api_key.display_name"),
+        ({"display_name": "ok", "scopes": ["API_KEY_SCOPE_UNSPECIFIED"]}, "INVALID_SCOPE", "api_key.scopes"),
+    ):
         r = rest.s.post(f"{rest.base}/v1/apiKeys", json=body, headers=rest.headers(), timeout=20)
         assert r.status_code == 400, r.text
         details = rest_details(r.json())
@@ -276,15 +294,22 @@ def test_keys_are_stored_only_as_hashes_and_go_with_the_account(mesh, rest):
             cur.execute("SELECT * FROM api_keys WHERE id = %s", (key_id,))
             row = cur.fetchone()
             assert hashlib.sha256(key.encode()).digest() in row
-            assert not any(isinstance(v, (str, bytes)) and len(v) > 8 and (
-                (v if isinstance(v, str) else v.decode("latin-1")) in key) for v in row)
+            assert not any(
+                isinstance(v, (str, bytes))
+                and len(v) > 8
+                and ((v if isinstance(v, str) else v.decode("latin-1")) in key)
+                for v in row
+            )
             user_id = row[1]
         assert rest.get("/v1/jobs", token=key).status_code == 200
         r = rest.s.delete(f"{rest.base}/v1/me", headers=rest.headers(), timeout=60)
         assert r.status_code == 200, r.text
         assert rest.get("/v1/me", token=key).status_code == 401
-        refused_within("the gateway refusing the key of a deleted account",
-                       lambda: rest.get("/v1/jobs", token=key).status_code == 401, KEY_CACHE_TTL_S + SLACK_S)
+        refused_within(
+            "the gateway refusing the key of a deleted account",
+            lambda: rest.get("/v1/jobs", token=key).status_code == 401,
+            KEY_CACHE_TTL_S + SLACK_S,
+        )
         con.commit()  # a fresh snapshot
         with con.cursor() as cur:
             for table in ("api_keys", "sessions", "refresh_tokens"):
@@ -323,15 +348,21 @@ def test_the_readme_section_runs_as_written(mesh, tmp_path):
     for name in (".venv", "testkit"):
         (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    r = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script.replace("localhost:8000", mesh.envoy_addr)],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script.replace("localhost:8000", mesh.envoy_addr)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert '"email":"dan@example.com"' in lines[0]
-    assert analyse_mp3(tmp_path / "demo-key.mp3")[0] > 4.9     # the program's MP3
+    assert analyse_mp3(tmp_path / "demo-key.mp3")[0] > 4.9  # the program's MP3
     listed = next(line for line in lines if line.startswith('{"api_keys"'))
     assert '"display_name":"nightly batch"' in listed
     assert '"key":' not in listed
-    assert "{}" in lines                                      # the delete, the logout
-    assert '"reason":"API_KEY_INVALID"' in r.stdout           # the deleted key, 2 s later
-    assert '"current":true' in r.stdout                       # the session list
+    assert "{}" in lines  # the delete, the logout
+    assert '"reason":"API_KEY_INVALID"' in r.stdout  # the deleted key, 2 s later
+    assert '"current":true' in r.stdout  # the session list

@@ -3,6 +3,7 @@ running mesh: the refresh token is kept private, an expired access token is
 renewed silently (also by several commands at once), logout ends the
 server's session, and `keys create|list|delete` with --api-key /
 VIDEO2MP3_API_KEY."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,7 @@ PASSWORD = "correct horse 1"
 def env(mesh, tmp_path) -> dict:
     """The CLI's environment: the mesh's Envoy, a config dir of its own, no API key."""
     base = {k: v for k, v in os.environ.items() if k != "VIDEO2MP3_API_KEY"}
-    return {**base, "VIDEO2MP3_SERVER": mesh.envoy_addr, "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "COLUMNS": "140"}
+    return {**base, "VIDEO2MP3_SERVER": mesh.envoy_addr, "XDG_CONFIG_HOME": str(tmp_path / "config"), "COLUMNS": "140"}
 
 
 def run(env: dict, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
@@ -69,8 +69,9 @@ def expire_the_access_token(env: dict, mesh) -> str:
     token_file, _ = files(env)
     claims = token_claims(token_file.read_text().strip())
     key = testbed.signing_key(mesh.env)
-    old = tokens.issue(key.private_key, key.kid, claims["sub"], claims["email"], 60, now=time.time() - 3600,
-                       session_id=claims["sid"])
+    old = tokens.issue(
+        key.private_key, key.kid, claims["sub"], claims["email"], 60, now=time.time() - 3600, session_id=claims["sid"]
+    )
     token_file.write_text(old + "\n")
     return old
 

@@ -2,6 +2,7 @@
 a reused one ends its whole session, sessions are listed and revoked,
 logout ends the current one, and an ended session's access tokens stop
 working (at auth at once, at the gateway within USER_CACHE_TTL_S)."""
+
 from __future__ import annotations
 
 import threading
@@ -142,15 +143,21 @@ def test_sessions_are_listed_and_revoked(user, mesh):
     assert "refresh_token" not in listed.text
     assert laptop["refresh_token"] not in listed.text
 
-    r = requests.delete(f"{base}/v1/sessions/{phone['session_id']}",
-                        headers={"Authorization": f"Bearer {laptop['access_token']}"}, timeout=30)
+    r = requests.delete(
+        f"{base}/v1/sessions/{phone['session_id']}",
+        headers={"Authorization": f"Bearer {laptop['access_token']}"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {}
     assert phone["session_id"] not in get(base, "/v1/sessions", laptop["access_token"]).text
     assert rest_reason(refresh(base, phone["refresh_token"])) == "SESSION_REVOKED"
     refused_at_the_gateway(base, phone["access_token"], "SESSION_REVOKED")
-    again = requests.delete(f"{base}/v1/sessions/{phone['session_id']}",
-                            headers={"Authorization": f"Bearer {laptop['access_token']}"}, timeout=30)
+    again = requests.delete(
+        f"{base}/v1/sessions/{phone['session_id']}",
+        headers={"Authorization": f"Bearer {laptop['access_token']}"},
+        timeout=30,
+    )
     assert again.status_code == 404
     assert rest_reason(again) == "SESSION_NOT_FOUND"
     # Another user cannot see or end these.
@@ -174,8 +181,7 @@ def test_logout_revokes_the_session_and_its_access_tokens(user):
     refused_at_the_gateway(base, session["access_token"], "SESSION_REVOKED")
     # RFC 7009: revoking again, or an unknown token, is not an error.
     for token in (session["refresh_token"], credentials.new_secret(credentials.REFRESH_TOKEN_PREFIX), "junk"):
-        assert requests.post(f"{base}/v1/sessions:revoke", json={"refresh_token": token},
-                             timeout=30).status_code == 200
+        assert requests.post(f"{base}/v1/sessions:revoke", json={"refresh_token": token}, timeout=30).status_code == 200
     missing = requests.post(f"{base}/v1/sessions:revoke", json={}, timeout=30)
     assert missing.status_code == 400
 
@@ -198,8 +204,9 @@ def test_sessions_over_grpc(mesh):
     assert first.refresh_token.startswith("v2mrt_")
     second = client.auth.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=first.refresh_token), timeout=20)
     assert second.session_id == first.session_id
-    listed = client.auth.ListSessions(auth_pb2.ListSessionsRequest(), metadata=[
-        ("authorization", f"Bearer {second.access_token}")], timeout=10)
+    listed = client.auth.ListSessions(
+        auth_pb2.ListSessionsRequest(), metadata=[("authorization", f"Bearer {second.access_token}")], timeout=10
+    )
     assert [s.id for s in listed.sessions if s.current] == [first.session_id]
     with pytest.raises(grpc.RpcError) as e:
         client.auth.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=first.refresh_token), timeout=20)
@@ -207,11 +214,15 @@ def test_sessions_over_grpc(mesh):
     assert reason(e.value) == "REFRESH_TOKEN_REUSED"
     client.auth.RevokeSession(auth_pb2.RevokeSessionRequest(refresh_token=second.refresh_token), timeout=20)
     other = client.auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD), timeout=20)
-    client.auth.DeleteSession(auth_pb2.DeleteSessionRequest(id=other.session_id), metadata=[
-        ("authorization", f"Bearer {other.access_token}")], timeout=10)  # ending one's own current session
+    client.auth.DeleteSession(
+        auth_pb2.DeleteSessionRequest(id=other.session_id),
+        metadata=[("authorization", f"Bearer {other.access_token}")],
+        timeout=10,
+    )  # ending one's own current session
     with pytest.raises(grpc.RpcError) as e:
-        client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=[("authorization", f"Bearer {other.access_token}")],
-                          timeout=10)
+        client.auth.GetMe(
+            auth_pb2.GetMeRequest(), metadata=[("authorization", f"Bearer {other.access_token}")], timeout=10
+        )
     assert reason(e.value) == "SESSION_REVOKED"
     client.close()
 
@@ -220,8 +231,14 @@ def test_refresh_tokens_are_stored_only_as_hashes(user, mesh):
     base, email = user
     session = login(base, email)
     e = mesh.env
-    con = pymysql.connect(host=e["MYSQL_HOST"], port=int(e["MYSQL_PORT"]), user=e["MYSQL_USER"],
-                          password=e["MYSQL_PASSWORD"], database=e["MYSQL_DB"], connect_timeout=5)
+    con = pymysql.connect(
+        host=e["MYSQL_HOST"],
+        port=int(e["MYSQL_PORT"]),
+        user=e["MYSQL_USER"],
+        password=e["MYSQL_PASSWORD"],
+        database=e["MYSQL_DB"],
+        connect_timeout=5,
+    )
     try:
         with con.cursor() as cur:
             cur.execute("SELECT * FROM refresh_tokens WHERE session_id = %s", (session["session_id"],))
@@ -231,7 +248,7 @@ def test_refresh_tokens_are_stored_only_as_hashes(user, mesh):
     finally:
         con.close()
     assert credentials.digest(session["refresh_token"]) in rows[0]
-    secret = session["refresh_token"][len("v2mrt_"):]
+    secret = session["refresh_token"][len("v2mrt_") :]
     for row in rows:
         for value in row:
             text = value.decode("latin-1") if isinstance(value, bytes) else str(value)

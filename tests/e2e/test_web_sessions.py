@@ -4,6 +4,7 @@ they expire and keeps working long after the first one is dead; a refused
 token is renewed once on its 401; Log out ends the session on the server; a
 refresh token used elsewhere (stolen) ends the page's session too.
 Screenshots go to test-artifacts/screenshots/ as in test_web.py."""
+
 from __future__ import annotations
 
 import uuid
@@ -19,8 +20,15 @@ from testkit.media import make_media
 ROOT = testkit.ROOT
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 PASSWORD = "correct horse 1"
 TTL_S = 8
 # The gateway accepts a token this long past its exp (core/tokens.py LEEWAY_S).
@@ -108,13 +116,18 @@ def test_the_page_renews_its_token_before_it_expires(tab, mesh, tmp_path):
     tab.sign_up()
     first, first_refresh = tab.storage("token"), tab.storage("refresh")
     assert first_refresh.startswith("v2mrt_")
-    wait_for("the page to renew its token", lambda: tab.storage("token") not in ("", first),
-             timeout=TTL_S + 5, interval=0.2)
+    wait_for(
+        "the page to renew its token", lambda: tab.storage("token") not in ("", first), timeout=TTL_S + 5, interval=0.2
+    )
     assert tab.storage("refresh") not in ("", first_refresh)
     # Wait until the first token is dead for good (exp plus the gateway's leeway),
     # while the page keeps renewing its own.
-    wait_for("the first token to be refused", lambda: gateway_status(base, first) == 401,
-             timeout=TTL_S + LEEWAY_S + 15, interval=1)
+    wait_for(
+        "the first token to be refused",
+        lambda: gateway_status(base, first) == 401,
+        timeout=TTL_S + LEEWAY_S + 15,
+        interval=1,
+    )
     assert len(tab.calls("/v1/sessions:refresh")) >= 4
     assert set(tab.calls("/v1/sessions:refresh")) == {200}
     assert gateway_status(base, tab.storage("token")) == 200
@@ -123,8 +136,12 @@ def test_the_page_renews_its_token_before_it_expires(tab, mesh, tmp_path):
     video = make_media(tmp_path / "renewed.mp4", duration=1.0)
     tab.page.set_input_files("#file-input", str(video))
     row = tab.page.locator("li.job", has=tab.page.locator(".job-name", has_text="renewed.mp4"))
-    wait_for("the upload to be converted", lambda: row.get_attribute("data-state") == "JOB_STATE_DONE",
-             timeout=90, interval=0.2)
+    wait_for(
+        "the upload to be converted",
+        lambda: row.get_attribute("data-state") == "JOB_STATE_DONE",
+        timeout=90,
+        interval=0.2,
+    )
     tab.page.click("#refresh")
     wait_for("the list to load", lambda: tab.calls("/v1/jobs?") and tab.calls("/v1/jobs?")[-1] == 200, timeout=10)
     assert tab.page.locator("#auth-view").is_hidden()

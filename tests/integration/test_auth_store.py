@@ -1,6 +1,7 @@
 """Auth's API-key and session tables against the real MariaDB, without a
 server: the per-user limits, rotation under concurrency, pruning, and an
 account's deletion taking its keys and sessions with it."""
+
 from __future__ import annotations
 
 import threading
@@ -20,9 +21,15 @@ from video2mp3.core.settings import MysqlSettings
 
 @pytest.fixture
 def users(mysql_db) -> Iterator[UserRepository]:
-    repo = tables.repository(MysqlSettings(
-        host=mysql_db["MYSQL_HOST"], port=int(mysql_db["MYSQL_PORT"]), user=mysql_db["MYSQL_USER"],
-        password=mysql_db["MYSQL_PASSWORD"], db=mysql_db["MYSQL_DB"]))
+    repo = tables.repository(
+        MysqlSettings(
+            host=mysql_db["MYSQL_HOST"],
+            port=int(mysql_db["MYSQL_PORT"]),
+            user=mysql_db["MYSQL_USER"],
+            password=mysql_db["MYSQL_PASSWORD"],
+            db=mysql_db["MYSQL_DB"],
+        )
+    )
     repo.check()  # creates every table
     yield repo
     repo.close()
@@ -81,8 +88,10 @@ def test_ended_sessions_are_pruned_with_their_refresh_tokens(users):
     old, kept = store.start(uid, "a@example.com"), store.start(uid, "a@example.com")
     store.revoke(uid, old.session.id)
     with users.cursor() as cur:  # as if it ended long ago
-        cur.execute("UPDATE sessions SET revoked_at = NOW(6) - INTERVAL %s SECOND WHERE id = %s",
-                    (sessions_module.RETAIN_ENDED_S + 60, old.session.id))
+        cur.execute(
+            "UPDATE sessions SET revoked_at = NOW(6) - INTERVAL %s SECOND WHERE id = %s",
+            (sessions_module.RETAIN_ENDED_S + 60, old.session.id),
+        )
     store.prune()
     assert count(users, "SELECT COUNT(*) FROM sessions WHERE id = %s", old.session.id) == 0
     assert count(users, "SELECT COUNT(*) FROM refresh_tokens WHERE session_id = %s", old.session.id) == 0
@@ -119,8 +128,10 @@ def test_deleting_a_user_deletes_their_keys_and_sessions_in_one_transaction(user
 
 def test_a_failed_transaction_leaves_nothing(users):
     uid = new_user(users)
-    insert = ("INSERT INTO sessions (id, user_id, created_at, refreshed_at, expires_at)"
-              " VALUES ('aaaaaaaaaaaaaaaa', %s, NOW(6), NOW(6), NOW(6))")
+    insert = (
+        "INSERT INTO sessions (id, user_id, created_at, refreshed_at, expires_at)"
+        " VALUES ('aaaaaaaaaaaaaaaa', %s, NOW(6), NOW(6), NOW(6))"
+    )
 
     def twice() -> None:
         with users.cursor(transaction=True) as cur:

@@ -2,6 +2,7 @@
 digests, which scope each RPC needs, page tokens, the sid claim, the
 gateway's key cache (its bound, and no stale answers) and the CLI's renewal
 timing."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -39,19 +40,22 @@ def test_secrets_are_prefixed_random_and_stored_as_sha256():
     assert len({credentials.new_secret(credentials.API_KEY_PREFIX) for _ in range(100)}) == 100
 
 
-@pytest.mark.parametrize(("method", "needed"), [
-    ("/video2mp3.media.v1.MediaService/GetJob", credentials.READ),
-    ("/video2mp3.media.v1.MediaService/ListJobs", credentials.READ),
-    ("/video2mp3.media.v1.MediaService/WatchJob", credentials.READ),
-    ("/video2mp3.media.v1.MediaService/DownloadMp3", credentials.READ),
-    ("/video2mp3.media.v1.MediaService/UploadVideo", credentials.WRITE),
-    ("/video2mp3.media.v1.MediaService/DeleteJob", credentials.WRITE),
-    ("/video2mp3.media.v1.MediaService/DeleteMyData", credentials.ACCOUNT),
-    # RPCs added later get the safe default by their AIP verb.
-    ("CreateWebhook", credentials.WRITE),
-    ("RedeliverWebhook", credentials.WRITE),
-    ("ListWebhooks", credentials.READ),
-])
+@pytest.mark.parametrize(
+    ("method", "needed"),
+    [
+        ("/video2mp3.media.v1.MediaService/GetJob", credentials.READ),
+        ("/video2mp3.media.v1.MediaService/ListJobs", credentials.READ),
+        ("/video2mp3.media.v1.MediaService/WatchJob", credentials.READ),
+        ("/video2mp3.media.v1.MediaService/DownloadMp3", credentials.READ),
+        ("/video2mp3.media.v1.MediaService/UploadVideo", credentials.WRITE),
+        ("/video2mp3.media.v1.MediaService/DeleteJob", credentials.WRITE),
+        ("/video2mp3.media.v1.MediaService/DeleteMyData", credentials.ACCOUNT),
+        # RPCs added later get the safe default by their AIP verb.
+        ("CreateWebhook", credentials.WRITE),
+        ("RedeliverWebhook", credentials.WRITE),
+        ("ListWebhooks", credentials.READ),
+    ],
+)
 def test_each_rpc_needs_a_permission(method, needed):
     assert credentials.needed_permission(method) == needed
 
@@ -104,8 +108,9 @@ def test_access_tokens_carry_their_session():
     caller = tokens.verify(token, {key.kid: key.public_key}.get)
     assert caller.session_id == "0123456789abcdef"
     assert caller == tokens.Caller("7", "a@example.com")  # equal: the same user
-    plain = tokens.verify(tokens.issue(key.private_key, key.kid, "7", "a@example.com", 60),
-                          {key.kid: key.public_key}.get)
+    plain = tokens.verify(
+        tokens.issue(key.private_key, key.kid, "7", "a@example.com", 60), {key.kid: key.public_key}.get
+    )
     assert plain.session_id == ""
     assert not plain.is_api_key
 
@@ -192,13 +197,16 @@ def test_user_check_remembers_each_session_and_why_it_was_refused():
     assert asked == ["s1", "s2", "s1"]
 
 
-@pytest.mark.parametrize(("iat", "exp", "due"), [
-    (0, 3600, False),              # fresh
-    (-3590, 10, True),             # 10 s left of an hour: within the minute
-    (-6, 2, True),                 # an 8 s token with 2 s left: within a quarter
-    (-2, 6, False),
-    (-7200, -3600, True),          # long expired
-])
+@pytest.mark.parametrize(
+    ("iat", "exp", "due"),
+    [
+        (0, 3600, False),  # fresh
+        (-3590, 10, True),  # 10 s left of an hour: within the minute
+        (-6, 2, True),  # an 8 s token with 2 s left: within a quarter
+        (-2, 6, False),
+        (-7200, -3600, True),  # long expired
+    ],
+)
 def test_the_cli_renews_within_a_minute_or_a_quarter_of_the_lifetime(iat, exp, due):
     key = generate()
     now = time.time()
