@@ -11,11 +11,16 @@ case "$1" in mariadbd|mysqld) shift ;; *) exec "$@" ;; esac
 
 DATADIR=/var/lib/mysql
 if [ "$(id -u)" = 0 ]; then
+  mkdir -p /run/mysqld
   chown -R mysql:mysql "$DATADIR" /run/mysqld
   exec setpriv --reuid=mysql --regid=mysql --init-groups "$0" mariadbd "$@"
 fi
 
 say() { echo "entrypoint: $*" >&2; }
+# The sockets' folder: /run/mysqld, unless what is mounted there is not ours
+# to write (podman kube play ignores a pod's fsGroup); then the data folder.
+RUNDIR=/run/mysqld
+if ! [ -w "$RUNDIR" ]; then RUNDIR=$DATADIR; fi
 # A value inside '...' in SQL.
 sql_quote() { printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e "s/'/''/g"; }
 
@@ -33,11 +38,12 @@ if [ ! -d "$DATADIR/mysql" ]; then
   mariadb-install-db --datadir="$DATADIR" --auth-root-authentication-method=normal \
     --skip-test-db --skip-name-resolve >/dev/null
   # A private server (socket only) for the set-up, as the official image does.
-  sock=/run/mysqld/init.sock
-  mariadbd --datadir="$DATADIR" --skip-networking --socket="$sock" "$@" &
+  sock=$RUNDIR/init.sock
+  mariadbd --datadir="$DATADIR" --skip-networking --socket="$sock" --pid-file="$RUNDIR/init.pid" "$@" &
   pid=$!
   for _ in $(seq 60); do
-    mariadb-admin --socket="$sock" --user=root ping --silent 2>/dev/null && break
+    if mariadb-admin --socket="$sock" --user=root ping --silent >/dev/null 2>&1; then break; fi
+    kill -0 "$pid" 2>/dev/null || { say "the set-up server stopped (above: why)"; exit 1; }
     sleep 1
   done
   {
@@ -60,4 +66,4 @@ if [ ! -d "$DATADIR/mysql" ]; then
 fi
 
 exec mariadbd --datadir="$DATADIR" --bind-address=0.0.0.0 --port=3306 \
-  --socket=/run/mysqld/mysqld.sock --skip-name-resolve "$@"
+  --socket="$RUNDIR/mysqld.sock" --pid-file="$RUNDIR/mysqld.pid" --skip-name-resolve "$@"
