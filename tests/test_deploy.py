@@ -356,6 +356,17 @@ def test_services_get_the_seed_settings_and_run_in_production(built):
     assert config["AUTH_ADDR"] == f"auth:{GRPC_PORTS['auth']}"
 
 
+def test_envoy_finds_its_upstreams_where_the_services_do(built):
+    """The envoy image reads AUTH_ADDR and MEDIA_ADDR at start; the Deployment
+    gives it the ConfigMap's, which the services use too."""
+    _, docs = built
+    kinds = _by_kind(docs)
+    (c,) = _pod(kinds[("Deployment", "envoy")])["containers"]
+    env = _env(c)
+    for var in ("AUTH_ADDR", "MEDIA_ADDR"):
+        assert env[var]["valueFrom"]["configMapKeyRef"] == {"name": "video2mp3-config", "key": var}, var
+
+
 def test_signing_keys_come_from_a_secret_the_operator_creates(built):
     _, docs = built
     kinds = _by_kind(docs)
@@ -371,6 +382,8 @@ def test_signing_keys_come_from_a_secret_the_operator_creates(built):
     assert mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == AUTH_KEYS_SECRET
+    # Kubernetes' default, said: podman kube play fails on a Secret volume that does not.
+    assert volume["secret"]["optional"] is False
     assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
     # Group-readable (0440) by the pod's fsGroup, as the files are root's.
     assert volume["secret"]["defaultMode"] & 0o040 and pod["securityContext"]["fsGroup"] == 10001

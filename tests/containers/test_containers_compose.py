@@ -43,6 +43,8 @@ def stack():
     if not port_free(port):  # (someone else's 8080: the same commands, another port)
         port = free_port()
         env["COMPOSE_PORT"] = str(port)
+    if not port_free(int(env.get("RABBITMQ_MANAGEMENT_PORT") or 15672)):  # (this machine's RabbitMQ's?)
+        env["RABBITMQ_MANAGEMENT_PORT"] = str(free_port())
     try:
         for command in up:
             run_documented(command, env)
