@@ -79,9 +79,11 @@ debian_base() {
   say "making $BASE_TAG with mmdebstrap (Debian bookworm, minbase)"
   local t=$SECONDS log
   log=$(mktemp)
+  local quiet=()
+  [ "$ENGINE" = podman ] && quiet=(--quiet)
   # (An imported image has no PATH of its own.)
   if ! mmdebstrap --quiet "${MMDEBSTRAP_ARGS[@]}" 2>"$log" \
-      | "$ENGINE" import --quiet --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      | "$ENGINE" import "${quiet[@]}" --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
           --change 'CMD ["/bin/bash"]' --change "LABEL video2mp3.recipe=$recipe" - "$BASE_TAG" >/dev/null; then
     cat "$log" >&2
     rm -f "$log"

@@ -121,7 +121,8 @@ def as_deployment(sts: dict) -> tuple[dict, list[dict]]:
 
 
 def plan(docs: list[dict], subnet: str, port: int, images: dict[str, str]) -> dict:
-    """What to play: {"workloads": [(name, ip, [docs])], "secrets_used": [...], "skipped": [...]}."""
+    """What to play: {"workloads": [(name, ip, [docs to play])], "secrets_used": [names],
+    "secret_volumes": [names of Secrets mounted as volumes], "skipped": ["Kind/name" left to a cluster]}."""
     configmaps = [d for d in docs if d["kind"] == "ConfigMap"]
     workloads: list[tuple[dict, list[dict]]] = []
     for d in docs:
