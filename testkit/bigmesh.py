@@ -98,7 +98,7 @@ class MakeRun:
             try:
                 cmd = " ".join(k.cmdline())
                 name = ("mongo" if "secantusd" in cmd else "envoy" if "envoy" in cmd
-                        else next((n for n in ("auth", "gateway", "converter") if f"-m {n}" in cmd), None))
+                        else next((n for n in ("auth", "gateway", "converter") if f"-m video2mp3.{n}" in cmd), None))
                 if name:
                     out[name].append(k.pid)
                     if name == "converter":
