@@ -6,7 +6,8 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean
+.PHONY: install protos lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean \
+        images compose-up compose-down kube-up kube-down test-containers
 
 install: $(VENV)/.installed
 
@@ -68,10 +69,41 @@ run: install
 	$(PY) -m localmesh
 
 # Every test, each level in its folder (tests/conftest.py): lint and types
-# first, as CI enforces them. The browser tests need Debian's Chromium at
-# /usr/bin/chromium (CONTRIBUTING.md; .ci/run installs it on CI's machine).
+# first, as CI enforces them; the tests against containers (tests/containers,
+# marker `containers`) last, in their own target. The browser tests need
+# Debian's Chromium, the container tests podman (CONTRIBUTING.md; .ci/run
+# installs both on CI's machine).
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-containers
+
+# The service and Envoy images from deploy/docker/Dockerfile, with podman (or
+# docker where its daemon runs); base images Docker Hub cannot give here are
+# made from Debian packages (deploy/images.sh, deploy/standins/). Prints sizes.
+images:
+	bash deploy/images.sh build
+
+# The whole stack of deploy/docker-compose.yaml, Envoy on
+# 127.0.0.1:$${COMPOSE_PORT:-8080}; waits for /health (deploy/compose.py).
+compose-up: install
+	$(PY) deploy/compose.py up
+
+# Removes it: containers, network and volumes.
+compose-down: install
+	$(PY) deploy/compose.py down
+
+# deploy/k8s/overlays/local as far as `podman kube play` runs it, Envoy on
+# 127.0.0.1:$${KUBE_PORT:-8081} (deploy/kube_play.py says what needs a cluster).
+kube-up: install
+	$(PY) deploy/kube_play.py up
+
+kube-down: install
+	$(PY) deploy/kube_play.py down
+
+# Images, compose and podman kube play, end to end (tests/containers; run
+# their documented commands from docs/operations.md).
+test-containers: install
+	$(PY) -m pytest -m containers tests/containers $(PYTEST_ARGS)
 
 # The edit loop: every unit test, no server needed, well under a minute.
 test-unit: install node_modules/.installed

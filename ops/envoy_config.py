@@ -9,13 +9,18 @@ copy rendered here with other ports, upstream addresses or descriptor path.
     path = render(listen_port=18000, auth=("127.0.0.1", 15051), media=("127.0.0.1", 15052))
     subprocess.Popen([envoy_binary(), "-c", path, *envoy_args()])
 
-Also usable from a shell; with --exec it then runs Envoy on the result (the
-envoy container's entrypoint; ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR, ENVOY_LOGIN_LIMIT,
-ENVOY_SIGNUP_LIMIT are the defaults):
+Also usable from a shell; with --exec it then runs Envoy on the result
+(ENVOY_PORT, AUTH_ADDR, MEDIA_ADDR, ENVOY_LOGIN_LIMIT, ENVOY_SIGNUP_LIMIT are
+the defaults):
 
     python -m video2mp3.ops.envoy_config --out /tmp/envoy.yaml --listen-port 8000 \\
         --auth auth:50051 --media gateway:50052 [--openapi /etc/envoy/openapi.json] \\
-        [--web-root /etc/envoy/web] [--exec]
+        [--web-root /etc/envoy/web] [--template deploy/envoy.yaml] [--exec]
+
+--for-image writes the envoy image's config instead (deploy/docker/Dockerfile):
+what a deployment sets is left as @@NAME:default@@ (for_image), and the
+image's entrypoint, deploy/docker/envoy-entrypoint.sh, fills it in from the
+environment at start, so the image needs no Python.
 """
 from __future__ import annotations
 
@@ -243,9 +248,12 @@ def build(
     return cfg
 
 
-def render(out: str | os.PathLike | None = None, **kwargs) -> Path:
-    """Write build(**kwargs) as YAML to `out` (default: a new temp file) and return its path."""
+def render(out: str | os.PathLike | None = None, *, image: bool = False, **kwargs) -> Path:
+    """Write build(**kwargs) as YAML to `out` (default: a new temp file) and
+    return its path; `image`: for_image() of it."""
     cfg = build(**kwargs)
+    if image:
+        cfg = for_image(cfg)
     if out is None:
         fd, name = tempfile.mkstemp(prefix="video2mp3-envoy-", suffix=".yaml")
         os.close(fd)
@@ -255,6 +263,50 @@ def render(out: str | os.PathLike | None = None, **kwargs) -> Path:
     with open(out, "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
     return out
+
+
+# The envoy image's variables: NAME -> where for_image() puts it. An address
+# variable (HOST:PORT) becomes NAME_HOST and NAME_PORT, a limit
+# (REQUESTS/SECONDS) NAME_REQUESTS and NAME_SECONDS.
+IMAGE_VARIABLES = ("ENVOY_PORT", "ENVOY_METRICS_PORT", "AUTH_ADDR", "MEDIA_ADDR",
+                   "ENVOY_LOGIN_LIMIT", "ENVOY_SIGNUP_LIMIT")
+
+
+def placeholder(name: str, default: object) -> str:
+    """What the image's entrypoint replaces with $NAME's value, or `default` when unset."""
+    return f"@@{name}:{default}@@"
+
+
+def for_image(cfg: dict) -> dict:
+    """`cfg` (from build(), with a metrics listener) with its per-deployment
+    values as placeholders: the listen and metrics ports, both upstreams, and
+    the edge rate limits (whole seconds: the entrypoint does no arithmetic).
+    Envoy reads a port given as the string "8000" as the number."""
+    cfg = copy.deepcopy(cfg)
+    lsock = _listener(cfg)["address"]["socket_address"]
+    lsock["port_value"] = placeholder("ENVOY_PORT", lsock["port_value"])
+    metrics = _named_listener(cfg, METRICS_LISTENER)
+    if metrics is None:
+        raise ValueError("the image's config needs the metrics listener (give a metrics port)")
+    msock = metrics["address"]["socket_address"]
+    msock["port_value"] = placeholder("ENVOY_METRICS_PORT", msock["port_value"])
+    for cluster, var in (("auth", "AUTH_ADDR"), ("media", "MEDIA_ADDR")):
+        sock = _cluster(cfg, cluster)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+            "address"]["socket_address"]
+        sock["address"] = placeholder(f"{var}_HOST", sock["address"])
+        sock["port_value"] = placeholder(f"{var}_PORT", sock["port_value"])
+    for rpc, var in (("Login", "ENVOY_LOGIN_LIMIT"), ("SignUp", "ENVOY_SIGNUP_LIMIT")):
+        limit = edge_limits(cfg)[rpc]
+        bucket = limit["token_bucket"]
+        seconds = float(str(bucket["fill_interval"]).removesuffix("s"))
+        if seconds != int(seconds) or seconds < 1:
+            raise ValueError(f"{rpc}'s limit refills every {seconds} s; the image takes whole seconds")
+        bucket["max_tokens"] = bucket["tokens_per_fill"] = placeholder(f"{var}_REQUESTS", bucket["max_tokens"])
+        bucket["fill_interval"] = placeholder(f"{var}_SECONDS", int(seconds)) + "s"
+        for h in limit.get("response_headers_to_add", []):
+            if h["header"]["key"] == "retry-after":
+                h["header"]["value"] = placeholder(f"{var}_SECONDS", int(seconds))
+    return cfg
 
 
 def envoy_binary(configured: str | None = None) -> str:
@@ -335,13 +387,21 @@ def main(argv: list[str] | None = None) -> None:
                    help="REQUESTS/SECONDS for Login at the edge (default $ENVOY_LOGIN_LIMIT, else the template's)")
     p.add_argument("--signup-limit", type=parse_limit, default=env_limits.get("SignUp"),
                    help="REQUESTS/SECONDS for SignUp (default $ENVOY_SIGNUP_LIMIT, else the template's)")
+    p.add_argument("--template", default=str(TEMPLATE), help="the config to start from (default: deploy/envoy.yaml)")
+    p.add_argument("--for-image", action="store_true",
+                   help="the envoy image's config: ports, upstreams and limits as @@NAME:default@@ "
+                        "for deploy/docker/envoy-entrypoint.sh (listens on 0.0.0.0)")
     p.add_argument("--exec", action="store_true",
                    help="then replace this process with Envoy running the rendered file "
                         "(container entrypoint); extra arguments after -- go to Envoy")
     a, extra = p.parse_known_args(argv)
+    if a.for_image and (a.exec or not a.metrics_port):
+        p.error("--for-image writes a file for the image (no --exec) and needs a metrics port")
     path = render(
         a.out,
-        listen_address=a.listen_address,
+        image=a.for_image,
+        template=load_template(a.template),
+        listen_address="0.0.0.0" if a.for_image and a.listen_address is None else a.listen_address,
         listen_port=a.listen_port,
         auth=a.auth,
         media=a.media,

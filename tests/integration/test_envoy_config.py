@@ -50,16 +50,16 @@ def test_checked_in_config_is_valid_as_is():
 
 
 def test_rendered_config_is_valid_and_patched(tmp_path):
-    ports = dict(listen_port=free_port(), admin_port=free_port())
+    listen_port, admin_port = free_port(), free_port()
     path = envoy_config.render(tmp_path / "envoy.yaml", auth=("auth.internal", 6001),
-                               media=("media.internal", 6002), **ports)
+                               media=("media.internal", 6002), listen_port=listen_port, admin_port=admin_port)
     r = validate(path)
     assert r.returncode == 0, r.stdout + r.stderr
 
     cfg = yaml.safe_load(path.read_text())
     listener = cfg["static_resources"]["listeners"][0]["address"]["socket_address"]
-    assert listener["port_value"] == ports["listen_port"]
-    assert cfg["admin"]["address"]["socket_address"]["port_value"] == ports["admin_port"]
+    assert listener["port_value"] == listen_port
+    assert cfg["admin"]["address"]["socket_address"]["port_value"] == admin_port
     endpoints = {
         c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         ["socket_address"]
@@ -177,7 +177,8 @@ class _Auth(auth_pb2_grpc.AuthServiceServicer):
         if request.password != "right":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong email or password")
         return auth_pb2.LoginResponse(access_token="t-" + request.email, token_type="Bearer",
-                                      expires_in=60)
+                                      expires_in=60, refresh_token="r-" + request.email,
+                                      refresh_token_expires_in=1209600, session_id="s-1")
 
 
 class _Upload(TypedDict):
@@ -263,7 +264,8 @@ def test_rest_json_uses_proto_field_names_and_reaches_auth(envoy):
                       timeout=10)
     assert r.status_code == 200, r.text
     # snake_case names, int64 as a JSON string (proto3 JSON mapping)
-    assert r.json() == {"access_token": "t-a@b", "token_type": "Bearer", "expires_in": "60"}
+    assert r.json() == {"access_token": "t-a@b", "token_type": "Bearer", "expires_in": "60",
+                        "refresh_token": "r-a@b", "refresh_token_expires_in": "1209600", "session_id": "s-1"}
 
 
 def test_grpc_errors_become_http_statuses_with_a_status_body(envoy):

