@@ -22,6 +22,7 @@ from video2mp3.gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from video2mp3.gateway.outbox import Outbox
 from video2mp3.gateway.service import MediaService
 from video2mp3.gateway.storage_space import StorageSpace
+from video2mp3.gateway.tus import Tus
 from video2mp3.gateway.uploads import Uploads
 from video2mp3.gateway.user_check import UserCheck, grpc_get_me
 from video2mp3.gateway.watch import WatchHub
@@ -72,7 +73,8 @@ def main() -> None:
     keys = JwksCache(grpc_fetcher(to_auth), min_refetch_s=cfg.jwks_min_refetch_s)
     users = UserCheck(grpc_get_me(to_auth), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
     hub = WatchHub(job_store, interval_s=cfg.watch_poll_interval_s, max_watchers=cfg.max_watchers)
-    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users)
+    tus = Tus(mongo, job_store, uploads, expiry_s=cfg.upload_expiry_s)
+    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users, tus=tus)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port, max_workers=cfg.max_workers, health_servicer=health,
@@ -89,6 +91,7 @@ def main() -> None:
     key_refresher = Periodic("jwks-refresh", cfg.jwks_refresh_s, keys.refresh).start()
     try:
         job_store.ensure_indexes()
+        tus.ensure_indexes()
     except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
         log.warning("could not create job indexes now: %s", e)
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
@@ -110,6 +113,7 @@ def main() -> None:
     def sweep():
         retention.sweep(mongo, job_store, cfg.retention)
         uploads.request_ids.sweep()
+        tus.sweep_expired()
 
     sweeper = Periodic("retention-sweep", cfg.retention.sweep_interval_s, sweep,
                        errors=(pymongo.errors.PyMongoError,)).start()

@@ -23,6 +23,9 @@ class GatewayConfig:
     user_cache_stale_s: float = setting("USER_CACHE_STALE_S", 600.0, minimum=0)
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 2 * 1024**3)
     max_concurrent_uploads: int = setting("MAX_CONCURRENT_UPLOADS", 8)
+    # A resumable (tus) upload not complete this long after its creation is
+    # deleted with everything written (gateway/tus.py).
+    upload_expiry_s: float = setting("UPLOAD_EXPIRY_S", 86400.0, minimum=60)
     # Each WatchJob (a server stream) holds one handler thread while it runs:
     # MAX_WATCHERS of them at most, more get RESOURCE_EXHAUSTED, and the
     # threads left over (MEDIA_MAX_WORKERS - MAX_WATCHERS) serve everything else.
