@@ -8,7 +8,7 @@ Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
-trace, uploading, upload_touched, tus, notify}.
+trace, uploading, upload_touched, tus, notify, pending_events}.
 
 A streamable upload's job is created as its first bytes arrive, so that it is
 converted while the rest arrives (gateway/early_jobs.py): until the upload
@@ -22,12 +22,13 @@ between two requests, so no heartbeat proves it alive and the janitor of dead
 streamed uploads leaves it alone; it ends complete (finish_upload) or expired
 or terminated (deleted like any job).
 
-Events for webhooks (gateway/webhook_events.py) are derived from the state:
-every update that moves a job to PROCESSING, DONE or FAILED also sets
-`notify: true` in the same conditional update, so an event is never lost
-between a state change and its recording, whoever dies; the gateways turn
-flagged jobs into deliveries, then clear the flag if the state is still the
-one they saw.
+Events for webhooks (gateway/webhook_dispatch.py) are recorded by the state
+changes themselves: every update that moves a job to PROCESSING, DONE or
+FAILED also adds the event (`job.processing`, ...) to `pending_events` and
+sets `notify: true`, in the same conditional update, so an event is never
+lost between a state change and its recording, whoever dies; the gateways turn
+them into deliveries, then remove the events they handled (and the flag once
+none is left).
 
 `request_id` is the client's idempotency key (CreateJob retries get the same
 job); `trace` is something else: the upload's x-request-id and trace context
@@ -159,6 +160,10 @@ LIVE: dict = {"deleted": None}
 VISIBLE: dict = {**LIVE, "uploading": None}
 # Set with every state change that makes a webhook event (see the module doc).
 NOTIFY: dict = {"notify": True}
+
+
+def _event(name: str) -> dict:
+    return {"$addToSet": {"pending_events": name}}
 
 
 # A hidden job's heartbeat (gateway/early_jobs.py) beats this often; older
@@ -382,6 +387,7 @@ class JobStore:
             # progress is kept: a watcher never sees it go back on a retry.
             {"$set": {"state": PROCESSING, "update_time": t, **NOTIFY,
                       "current_mp3_fid": mp3_fid, "lease_until": t + dt.timedelta(seconds=lease_s)},
+             **_event("job.processing"),
              "$inc": {"attempts": 1},
              "$push": {"pending_mp3_fids": mp3_fid}},
             return_document=pymongo.ReturnDocument.BEFORE,
@@ -406,6 +412,7 @@ class JobStore:
             {"$set": {"state": DONE, "progress": 100, "mp3_fid": mp3_fid,
                       "mp3_size": mp3_size, "error": "", "update_time": t, "complete_time": t,
                       "lease_until": None, **NOTIFY},
+             **_event("job.done"),
              "$pull": {"pending_mp3_fids": mp3_fid}},
         )
         return r.modified_count == 1
@@ -420,21 +427,26 @@ class JobStore:
         r = self.c.update_one(
             {"_id": job_id, "state": {"$nin": list(FINAL_STATES)}, **LIVE},
             {"$set": {"state": FAILED, "error": reason, "update_time": t, "complete_time": t,
-                      "lease_until": None, **NOTIFY}},
+                      "lease_until": None, **NOTIFY}, **_event("job.failed")},
         )
         return r.modified_count == 1
 
     # --- webhook events (gateway/webhook_events.py) ---------------------------
 
-    def with_events(self, limit: int = 100) -> list[Job]:
-        """Visible jobs whose latest state change has not been turned into
-        webhook deliveries yet (hidden ones wait until their upload ends)."""
-        return [Job.from_doc(d) for d in self.c.find({**NOTIFY, **VISIBLE}, limit=limit)]
+    def with_events(self, limit: int = 100) -> list[tuple[Job, list[str]]]:
+        """Visible jobs with events not turned into webhook deliveries yet, and
+        those events (hidden jobs wait until their upload ends)."""
+        return [(Job.from_doc(d), list(d.get("pending_events") or []))
+                for d in self.c.find({**NOTIFY, **VISIBLE}, limit=limit)]
 
-    def events_recorded(self, job_id: str, state: State) -> None:
-        """Clear the flag, unless the job moved on meanwhile (its new state
-        then has events of its own to record)."""
-        self.c.update_one({"_id": job_id, "state": str(state), **NOTIFY}, {"$unset": {"notify": ""}})
+    def events_recorded(self, job_id: str, events: list[str]) -> None:
+        """Remove the events handled; the flag goes once none is left (an event
+        added meanwhile keeps it)."""
+        if events:
+            self.c.update_one({"_id": job_id}, {"$pullAll": {"pending_events": events}})
+        self.c.update_one({"_id": job_id, "$or": [{"pending_events": {"$size": 0}},
+                                                  {"pending_events": None}]},
+                          {"$unset": {"notify": "", "pending_events": ""}})
 
     def forget_pending(self, job_id: str, mp3_fids: list[ObjectId]) -> None:
         self.c.update_one({"_id": job_id}, {"$pullAll": {"pending_mp3_fids": mp3_fids}})

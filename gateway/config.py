@@ -5,6 +5,7 @@ import dataclasses
 
 from video2mp3.core.settings import AuthEndpoint, MongoSettings, RabbitSettings, group, setting
 from video2mp3.domain.retention import RetentionSettings
+from video2mp3.gateway.webhooks import WebhookSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,8 @@ class GatewayConfig:
     # One query per interval for all the jobs watched in this process.
     watch_poll_interval_s: float = setting("WATCH_POLL_INTERVAL_S", 0.5, minimum=0.05)
     retention: RetentionSettings = group(RetentionSettings)
+    # Webhooks: where deliveries may go, timeouts, retries (gateway/webhooks.py).
+    webhooks: WebhookSettings = group(WebhookSettings)
     republish_interval_s: float = setting("REPUBLISH_INTERVAL_S", 5.0)
     grace_seconds: float = setting("GRACE_SECONDS", 10.0)
     # Chunks of an upload with no files document and nothing written for this

@@ -8,7 +8,7 @@ write its MP3, which the converter drops once it finds its job gone.
 """
 from __future__ import annotations
 
-from video2mp3.gateway import request_ids, tus
+from video2mp3.gateway import request_ids, tus, webhooks
 from video2mp3.storage.gridfs_download import RANGE_CHUNKS, delete_chunks, delete_file
 from video2mp3.storage.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
 
@@ -31,4 +31,6 @@ def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:
     jobs = mongo.jobs.delete_many({"user_id": user_id}).deleted_count
     # Upload reservations (gateway/request_ids.py) go too: nothing of the user is kept.
     mongo.db[request_ids.COLLECTION].delete_many({"user_id": user_id})
+    # Webhooks and their delivery logs (gateway/webhooks.py).
+    webhooks.delete_user_webhooks(mongo.db, user_id)
     return jobs, counts[0], counts[1]
