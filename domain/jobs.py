@@ -112,6 +112,7 @@ class Job:
     trace: dict = dataclasses.field(default_factory=dict)
     uploading: bool = False
     upload_touched: dt.datetime | None = None
+    tus: bool = False
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -142,6 +143,7 @@ class Job:
             trace=dict(doc.get("trace") or {}),
             uploading=bool(doc.get("uploading", False)),
             upload_touched=doc.get("upload_touched"),
+            tus=bool(doc.get("tus", False)),
         )
 
     @property

@@ -44,7 +44,8 @@ from google.protobuf import descriptor_pb2
 SERVICES = ["video2mp3.auth.v1.AuthService", "video2mp3.media.v1.MediaService"]
 TITLE = "video2mp3 REST API"
 PUBLIC = {"video2mp3.auth.v1.AuthService.SignUp", "video2mp3.auth.v1.AuthService.Login",
-          "video2mp3.auth.v1.AuthService.GetJwks", "video2mp3.media.v1.MediaService.GetHealth"}
+          "video2mp3.auth.v1.AuthService.GetJwks", "video2mp3.media.v1.MediaService.GetHealth",
+          "video2mp3.media.v1.MediaService.DescribeUploads"}
 # RPCs with no google.api.http binding, on purpose.
 GRPC_ONLY = {"video2mp3.media.v1.MediaService.DeleteMyData"}
 JSON = "application/json"
@@ -59,6 +60,31 @@ EDGE_LIMITED = {"description": "too many requests: Envoy's edge limit for this R
                 "headers": RETRY_AFTER}
 EMPTY = {JSON: {"schema": {"type": "object", "additionalProperties": False, "maxProperties": 0,
                            "description": "an empty object: {}"}}}
+
+
+def _header(description: str, schema: dict | None = None, required: bool = True) -> dict:
+    return {"description": description, "required": required, "schema": schema or {"type": "string"}}
+
+
+def _param(name: str, description: str, schema: dict, required: bool = True) -> dict:
+    return {"name": name, "in": "header", "required": required, "description": description, "schema": schema}
+
+
+# tus 1.0 (gateway/tus.py): the protocol lives in HTTP headers, which the
+# transcoder passes as gRPC metadata both ways; statuses come from x-http-status.
+UINT = {"type": "integer", "format": "int64", "minimum": 0}
+TUS_RESUMABLE = _param("Tus-Resumable", "the tus version the client speaks (tus clients always send it)",
+                       {"type": "string", "enum": ["1.0.0"]}, required=False)
+TUS_ANSWER = {"Tus-Resumable": _header("1.0.0", {"type": "string", "enum": ["1.0.0"]})}
+TUS_412 = {"description": "Tus-Resumable names a version this server does not speak (Tus-Version says which)",
+           "headers": {"Tus-Version": _header("the versions spoken: 1.0.0")}}
+TUS_OFFSETS = {**TUS_ANSWER,
+               "Upload-Offset": _header("bytes stored so far", {"type": "string", "pattern": "^[0-9]+$"}),
+               "Upload-Length": _header("the upload's size", {"type": "string", "pattern": "^[0-9]+$"}),
+               "Cache-Control": _header("no-store"),
+               "Upload-Expires": _header("when an incomplete upload is deleted (an HTTP date)", required=False)}
+TUS_GONE = "the upload expired (it is deleted with everything written)"
+TUS_STATUSES = {"412": TUS_412, "410": TUS_GONE}
 
 # Per binding (RPC full name, HTTP path; "*" for all its bindings): what
 # Envoy and the services add. "statuses": HTTP status -> a description, or
@@ -95,6 +121,55 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
         "statuses": {"409": "the job is not DONE yet (FAILED_PRECONDITION, reason JOB_NOT_DONE)",
                      "410": "the MP3 expired and was deleted (FAILED_PRECONDITION, reason MP3_EXPIRED)"},
     },
+    ("video2mp3.media.v1.MediaService.DescribeUploads", "*"): {
+        "summary": "tus OPTIONS: the tus version, extensions and maximum upload size.",
+        "ok_status": "204", "ok_content": None,
+        "ok_headers": {**TUS_ANSWER, "Tus-Version": _header("1.0.0"),
+                       "Tus-Extension": _header("creation,termination,expiration"),
+                       "Tus-Max-Size": _header("MAX_UPLOAD_BYTES", {"type": "string", "pattern": "^[0-9]+$"})},
+    },
+    ("video2mp3.media.v1.MediaService.CreateUpload", "*"): {
+        "summary": "tus creation: a new resumable upload of Upload-Length bytes.",
+        "headers": [TUS_RESUMABLE,
+                    _param("Upload-Length", "the file's size in bytes (at most MAX_UPLOAD_BYTES)",
+                           {**UINT, "minimum": 1}),
+                    _param("Upload-Metadata", "comma-separated `key base64(value)` pairs: filename, "
+                           "bitrate_kbps, vbr_quality, channels, sample_rate_hz, audio_track, request_id",
+                           {"type": "string"}, required=False)],
+        "request_content": {"application/offset+octet-stream": {"schema": {"type": "string", "maxLength": 0}}},
+        "request_optional": True,
+        "ok_status": "201",
+        "ok_headers": {**TUS_ANSWER, "Location": _header("/v1/uploads/{upload_id}"),
+                       "Upload-Expires": _header("when the upload is deleted unless complete (an HTTP date)",
+                                                 required=False)},
+        "statuses": {"409": "an upload with this request_id is still in progress (UploadVideo); retry",
+                     "412": TUS_412, "413": "Upload-Length is over MAX_UPLOAD_BYTES (Tus-Max-Size)",
+                     "507": "the store's disk is nearly full"},
+    },
+    ("video2mp3.media.v1.MediaService.GetUpload", "*"): {
+        "headers": [TUS_RESUMABLE], "ok_headers": TUS_OFFSETS, "statuses": TUS_STATUSES},
+    ("video2mp3.media.v1.MediaService.GetUpload", "/v1/uploads/{upload_id}#HEAD"): {
+        "summary": "tus HEAD: the upload's offset, to resume from.", "ok_content": None},
+    ("video2mp3.media.v1.MediaService.AppendUpload", "*"): {
+        "summary": "tus PATCH: append the body at Upload-Offset.",
+        "headers": [TUS_RESUMABLE, _param("Upload-Offset", "where the body goes: the upload's offset", UINT)],
+        "request_content": {"application/offset+octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "ok_status": "204", "ok_content": None,
+        "ok_headers": {**TUS_ANSWER, "Upload-Offset": TUS_OFFSETS["Upload-Offset"]},
+        "statuses": {**TUS_STATUSES, "409": "Upload-Offset is not the upload's offset (HEAD says where to go on)",
+                     "413": "the body goes past Upload-Length",
+                     "415": "the body is not application/offset+octet-stream",
+                     "423": "another PATCH to this upload is running; retry",
+                     "429": "too many uploads in progress; RetryInfo says when to retry",
+                     "507": "the store's disk is nearly full"},
+    },
+    ("video2mp3.media.v1.MediaService.DeleteUpload", "*"): {
+        "summary": "tus termination: delete the upload and everything written.",
+        "headers": [TUS_RESUMABLE], "ok_status": "204", "ok_content": None, "ok_headers": TUS_ANSWER,
+        "statuses": {"412": TUS_412}},
+    ("video2mp3.media.v1.MediaService.CreateWebhook", "*"): {"statuses": {
+        "429": "the most webhooks a user may have exist already (reason TOO_MANY_WEBHOOKS)"}},
+    ("video2mp3.media.v1.MediaService.DeleteWebhook", "*"): {"ok_content": EMPTY},
     ("video2mp3.media.v1.MediaService.GetHealth", "/health"): {
         "statuses": {"503": "a dependency is down; the same body says which"}, "health": True,
     },
@@ -294,6 +369,40 @@ def _error_response(description: str) -> dict:
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/google.rpc.Status"}}}}
 
 
+def _responses(b: Builder, method, verb: str, extra: dict) -> dict[str, Any]:
+    """The operation's answers: its OK (status, body, headers) and its errors."""
+    ok: dict[str, Any] = {"description": "OK"}
+    if "ok_content" in extra:
+        if extra["ok_content"] is not None:  # None: no body (204, HEAD)
+            ok["content"] = extra["ok_content"]
+    elif method.output_type == ".google.api.HttpBody":
+        ok["content"] = {extra.get("ok_media_type", "*/*"): {
+            "schema": {"type": "string", "format": "binary"}}}
+    elif method.server_streaming:
+        # The transcoder writes the stream as one JSON array, element by element.
+        ok["description"] = ("OK: a JSON array written as the stream goes, one element per "
+                             "message; a stream broken off after the first one ends without `]`")
+        ok["content"] = {JSON: {"schema": {"type": "array", "items": b.ref(method.output_type)}}}
+    else:
+        ok["content"] = {JSON: {"schema": b.ref(method.output_type)}}
+    if "ok_headers" in extra:
+        ok["headers"] = extra["ok_headers"]
+    responses: dict[str, Any] = {extra.get("ok_status", "200"): ok}
+    for status, why in sorted(extra["statuses"].items()):
+        info = why if isinstance(why, dict) else {"description": why}
+        responses[status] = (
+            {"description": info["description"], "content": ok["content"]} if extra.get("health")
+            else _error_response(info["description"]))
+        if verb == "head":  # a HEAD answer has no body, errors neither
+            responses[status].pop("content", None)
+        if "headers" in info:
+            responses[status]["headers"] = info["headers"]
+    responses["default"] = _error_response(
+        "An error: the gRPC status as its HTTP status, a google.rpc.Status body")
+    if verb == "head":
+        responses["default"].pop("content")
+    return responses
+
 def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
     protos = Protos(fds)
     b = Builder(protos)
@@ -309,10 +418,12 @@ def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
                 raise ValueError(f"{full} has no google.api.http binding and is not in GRPC_ONLY")
             for index, (verb, template, body) in enumerate(_bindings(rule)):
                 path, path_names = _path_fields(template)
-                every, this = EXTRA.get((full, "*"), {}), EXTRA.get((full, path), {})
+                # A binding is `path`, or `path#VERB` where one path has several verbs.
+                key = path if (full, path) in EXTRA else f"{path}#{verb.upper()}"
+                every, this = EXTRA.get((full, "*"), {}), EXTRA.get((full, key), {})
                 extra = {**every, **this,
                          "statuses": {**every.get("statuses", {}), **this.get("statuses", {})}}
-                used.update({(full, "*"), (full, path)})
+                used.update({(full, "*"), (full, key)})
                 request = method.input_type
                 op: dict[str, Any] = {
                     "operationId": f"{short_service}_{method.name}" + (f"_{index}" if index else ""),
@@ -326,40 +437,18 @@ def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
                     params.append({"name": name, "in": "path", "required": True, "schema": b.field_schema(field)})
                 if body != "*":
                     params += _query_params(b, request, set(path_names) | {body})
+                params += extra.get("headers", [])
                 if params:
                     op["parameters"] = params
                 if body == "*":
                     b.request_types.add(_schema_name(request))
                     op["requestBody"] = {"required": True, "content": {JSON: {"schema": b.ref(request)}}}
                 elif body:
-                    op["requestBody"] = {"required": True, "content": extra.get("request_content") or {
+                    op["requestBody"] = {"required": not extra.get("request_optional"),
+                                         "content": extra.get("request_content") or {
                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                         "*/*": {"schema": {"type": "string", "format": "binary"}}}}
-                ok: dict[str, Any] = {"description": "OK"}
-                if "ok_content" in extra:
-                    ok["content"] = extra["ok_content"]
-                elif method.output_type == ".google.api.HttpBody":
-                    ok["content"] = {extra.get("ok_media_type", "*/*"): {
-                        "schema": {"type": "string", "format": "binary"}}}
-                elif method.server_streaming:
-                    # The transcoder writes the stream as one JSON array, element by element.
-                    ok["description"] = ("OK: a JSON array written as the stream goes, one element per "
-                                         "message; a stream broken off after the first one ends without `]`")
-                    ok["content"] = {JSON: {"schema": {"type": "array", "items": b.ref(method.output_type)}}}
-                else:
-                    ok["content"] = {JSON: {"schema": b.ref(method.output_type)}}
-                if "ok_headers" in extra:
-                    ok["headers"] = extra["ok_headers"]
-                responses: dict[str, Any] = {"200": ok}
-                for status, why in sorted(extra["statuses"].items()):
-                    info = why if isinstance(why, dict) else {"description": why}
-                    responses[status] = (
-                        {"description": info["description"], "content": ok["content"]} if extra.get("health")
-                        else _error_response(info["description"]))
-                    if "headers" in info:
-                        responses[status]["headers"] = info["headers"]
-                responses["default"] = _error_response(
-                    "An error: the gRPC status as its HTTP status, a google.rpc.Status body")
+                responses = _responses(b, method, verb, extra)
                 op["responses"] = responses
                 if full in PUBLIC:
                     op["security"] = extra.get("security", [])

@@ -30,7 +30,9 @@ def _all_bindings(fds):
                 rule = method.options.Extensions[annotations_pb2.http]
                 for r in [rule, *rule.additional_bindings]:
                     kind = r.WhichOneof("pattern")
-                    if kind:
+                    if kind == "custom":  # tus: HEAD and OPTIONS
+                        yield r.custom.kind.lower(), r.custom.path, r.body
+                    elif kind:
                         yield kind, getattr(r, kind), r.body
 
 
