@@ -48,11 +48,16 @@ class Refused(Exception):
     """The destination is not allowed (str(e) says why, for the delivery log)."""
 
 
-def _embedded_v4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+def _judged(ip: IPAddress) -> list[IPAddress]:
+    """The addresses that decide: an IPv4-mapped address is its IPv4 address
+    (that is where the socket goes); 6to4 and Teredo, themselves and the IPv4
+    address inside."""
     if not isinstance(ip, ipaddress.IPv6Address):
-        return []
-    found = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
-    return [a for a in found if a is not None]
+        return [ip]
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    inside = [ip.sixtofour, ip.teredo[1] if ip.teredo else None]
+    return [ip, *(a for a in inside if a is not None)]
 
 
 def _kind(ip: IPAddress) -> str | None:
@@ -90,7 +95,7 @@ class AddressPolicy:
         """None if `address` may be delivered to; else why not, in words
         ("a loopback address", "outside WEBHOOK_ALLOWED_NETWORKS")."""
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-        for candidate in (ip, *_embedded_v4(ip)):
+        for candidate in _judged(ip):
             if candidate.is_unspecified or candidate.is_multicast:
                 return f"an {'unspecified' if candidate.is_unspecified else 'multicast'} address"
             kind = _kind(candidate)
