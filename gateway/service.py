@@ -17,7 +17,7 @@ from video2mp3.core.errors import FailedPrecondition, InvalidArgument, NotFound,
 from video2mp3.domain import jobs, retention
 from video2mp3.gateway import validation
 from video2mp3.gateway.auth import caller
-from video2mp3.gateway.tus import Tus
+from video2mp3.gateway.tus import Tus, tus_errors
 from video2mp3.gateway.uploads import Uploads
 from video2mp3.gateway.user_check import UserCheck
 from video2mp3.gateway.user_data import delete_user_data
@@ -62,16 +62,20 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         return self.tus.describe(context)
 
     def CreateUpload(self, request, context):
-        return self.tus.create(context, caller(context))
+        with tus_errors():
+            return self.tus.create(context, caller(context))
 
     def GetUpload(self, request, context):
-        return self.tus.get(request.upload_id, context, caller(context))
+        with tus_errors():
+            return self.tus.get(request.upload_id, context, caller(context))
 
     def AppendUpload(self, request_iterator, context):
-        return self.tus.append(request_iterator, context, caller(context))
+        with tus_errors():
+            return self.tus.append(request_iterator, context, caller(context))
 
     def DeleteUpload(self, request, context):
-        return self.tus.delete(request.upload_id, context, caller(context))
+        with tus_errors():
+            return self.tus.delete(request.upload_id, context, caller(context))
 
     # --- webhooks (gateway/webhooks.py) ------------------------------------------
 

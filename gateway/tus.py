@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.utils
 import logging
@@ -80,7 +81,7 @@ COLLECTION = "tus_uploads"
 # A PATCH's lock on its upload: renewed with each checkpoint while bytes
 # arrive; one whose request died (without the gateway noticing) is taken over
 # after this long.
-LOCK_S = 30.0
+LOCK_S = 10.0
 # While bytes arrive, the offset of the chunks stored is recorded this often.
 CHECKPOINT_S = 1.0
 LOCKED_RETRY_S = 2.0
@@ -127,6 +128,18 @@ def parse_metadata(header: str) -> dict[str, str]:
             raise _bad_header("Upload-Metadata", f"the value of {key!r} in Upload-Metadata is not "
                                                  "base64 of UTF-8 text") from None
     return out
+
+
+@contextlib.contextmanager
+def tus_errors():
+    """Every refusal of a tus request carries Tus-Resumable, whoever raised it
+    (option validation, the disk-space guard, the upload slots)."""
+    try:
+        yield
+    except ServiceError as e:
+        if not any(k == "tus-resumable" for k, _ in e.trailers):
+            e.trailers = (*e.trailers, ("tus-resumable", TUS_VERSION))
+        raise
 
 
 def _bad_header(name: str, message: str) -> ServiceError:
