@@ -367,6 +367,11 @@
         onBeforeRequest(req) { req.setHeader('Authorization', `Bearer ${session.token}`); },
         onShouldRetry(err) {
           const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
+          if (status === 0) {
+            row.status.textContent = navigator.onLine
+              ? 'Connection lost. Resuming where the server got to…'
+              : 'Offline. The upload resumes when you are back online…';
+          }
           // 409 offset, 423 another PATCH, 429 busy, 5xx, 0 no answer: retry; other 4xx: no.
           return status === 0 || status === 409 || status === 423 || status === 429 || status >= 500;
         },
