@@ -304,8 +304,9 @@ class Tus:
         doc = self.coll.find_one({"_id": upload_id, "user_id": user_id})
         if doc is not None:
             self._check_alive(doc)
-            if self._file_complete(doc):  # its gateway died finishing it
-                return self._finish(doc, int(doc["length"]))
+            done = self._finish_stored(doc)
+            if done is not None:  # its gateway died finishing it
+                return done
             return _upload_proto(doc, self.jobs.get(upload_id))
         job = self.jobs.get_for_user(upload_id, user_id)
         if job is None:
@@ -320,6 +321,26 @@ class Tus:
 
     def _file_complete(self, doc: dict) -> bool:
         return self.files.find_one({"_id": doc["video_fid"]}, {"_id": 1}) is not None
+
+    def _finish_stored(self, doc: dict) -> media_pb2.Upload | None:
+        """An upload whose every byte is stored but which was not finished (its
+        gateway died in between): finish it now. None if it is not complete."""
+        length = int(doc["length"])
+        if self._file_complete(doc):
+            return self._finish(doc, length)
+        if int(doc["offset"]) != length:
+            return None
+        owner = uuid.uuid4().hex
+        doc = self._lock(doc, owner)  # 423 while a PATCH still holds it
+        try:
+            ChunkedUpload(self.mongo.db, VIDEOS_BUCKET, doc["filename"],
+                          metadata={"user_id": doc["user_id"], "content_type": doc.get("content_type")},
+                          file_id=doc["video_fid"], offset=length, tail=bytes(doc.get("tail") or b""),
+                          track=False).close()
+        except BaseException:
+            self._unlock(doc["_id"], owner)
+            raise
+        return self._finish(doc, length)
 
     # ------------------------------------------------------------ PATCH
 
@@ -351,8 +372,7 @@ class Tus:
             # Complete already (a retry of the last PATCH whose answer was lost).
             return self._appended(context, self._check_offset(offset, job.video_size, upload_id))
         self._check_alive(doc)
-        if self._file_complete(doc):
-            self._finish(doc, int(doc["length"]))
+        if self._finish_stored(doc) is not None:
             return self._appended(context, self._check_offset(offset, int(doc["length"]), upload_id))
         self._check_offset(offset, int(doc["offset"]), upload_id)
         owner = uuid.uuid4().hex
@@ -545,7 +565,8 @@ class Patch:
             self.stream.write_behind()
             self._receive(first, requests)
             cut = _reset_after_end(context)
-            if self.stream.length == self.length and not cut:
+            if self.stream.length == self.length:
+                # Every byte is in, whether or not the client stayed for the answer.
                 self.stream.close()
                 self.tus._finish(self.doc, self.length)
                 outcome = "completed"
@@ -666,9 +687,11 @@ class Patch:
 
     def _lost(self) -> None:
         """Someone else owns the upload now; if it is gone altogether
-        (terminated, expired), what this PATCH stored goes too."""
+        (terminated, expired: no transfer state, no live job), what this PATCH
+        stored goes too. Completed by another PATCH, it is left alone."""
         self.stream.abandon()
-        if self.tus.coll.find_one({"_id": self.id}, {"_id": 1}) is None:
+        job = self.tus.jobs.get(self.id)
+        if self.tus.coll.find_one({"_id": self.id}, {"_id": 1}) is None and (job is None or job.deleted):
             self.tus.files.delete_one({"_id": self.doc["video_fid"]})
             delete_chunks(self.tus.mongo.db, VIDEOS_BUCKET, self.doc["video_fid"],
                           at_least=self.stream.stored // self.stream.chunk_size + 4 * RANGE_CHUNKS)
