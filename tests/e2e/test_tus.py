@@ -133,7 +133,8 @@ def test_options_advertise_tus_and_need_no_token(tus_mesh):
 
 def test_tuspy_uploads_a_video_that_becomes_its_job(tus_mesh, rest, db, video):
     base = tus_mesh.rest_base_url
-    up = uploader(base, rest, video, chunk_size=3_000_000, bitrate_kbps="128", channels="1")  # PATCHes not chunk-aligned
+    # PATCHes of 3 MB: not a multiple of the GridFS chunk, so each leaves a tail.
+    up = uploader(base, rest, video, chunk_size=3_000_000, bitrate_kbps="128", channels="1")
     up.upload()
     uid = upload_id(up.url)
     assert up.url == f"{base}/v1/uploads/{uid}"
