@@ -250,9 +250,11 @@ class JobStore:
 
     def count_by_state(self) -> dict[str, int]:
         """How many live jobs are in each state (one aggregate query; for metrics).
-        Jobs still uploading count too: the converter may be working on them."""
+        Jobs still uploading count too: the converter may be working on them; a
+        resumable upload's job only once published (else no converter has it)."""
         return {d["_id"]: d["n"] for d in self.c.aggregate([
-            {"$match": LIVE}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]) if d["_id"]}
+            {"$match": {**LIVE, "$or": [{"tus": None}, {"published": True}]}},
+            {"$group": {"_id": "$state", "n": {"$sum": 1}}}]) if d["_id"]}
 
     def unpublished_summary(self) -> tuple[int, dt.datetime | None]:
         """(how many QUEUED jobs are unpublished, the oldest one's create_time); for metrics."""

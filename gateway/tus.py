@@ -477,6 +477,11 @@ class Tus:
         for doc in list(self.coll.find({"expire_time": {"$lte": t}}).limit(limit)):
             if doc.get("lock_until") is not None and _aware(doc["lock_until"]) > t:
                 continue  # a PATCH is running right now; next sweep
+            job = self.jobs.get(doc["_id"])
+            if job is not None and not job.uploading and not job.deleted:
+                # Complete: its gateway died before dropping the transfer state.
+                self.coll.delete_one({"_id": doc["_id"]})
+                continue
             self._delete(doc)
             metrics.TUS_UPLOADS.labels("expired").inc()
             log.info("upload %s expired: deleted with %d bytes written", doc["_id"], doc["offset"],
@@ -540,6 +545,7 @@ class Patch:
         self.length = int(doc["length"])
         self.streamable: bool | None = doc.get("streamable")
         self._checkpointed = time.monotonic()
+        self._recorded = int(doc["offset"])  # the offset the document says
         self._head = bytearray()
         self._beating = False
         guard = tus.uploads.space.guard() if tus.uploads.space else None
@@ -655,12 +661,14 @@ class Patch:
         only in memory) and renew the lock."""
         self._checkpointed = time.monotonic()
         t = jobs.now()
-        r = self.tus.coll.update_one(
-            {"_id": self.id, "lock_owner": self.owner},
-            {"$set": {"offset": self.stream.durable, "tail": b"",
-                      "lock_until": t + dt.timedelta(seconds=LOCK_S)}})
+        fields: dict = {"lock_until": t + dt.timedelta(seconds=LOCK_S)}
+        durable = self.stream.durable
+        if durable > self._recorded:  # never back: the recorded tail may still be ahead
+            fields.update(offset=durable, tail=b"")
+        r = self.tus.coll.update_one({"_id": self.id, "lock_owner": self.owner}, {"$set": fields})
         if r.matched_count != 1:
             raise LostLock()
+        self._recorded = max(self._recorded, durable)
 
     def _persist(self) -> None:
         """The request ended short of the last byte: store every full chunk,

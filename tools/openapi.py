@@ -136,7 +136,8 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
                     _param("Upload-Metadata", "comma-separated `key base64(value)` pairs: filename, "
                            "bitrate_kbps, vbr_quality, channels, sample_rate_hz, audio_track, request_id",
                            {"type": "string"}, required=False)],
-        "request_content": {"application/offset+octet-stream": {"schema": {"type": "string", "maxLength": 0}}},
+        # No body: creation-with-upload is not offered (a body sent is ignored).
+        "request_content": {"application/octet-stream": {"schema": {"type": "string", "maxLength": 0}}},
         "request_optional": True,
         "ok_status": "201",
         "ok_headers": {**TUS_ANSWER, "Location": _header("/v1/uploads/{upload_id}"),

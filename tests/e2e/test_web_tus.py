@@ -89,5 +89,6 @@ def test_cancel_terminates_the_upload(page, mesh, big_video):
     page.wait_state(big_video.name, "CANCELLED", timeout=10)
     wait_for("the DELETE", lambda: any(m == "DELETE" for m, _ in methods), timeout=10)
     url = next(u for m, u in methods if m == "DELETE")
-    r = requests.head(url, headers={"Authorization": f"Bearer {page.token}", "Tus-Resumable": "1.0.0"}, timeout=10)
-    assert r.status_code == 404
+    wait_for("the upload gone", lambda: requests.head(url, headers={
+        "Authorization": f"Bearer {page.token}", "Tus-Resumable": "1.0.0"}, timeout=10).status_code == 404,
+        timeout=15)

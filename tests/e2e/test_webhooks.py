@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -77,9 +78,17 @@ class Receiver:
         self.server.server_close()
 
 
+def own_database(mongo_server, name: str) -> str:
+    """A MongoDB database for one mesh alone: deliveries are dispatched by every
+    gateway sharing the database (that is how replicas share the work), and
+    the other meshes of the run have other settings (retry delays, SSRF rule)."""
+    return mongo_server.build(mongo_server.host, mongo_server.port, f"{name}_{uuid.uuid4().hex[:8]}")
+
+
 @pytest.fixture(scope="module")
-def hook_mesh(module_mesh_factory):
-    return module_mesh_factory(WEBHOOK_RETRY_DELAYS_S="1,1,1,1", WEBHOOK_POLL_INTERVAL_S=0.2)
+def hook_mesh(module_mesh_factory, mongo_server):
+    return module_mesh_factory(WEBHOOK_RETRY_DELAYS_S="1,1,1,1", WEBHOOK_POLL_INTERVAL_S=0.2,
+                               MONGO_URI=own_database(mongo_server, "v2m_hooks"))
 
 
 @pytest.fixture
@@ -261,11 +270,11 @@ def loopback_name() -> str:
 
 
 @pytest.fixture(scope="module")
-def strict_mesh(module_mesh_factory):
+def strict_mesh(module_mesh_factory, mongo_server):
     """Production's rule: private, loopback and link-local destinations refused
     (the egress allow-list still keeps every attempt on this machine)."""
     return module_mesh_factory(WEBHOOK_ALLOW_PRIVATE="false", WEBHOOK_POLL_INTERVAL_S=0.2,
-                               WEBHOOK_RETRY_DELAYS_S="1")
+                               WEBHOOK_RETRY_DELAYS_S="1", MONGO_URI=own_database(mongo_server, "v2m_strict"))
 
 
 @pytest.mark.parametrize("url", [
