@@ -22,6 +22,7 @@ from video2mp3.gateway.uploads import Uploads
 from video2mp3.gateway.user_check import UserCheck
 from video2mp3.gateway.user_data import delete_user_data
 from video2mp3.gateway.watch import WatchHub
+from video2mp3.gateway.webhooks import Webhooks, WebhookSettings
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 from video2mp3.rpc.health import DependencyMonitor
 from video2mp3.storage.gridfs_download import ChunkedDownload
@@ -38,10 +39,10 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, uploads: Uploads,
                  monitor: DependencyMonitor, watch_hub: WatchHub,
                  retention_settings: retention.RetentionSettings, users: UserCheck,
-                 tus: Tus | None = None, webhooks=None):
+                 tus: Tus | None = None, webhooks: Webhooks | None = None):
         self.mongo = mongo
         self.tus = tus or Tus(mongo, job_store, uploads, expiry_s=86400.0)
-        self.webhooks = webhooks
+        self.webhooks = webhooks or Webhooks(mongo.db, WebhookSettings())
         self.users = users
         self.jobs = job_store
         self.uploads = uploads

@@ -54,6 +54,7 @@ import pymongo
 import pymongo.errors
 from bson import ObjectId
 from google.api import httpbody_pb2
+from gridfs import DEFAULT_CHUNK_SIZE
 
 from video2mp3.core.errors import (
     FailedPrecondition,
@@ -239,7 +240,7 @@ class Tus:
         t = jobs.now()
         doc = {"_id": job_id, "user_id": caller.user_id, "video_fid": ObjectId(), "length": length,
                "offset": 0, "tail": b"", "filename": filename,
-               "content_type": meta.get("filetype") or meta.get("type") or "application/octet-stream",
+               "content_type": (meta.get("filetype") or meta.get("type") or "application/octet-stream")[:100],
                "streamable": None, "create_time": t,
                "expire_time": t + dt.timedelta(seconds=self.expiry_s),
                "lock_owner": None, "lock_until": None}
@@ -467,7 +468,7 @@ class Tus:
             retention.delete_job(self.mongo, self.jobs, job)
         # Past the recorded offset: what a killed PATCH may have stored.
         delete_chunks(self.mongo.db, VIDEOS_BUCKET, doc["video_fid"],
-                      at_least=int(doc["offset"]) // _chunk_size() + 4 * RANGE_CHUNKS)
+                      at_least=int(doc["offset"]) // DEFAULT_CHUNK_SIZE + 4 * RANGE_CHUNKS)
         self.coll.delete_one({"_id": doc["_id"]})
 
     def sweep_expired(self, limit: int = 100) -> int:
@@ -488,12 +489,6 @@ class Tus:
                      extra={"job_id": doc["_id"]})
             n += 1
         return n
-
-
-def _chunk_size() -> int:
-    from gridfs import DEFAULT_CHUNK_SIZE
-
-    return DEFAULT_CHUNK_SIZE
 
 
 def _aware(t: dt.datetime) -> dt.datetime:

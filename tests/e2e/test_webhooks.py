@@ -326,3 +326,30 @@ def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(strict_mes
                      d[0]["state"] == "DELIVERY_STATE_FAILED" and d[0], timeout=30)
     assert final["attempts"] == 2
     assert receiver.got == []
+
+
+def test_deleting_an_account_deletes_its_webhooks_deliveries_and_unfinished_uploads(hook_mesh, rest, receiver, clip):
+    from video2mp3.core.settings import MongoSettings
+    from video2mp3.storage.mongo import Mongo
+
+    hook = register(rest, receiver, events=["job.done"])
+    rest.upload(clip)
+    receiver.wait(lambda g: len(g) >= 1, "a delivery")
+    r = requests.post(f"{rest.base}/v1/uploads", headers={**rest.headers(), "Tus-Resumable": "1.0.0",
+                                                          "Upload-Length": "1000000"}, timeout=10)
+    url = f"{rest.base}{r.headers['Location']}"
+    r = requests.patch(url, data=b"x" * 300_000, headers={**rest.headers(), "Tus-Resumable": "1.0.0",
+                       "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}, timeout=10)
+    assert r.status_code == 204, r.text
+    m = Mongo(MongoSettings(uri=hook_mesh.env["MONGO_URI"], timeout_ms=5000))
+    try:
+        upload = m.db.tus_uploads.find_one({"_id": url.rsplit("/", 1)[-1]})
+        assert m.db["videos.chunks"].count_documents({"files_id": upload["video_fid"]}) == 1
+        r = requests.delete(f"{rest.base}/v1/me", headers=rest.headers(), timeout=30)
+        assert r.status_code == 200, r.text
+        assert m.db.webhooks.count_documents({"_id": hook["webhook_id"]}) == 0
+        assert m.db.webhook_deliveries.count_documents({"webhook_id": hook["webhook_id"]}) == 0
+        assert m.db.tus_uploads.count_documents({"user_id": upload["user_id"]}) == 0
+        assert m.db["videos.chunks"].count_documents({"files_id": upload["video_fid"]}) == 0
+    finally:
+        m.close()
