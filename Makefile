@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean \
+.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean \
         images compose-up compose-down kube-up kube-down test-containers
 
 install: $(VENV)/.installed
@@ -32,6 +32,15 @@ node_modules/.installed: package.json package-lock.json
 	# platforms' optional buf binaries "out of sync"; install still honours the lock.
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The web page's tus client (resumable uploads): tus-js-client's own browser
+# bundle from npm (the version package-lock.json pins), its source-map comment
+# dropped. Committed, so that `make run` and the images need no npm; this
+# regenerates it after an upgrade, and tests/unit/test_web_bundle.py checks it
+# is the locked version's.
+web: web/tus.min.js
+web/tus.min.js: node_modules/.installed
+	sed -e 's|//# sourceMappingURL=[^ ]*$$||' node_modules/tus-js-client/dist/tus.min.js > $@
 
 # Python stubs, Envoy's descriptor set and the OpenAPI document:
 # tools/codegen.py, the one recipe (the Dockerfile runs it too).

@@ -230,8 +230,11 @@ def health(ctx: Context) -> None:
 @click.option("--mono", is_flag=True, help="One channel instead of two.")
 @click.option("-j", "--parallel", type=click.IntRange(1, 8), default=4, show_default=True,
               help="Files uploaded and followed at once.")
+@click.option("--resumable-over", type=click.IntRange(0), default=64, show_default=True, metavar="MB",
+              help="Files of at least this many MB are uploaded resumably (tus over HTTP): a dropped "
+                   "connection is resumed, and so is the same command run again. 0: every file.")
 def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitrate: int | None,
-            vbr: int | None, mono: bool, parallel: int) -> None:
+            vbr: int | None, mono: bool, parallel: int, resumable_over: int) -> None:
     if bitrate is not None and vbr is not None:
         raise click.UsageError("--bitrate and --vbr exclude each other: pick one")
     options: dict = {}
@@ -245,7 +248,8 @@ def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitr
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
     items = [conv.Item(path, conv.mp3_destination(path, output_dir)) for path in dict.fromkeys(files)]
-    code = conv.Converter(ctx.session, options, conv.Display(ctx.console), parallel).run(items)
+    code = conv.Converter(ctx.session, options, conv.Display(ctx.console), parallel,
+                          resumable_over=resumable_over * 1_000_000).run(items)
     if code:
         sys.exit(code)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import http.client
 import mimetypes
 import os
 import threading
@@ -27,6 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from video2mp3.cli import resumable
 from video2mp3.cli.session import (
     EXIT_AUTH,
     EXIT_CONVERSIONS_FAILED,
@@ -37,6 +39,7 @@ from video2mp3.cli.session import (
     Session,
     describe,
     error_reason,
+    not_logged_in,
     retry_delay,
 )
 from video2mp3.media.v1 import media_pb2
@@ -161,11 +164,14 @@ class Display:
 # ------------------------------------------------------------------ one file
 
 class Converter:
-    def __init__(self, session: Session, options: dict, display: Display, parallel: int = 4):
+    def __init__(self, session: Session, options: dict, display: Display, parallel: int = 4,
+                 resumable_over: int | None = None):
         self.s = session
         self.options = options
         self.display = display
         self.parallel = parallel
+        # Files of at least this many bytes go by tus (cli/resumable.py); None: never.
+        self.resumable_over = resumable_over
         self.cancelled = threading.Event()
         self._calls: set = set()
         self._lock = threading.Lock()
@@ -266,6 +272,8 @@ class Converter:
 
     def _upload(self, item: Item) -> media_pb2.Job:
         size = item.path.stat().st_size
+        if self.resumable_over is not None and size >= self.resumable_over:
+            return self._upload_resumable(item, size)
         for attempt in range(BUSY_RETRIES + 1):
             self.display.phase(item, "uploading", size, f"uploading {human_bytes(size)}")
             call = self._track(self.s.media.UploadVideo.future(self._messages(item), metadata=self.s.metadata))
@@ -285,6 +293,31 @@ class Converter:
             finally:
                 self._untrack(call)
         raise AssertionError("unreachable")
+
+    def _upload_resumable(self, item: Item, size: int) -> media_pb2.Job:
+        """tus over HTTP: survives dropped connections and gateway restarts, and a
+        second run of the same command goes on where the first stopped."""
+        self.display.phase(item, "uploading", size, f"uploading {human_bytes(size)} (resumable)")
+        up = resumable.TusUpload(
+            self.s.server, lambda: dict(self.s.metadata)["authorization"], item.path, self.options,
+            on_bytes=lambda n: self.display.advance(item, n),
+            on_offset=lambda offset: self.display.update(item, offset, ""),
+            cancelled=self.cancelled)
+        try:
+            job_id = up.run()
+        except resumable.Cancelled:
+            up.terminate()
+            raise Interrupted() from None
+        except resumable.UploadError as e:
+            if e.status == 401:
+                raise not_logged_in(f"the server did not accept your login ({e})") from None
+            raise CliError(str(e)) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise CliError(f"the upload could not go on ({e}); run the same command again to resume it",
+                           EXIT_UNREACHABLE) from None
+        if not self.display.bars:
+            self.display.line(f"{item.name}: uploaded as job {job_id}")
+        return self.s.media.GetJob(media_pb2.GetJobRequest(job_id=job_id), metadata=self.s.metadata, timeout=30)
 
     def _messages(self, item: Item) -> Iterator[media_pb2.UploadVideoRequest]:
         """Options in the first message, 1 MiB of the file in each. (On Ctrl-C

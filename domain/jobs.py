@@ -8,13 +8,27 @@ Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
-trace, uploading, upload_touched}.
+trace, uploading, upload_touched, tus, notify, pending_events}.
 
 A streamable upload's job is created as its first bytes arrive, so that it is
 converted while the rest arrives (gateway/early_jobs.py): until the upload
 ends it carries `uploading: true` and an `upload_touched` heartbeat, and is
 HIDDEN from its owner (VISIBLE below) exactly like a job that does not exist.
 Its upload's end clears both, and from then on it is a normal job.
+
+A resumable (tus) upload's job is created hidden when the upload is created
+(gateway/tus.py) and also carries `tus: true`: its client may pause for hours
+between two requests, so no heartbeat proves it alive and the janitor of dead
+streamed uploads leaves it alone; it ends complete (finish_upload) or expired
+or terminated (deleted like any job).
+
+Events for webhooks (gateway/webhook_dispatch.py) are recorded by the state
+changes themselves: every update that moves a job to PROCESSING, DONE or
+FAILED also adds the event (`job.processing`, ...) to `pending_events` and
+sets `notify: true`, in the same conditional update, so an event is never
+lost between a state change and its recording, whoever dies; the gateways turn
+them into deliveries, then remove the events they handled (and the flag once
+none is left).
 
 `request_id` is the client's idempotency key (CreateJob retries get the same
 job); `trace` is something else: the upload's x-request-id and trace context
@@ -98,6 +112,7 @@ class Job:
     trace: dict = dataclasses.field(default_factory=dict)
     uploading: bool = False
     upload_touched: dt.datetime | None = None
+    tus: bool = False
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -128,6 +143,7 @@ class Job:
             trace=dict(doc.get("trace") or {}),
             uploading=bool(doc.get("uploading", False)),
             upload_touched=doc.get("upload_touched"),
+            tus=bool(doc.get("tus", False)),
         )
 
     @property
@@ -144,6 +160,12 @@ def _job(doc: dict | None) -> Job | None:
 LIVE: dict = {"deleted": None}
 # Its owner never sees a job whose upload is still in progress either.
 VISIBLE: dict = {**LIVE, "uploading": None}
+# Set with every state change that makes a webhook event (see the module doc).
+NOTIFY: dict = {"notify": True}
+
+
+def _event(name: str) -> dict:
+    return {"$addToSet": {"pending_events": name}}
 
 
 # A hidden job's heartbeat (gateway/early_jobs.py) beats this often; older
@@ -172,15 +194,18 @@ class JobStore:
         # AIP-155: one job per (caller, request_id), whatever races happen.
         self.c.create_index([("user_id", 1), ("request_id", 1)], unique=True,
                             partialFilterExpression={"request_id": {"$type": "string"}})
+        # Jobs with an event not turned into webhook deliveries yet: few at any time.
+        self.c.create_index([("notify", 1)], partialFilterExpression={"notify": True})
 
     # --- gateway side -------------------------------------------------------
 
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
                options: media_pb2.ConversionOptions, request_id: str = "",
-               trace: dict | None = None, uploading: bool = False) -> Job:
+               trace: dict | None = None, uploading: bool = False, tus: bool = False) -> Job:
         """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`.
-        `uploading`: a hidden job whose upload goes on (see the module doc)."""
+        `uploading`: a hidden job whose upload goes on (see the module doc);
+        `tus`: and that upload is resumable (gateway/tus.py)."""
         t = now()
         doc = {
             "_id": job_id,
@@ -208,6 +233,8 @@ class JobStore:
             doc["request_id"] = request_id
         if uploading:
             doc.update(uploading=True, upload_touched=t)
+        if tus:
+            doc.update(tus=True)
         self.c.insert_one(doc)
         return Job.from_doc(doc)
 
@@ -223,9 +250,11 @@ class JobStore:
 
     def count_by_state(self) -> dict[str, int]:
         """How many live jobs are in each state (one aggregate query; for metrics).
-        Jobs still uploading count too: the converter may be working on them."""
+        Jobs still uploading count too: the converter may be working on them; a
+        resumable upload's job only once published (else no converter has it)."""
         return {d["_id"]: d["n"] for d in self.c.aggregate([
-            {"$match": LIVE}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]) if d["_id"]}
+            {"$match": {**LIVE, "$or": [{"tus": None}, {"published": True}]}},
+            {"$group": {"_id": "$state", "n": {"$sum": 1}}}]) if d["_id"]}
 
     def unpublished_summary(self) -> tuple[int, dt.datetime | None]:
         """(how many QUEUED jobs are unpublished, the oldest one's create_time); for metrics."""
@@ -240,6 +269,14 @@ class JobStore:
     def get_by_request(self, user_id: str, request_id: str) -> Job | None:
         # Hidden while uploading: a retry waits for the upload (gateway/request_ids.py).
         return _job(self.c.find_one({"user_id": user_id, "request_id": request_id, **VISIBLE}))
+
+    def get_live_by_request(self, user_id: str, request_id: str) -> Job | None:
+        """The job holding this request_id, hidden or not (a resumable upload's)."""
+        return _job(self.c.find_one({"user_id": user_id, "request_id": request_id, **LIVE}))
+
+    def get_live_for_user(self, job_id: str, user_id: str) -> Job | None:
+        """The job, hidden or not, if it is this user's (a resumable upload's)."""
+        return _job(self.c.find_one({"_id": job_id, "user_id": user_id, **LIVE}))
 
     def live(self, job_ids: list[str]) -> dict[str, Job]:
         """The jobs among `job_ids` that exist (one query, for the watchers)."""
@@ -288,7 +325,7 @@ class JobStore:
         return _job(self.c.find_one_and_update(
             {"_id": job_id, "uploading": True, **LIVE},
             {"$set": {"video_size": video_size, "filename": filename, "update_time": now()},
-             "$unset": {"uploading": "", "upload_touched": ""}},
+             "$unset": {"uploading": "", "upload_touched": "", "tus": ""}},
             return_document=pymongo.ReturnDocument.AFTER))
 
     def claim_stale_upload(self, touched_before: dt.datetime, user_id: str | None = None,
@@ -296,7 +333,8 @@ class JobStore:
         """Step one of deleting a job whose upload's gateway died (no heartbeat
         since `touched_before`), optionally the one holding a request_id; None
         when there is none."""
-        query: dict = {"uploading": True, "upload_touched": {"$lt": touched_before}, **LIVE}
+        # A resumable upload is never stale: it expires (gateway/tus.py).
+        query: dict = {"uploading": True, "upload_touched": {"$lt": touched_before}, "tus": None, **LIVE}
         if request_id is not None:
             query.update(user_id=user_id, request_id=request_id)
         return self._mark_deleted(query)
@@ -351,8 +389,9 @@ class JobStore:
              "$or": [{"state": {"$ne": PROCESSING}}, {"lease_until": {"$lt": t}},
                      {"lease_until": None}]},
             # progress is kept: a watcher never sees it go back on a retry.
-            {"$set": {"state": PROCESSING, "update_time": t,
+            {"$set": {"state": PROCESSING, "update_time": t, **NOTIFY,
                       "current_mp3_fid": mp3_fid, "lease_until": t + dt.timedelta(seconds=lease_s)},
+             **_event("job.processing"),
              "$inc": {"attempts": 1},
              "$push": {"pending_mp3_fids": mp3_fid}},
             return_document=pymongo.ReturnDocument.BEFORE,
@@ -376,7 +415,8 @@ class JobStore:
             {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
             {"$set": {"state": DONE, "progress": 100, "mp3_fid": mp3_fid,
                       "mp3_size": mp3_size, "error": "", "update_time": t, "complete_time": t,
-                      "lease_until": None},
+                      "lease_until": None, **NOTIFY},
+             **_event("job.done"),
              "$pull": {"pending_mp3_fids": mp3_fid}},
         )
         return r.modified_count == 1
@@ -391,9 +431,26 @@ class JobStore:
         r = self.c.update_one(
             {"_id": job_id, "state": {"$nin": list(FINAL_STATES)}, **LIVE},
             {"$set": {"state": FAILED, "error": reason, "update_time": t, "complete_time": t,
-                      "lease_until": None}},
+                      "lease_until": None, **NOTIFY}, **_event("job.failed")},
         )
         return r.modified_count == 1
+
+    # --- webhook events (gateway/webhook_events.py) ---------------------------
+
+    def with_events(self, limit: int = 100) -> list[tuple[Job, list[str]]]:
+        """Visible jobs with events not turned into webhook deliveries yet, and
+        those events (hidden jobs wait until their upload ends)."""
+        return [(Job.from_doc(d), list(d.get("pending_events") or []))
+                for d in self.c.find({**NOTIFY, **VISIBLE}, limit=limit)]
+
+    def events_recorded(self, job_id: str, events: list[str]) -> None:
+        """Remove the events handled; the flag goes once none is left (an event
+        added meanwhile keeps it)."""
+        if events:
+            self.c.update_one({"_id": job_id}, {"$pullAll": {"pending_events": events}})
+        self.c.update_one({"_id": job_id, "$or": [{"pending_events": {"$size": 0}},
+                                                  {"pending_events": None}]},
+                          {"$unset": {"notify": "", "pending_events": ""}})
 
     def forget_pending(self, job_id: str, mp3_fids: list[ObjectId]) -> None:
         self.c.update_one({"_id": job_id}, {"$pullAll": {"pending_mp3_fids": mp3_fids}})

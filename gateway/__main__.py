@@ -23,9 +23,12 @@ from video2mp3.gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from video2mp3.gateway.outbox import Outbox
 from video2mp3.gateway.service import MediaService
 from video2mp3.gateway.storage_space import StorageSpace
+from video2mp3.gateway.tus import Tus
 from video2mp3.gateway.uploads import Uploads
 from video2mp3.gateway.user_check import UserCheck, grpc_get_me
 from video2mp3.gateway.watch import WatchHub
+from video2mp3.gateway.webhook_dispatch import Dispatcher, Events
+from video2mp3.gateway.webhooks import Webhooks
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 from video2mp3.rpc import server as grpc_server
 from video2mp3.rpc.health import DependencyMonitor
@@ -74,7 +77,10 @@ def main() -> None:
     users = UserCheck(grpc_get_me(to_auth), ttl_s=cfg.user_cache_ttl_s, stale_s=cfg.user_cache_stale_s)
     api_keys = ApiKeyCheck(grpc_get_credential(to_auth), ttl_s=cfg.api_key_cache_ttl_s)
     hub = WatchHub(job_store, interval_s=cfg.watch_poll_interval_s, max_watchers=cfg.max_watchers)
-    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users)
+    tus = Tus(mongo, job_store, uploads, expiry_s=cfg.upload_expiry_s)
+    webhooks = Webhooks(mongo.db, cfg.webhooks)
+    service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users, tus=tus,
+                           webhooks=webhooks)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port,
@@ -94,6 +100,8 @@ def main() -> None:
     key_refresher = Periodic("jwks-refresh", cfg.jwks_refresh_s, keys.refresh).start()
     try:
         job_store.ensure_indexes()
+        tus.ensure_indexes()
+        webhooks.ensure_indexes()
     except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
         log.warning("could not create job indexes now: %s", e)
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
@@ -112,15 +120,21 @@ def main() -> None:
     mp3_janitor = OrphanChunkJanitor(mongo.db, max_age_s=cfg.orphan_chunk_age_s,
                                      interval_s=cfg.janitor_interval_s, bucket=MP3S_BUCKET).start()
 
+    # Job events become webhook deliveries, sent from every gateway (gateway/webhook_dispatch.py).
+    dispatcher = Dispatcher(mongo.db, cfg.webhooks, Events(mongo.db, job_store, service._proto)).start()
+
     def sweep():
         retention.sweep(mongo, job_store, cfg.retention)
         uploads.request_ids.sweep()
+        tus.sweep_expired()
+        dispatcher.sweep()
 
     sweeper = Periodic("retention-sweep", cfg.retention.sweep_interval_s, sweep,
                        errors=(pymongo.errors.PyMongoError,)).start()
     hub.start()
 
     def on_stop():
+        dispatcher.stop()
         stats.stop()
         hub.stop()
         sweeper.stop()

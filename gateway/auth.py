@@ -34,7 +34,8 @@ from video2mp3.gateway.user_check import AuthUnreachable, UserCheck
 log = logging.getLogger(__name__)
 
 MEDIA_SERVICE = "/video2mp3.media.v1.MediaService/"
-PUBLIC_METHODS = {MEDIA_SERVICE + "GetHealth"}
+# tus OPTIONS (DescribeUploads) says what the server offers, to anyone.
+PUBLIC_METHODS = {MEDIA_SERVICE + "GetHealth", MEDIA_SERVICE + "DescribeUploads"}
 AUTH_UNAVAILABLE_MESSAGE = "cannot confirm your account right now; try again shortly"
 # What each permission covers, in words, for the refusal's message.
 PERMISSION_WORDS = {

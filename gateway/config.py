@@ -5,6 +5,7 @@ import dataclasses
 
 from video2mp3.core.settings import AuthEndpoint, MongoSettings, RabbitSettings, group, setting
 from video2mp3.domain.retention import RetentionSettings
+from video2mp3.gateway.webhooks import WebhookSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,9 @@ class GatewayConfig:
         "default)"))
     max_concurrent_uploads: int = setting("MAX_CONCURRENT_UPLOADS", 8, help=(
         "uploads at once; one more gets RESOURCE_EXHAUSTED / 429"))
+    upload_expiry_s: float = setting("UPLOAD_EXPIRY_S", 86400.0, minimum=60, help=(
+        "a resumable (tus) upload not complete this long after its creation is deleted with everything "
+        "written, seconds (gateway/tus.py)"))
     # Each WatchJob (a server stream) holds one handler thread while it runs:
     # MAX_WATCHERS of them at most, more get RESOURCE_EXHAUSTED, and the
     # threads left over (MEDIA_MAX_WORKERS - MAX_WATCHERS) serve everything else.
@@ -55,6 +59,8 @@ class GatewayConfig:
     watch_poll_interval_s: float = setting("WATCH_POLL_INTERVAL_S", 0.5, minimum=0.05, help=(
         "how often the gateway reads every watched job, seconds (one query for all)"))
     retention: RetentionSettings = group(RetentionSettings)
+    # Webhooks: where deliveries may go, timeouts, retries (gateway/webhooks.py).
+    webhooks: WebhookSettings = group(WebhookSettings)
     republish_interval_s: float = setting("REPUBLISH_INTERVAL_S", 5.0, help=(
         "how often the outbox re-publishes jobs RabbitMQ did not confirm, seconds"))
     grace_seconds: float = setting("GRACE_SECONDS", 10.0, help="seconds in-flight RPCs get to finish after SIGTERM")

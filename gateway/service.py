@@ -17,10 +17,12 @@ from video2mp3.core.errors import FailedPrecondition, InvalidArgument, NotFound,
 from video2mp3.domain import jobs, retention
 from video2mp3.gateway import validation
 from video2mp3.gateway.auth import caller
+from video2mp3.gateway.tus import Tus, tus_errors
 from video2mp3.gateway.uploads import Uploads
 from video2mp3.gateway.user_check import UserCheck
 from video2mp3.gateway.user_data import delete_user_data
 from video2mp3.gateway.watch import WatchHub
+from video2mp3.gateway.webhooks import Webhooks, WebhookSettings
 from video2mp3.media.v1 import media_pb2, media_pb2_grpc
 from video2mp3.rpc.health import DependencyMonitor
 from video2mp3.storage.gridfs_download import ChunkedDownload
@@ -36,8 +38,11 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 class MediaService(media_pb2_grpc.MediaServiceServicer):
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, uploads: Uploads,
                  monitor: DependencyMonitor, watch_hub: WatchHub,
-                 retention_settings: retention.RetentionSettings, users: UserCheck):
+                 retention_settings: retention.RetentionSettings, users: UserCheck,
+                 tus: Tus | None = None, webhooks: Webhooks | None = None):
         self.mongo = mongo
+        self.tus = tus or Tus(mongo, job_store, uploads, expiry_s=86400.0)
+        self.webhooks = webhooks or Webhooks(mongo.db, WebhookSettings())
         self.users = users
         self.jobs = job_store
         self.uploads = uploads
@@ -51,6 +56,48 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
 
     def UploadVideo(self, request_iterator, context):
         return self._proto(self.uploads.handle(request_iterator, context, caller(context)))
+
+    # --- resumable uploads (tus; gateway/tus.py) ---------------------------------
+
+    def DescribeUploads(self, request, context):
+        return self.tus.describe(context)
+
+    def CreateUpload(self, request, context):
+        with tus_errors():
+            return self.tus.create(context, caller(context))
+
+    def GetUpload(self, request, context):
+        with tus_errors():
+            return self.tus.get(request.upload_id, context, caller(context))
+
+    def AppendUpload(self, request_iterator, context):
+        with tus_errors():
+            return self.tus.append(request_iterator, context, caller(context))
+
+    def DeleteUpload(self, request, context):
+        with tus_errors():
+            return self.tus.delete(request.upload_id, context, caller(context))
+
+    # --- webhooks (gateway/webhooks.py) ------------------------------------------
+
+    def CreateWebhook(self, request, context):
+        return self.webhooks.create(request.webhook, caller(context))
+
+    def ListWebhooks(self, request, context):
+        return self.webhooks.list(request, caller(context))
+
+    def GetWebhook(self, request, context):
+        return self.webhooks.get(request.webhook_id, caller(context))
+
+    def DeleteWebhook(self, request, context):
+        self.webhooks.delete(request.webhook_id, caller(context))
+        return empty_pb2.Empty()
+
+    def ListWebhookDeliveries(self, request, context):
+        return self.webhooks.list_deliveries(request, caller(context))
+
+    def RedeliverWebhookDelivery(self, request, context):
+        return self.webhooks.redeliver(request.webhook_id, request.delivery_id, caller(context))
 
     # MongoDB errors are left to core/errors.py: UNAVAILABLE, in one place.
     def _owned_job(self, job_id: str, context) -> jobs.Job:

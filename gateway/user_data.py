@@ -8,13 +8,21 @@ write its MP3, which the converter drops once it finds its job gone.
 """
 from __future__ import annotations
 
-from video2mp3.gateway import request_ids
-from video2mp3.storage.gridfs_download import delete_file
+from gridfs import DEFAULT_CHUNK_SIZE
+
+from video2mp3.gateway import request_ids, tus, webhooks
+from video2mp3.storage.gridfs_download import RANGE_CHUNKS, delete_chunks, delete_file
 from video2mp3.storage.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
 
 
 def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:
     """(jobs, videos, MP3s) deleted."""
+    # Resumable uploads not complete yet: chunks without a files document,
+    # found through their transfer state (gateway/tus.py), which goes last.
+    for doc in mongo.db[tus.COLLECTION].find({"user_id": user_id}, {"video_fid": 1, "offset": 1}):
+        delete_chunks(mongo.db, VIDEOS_BUCKET, doc["video_fid"],
+                      at_least=int(doc.get("offset") or 0) // DEFAULT_CHUNK_SIZE + 4 * RANGE_CHUNKS)
+        mongo.db[tus.COLLECTION].delete_one({"_id": doc["_id"]})
     counts = []
     for bucket in (VIDEOS_BUCKET, MP3S_BUCKET):
         n = 0
@@ -25,4 +33,6 @@ def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:
     jobs = mongo.jobs.delete_many({"user_id": user_id}).deleted_count
     # Upload reservations (gateway/request_ids.py) go too: nothing of the user is kept.
     mongo.db[request_ids.COLLECTION].delete_many({"user_id": user_id})
+    # Webhooks and their delivery logs (gateway/webhooks.py).
+    webhooks.delete_user_webhooks(mongo.db, user_id)
     return jobs, counts[0], counts[1]

@@ -18,6 +18,8 @@ Configuration (environment, with defaults):
   AUTH_METRICS_PORT 9101, MEDIA_METRICS_PORT 9102, CONVERTER_METRICS_PORT 9103,
   ENVOY_METRICS_PORT 9902   Prometheus endpoints (0: off)
   LOG_FORMAT       text here (readable in a terminal); the services' default is json
+  WEBHOOK_ALLOW_PRIVATE  true here, so a webhook receiver on 127.0.0.1 works on
+                   a laptop; the gateway's default (and production's) is false
   AUTH_ADDR        where the gateway reaches auth (127.0.0.1:AUTH_PORT)
   AUTH_KEYS_DIR    auth's signing keys; unset: ./data/keys, where a key is
                    generated (mode 0600) on first start and reused after
@@ -91,6 +93,9 @@ def preflight(mesh: MeshSettings) -> None:
 def main() -> int:
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "text")  # a terminal, not a log pipeline
+    # Local development: webhooks may go to a receiver on this machine
+    # (gateway/safe_http.py; never set in deploy/).
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
     mesh = load(MeshSettings, env)  # a bad value exits here with one line
     preflight(mesh)
     embedded_mongo = not is_set(MongoSettings, "uri", env)

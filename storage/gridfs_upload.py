@@ -30,6 +30,13 @@ building the whole result), an upload in progress is recorded in
 `<bucket>.uploads` ({_id: file id, n: chunks so far, touched}), refreshed at
 most every TOUCH_EVERY_S as chunks are stored and removed by close() and abort(); the gateway's janitor
 deletes the chunks of a record left untouched too long (its gateway died).
+
+A resumable upload (gateway/tus.py) is written by several requests, each with
+its own ChunkedUpload: `offset` and `tail` go on from where the last one
+stopped, `pause()` stores every full chunk and leaves the rest (`tail`) to
+the caller, `durable` says how much is stored without waiting, and
+`track=False` leaves the janitor out (such an upload may pause for hours; it
+has an expiry of its own).
 """
 from __future__ import annotations
 
@@ -70,24 +77,33 @@ def ensure_indexes(db, bucket: str) -> None:
 class ChunkedUpload:
     def __init__(self, db, bucket: str, filename: str, metadata: dict | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None,
-                 before_store: Callable[[int], None] | None = None):
+                 before_store: Callable[[int], None] | None = None,
+                 offset: int = 0, tail: bytes = b"", track: bool = True):
         # before_store(n): called as each chunk is cut, in the caller's thread,
         # before it is stored; may raise to stop the upload (gateway/storage_space.py's
         # disk-space guard).
+        # offset, tail: go on with an upload whose first `offset` bytes are stored
+        # already: offset // chunk_size full chunks, and `tail`, the bytes after
+        # them, kept by the caller (a resumable upload: gateway/tus.py).
+        # track: record the upload in `<bucket>.uploads` for the janitor; a caller
+        # that tracks its upload itself (and may pause for hours) passes False.
         ensure_indexes(db, bucket)
+        if len(tail) != offset % chunk_size:
+            raise ValueError(f"a tail of {len(tail)} bytes does not end at offset {offset}")
         self._id = file_id or ObjectId()
         self.filename = filename
         self.metadata = metadata or {}
         self.chunk_size = chunk_size
-        self.length = 0
+        self.length = offset
         self.closed = False
         self._db, self._bucket = db, bucket
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
-        self._buf = bytearray()  # the partial chunk
-        self._n = 0  # chunks cut so far (stored, or on their way)
+        self._buf = bytearray(tail)  # the partial chunk
+        self._n = offset // chunk_size  # chunks cut so far (stored, or on their way)
+        self._stored_n = self._n  # chunks known to be stored
         self._before_store = before_store
-        self._uploads = db[f"{bucket}.uploads"]
+        self._uploads = db[f"{bucket}.uploads"] if track else None
         self._touched = float("-inf")
         self._writer: _Writer | None = None
 
@@ -116,6 +132,41 @@ class ChunkedUpload:
             view = view[self.chunk_size:]
         self._buf += view
 
+    @property
+    def stored(self) -> int:
+        """Bytes in full chunks cut so far (stored once flush() returns)."""
+        return self._n * self.chunk_size
+
+    @property
+    def durable(self) -> int:
+        """Bytes in full chunks known to be stored (no waiting; <= stored)."""
+        return self._stored_n * self.chunk_size
+
+    @property
+    def tail(self) -> bytes:
+        """The bytes after the full chunks: the partial chunk not stored yet."""
+        return bytes(self._buf)
+
+    def flush(self) -> None:
+        """Wait until every full chunk cut so far is stored (raises the writer's
+        failure); the partial chunk stays in memory (`tail`)."""
+        if self._writer is not None:
+            self._writer.drain()
+
+    def pause(self) -> None:
+        """Store every full chunk and stop the writer thread, leaving the upload
+        open, to be resumed later (by anyone) from `length` and `tail`."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.finish()
+
+    def abandon(self) -> None:
+        """Store nothing more and delete nothing: another writer owns the file now."""
+        self._buf.clear()
+        self.closed = True
+        if self._writer is not None:
+            self._writer.cancel()
+
     def close(self) -> None:
         """Store the last partial chunk and the files document."""
         if self.closed:
@@ -134,7 +185,8 @@ class ChunkedUpload:
             "metadata": self.metadata,
         })
         self.closed = True
-        self._uploads.delete_one({"_id": self._id})
+        if self._uploads is not None:
+            self._uploads.delete_one({"_id": self._id})
 
     def abort(self) -> None:
         """Delete what was written; the upload never becomes a file."""
@@ -143,7 +195,8 @@ class ChunkedUpload:
         if self._writer is not None:
             self._writer.cancel()  # nothing more is stored once this returns
         delete_chunks(self._db, self._bucket, self._id, upto=self._n)  # in ranges: see gridfs_download
-        self._uploads.delete_one({"_id": self._id})
+        if self._uploads is not None:
+            self._uploads.delete_one({"_id": self._id})
 
     def _cut(self, data: bytes) -> None:
         """One full (or the last) chunk: stored now, or batched for the writer."""
@@ -158,7 +211,7 @@ class ChunkedUpload:
             self._writer.add(doc)  # blocks while too many wait; raises the writer's error
 
     def _insert(self, docs: list[dict]) -> None:
-        if time.monotonic() - self._touched >= TOUCH_EVERY_S:
+        if self._uploads is not None and time.monotonic() - self._touched >= TOUCH_EVERY_S:
             self._touched = time.monotonic()
             self._uploads.update_one({"_id": self._id}, {"$set": {
                 "n": docs[0]["n"], "touched": dt.datetime.now(dt.UTC)}}, upsert=True)
@@ -166,6 +219,7 @@ class ChunkedUpload:
             self._chunks.insert_one(docs[0])
         else:
             self._chunks.insert_many(docs)  # ordered: a failure stores no later chunk
+        self._stored_n = docs[-1]["n"] + 1
 
 
 class _Writer:
@@ -182,6 +236,7 @@ class _Writer:
         self._closing = False     # no more chunks: store what waits, then stop
         self._cancelled = False   # store nothing more
         self._error: BaseException | None = None
+        self._busy = False        # a batch is being stored
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -192,6 +247,13 @@ class _Writer:
             self._raise()
             self._waiting.append(doc)
             self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until no chunk waits or is being stored; raise the writer's failure if any."""
+        with self._cond:
+            while (self._waiting or self._busy) and self._error is None:
+                self._cond.wait()
+            self._raise()
 
     def finish(self) -> None:
         """Wait until every chunk is stored; raise the writer's failure if any."""
@@ -217,15 +279,20 @@ class _Writer:
                 if not self._waiting or self._cancelled or self._error is not None:
                     return
                 take, self._waiting = self._waiting[:self._batch], self._waiting[self._batch:]
+                self._busy = True
                 self._cond.notify_all()  # room for add()
             try:
                 self._store(take)
             except BaseException as e:  # noqa: BLE001 - raised in the uploading thread
                 with self._cond:
                     self._error = e
+                    self._busy = False
                     self._waiting.clear()
                     self._cond.notify_all()
                 return
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()  # drain()
 
     def _raise(self) -> None:
         if self._error is not None:

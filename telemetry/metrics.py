@@ -39,6 +39,17 @@ UPLOAD_BYTES = Counter("video2mp3_upload_bytes", "Video bytes stored by complete
 # "while_uploading": a streamable file (gateway/early_jobs.py) whose
 # conversion started as it arrived; "after_upload": every other one.
 UPLOADS = Counter("video2mp3_uploads", "Completed uploads, by when their conversion could start", ["conversion"])
+# Resumable uploads (gateway/tus.py): created, PATCH requests by how they
+# ended, completed, expired or terminated.
+TUS_UPLOADS = Counter("video2mp3_tus_uploads", "Resumable (tus) uploads, by event",
+                      ["event"])
+TUS_PATCHES = Counter("video2mp3_tus_patches", "tus PATCH requests, by outcome", ["outcome"])
+# Webhooks (gateway/webhook_dispatch.py): deliveries made by event, attempts by outcome.
+WEBHOOK_DELIVERIES = Counter("video2mp3_webhook_deliveries", "Webhook deliveries created, by event type",
+                             ["event"])
+WEBHOOK_ATTEMPTS = Counter("video2mp3_webhook_attempts", "Webhook delivery attempts, by outcome",
+                           ["outcome"])
+WEBHOOK_PENDING = Gauge("video2mp3_webhook_pending", "Webhook deliveries waiting for an attempt")
 UPLOAD_SECONDS = Histogram(
     "video2mp3_upload_duration_seconds", "Time a completed upload took, first message to job recorded",
     buckets=(.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800))

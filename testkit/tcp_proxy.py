@@ -8,6 +8,7 @@ cut the link without stopping the shared server:
         proxy.cut()       # close every open connection, refuse new ones
         proxy.stall()     # keep connections open but forward nothing (a hung server)
         proxy.restore()   # accept and forward again, same port
+        proxy.rate = 4e6  # at most 4 MB/s per direction and connection (None: no limit)
 
 cut() closes the listening socket too, so new connections get "connection
 refused" at once (what a stopped server looks like), and open connections see
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 _BUF = 64 * 1024
 
@@ -41,6 +43,9 @@ class TcpProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self.accepted = 0  # connections accepted so far (handy in assertions)
+        # Bytes per second each direction of each connection may forward (None: no
+        # limit): keeps a transfer going long enough to be cut in the middle.
+        self.rate: float | None = None
 
     # -- public API -------------------------------------------------------------
 
@@ -155,7 +160,7 @@ class TcpProxy:
             return
         done = threading.Semaphore(0)
         for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst, done, self._flowing),
+            threading.Thread(target=self._pump, args=(src, dst, done, self._flowing, self),
                              name=f"tcp-proxy-{self.port}-pump", daemon=True).start()
         # Once either direction ends, close both sides: a forwarded connection
         # is either whole or gone, which is what the protocols here expect.
@@ -168,7 +173,7 @@ class TcpProxy:
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket, done: threading.Semaphore,
-              flowing: threading.Event) -> None:
+              flowing: threading.Event, proxy: TcpProxy | None = None) -> None:
         try:
             while True:
                 data = src.recv(_BUF)
@@ -176,6 +181,9 @@ class TcpProxy:
                     break
                 flowing.wait()  # parked here while stalled
                 dst.sendall(data)
+                rate = proxy.rate if proxy is not None else None
+                if rate:
+                    time.sleep(len(data) / rate)
         except OSError:
             pass
         finally:

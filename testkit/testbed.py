@@ -211,6 +211,11 @@ def mesh_env(*, mysql: Mapping[str, str], rabbit: Mapping[str, str], mongo_uri: 
         USER_CACHE_TTL_S="1",
         CONVERTER_WORKERS="1",
         GRACE_SECONDS="5",
+        # Webhooks: a receiver of the tests' own on 127.0.0.1 is allowed, and
+        # nothing a test (or the fuzzer) registers can make a mesh deliver
+        # anywhere but loopback (gateway/safe_http.py).
+        WEBHOOK_ALLOW_PRIVATE="true",
+        WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
         LOG_LEVEL=base.get("TEST_LOG_LEVEL") or "INFO",
     )
     env = fresh_ports(env)

@@ -52,6 +52,7 @@ PUBLIC = {
     # The refresh token in the body is the credential (RFC 6749 §6, RFC 7009).
     "video2mp3.auth.v1.AuthService.RefreshSession",
     "video2mp3.auth.v1.AuthService.RevokeSession",
+    "video2mp3.media.v1.MediaService.DescribeUploads",
 }
 # RPCs with no google.api.http binding, on purpose.
 GRPC_ONLY = {"video2mp3.media.v1.MediaService.DeleteMyData"}
@@ -67,6 +68,31 @@ EDGE_LIMITED = {"description": "too many requests: Envoy's edge limit for this R
                 "headers": RETRY_AFTER}
 EMPTY = {JSON: {"schema": {"type": "object", "additionalProperties": False, "maxProperties": 0,
                            "description": "an empty object: {}"}}}
+
+
+def _header(description: str, schema: dict | None = None, required: bool = True) -> dict:
+    return {"description": description, "required": required, "schema": schema or {"type": "string"}}
+
+
+def _param(name: str, description: str, schema: dict, required: bool = True) -> dict:
+    return {"name": name, "in": "header", "required": required, "description": description, "schema": schema}
+
+
+# tus 1.0 (gateway/tus.py): the protocol lives in HTTP headers, which the
+# transcoder passes as gRPC metadata both ways; statuses come from x-http-status.
+UINT = {"type": "integer", "format": "int64", "minimum": 0}
+TUS_RESUMABLE = _param("Tus-Resumable", "the tus version the client speaks (tus clients always send it)",
+                       {"type": "string", "enum": ["1.0.0"]}, required=False)
+TUS_ANSWER = {"Tus-Resumable": _header("1.0.0", {"type": "string", "enum": ["1.0.0"]})}
+TUS_412 = {"description": "Tus-Resumable names a version this server does not speak (Tus-Version says which)",
+           "headers": {"Tus-Version": _header("the versions spoken: 1.0.0")}}
+TUS_OFFSETS = {**TUS_ANSWER,
+               "Upload-Offset": _header("bytes stored so far", {"type": "string", "pattern": "^[0-9]+$"}),
+               "Upload-Length": _header("the upload's size", {"type": "string", "pattern": "^[0-9]+$"}),
+               "Cache-Control": _header("no-store"),
+               "Upload-Expires": _header("when an incomplete upload is deleted (an HTTP date)", required=False)}
+TUS_GONE = "the upload expired (it is deleted with everything written)"
+TUS_STATUSES = {"412": TUS_412, "410": TUS_GONE}
 
 # Per binding (RPC full name, HTTP path; "*" for all its bindings): what
 # Envoy and the services add. "statuses": HTTP status -> a description, or
@@ -118,6 +144,56 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
             "410": "the MP3 expired and was deleted (FAILED_PRECONDITION, reason MP3_EXPIRED)",
         },
     },
+    ("video2mp3.media.v1.MediaService.DescribeUploads", "*"): {
+        "summary": "tus OPTIONS: the tus version, extensions and maximum upload size.",
+        "ok_status": "204", "ok_content": None,
+        "ok_headers": {**TUS_ANSWER, "Tus-Version": _header("1.0.0"),
+                       "Tus-Extension": _header("creation,termination,expiration"),
+                       "Tus-Max-Size": _header("MAX_UPLOAD_BYTES", {"type": "string", "pattern": "^[0-9]+$"})},
+    },
+    ("video2mp3.media.v1.MediaService.CreateUpload", "*"): {
+        "summary": "tus creation: a new resumable upload of Upload-Length bytes.",
+        "headers": [TUS_RESUMABLE,
+                    _param("Upload-Length", "the file's size in bytes (at most MAX_UPLOAD_BYTES)",
+                           {**UINT, "minimum": 1}),
+                    _param("Upload-Metadata", "comma-separated `key base64(value)` pairs: filename, "
+                           "bitrate_kbps, vbr_quality, channels, sample_rate_hz, audio_track, request_id",
+                           {"type": "string"}, required=False)],
+        # No body: creation-with-upload is not offered (a body sent is ignored).
+        "request_content": {"application/octet-stream": {"schema": {"type": "string", "maxLength": 0}}},
+        "request_optional": True,
+        "ok_status": "201",
+        "ok_headers": {**TUS_ANSWER, "Location": _header("/v1/uploads/{upload_id}"),
+                       "Upload-Expires": _header("when the upload is deleted unless complete (an HTTP date)",
+                                                 required=False)},
+        "statuses": {"409": "an upload with this request_id is still in progress (UploadVideo); retry",
+                     "412": TUS_412, "413": "Upload-Length is over MAX_UPLOAD_BYTES (Tus-Max-Size)",
+                     "507": "the store's disk is nearly full"},
+    },
+    ("video2mp3.media.v1.MediaService.GetUpload", "*"): {
+        "headers": [TUS_RESUMABLE], "ok_headers": TUS_OFFSETS, "statuses": TUS_STATUSES},
+    ("video2mp3.media.v1.MediaService.GetUpload", "/v1/uploads/{upload_id}#HEAD"): {
+        "summary": "tus HEAD: the upload's offset, to resume from.", "ok_content": None},
+    ("video2mp3.media.v1.MediaService.AppendUpload", "*"): {
+        "summary": "tus PATCH: append the body at Upload-Offset.",
+        "headers": [TUS_RESUMABLE, _param("Upload-Offset", "where the body goes: the upload's offset", UINT)],
+        "request_content": {"application/offset+octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "ok_status": "204", "ok_content": None,
+        "ok_headers": {**TUS_ANSWER, "Upload-Offset": TUS_OFFSETS["Upload-Offset"]},
+        "statuses": {**TUS_STATUSES, "409": "Upload-Offset is not the upload's offset (HEAD says where to go on)",
+                     "413": "the body goes past Upload-Length",
+                     "415": "the body is not application/offset+octet-stream",
+                     "423": "another PATCH to this upload is running; retry",
+                     "429": "too many uploads in progress; RetryInfo says when to retry",
+                     "507": "the store's disk is nearly full"},
+    },
+    ("video2mp3.media.v1.MediaService.DeleteUpload", "*"): {
+        "summary": "tus termination: delete the upload and everything written.",
+        "headers": [TUS_RESUMABLE], "ok_status": "204", "ok_content": None, "ok_headers": TUS_ANSWER,
+        "statuses": {"412": TUS_412}},
+    ("video2mp3.media.v1.MediaService.CreateWebhook", "*"): {"statuses": {
+        "429": "the most webhooks a user may have exist already (reason TOO_MANY_WEBHOOKS)"}},
+    ("video2mp3.media.v1.MediaService.DeleteWebhook", "*"): {"ok_content": EMPTY},
     ("video2mp3.media.v1.MediaService.GetHealth", "/health"): {
         "statuses": {"503": "a dependency is down; the same body says which"},
         "health": True,
@@ -331,8 +407,11 @@ def build(fds: descriptor_pb2.FileDescriptorSet, version: str = "v1") -> dict:
                 raise ValueError(f"{full} has no google.api.http binding and is not in GRPC_ONLY")
             for index, (verb, template, body) in enumerate(_bindings(rule)):
                 path, path_names = _path_fields(template)
-                used.update({(full, "*"), (full, path)})
-                paths.setdefault(path, {})[verb] = _operation(b, service_name, method, index, path, path_names, body)
+                # A binding is `path`, or `path#VERB` where one path has several verbs.
+                key = path if (full, path) in EXTRA else f"{path}#{verb.upper()}"
+                used.update({(full, "*"), (full, key)})
+                paths.setdefault(path, {})[verb] = _operation(b, service_name, method, index, key, verb,
+                                                              path_names, body)
     if stale := set(EXTRA) - used:
         raise ValueError(f"EXTRA names bindings that do not exist: {sorted(stale)}")
     return _document(b.finish(), paths, version)
@@ -349,14 +428,15 @@ def _operation(
     service_name: str,
     method: descriptor_pb2.MethodDescriptorProto,
     index: int,
-    path: str,
+    key: str,
+    verb: str,
     path_names: list[str],
     body: str,
 ) -> dict[str, Any]:
-    """The index-th binding of an RPC as an OpenAPI operation."""
+    """The index-th binding of an RPC as an OpenAPI operation; `key` names it in EXTRA."""
     full = f"{service_name}.{method.name}"
     short_service = service_name.rsplit(".", 1)[-1]
-    extra = _extra(full, path)
+    extra = _extra(full, key)
     description = _text(b.p.comments[f".{full}"])
     op: dict[str, Any] = {
         "operationId": f"{short_service}_{method.name}" + (f"_{index}" if index else ""),
@@ -364,11 +444,11 @@ def _operation(
         "summary": extra.get("summary") or description.split(". ")[0],
         "description": description,
     }
-    if params := _parameters(b, method.input_type, path_names, body):
+    if params := _parameters(b, method.input_type, path_names, body) + extra.get("headers", []):
         op["parameters"] = params
     if request_body := _request_body(b, method.input_type, body, extra):
         op["requestBody"] = request_body
-    op["responses"] = _responses(b, method, extra)
+    op["responses"] = _responses(b, method, verb, extra)
     if full in PUBLIC:
         op["security"] = extra.get("security", [])
     elif "security" in extra:
@@ -398,7 +478,7 @@ def _request_body(b: Builder, request: str, body: str, extra: dict[str, Any]) ->
         return {"required": True, "content": {JSON: {"schema": b.ref(body_type)}}}
     if body:
         return {
-            "required": True,
+            "required": not extra.get("request_optional"),
             "content": extra.get("request_content")
             or {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -411,7 +491,8 @@ def _request_body(b: Builder, request: str, body: str, extra: dict[str, Any]) ->
 def _ok_response(b: Builder, method: descriptor_pb2.MethodDescriptorProto, extra: dict[str, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "OK"}
     if "ok_content" in extra:
-        ok["content"] = extra["ok_content"]
+        if extra["ok_content"] is not None:  # None: no body (204, HEAD)
+            ok["content"] = extra["ok_content"]
     elif method.output_type == ".google.api.HttpBody":
         ok["content"] = {extra.get("ok_media_type", "*/*"): {"schema": {"type": "string", "format": "binary"}}}
     elif method.server_streaming:
@@ -428,9 +509,12 @@ def _ok_response(b: Builder, method: descriptor_pb2.MethodDescriptorProto, extra
     return ok
 
 
-def _responses(b: Builder, method: descriptor_pb2.MethodDescriptorProto, extra: dict[str, Any]) -> dict[str, Any]:
+def _responses(
+    b: Builder, method: descriptor_pb2.MethodDescriptorProto, verb: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The operation's answers: its OK (status, body, headers) and its errors."""
     ok = _ok_response(b, method, extra)
-    responses: dict[str, Any] = {"200": ok}
+    responses: dict[str, Any] = {extra.get("ok_status", "200"): ok}
     for status, why in sorted(extra["statuses"].items()):
         info = why if isinstance(why, dict) else {"description": why}
         responses[status] = (
@@ -438,9 +522,13 @@ def _responses(b: Builder, method: descriptor_pb2.MethodDescriptorProto, extra: 
             if extra.get("health")
             else _error_response(info["description"])
         )
+        if verb == "head":  # a HEAD answer has no body, errors neither
+            responses[status].pop("content", None)
         if "headers" in info:
             responses[status]["headers"] = info["headers"]
     responses["default"] = _error_response("An error: the gRPC status as its HTTP status, a google.rpc.Status body")
+    if verb == "head":
+        responses["default"].pop("content")
     return responses
 
 

@@ -10,6 +10,11 @@
   const POLL_MS = 1000;
   // WatchJob (a streamed JSON array of Job updates) where the server has it.
   const watchUrl = (id) => `/v1/jobs/${encodeURIComponent(id)}:watch`;
+  // Files this big go by tus (/v1/uploads, tus-js-client): resumable after a
+  // network drop, in PATCHes of TUS_CHUNK_BYTES. Smaller ones in one POST.
+  const TUS_MIN_BYTES = 8 * 1024 * 1024;
+  const TUS_CHUNK_BYTES = 16 * 1024 * 1024;
+  const TUS_RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000];
   const TOKEN_KEY = 'video2mp3.token';
   const EMAIL_KEY = 'video2mp3.email';
   const REFRESH_KEY = 'video2mp3.refresh';
@@ -116,6 +121,9 @@
     if (err.reason === 'UPLOAD_TOO_LARGE' || err.status === 413) {
       const limit = Number(err.metadata.limit_bytes) || Number((err.message.match(/(\d+)-byte/) || [])[1]);
       return limit ? `Too large: files can be at most ${formatBytes(limit)}.` : 'Too large for the server.';
+    }
+    if (err.reason === 'STORAGE_FULL' || err.status === 507) {
+      return 'The server is out of storage space right now. Try again later.';
     }
     if (err.reason === 'TOO_MANY_UPLOADS' || err.status === 429) {
       return 'The server is busy with too many uploads at once. Retry in a few seconds.';
@@ -266,6 +274,7 @@
       this.job = job;
       this.name = file ? file.name : job.filename;
       this.xhr = null;
+      this.tus = null; // a resumable upload in progress (tus-js-client)
       this.follow = null; // AbortController of followJob
       this.mp3Url = '';
 
@@ -301,6 +310,10 @@
     // -- upload
 
     upload(renewed = false) {
+      if (window.tus && window.tus.isSupported && this.file.size >= TUS_MIN_BYTES) {
+        this.uploadResumable();
+        return;
+      }
       const options = currentOptions();
       const params = new URLSearchParams({ filename: this.name, ...options });
       const xhr = new XMLHttpRequest();
@@ -349,6 +362,104 @@
       xhr.setRequestHeader('Authorization', `Bearer ${session.token}`);
       xhr.setRequestHeader('Content-Type', this.file.type || 'application/octet-stream');
       xhr.send(this.file);
+    }
+
+    // Big files: tus (POST /v1/uploads, then PATCHes). A dropped connection is
+    // retried with backoff and resumes where the server's HEAD says; offline,
+    // it waits for the browser to be online again. The upload's id is its job's.
+    uploadResumable() {
+      const options = currentOptions();
+      const started = performance.now();
+      let lastText = 0;
+      this.setBadge('UPLOADING');
+      this.meta.textContent = `${formatBytes(this.file.size)} · ${describeOptions(wireOptions(options))} · resumable`;
+      this.bar.value = 0;
+      this.bar.hidden = false;
+      this.status.textContent = 'Starting upload…';
+      const row = this;
+      const upload = new window.tus.Upload(this.file, {
+        endpoint: '/v1/uploads',
+        chunkSize: TUS_CHUNK_BYTES,
+        retryDelays: TUS_RETRY_DELAYS,
+        metadata: { filename: this.name, filetype: this.file.type || 'application/octet-stream',
+          request_id: newRequestId(), ...options },
+        // Resume after a reload too (tus-js-client keeps the upload's URL in localStorage).
+        storeFingerprintForResuming: true,
+        removeFingerprintOnSuccess: true,
+        // The token current at each request, renewed first when due (an upload
+        // may outlast it); after a 401, renewed once more before the retry.
+        async onBeforeRequest(req) {
+          if (row.renewBeforeRetry) {
+            row.renewBeforeRetry = false;
+            if (await renewSession() !== 'ok') { sessionExpired(); throw new ApiError(401, null); }
+          } else {
+            await renewIfDue();
+          }
+          req.setHeader('Authorization', `Bearer ${session.token}`);
+        },
+        onShouldRetry(err) {
+          const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
+          if (status === 401) {  // once per upload: renew (in onBeforeRequest), then retry
+            if (row.renewedForTus) return false;
+            row.renewedForTus = row.renewBeforeRetry = true;
+            return true;
+          }
+          if (status === 0) {
+            row.status.textContent = navigator.onLine
+              ? 'Connection lost. Resuming where the server got to…'
+              : 'Offline. The upload resumes when you are back online…';
+          }
+          // 409 offset, 423 another PATCH, 429 busy, 5xx, 0 no answer: retry; other 4xx: no.
+          return status === 0 || status === 409 || status === 423 || status === 429 || status >= 500;
+        },
+        onProgress(sent, total) {
+          const pct = total ? Math.floor((sent / total) * 100) : 0;
+          row.bar.value = pct;
+          const now = performance.now();
+          if (now - lastText < 400 && sent < total) return;
+          lastText = now;
+          const speed = sent / Math.max((now - started) / 1000, 0.001);
+          row.status.textContent = `Uploading ${formatBytes(sent)} of ${formatBytes(total)} · ${pct}% · ${formatBytes(speed)}/s`;
+        },
+        onSuccess() {
+          row.tus = null;
+          const id = decodeURIComponent(String(upload.url).split('/').pop());
+          api('GET', `/v1/jobs/${encodeURIComponent(id)}`).then((job) => {
+            row.showJob(job);
+            row.startFollowing();
+          }).catch((e) => { if (!(e instanceof ApiError && e.status === 401)) row.uploadFailed(e); });
+        },
+        onError(err) {
+          const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
+          if (status === 401) { row.tus = null; sessionExpired(); return; }
+          if (status === 0 && !navigator.onLine) {
+            // Offline: go on by itself once the browser is back online.
+            row.status.textContent = 'Connection lost. The upload resumes when you are back online…';
+            window.addEventListener('online', () => { if (row.tus === upload) upload.start(); }, { once: true });
+            return;
+          }
+          row.tus = null;
+          const body = err.originalResponse ? parseJson(err.originalResponse.getBody()) : null;
+          row.uploadFailed(new ApiError(status, body));
+        },
+      });
+      this.tus = upload;
+      this.setActions(this.button('Cancel', () => this.cancelResumable()));
+      upload.findPreviousUploads().then((previous) => {
+        if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+        if (this.tus === upload) upload.start();
+      });
+    }
+
+    // Cancel: terminate the upload (DELETE), so nothing stays on the server.
+    cancelResumable() {
+      const upload = this.tus;
+      this.tus = null;
+      upload?.abort(true).catch(() => {});
+      this.setBadge('CANCELLED');
+      this.bar.hidden = true;
+      this.status.textContent = 'Upload cancelled. Nothing was kept on the server.';
+      this.setActions(this.button('Upload again', () => this.upload()), this.button('Remove', () => this.remove()));
     }
 
     uploadFailed(err) {
@@ -473,6 +584,7 @@
 
     dispose() {
       this.xhr?.abort();
+      if (this.tus) { this.tus.abort(false); this.tus = null; }
       this.follow?.abort();
       if (this.mp3Url) URL.revokeObjectURL(this.mp3Url);
       this.mp3Url = '';
@@ -502,6 +614,15 @@
     const o = ui.vbr.value !== '' ? { vbr_quality: ui.vbr.value } : { bitrate_kbps: ui.bitrate.value };
     o.channels = ui.mono.checked ? '1' : '2';
     return o;
+  }
+
+  // A request_id (UUID) per upload: creating it twice gives the same upload.
+  function newRequestId() {
+    if (window.crypto?.randomUUID) return window.crypto.randomUUID();
+    const b = window.crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;
+    const hex = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
   }
 
   const wireOptions = (o) => ({ bitrate_kbps: Number(o.bitrate_kbps) || 0, vbr_quality: o.vbr_quality, channels: o.channels });

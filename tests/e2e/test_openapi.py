@@ -86,7 +86,10 @@ def test_fuzzing_the_rest_api_finds_nothing(mesh_factory, own_mysql_db, tmp_path
          "--report", "junit", "--report-dir", str(report)],
         # Its crash cache (.schemathesis/) and example database go to the
         # test's own directory, never into the checkout.
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        # testkit/schemathesis_hooks.py: how to send a tus PATCH body.
+        env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": "testkit.schemathesis_hooks",
+             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     output = r.stdout + r.stderr
     assert r.returncode == 0, output[-8000:]
     for name, log in stack.logs.items():

@@ -76,7 +76,8 @@ def test_web_page_routes_are_rendered_with_absolute_paths(tmp_path):
     them at start-up: rendered as absolute paths (to this checkout's web/ by
     default, or --web-root as in the container image), each with the security
     headers, and without the transcoder (which would 404 them)."""
-    served = {"/": "index.html", "/static/app.js": "app.js", "/static/app.css": "app.css"}
+    served = {"/": "index.html", "/static/app.js": "app.js", "/static/app.css": "app.css",
+              "/static/tus.min.js": "tus.min.js"}
     cfg = envoy_config.build()
     routes = envoy_config.web_routes(cfg)
     assert {r["match"]["path"]: r["direct_response"]["body"]["filename"] for r in routes} == {
@@ -97,7 +98,8 @@ def test_web_page_routes_are_rendered_with_absolute_paths(tmp_path):
 
     image = envoy_config.build(web_root="/etc/envoy/web")
     assert sorted(r["direct_response"]["body"]["filename"] for r in envoy_config.web_routes(image)) == [
-        "/etc/envoy/web/app.css", "/etc/envoy/web/app.js", "/etc/envoy/web/index.html"]
+        "/etc/envoy/web/app.css", "/etc/envoy/web/app.js", "/etc/envoy/web/index.html",
+        "/etc/envoy/web/tus.min.js"]
     # Rendered from elsewhere, Envoy still finds the files.
     path = envoy_config.render(tmp_path / "envoy.yaml", listen_port=free_port(), admin_port=free_port())
     validated = subprocess.run(
@@ -129,7 +131,8 @@ def test_every_file_envoy_reads_is_resolved_and_shipped_in_the_image():
     files = {r["match"]["path"]: r["direct_response"]["body"]["filename"]
              for r in routes if "filename" in r.get("direct_response", {}).get("body", {})}
     assert files == {"/": "/etc/envoy/web/index.html", "/static/app.js": "/etc/envoy/web/app.js",
-                     "/static/app.css": "/etc/envoy/web/app.css", "/openapi.json": "/etc/envoy/openapi.json"}
+                     "/static/app.css": "/etc/envoy/web/app.css", "/openapi.json": "/etc/envoy/openapi.json",
+                     "/static/tus.min.js": "/etc/envoy/web/tus.min.js"}
     local = envoy_config.build()
     for r in routes:
         if r["match"].get("path") in files:
@@ -138,7 +141,7 @@ def test_every_file_envoy_reads_is_resolved_and_shipped_in_the_image():
                    for r in local["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
                        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
                    if "filename" in r.get("direct_response", {}).get("body", {})]
-    assert len(local_files) == 4
+    assert len(local_files) == 5
     assert all(Path(f).is_absolute() and Path(f).is_file() for f in local_files)
     text = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     assert "--openapi /etc/envoy/openapi.json --web-root /etc/envoy/web" in text
@@ -151,6 +154,7 @@ def test_dockerfile_ships_the_web_page():
     text = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     envoy_stage = text.split("AS envoy", 1)[1]
     assert "COPY web/index.html web/app.js web/app.css /etc/envoy/web/" in envoy_stage
+    assert "COPY web/tus.min.js /etc/envoy/web/" in envoy_stage
     assert "--web-root /etc/envoy/web" in text
     ignore = (envoy_config.ROOT / "deploy" / "docker" / "Dockerfile.dockerignore").read_text()
     assert "!web/**" in ignore.splitlines()

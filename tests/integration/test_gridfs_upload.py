@@ -135,3 +135,33 @@ def test_an_mp3_deleted_while_written_then_abandoned_is_removed_by_its_record(mo
         assert janitor.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)) == 3
         assert m.db["mp3s.chunks"].count_documents({}) == 0
         assert m.db["mp3s.uploads"].count_documents({}) == 0
+
+
+def test_an_upload_paused_and_resumed_by_other_writers_reads_back_whole(mongo_server):
+    """The resumable (tus) mode: each request writes with its own ChunkedUpload,
+    from the offset and tail the previous one left (gateway/tus.py); only full
+    chunks are ever stored before the end, and the janitor's record is not kept."""
+    with mongo_server.scratch("resume") as m:
+        chunks = m.db["videos.chunks"]
+        data = os.urandom(5 * 261120 + 4321)
+        fid = ObjectId()
+        offset, tail = 0, b""
+        for end in (1000, 261120 + 7, 3 * 261120, 3 * 261120 + 5, len(data)):
+            up = ChunkedUpload(m.db, "videos", "r.mp4", file_id=fid, offset=offset, tail=tail, track=False)
+            up.write_behind(batch_bytes=2 * 261120)
+            up.write(data[offset:end])
+            if end == len(data):
+                up.close()
+                break
+            up.pause()
+            assert up.durable == up.stored == (end // 261120) * 261120
+            offset, tail = up.length, up.tail
+            assert offset == end
+            assert len(tail) == end % 261120
+            stored = list(chunks.find({"files_id": fid}))
+            assert all(len(c["data"]) == 261120 for c in stored)
+            assert len(stored) == end // 261120
+        assert m.videos.open_download_stream(fid).read() == data
+        assert m.db["videos.uploads"].count_documents({}) == 0
+        with pytest.raises(ValueError, match="tail"):
+            ChunkedUpload(m.db, "videos", "x", offset=10, tail=b"")

@@ -30,7 +30,9 @@ def _all_bindings(fds):
                 rule = method.options.Extensions[annotations_pb2.http]
                 for r in [rule, *rule.additional_bindings]:
                     kind = r.WhichOneof("pattern")
-                    if kind:
+                    if kind == "custom":  # tus: HEAD and OPTIONS
+                        yield r.custom.kind.lower(), r.custom.path, r.body
+                    elif kind:
                         yield kind, getattr(r, kind), r.body
 
 
@@ -84,3 +86,26 @@ def test_envoy_config_points_at_the_document_by_absolute_path():
     assert path == DOCUMENT
     assert "COPY --from=build /out/openapi.json /etc/envoy/openapi.json" in (
         ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+
+
+def test_tus_and_webhooks_are_documented(document):
+    """tus lives in headers and statuses the protos cannot carry: the table in
+    tools/openapi.py adds them (docs/webhooks-and-uploads.md)."""
+    paths = document["paths"]
+    assert paths["/v1/uploads"]["options"]["security"] == []
+    assert set(paths["/v1/uploads"]["options"]["responses"]["204"]["headers"]) >= {"Tus-Version", "Tus-Extension",
+                                                                                   "Tus-Max-Size"}
+    create = paths["/v1/uploads"]["post"]
+    assert {p["name"] for p in create["parameters"] if p["in"] == "header"} == {
+        "Tus-Resumable", "Upload-Length", "Upload-Metadata"}
+    assert "Location" in create["responses"]["201"]["headers"]
+    assert "413" in create["responses"]
+    one = paths["/v1/uploads/{upload_id}"]
+    assert "content" not in one["head"]["responses"]["200"]  # a HEAD answer has no body
+    assert "Upload-Offset" in one["head"]["responses"]["200"]["headers"]
+    patch = one["patch"]
+    assert set(patch["requestBody"]["content"]) == {"application/offset+octet-stream"}
+    assert {"204", "409", "410", "412", "413", "415", "423"} <= set(patch["responses"])
+    assert "204" in one["delete"]["responses"]
+    assert {"/v1/webhooks", "/v1/webhooks/{webhook_id}", "/v1/webhooks/{webhook_id}/deliveries",
+            "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}:redeliver"} <= set(paths)
