@@ -338,11 +338,11 @@ def test_a_key_is_never_served_stale_while_auth_is_down(mesh_control):
     assert rest.get("/v1/jobs").status_code == 200
 
 
-def test_the_readme_section_runs_as_written(mesh, tmp_path):
-    """README's "API keys and sessions" block, with bash, as test_readme.py runs the others."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = re.search(r"^## API keys and sessions\n(.*?)(?=^## )", text, re.M | re.S)
-    assert section, "README has no section '## API keys and sessions'"
+def test_the_documented_session_runs_as_written(mesh, tmp_path):
+    """docs/authentication.md's "A session with curl" block, with bash, as test_readme.py runs the README's."""
+    text = (ROOT / "docs" / "authentication.md").read_text(encoding="utf-8")
+    section = re.search(r"^## A session with curl\n(.*?)(?=^## )", text, re.M | re.S)
+    assert section, "docs/authentication.md has no section '## A session with curl'"
     script = "\n".join(re.findall(r"^```sh\n(.*?)^```", section.group(1), re.M | re.S))
     assert "localhost:8000" in script
     for name in (".venv", "testkit"):

@@ -1,8 +1,9 @@
 """The README's sessions work as written.
 
-The shell blocks of "A REST session (curl)", "A gRPC session (grpcurl)" and
-"A job's lifecycle (curl)" and "The Flask seed's curl session" (the seed
-README's own commands, with the real curl) are run with bash; "The command
+The shell blocks of "A REST session (curl)", "A gRPC session (grpcurl)",
+"A job's lifecycle (curl)", "A program with an API key (curl)" and "The Flask
+seed's curl session" (the seed README's own commands, with the real curl) are
+run with bash; "The command
 line client" in a pseudo-terminal, typing the passwords it asks for, with
 VIDEO2MP3_SERVER set to the mesh's Envoy. All are run in one empty directory
 laid out like the repository's root (`.venv` and `testkit` linked in),
@@ -29,6 +30,7 @@ ROOT = testkit.ROOT
 README = ROOT / "README.md"
 SESSIONS = ("A REST session (curl)", "A gRPC session (grpcurl)", "A job's lifecycle (curl)")
 SEED_SESSION = "The Flask seed's curl session"
+PROGRAM_SESSION = "A program with an API key (curl)"
 CLI_SESSION = "The command line client"
 
 
@@ -95,6 +97,21 @@ def test_readme_sessions_run_as_written(mesh, repo_like_dir):
     gone = json.loads(life[-1])                             # the second delete
     assert gone["code"] == 5, gone
     assert gone["details"][0]["reason"] == "JOB_NOT_FOUND", gone
+
+
+def test_the_program_session_runs_as_written(mesh, repo_like_dir):
+    """An API key alone: a tus upload cut off and resumed, and a signed job.done
+    webhook (the receiver in the README verifies the signature) for its job."""
+    out = run_session(PROGRAM_SESSION, mesh.envoy_addr, repo_like_dir).splitlines()
+    assert "cut off" in out                                # the first PATCH did not finish
+    got = next(line for line in out if line.startswith("the server has "))
+    offset, size = (int(w) for w in got.split() if w.isdigit())
+    assert 0 < offset < size, got                          # it stopped in the middle
+    job_id = next(line.split()[1] for line in out if line.startswith("job.done "))
+    assert (repo_like_dir / "events.txt").read_text().splitlines() == [f"job.done {job_id}"]
+    duration, freq, _, _ = analyse_mp3(repo_like_dir / "demo-tus.mp3")
+    assert abs(duration - 5.0) < 0.1
+    assert abs(freq - 440) < 5
 
 
 def test_readme_error_example_is_what_rest_answers(mesh):
