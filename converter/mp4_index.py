@@ -27,16 +27,16 @@ import bisect
 import io
 import itertools
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
+
+from video2mp3.formats import isobmff
+from video2mp3.formats.isobmff import BoxError
+from video2mp3.storage.gridfs_download import Range, merge_ranges
 
 Source = BinaryIO | io.RawIOBase  # seekable
+Span = tuple[int, int]  # a box's payload: [start, end) in the moov's bytes
 
-Range = tuple[int, int]  # [start, end) in bytes
-
-# First box types of the files this applies to (ISO-BMFF and QuickTime).
-_LEADING = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}
 # Top-level boxes of fragmented files: their samples are not in the moov.
 _FRAGMENTED = {b"moof", b"mfra", b"styp", b"sidx", b"ssix"}
 _MAX_TOP_BOXES = 256
@@ -63,7 +63,7 @@ def skippable_ranges(f: Source) -> list[Range] | None:
     pos = f.tell()
     try:
         return _skippable(f)
-    except (_Unusual, struct.error):
+    except (_Unusual, BoxError, struct.error):
         return None
     finally:
         f.seek(pos)
@@ -73,8 +73,9 @@ def _skippable(f: Source) -> list[Range]:
     length = f.seek(0, io.SEEK_END)
     mdats: list[Range] = []
     moov: bytes | None = None
-    for i, (kind, payload, end) in enumerate(_top_boxes(f, length)):
-        if i == 0 and kind not in _LEADING:
+    for i, box in enumerate(isobmff.file_boxes(cast(BinaryIO, f), length)):
+        kind, payload, end = box.kind, box.payload, cast(int, box.end)
+        if i == 0 and kind not in isobmff.LEADING:
             raise _Unusual("not an MP4/MOV file")
         if i >= _MAX_TOP_BOXES or kind in _FRAGMENTED:
             raise _Unusual(kind)
@@ -108,8 +109,8 @@ def _ranges(skipped: list[_Track], kept: list[_Track], mdats: list[Range], lengt
         nxt = bisect.bisect_right(starts, s)
         limit = starts[nxt] if nxt < len(starts) else _containing(mdats, s, s)[1]
         keep.append((s, max(e, limit)))
-    keep = _merge(keep)
-    skip = _merge(c for t in skipped for c in t.chunks if c[1] > c[0])
+    keep = merge_ranges(keep)
+    skip = merge_ranges(c for t in skipped for c in t.chunks)
     for s, e in skip:
         _containing(mdats, s, e)  # raises unless inside one mdat's payload
         i = bisect.bisect_right(keep, (s, float("inf"))) - 1
@@ -125,16 +126,6 @@ def _containing(mdats: list[Range], s: int, e: int) -> Range:
     return mdats[i]
 
 
-def _merge(ranges) -> list[Range]:
-    out: list[Range] = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
 # --- Boxes --------------------------------------------------------------------
 
 def _read(f: Source, n: int) -> bytes:
@@ -144,73 +135,34 @@ def _read(f: Source, n: int) -> bytes:
     return data
 
 
-def _top_boxes(f: Source, length: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, end) of each top-level box, reading only headers."""
-    pos = 0
-    while pos < length:
-        f.seek(pos)
-        size, kind = struct.unpack(">I4s", _read(f, 8))
-        header = 8
-        if size == 1:
-            size, header = struct.unpack(">Q", _read(f, 8))[0], 16
-        elif size == 0:  # to the end of the file
-            size = length - pos
-        if size < header or pos + size > length:
-            raise _Unusual("bad or truncated box")
-        yield kind, pos + header, pos + size
-        pos += size
-
-
-def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, end) of the boxes in data[start:end]."""
-    end = len(data) if end is None else end
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:
-            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
-        elif size == 0:
-            size = end - pos
-        if size < header or pos + size > end:
-            raise _Unusual("bad box in moov")
-        yield kind, pos + header, pos + size
-        pos += size
-    if any(data[pos:end]):  # QuickTime may end a list with 4 zero bytes, nothing else
-        raise _Unusual("junk after boxes")
-
-
-def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
-    found = [(s, e) for k, s, e in _boxes(data, start, end) if k == kind]
-    if len(found) > 1:
-        raise _Unusual(f"several {kind!r}")
-    return found[0] if found else None
+def _child(d: bytes, s: int, e: int, kind: bytes) -> Span | None:
+    """The payload of the one `kind` box in d[s:e], if there is one."""
+    box = isobmff.child(d, s, e, kind)
+    return None if box is None else (box.payload, cast(int, box.end))
 
 
 def _tracks(moov: bytes) -> list[_Track]:
     tracks = []
-    for kind, s, e in _boxes(moov):
-        if kind == b"mvex":
+    for box in isobmff.boxes(moov):
+        if box.kind == b"mvex":
             raise _Unusual("fragmented")
-        if kind in (b"cmov", b"meco"):
+        if box.kind in (b"cmov", b"meco"):
             raise _Unusual("compressed or extra moov")
-        if kind == b"trak":
-            tracks.append(_track(moov, s, e))
+        if box.kind == b"trak":
+            tracks.append(_track(moov, box.payload, cast(int, box.end)))
     return tracks
 
 
 def _track(d: bytes, s: int, e: int) -> _Track:
     t = _Track()
-    tkhd = _child(d, s, e, b"tkhd")
-    if tkhd is None:
-        raise _Unusual("no tkhd")
+    tkhd = _need(d, s, e, b"tkhd")
     version = d[tkhd[0]]
     (t.track_id,) = struct.unpack_from(">I", d, tkhd[0] + (20 if version == 1 else 12))
     tref = _child(d, s, e, b"tref")
     if tref is not None:
-        for kind, rs, re_ in _boxes(d, *tref):
-            if kind == b"chap":
-                t.chapter_refs += struct.unpack_from(f">{(re_ - rs) // 4}I", d, rs)
+        for ref in isobmff.boxes(d, *tref):
+            if ref.kind == b"chap":
+                t.chapter_refs += struct.unpack_from(f">{(cast(int, ref.end) - ref.payload) // 4}I", d, ref.payload)
     mdia = _need(d, s, e, b"mdia")
     hdlr = _need(d, *mdia, b"hdlr")
     t.handler = d[hdlr[0] + 8:hdlr[0] + 12]
@@ -223,29 +175,29 @@ def _track(d: bytes, s: int, e: int) -> _Track:
     return t
 
 
-def _need(d: bytes, s: int, e: int, kind: bytes) -> tuple[int, int]:
+def _need(d: bytes, s: int, e: int, kind: bytes) -> Span:
     found = _child(d, s, e, kind)
     if found is None:
         raise _Unusual(f"no {kind!r}")
     return found
 
 
-def _check_self_contained(d: bytes, dinf: tuple[int, int]) -> None:
+def _check_self_contained(d: bytes, dinf: Span) -> None:
     """Every data reference must say "this file" (flag 1): else the chunk
     offsets point into another file."""
     dref = _child(d, *dinf, b"dref")
     if dref is None:
         return
     (count,) = struct.unpack_from(">I", d, dref[0] + 4)
-    entries = list(_boxes(d, dref[0] + 8, dref[1]))
+    entries = list(isobmff.boxes(d, dref[0] + 8, dref[1]))
     if len(entries) != count:
         raise _Unusual("bad dref")
-    for _kind, es, _ee in entries:
-        if not int.from_bytes(d[es + 1:es + 4], "big") & 1:
+    for entry in entries:
+        if not int.from_bytes(d[entry.payload + 1:entry.payload + 4], "big") & 1:
             raise _Unusual("external data reference")
 
 
-def _chunk_ranges(d: bytes, stbl: tuple[int, int]) -> list[Range]:
+def _chunk_ranges(d: bytes, stbl: Span) -> list[Range]:
     offsets = _chunk_offsets(d, stbl)
     sizes = _sample_sizes(d, stbl)
     s, _e = _need(d, *stbl, b"stsc")
@@ -270,7 +222,7 @@ def _chunk_ranges(d: bytes, stbl: tuple[int, int]) -> list[Range]:
     return ranges
 
 
-def _chunk_offsets(d: bytes, stbl: tuple[int, int]) -> tuple[int, ...]:
+def _chunk_offsets(d: bytes, stbl: Span) -> tuple[int, ...]:
     stco, co64 = _child(d, *stbl, b"stco"), _child(d, *stbl, b"co64")
     if (stco is None) == (co64 is None):
         raise _Unusual("need exactly one of stco/co64")
@@ -282,7 +234,7 @@ def _chunk_offsets(d: bytes, stbl: tuple[int, int]) -> tuple[int, ...]:
     return struct.unpack_from(f">{n}{width}", d, s + 8)
 
 
-def _sample_sizes(d: bytes, stbl: tuple[int, int]) -> list[int] | tuple[int, ...]:
+def _sample_sizes(d: bytes, stbl: Span) -> list[int] | tuple[int, ...]:
     stsz, stz2 = _child(d, *stbl, b"stsz"), _child(d, *stbl, b"stz2")
     if (stsz is None) == (stz2 is None):
         raise _Unusual("need exactly one of stsz/stz2")

@@ -15,13 +15,13 @@ is not streamable: it is converted once its upload has ended, as always.
 from __future__ import annotations
 
 import enum
-import struct
+
+from video2mp3.formats import isobmff
 
 # The most the gateway holds back to decide; a faststart MP4 says so within
 # its first ~100 bytes (ftyp, maybe free/wide, then the moov header).
 SNIFF_BYTES = 64 * 1024
 
-_MP4_LEAD = {b"ftyp", b"free", b"wide", b"skip", b"uuid", b"pdin", b"styp", b"junk", b"pnot"}
 _TS_PACKET = 188
 
 
@@ -39,7 +39,7 @@ def verdict(head: bytes) -> Verdict:
     """From the first bytes of a file (as many as are there: NEED_MORE asks for more)."""
     if len(head) < 12:
         return Verdict.NEED_MORE
-    if head[4:8] in _MP4_LEAD or head[4:8] in (b"moov", b"mdat"):
+    if head[4:8] in isobmff.LEADING:
         return _mp4(head)
     if head[0] == 0x47:  # MPEG-TS: a sync byte every 188 bytes
         if len(head) <= _TS_PACKET:
@@ -72,19 +72,13 @@ def _mpeg_audio_frame(head: bytes) -> bool:
 
 
 def _mp4(head: bytes) -> Verdict:
-    """Walks the top-level box headers: moov first is faststart, mdat first is not."""
-    pos = 0
-    while pos + 8 <= len(head):
-        size, kind = struct.unpack(">I4s", head[pos:pos + 8])
-        if kind == b"moov":
-            return Verdict.STREAMABLE
-        if kind == b"mdat" or kind not in _MP4_LEAD:
-            return Verdict.NOT_STREAMABLE
-        if size == 1:  # a 64-bit size follows the type
-            if pos + 16 > len(head):
-                return Verdict.NEED_MORE
-            size = struct.unpack(">Q", head[pos + 8:pos + 16])[0]
-        if size < 8:  # 0: "to the end of the file", or damaged: no moov ahead
-            return Verdict.NOT_STREAMABLE
-        pos += size
+    """Walks the top-level boxes: moov first is faststart, mdat first is not."""
+    try:
+        for box in isobmff.prefix_boxes(head):
+            if box.kind == b"moov":
+                return Verdict.STREAMABLE
+            if box.kind == b"mdat" or box.kind not in isobmff.LEADING or box.end is None:
+                return Verdict.NOT_STREAMABLE  # end None: "to the end of the file", no moov ahead
+    except isobmff.BoxError:  # damaged
+        return Verdict.NOT_STREAMABLE
     return Verdict.NEED_MORE

@@ -18,6 +18,9 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+from video2mp3.formats import isobmff
 
 # Boxes we descend into to reach the sample tables; all others are copied as they are.
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}
@@ -34,33 +37,13 @@ class Box:
 
     def encode(self) -> bytes:
         body = b"".join(c.encode() for c in self.children) if self.kind in _CONTAINERS else self.payload
-        return struct.pack(">I4s", 8 + len(body), self.kind) + body
-
-
-def _top_level(f, size: int):
-    """(type, start, header length, total length) of each top-level box."""
-    pos = 0
-    while pos + 8 <= size:
-        f.seek(pos)
-        head = f.read(16)
-        length, kind = struct.unpack(">I4s", head[:8])
-        header = 8
-        if length == 1:
-            length, header = struct.unpack(">Q", head[8:16])[0], 16
-        elif length == 0:
-            length = size - pos
-        yield kind, pos, header, length
-        pos += length
+        return isobmff.header(self.kind, len(body)) + body
 
 
 def _parse(data: bytes, kind: bytes) -> Box:
     box = Box(kind, data)
     if kind in _CONTAINERS:
-        pos = 0
-        while pos + 8 <= len(data):
-            length, child = struct.unpack(">I4s", data[pos:pos + 8])
-            box.children.append(_parse(data[pos + 8:pos + length], child))
-            pos += length
+        box.children = [_parse(data[b.payload:b.end], b.kind) for b in isobmff.boxes(data)]
     return box
 
 
@@ -122,19 +105,48 @@ def interleave(src: str | os.PathLike, dst: str | os.PathLike, seconds: float = 
                index_first: bool = False) -> Path:
     """Write `src`'s media to `dst`, one chunk per track per `seconds` of decode time."""
     src, dst = Path(src), Path(dst)
-    size = src.stat().st_size
     with open(src, "rb") as f:
-        boxes = list(_top_level(f, size))
-        ftyp = next(b for b in boxes if b[0] == b"ftyp")
-        moov_at = next(b for b in boxes if b[0] == b"moov")
-        f.seek(ftyp[1])
-        ftyp_bytes = f.read(ftyp[3])
-        f.seek(moov_at[1] + moov_at[2])
-        moov = _parse(f.read(moov_at[3] - moov_at[2]), b"moov")
+        ftyp, moov = _read_index(f, src.stat().st_size)
     tracks = [_track(t) for t in moov.children if t.kind == b"trak"]
+    chunks = _chunk_order(tracks, seconds)
+    data_size = sum(sum(t.sizes) for t in tracks)
+    mdat_header = isobmff.header(b"mdat", data_size, large=True)  # 64-bit size: files > 4 GB too
+    _set_tables(tracks, chunks, 0)  # sizes only: offsets are fixed-width, so moov's length is known now
+    moov_len = len(moov.encode())
+    _set_tables(tracks, chunks, len(ftyp) + (moov_len if index_first else 0) + len(mdat_header))
+    moov_bytes = moov.encode()
+    assert len(moov_bytes) == moov_len
 
-    # The new order: window by window, track by track, one chunk each.
-    chunks: list[tuple[int, list[int]]] = []  # (track index, sample numbers)
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        out.write(ftyp)
+        if index_first:
+            out.write(moov_bytes)
+        out.write(mdat_header)
+        _copy_samples(f, out, tracks, chunks)
+        if not index_first:
+            out.write(moov_bytes)
+    return dst
+
+
+def _read_index(f: BinaryIO, size: int) -> tuple[bytes, Box]:
+    """The file's ftyp box as it is, and its moov parsed down to the sample tables."""
+    boxes = list(isobmff.file_boxes(f, size))
+    ftyp = next(b for b in boxes if b.kind == b"ftyp")
+    moov = next(b for b in boxes if b.kind == b"moov")
+    assert ftyp.end is not None
+    assert moov.end is not None
+    f.seek(ftyp.start)
+    ftyp_bytes = f.read(ftyp.end - ftyp.start)
+    f.seek(moov.payload)
+    return ftyp_bytes, _parse(f.read(moov.end - moov.payload), b"moov")
+
+
+Chunk = tuple[int, list[int]]  # (track index, sample numbers)
+
+
+def _chunk_order(tracks: list[_Track], seconds: float) -> list[Chunk]:
+    """The new order: window by window, track by track, one chunk each."""
+    chunks: list[Chunk] = []
     cursor = [0] * len(tracks)
     window = 1
     while any(cursor[i] < len(t.sizes) for i, t in enumerate(tracks)):
@@ -145,43 +157,32 @@ def interleave(src: str | os.PathLike, dst: str | os.PathLike, seconds: float = 
             if cursor[i] > start:
                 chunks.append((i, list(range(start, cursor[i]))))
         window += 1
+    return chunks
 
-    def tables(offset_of_mdat_data: int) -> None:
-        per_track: list[list[tuple[int, list[int]]]] = [[] for _ in tracks]
-        pos = offset_of_mdat_data
-        for i, samples in chunks:
-            per_track[i].append((pos, samples))
-            pos += sum(tracks[i].sizes[s] for s in samples)
-        for t, mine in zip(tracks, per_track, strict=True):
-            runs: list[tuple[int, int, int]] = []
-            for n, (_, samples) in enumerate(mine, start=1):
-                entry = (len(samples), t.descriptions[samples[0]])
-                if not runs or runs[-1][1:] != entry:
-                    runs.append((n, *entry))
-            stsc = struct.pack(">4xI", len(runs)) + b"".join(struct.pack(">III", *r) for r in runs)
-            co64 = struct.pack(">4xI", len(mine)) + b"".join(struct.pack(">Q", p) for p, _ in mine)
-            t.stbl.children = [c for c in t.stbl.children if c.kind not in (b"stsc", b"stco", b"co64")]
-            t.stbl.children += [Box(b"stsc", stsc), Box(b"co64", co64)]
 
-    data_size = sum(sum(t.sizes) for t in tracks)
-    mdat_header = struct.pack(">I4sQ", 1, b"mdat", 16 + data_size)  # 64-bit size: files > 4 GB too
-    tables(0)  # sizes only: offsets are fixed-width, so moov's length is known now
-    moov_len = len(moov.encode())
-    data_at = len(ftyp_bytes) + (moov_len if index_first else 0) + len(mdat_header)
-    tables(data_at)
-    moov_bytes = moov.encode()
-    assert len(moov_bytes) == moov_len
+def _set_tables(tracks: list[_Track], chunks: list[Chunk], data_at: int) -> None:
+    """Each track's stsc and co64 (its stco goes) for `chunks` laid out from byte data_at on."""
+    per_track: list[list[tuple[int, list[int]]]] = [[] for _ in tracks]
+    pos = data_at
+    for i, samples in chunks:
+        per_track[i].append((pos, samples))
+        pos += sum(tracks[i].sizes[s] for s in samples)
+    for t, mine in zip(tracks, per_track, strict=True):
+        runs: list[tuple[int, int, int]] = []
+        for n, (_, samples) in enumerate(mine, start=1):
+            entry = (len(samples), t.descriptions[samples[0]])
+            if not runs or runs[-1][1:] != entry:
+                runs.append((n, *entry))
+        stsc = struct.pack(">4xI", len(runs)) + b"".join(struct.pack(">III", *r) for r in runs)
+        co64 = struct.pack(">4xI", len(mine)) + b"".join(struct.pack(">Q", p) for p, _ in mine)
+        t.stbl.children = [c for c in t.stbl.children if c.kind not in (b"stsc", b"stco", b"co64")]
+        t.stbl.children += [Box(b"stsc", stsc), Box(b"co64", co64)]
 
-    with open(src, "rb") as f, open(dst, "wb") as out:
-        out.write(ftyp_bytes)
-        if index_first:
-            out.write(moov_bytes)
-        out.write(mdat_header)
-        for i, samples in chunks:
-            t = tracks[i]
-            for s in samples:
-                f.seek(t.offsets[s])
-                out.write(f.read(t.sizes[s]))
-        if not index_first:
-            out.write(moov_bytes)
-    return dst
+
+def _copy_samples(f: BinaryIO, out: BinaryIO, tracks: list[_Track], chunks: list[Chunk]) -> None:
+    """The samples, chunk by chunk in the new order."""
+    for i, samples in chunks:
+        t = tracks[i]
+        for s in samples:
+            f.seek(t.offsets[s])
+            out.write(f.read(t.sizes[s]))

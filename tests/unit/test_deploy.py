@@ -483,8 +483,8 @@ def _copies(text: str) -> list[str]:
 def test_dockerfile_copies_only_what_exists_and_the_context_lets_it_through():
     text = DOCKERFILE.read_text()
     sources = _copies(text)
-    folders = {"core", "telemetry", "rpc", "storage", "domain", "auth", "gateway", "converter", "ops", "protos",
-               "tools"}
+    folders = {"core", "formats", "telemetry", "rpc", "storage", "domain", "auth", "gateway", "converter", "ops",
+               "protos", "tools"}
     assert {"requirements", *folders} <= set(sources)
     # The envoy image serves the web page from its own copy of web/.
     assert {"web/index.html", "web/app.js", "web/app.css"} <= set(sources)
@@ -514,8 +514,8 @@ def test_dockerfile_builds_a_small_runtime_image():
     assert "COPY --from=build /opt/venv /opt/venv" in service_stage
     assert "USER 10001" in service_stage
     assert "HEALTHCHECK" in service_stage
-    for folder in ("core", "telemetry", "rpc", "storage", "domain", "auth", "gateway", "converter", "ops", "cli",
-                   "protos", "tools"):
+    for folder in ("core", "formats", "telemetry", "rpc", "storage", "domain", "auth", "gateway", "converter", "ops",
+                   "cli", "protos", "tools"):
         assert f"COPY {folder} ./{folder}" in text
     # Only service code: no launcher, test kit or benchmarks in the image.
     for folder in ("localmesh", "testkit", "bench", "tests"):
