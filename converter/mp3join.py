@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from video2mp3.converter.mp3tags import FrameHeader, parse_header
+from video2mp3.formats import mpeg_audio
+from video2mp3.formats.mpeg_audio import FrameHeader
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,7 @@ class Frames:
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
-        self._at: list[tuple[int, FrameHeader]] = []
-        pos = 0
-        while pos + 4 <= len(buf):
-            header = parse_header(buf[pos:pos + 4])
-            if header is None or pos + header.length > len(buf):
-                break
-            self._at.append((pos, header))
-            pos += header.length
+        self._at: list[tuple[int, FrameHeader]] = list(mpeg_audio.frames(buf))
         self._parsed: dict[int, Frame] = {}
 
     def __len__(self) -> int:

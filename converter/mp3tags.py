@@ -15,99 +15,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-# Bitrates (kbps) by index for Layer III: MPEG-1, then MPEG-2 and 2.5 (LSF).
-_BITRATES = {
-    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-}
-# Sample rates by index, for each version id (bits 19-20 of the header).
-_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+from video2mp3.formats.mpeg_audio import FrameHeader, parse_header, with_bitrate
 
 # LAME's encoder delay: samples of silence it puts before the audio. The
 # decoder adds 528 + 1 more; FFmpeg skips delay + 529 when the tag says so.
 LAME_ENCODER_DELAY = 576
 DECODER_DELAY = 529
-
-
-@dataclass(frozen=True)
-class FrameHeader:
-    raw: bytes          # the 4 header bytes
-    version_id: int     # 3 = MPEG-1, 2 = MPEG-2, 0 = MPEG-2.5
-    bitrate_kbps: int
-    sample_rate: int
-    padding: int
-    channel_mode: int   # 0 stereo, 1 joint stereo, 2 dual channel, 3 mono
-
-    @property
-    def lsf(self) -> bool:
-        """Low sampling frequency (MPEG-2/2.5): half-size frames and side info."""
-        return self.version_id != 3
-
-    @property
-    def samples_per_frame(self) -> int:
-        return 576 if self.lsf else 1152
-
-    @property
-    def length(self) -> int:
-        """Bytes in the frame, header included."""
-        coef = 72 if self.lsf else 144
-        return coef * self.bitrate_kbps * 1000 // self.sample_rate + self.padding
-
-    @property
-    def side_info_size(self) -> int:
-        mono = self.channel_mode == 3
-        if self.lsf:
-            return 9 if mono else 17
-        return 17 if mono else 32
-
-
-def samples_per_frame(sample_rate: int) -> int:
-    """Samples in a Layer III frame at `sample_rate` (MPEG-1 rates: 1152)."""
-    return 1152 if sample_rate >= 32000 else 576
-
-
-def parse_header(b: bytes) -> FrameHeader | None:
-    """The Layer III frame header in the first 4 bytes of b, or None."""
-    return _parse_header(bytes(b[:4])) if len(b) >= 4 else None
-
-
-@lru_cache(maxsize=4096)  # a stream repeats a handful of distinct headers
-def _parse_header(b: bytes) -> FrameHeader | None:
-    if b[0] != 0xFF or (b[1] & 0xE0) != 0xE0:
-        return None
-    version_id = (b[1] >> 3) & 3
-    layer = (b[1] >> 1) & 3
-    bitrate_index = b[2] >> 4
-    rate_index = (b[2] >> 2) & 3
-    if version_id == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
-        return None  # reserved, not Layer III, free format or invalid
-    table = _BITRATES[1 if version_id == 3 else 2]
-    return FrameHeader(
-        raw=bytes(b[:4]),
-        version_id=version_id,
-        bitrate_kbps=table[bitrate_index],
-        sample_rate=_RATES[version_id][rate_index],
-        padding=(b[2] >> 1) & 1,
-        channel_mode=b[3] >> 6,
-    )
-
-
-def with_bitrate(header: FrameHeader, kbps: int) -> FrameHeader:
-    """The same header with another bitrate, no padding and no CRC."""
-    table = _BITRATES[2 if header.lsf else 1]
-    raw = bytes((
-        0xFF,
-        header.raw[1] | 0x01,                                  # protection bit set: no CRC
-        (table.index(kbps) << 4) | (header.raw[2] & 0x0C),     # keep rate, clear padding/private
-        header.raw[3] & 0xCF,                                  # clear mode extension
-    ))
-    new = parse_header(raw)
-    assert new is not None, "a valid header with a valid bitrate parses"
-    return new
 
 
 # --- CRC-16 (the "ARC" variant: poly 0x8005 reflected, init 0) -------------
@@ -214,7 +130,7 @@ class FrameScanner:
         end = self.bytes
         while self._next + 4 <= end:
             i = self._next - base
-            header = _parse_header(buf[i:i + 4])
+            header = parse_header(buf[i:i + 4])
             if header is None:
                 self._next += 1  # lost sync (junk between frames): search on
                 continue
@@ -274,8 +190,7 @@ def info_frame_header(first: FrameHeader, min_size: int) -> FrameHeader:
     It depends on nothing learnt later, so the placeholder written first and
     the final frame always have the same size.
     """
-    table = [k for k in _BITRATES[2 if first.lsf else 1] if k]
-    for kbps in [first.bitrate_kbps, *table]:
+    for kbps in [first.bitrate_kbps, *first.bitrates]:
         header = with_bitrate(first, kbps)
         if header.length >= min_size:
             return header

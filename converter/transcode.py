@@ -26,6 +26,7 @@ from video2mp3.converter.mp3out import Mp3Output
 from video2mp3.converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 from video2mp3.converter.pipeline import InlineWriter, WriteBehind, run_ahead
 from video2mp3.converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
+from video2mp3.formats import containers, mpeg_audio
 
 # LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
 LAME_QUALITY = 3
@@ -134,7 +135,7 @@ def _open_input(src: Source):
         # stop the conversion: PyAV would raise UnicodeDecodeError while opening.
         container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE, metadata_errors="replace")
     except av.FFmpegError as e:  # errors of src itself (I/O) are not ours to judge
-        if _looks_like_media(head):
+        if containers.identify(head) is not None:  # a damaged media file, not something else
             raise ConversionError("the file is truncated or corrupt") from e
         raise ConversionError("not a media file") from e
     if container.format.name in _NOT_MEDIA_FORMATS or container.format.name.endswith("_pipe"):
@@ -149,24 +150,6 @@ def _peek(src: Source, n: int) -> bytes:
         return src.read(n) or b""
     finally:
         src.seek(pos)
-
-
-# Leading bytes of the containers people upload, to tell a damaged media file
-# from something that never was one when FFmpeg refuses to open it.
-_MAGIC = (
-    (4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"),
-    (0, b"\x1a\x45\xdf\xa3"),                    # Matroska / WebM
-    (0, b"RIFF"), (0, b"OggS"), (0, b"FLV"), (0, b"fLaC"), (0, b"ID3"),
-    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),    # ASF / WMV
-    (0, b"\x00\x00\x01\xba"), (0, b"\x47"),       # MPEG-PS, MPEG-TS
-    (0, b"caff"), (0, b"FORM"), (0, b".RMF"),
-)
-
-
-def _looks_like_media(head: bytes) -> bool:
-    if any(head[at:at + len(magic)] == magic for at, magic in _MAGIC):
-        return True
-    return mp3tags.parse_header(head[:4]) is not None
 
 
 def _pick_audio_stream(container, options):
@@ -383,7 +366,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
         batches = run_ahead(batches)
     writer = WriteBehind(out.write) if overlap else InlineWriter(out.write)
     sink: SplitEncoder | SerialEncoder
-    frame = mp3tags.samples_per_frame(settings.sample_rate)
+    frame = mpeg_audio.samples_per_frame(settings.sample_rate)
     declared = _declared_duration(stream)
     if encoders > 1 and worth_splitting(declared, settings.sample_rate, frame):
         sink = SplitEncoder(open_encoder, frame, _plane_unit(fmt, settings.channels), writer.write, encoders,

@@ -17,12 +17,15 @@ from __future__ import annotations
 import enum
 
 from video2mp3.formats import isobmff
+from video2mp3.formats.containers import HEAD_BYTES, TS_PACKET, Container, identify
 
 # The most the gateway holds back to decide; a faststart MP4 says so within
 # its first ~100 bytes (ftyp, maybe free/wide, then the moov header).
 SNIFF_BYTES = 64 * 1024
 
-_TS_PACKET = 188
+# Read front to back by FFmpeg; MP4/MOV only when faststart (_mp4).
+_STREAMABLE = {Container.MATROSKA, Container.MPEG_TS, Container.FLV, Container.OGG, Container.FLAC,
+               Container.WAV, Container.ID3, Container.MPEG_AUDIO, Container.ADTS}
 
 
 class Verdict(enum.Enum):
@@ -37,38 +40,14 @@ def streamable(head: bytes) -> bool:
 
 def verdict(head: bytes) -> Verdict:
     """From the first bytes of a file (as many as are there: NEED_MORE asks for more)."""
-    if len(head) < 12:
+    if len(head) < HEAD_BYTES:
         return Verdict.NEED_MORE
-    if head[4:8] in isobmff.LEADING:
+    container = identify(head)
+    if container is Container.MP4:
         return _mp4(head)
-    if head[0] == 0x47:  # MPEG-TS: a sync byte every 188 bytes
-        if len(head) <= _TS_PACKET:
-            return Verdict.NEED_MORE
-        return _yes(head[_TS_PACKET] == 0x47)
-    fixed = (
-        head.startswith(b"\x1a\x45\xdf\xa3")  # EBML: Matroska, WebM
-        or head.startswith(b"FLV\x01")
-        or head.startswith(b"OggS")
-        or head.startswith(b"fLaC")
-        or head.startswith(b"ID3")  # MP3 (or AAC) behind an ID3v2 tag
-        or (head.startswith(b"RIFF") and head[8:12] == b"WAVE")
-    )
-    return _yes(fixed or _mpeg_audio_frame(head))
-
-
-def _yes(value: bool) -> Verdict:
-    return Verdict.STREAMABLE if value else Verdict.NOT_STREAMABLE
-
-
-def _mpeg_audio_frame(head: bytes) -> bool:
-    """An MP3 frame header or an ADTS (AAC) header at byte 0."""
-    if head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
-        return False
-    layer = (head[1] >> 1) & 0x3
-    if layer == 0:  # ADTS: syncword 0xFFF, layer 00
-        return head[1] & 0xF0 == 0xF0
-    version, bitrate, rate = (head[1] >> 3) & 0x3, head[2] >> 4, (head[2] >> 2) & 0x3
-    return version != 1 and bitrate not in (0, 15) and rate != 3
+    if container is Container.MPEG_TS and len(head) <= TS_PACKET:
+        return Verdict.NEED_MORE  # one sync byte is not a TS yet: the next packet's must be one too
+    return Verdict.STREAMABLE if container in _STREAMABLE else Verdict.NOT_STREAMABLE
 
 
 def _mp4(head: bytes) -> Verdict:

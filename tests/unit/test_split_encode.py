@@ -21,6 +21,7 @@ from testkit.media import analyse_mp3, make_media, mp3_bytes
 from video2mp3.converter import lame, mp3join, mp3tags, split_encode
 from video2mp3.converter import transcode as transcode_module
 from video2mp3.converter.split_encode import SEGMENT_FRAMES, SerialEncoder, SplitEncoder
+from video2mp3.formats import mpeg_audio
 from video2mp3.media.v1 import media_pb2
 
 BATCH = 32 * 1152
@@ -59,7 +60,7 @@ def encode(pcm: np.ndarray, rate: int, *, threads: int, vbr: int | None = None, 
     sink: SplitEncoder | SerialEncoder
     if threads > 1:
         unit = 4 if lame.input_format(backend) == "fltp" else 2 * channels
-        sink = SplitEncoder(open_encoder, mp3tags.samples_per_frame(rate), unit, out.extend,
+        sink = SplitEncoder(open_encoder, mpeg_audio.samples_per_frame(rate), unit, out.extend,
                             threads, split or (lambda: True))
     else:
         sink = SerialEncoder(open_encoder(), out.extend)
@@ -97,7 +98,7 @@ CASES = [  # rate, channels, VBR quality (None: CBR), LAME build (None: the fast
 
 @pytest.mark.parametrize(("rate", "channels", "vbr", "backend"), CASES)
 def test_a_split_encoding_plays_like_one_encoder(rate, channels, vbr, backend):
-    frame = mp3tags.samples_per_frame(rate)
+    frame = mpeg_audio.samples_per_frame(rate)
     seconds = 3.4 * SEGMENT_FRAMES * frame / rate  # three joins, the last segment short
     pcm = music(seconds, rate, channels)
     single, _ = encode(pcm, rate, threads=1, vbr=vbr, backend=backend)

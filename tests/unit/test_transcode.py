@@ -33,6 +33,7 @@ from testkit.media import (
 from video2mp3.converter import lame, mp3tags
 from video2mp3.converter import options as opts
 from video2mp3.converter.transcode import ConversionError, TranscodeResult, transcode
+from video2mp3.formats import mpeg_audio
 from video2mp3.media.v1 import media_pb2
 
 DURATION_TOLERANCE_S = 0.05
@@ -80,7 +81,7 @@ def convert(path, opts_=None, filename=None, **kw) -> tuple[TranscodeResult, byt
 def split_mp3(data: bytes) -> tuple[int, bytes, bytes]:
     """(ID3v2 length, info frame, audio frames)."""
     id3 = mp3tags.id3v2_size(data)
-    header = mp3tags.parse_header(data[id3:id3 + 4])
+    header = mpeg_audio.parse_header(data[id3:id3 + 4])
     assert header is not None, "no MP3 frame after the ID3 tag"
     end = id3 + header.length
     return id3, data[id3:end], data[end:]
@@ -91,7 +92,7 @@ def count_frames(audio: bytes) -> tuple[int, int]:
     pos = frames = 0
     spf = 0
     while pos < len(audio):
-        header = mp3tags.parse_header(audio[pos:pos + 4])
+        header = mpeg_audio.parse_header(audio[pos:pos + 4])
         assert header is not None, f"junk at byte {pos} of the audio"
         pos += header.length
         frames += 1
@@ -111,7 +112,7 @@ def crc16_bitwise(data: bytes) -> int:
 
 
 def read_info_frame(frame: bytes) -> dict:
-    header = mp3tags.parse_header(frame)
+    header = mpeg_audio.parse_header(frame)
     assert header is not None
     at = 4 + header.side_info_size
     kind = frame[at:at + 4]
@@ -240,7 +241,7 @@ def test_mono_option(tmp_path):
     result, data = convert(path, options(channels=1))
     assert result.channels == 1
     check_mp3(data, duration=audio_duration(path), channels=1)
-    header = mp3tags.parse_header(split_mp3(data)[2])
+    header = mpeg_audio.parse_header(split_mp3(data)[2])
     assert header is not None
     assert header.channel_mode == 3
 
@@ -264,7 +265,7 @@ def test_sample_rate_option(tmp_path):
     path = make_media(tmp_path / "clip.mp4", duration=1.5)
     _, data = convert(path, options(sample_rate_hz=22050))
     check_mp3(data, duration=audio_duration(path), rate=22050)
-    header = mp3tags.parse_header(split_mp3(data)[2])
+    header = mpeg_audio.parse_header(split_mp3(data)[2])
     assert header is not None
     assert header.sample_rate == 22050
 
@@ -363,12 +364,12 @@ def test_cbr_bitrate(clip, kbps):
     rates = set()
     pos = 0
     while pos < len(audio):
-        header = mp3tags.parse_header(audio[pos:pos + 4])
+        header = mpeg_audio.parse_header(audio[pos:pos + 4])
         assert header is not None
         rates.add(header.bitrate_kbps)
         pos += header.length
     assert rates == {kbps}
-    info_header = mp3tags.parse_header(frame)
+    info_header = mpeg_audio.parse_header(frame)
     assert info_header is not None
     assert info_header.bitrate_kbps >= kbps  # CBR info frame: same size where it fits
 
