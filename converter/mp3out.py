@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from video2mp3.converter import mp3tags
-from video2mp3.converter.mp3tags import FrameScanner, InfoFrameParams, MusicCrc
+from video2mp3.converter import info_frame
+from video2mp3.converter.info_frame import FrameScanner, InfoFrameParams, MusicCrc
 
 
 class Mp3Output:
@@ -38,7 +38,7 @@ class Mp3Output:
         self._pending.append(data)
         if self.scanner.first is not None:
             # The info frame copies the stream's header, so it waits for one.
-            placeholder = mp3tags.build_info_frame(self.scanner.first, self._params)
+            placeholder = info_frame.build_info_frame(self.scanner.first, self._params)
             self.info_size = len(placeholder)
             self._emit(self._id3 + placeholder)
             for piece in self._pending:
@@ -56,11 +56,11 @@ class Mp3Output:
         # the one asked for, e.g. for MPEG-2 rates), or the VBR minimum.
         kbps = scanner.min_kbps if vbr else first.bitrate_kbps
         params = dataclasses.replace(self._params, vbr=vbr, bitrate_kbps=kbps)
-        frame = mp3tags.build_info_frame(
+        frame = info_frame.build_info_frame(
             first, params,
             frames=scanner.frames,
             music_bytes=scanner.bytes,
-            toc=mp3tags.build_toc(scanner),
+            toc=info_frame.build_toc(scanner),
             delay=delay,
             padding=padding,
             music_crc=self._crc.digest(),

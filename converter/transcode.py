@@ -11,7 +11,6 @@ and is written as it is made: memory does not grow with the input's length.
 from __future__ import annotations
 
 import io
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +19,10 @@ from typing import BinaryIO
 
 import av
 
-from video2mp3.converter import lame, mp3tags
+from video2mp3.converter import id3, info_frame, lame
 from video2mp3.converter import options as opts
+from video2mp3.converter.info_frame import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 from video2mp3.converter.mp3out import Mp3Output
-from video2mp3.converter.mp3tags import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 from video2mp3.converter.pipeline import InlineWriter, WriteBehind, run_ahead
 from video2mp3.converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
 from video2mp3.formats import containers, mpeg_audio
@@ -112,7 +111,7 @@ def transcode(src: Source, dst, options, filename: str = "",
     with _open_input(src) as container:
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
-        tags = _id3_tags(container, stream, filename)
+        tags = id3.tags_for(stream.metadata, container.metadata, filename)
         progress = _Progress(on_progress, stream)
         try:
             if copy_mp3 and _is_copyable_mp3(stream, options):
@@ -178,36 +177,6 @@ def _discard_others(container, stream) -> None:
     for other in container.streams:
         if other.index != stream.index:
             other.discard = av.stream.Discard.all
-
-
-# --- Tags -------------------------------------------------------------------
-
-def _id3_tags(container, stream, filename: str) -> dict[str, str]:
-    """Title/artist/album/... from the file's metadata, title from the name else."""
-    meta: dict[str, str] = {}
-    for source in (stream.metadata, container.metadata):  # container wins
-        meta.update({k.lower(): v.strip() for k, v in source.items() if v and v.strip()})
-
-    def first(*keys: str) -> str:
-        return next((meta[k] for k in keys if meta.get(k)), "")
-
-    tags = {
-        "title": first("title") or _stem(filename),
-        "artist": first("artist", "author", "album_artist"),
-        "album": first("album"),
-        "album_artist": first("album_artist", "album artist"),
-        "track": first("track", "tracknumber"),
-        "genre": first("genre"),
-    }
-    year = re.match(r"\s*(\d{4})", first("date", "year", "originaldate"))
-    if year:
-        tags["year"] = year.group(1)
-    return {k: v for k, v in tags.items() if v}
-
-
-def _stem(filename: str) -> str:
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    return os.path.splitext(base)[0].strip()
 
 
 # --- Progress ---------------------------------------------------------------
@@ -355,7 +324,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
                                  settings.vbr_quality, LAME_QUALITY, backend)
 
     fmt = lame.input_format(backend)
-    out = Mp3Output(dst, mp3tags.build_id3v2(tags), _info_params(settings, source_rate))
+    out = Mp3Output(dst, id3.build_id3v2(tags), _info_params(settings, source_rate))
     samples = 0
     # With overlap, decoding runs ahead in one thread and writing (frame scan,
     # CRC, dst) lags behind in another while LAME encodes here (or in
@@ -470,7 +439,7 @@ def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> Transcode
         source_rate=cc.sample_rate,
         encoder=source_tag.encoder if source_tag else b"LAME3.100",
     )
-    out = Mp3Output(dst, mp3tags.build_id3v2(tags), params)
+    out = Mp3Output(dst, id3.build_id3v2(tags), params)
     writer = WriteBehind(out.write) if overlap else InlineWriter(out.write)
     first_pts = None
     batch: list[bytes] = []
@@ -515,7 +484,7 @@ def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> Transcode
     )
 
 
-def _source_lame_tag(src) -> mp3tags.LameTag | None:
+def _source_lame_tag(src) -> info_frame.LameTag | None:
     """The source MP3's own LAME tag (FFmpeg consumes it without telling us).
 
     Reads past PyAV's back and restores the position, which is safe because
@@ -524,9 +493,9 @@ def _source_lame_tag(src) -> mp3tags.LameTag | None:
     pos = src.tell()
     try:
         src.seek(0)
-        skip = mp3tags.id3v2_size(src.read(10))
+        skip = id3.id3v2_size(src.read(10))
         src.seek(skip)
-        return mp3tags.read_lame_tag(src.read(4096))
+        return info_frame.read_lame_tag(src.read(4096))
     finally:
         src.seek(pos)
 

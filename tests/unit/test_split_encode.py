@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from testkit.media import analyse_mp3, make_media, mp3_bytes
-from video2mp3.converter import lame, mp3join, mp3tags, split_encode
+from video2mp3.converter import info_frame, lame, mp3join, split_encode
 from video2mp3.converter import transcode as transcode_module
 from video2mp3.converter.split_encode import SEGMENT_FRAMES, SerialEncoder, SplitEncoder
 from video2mp3.formats import mpeg_audio
@@ -117,7 +117,7 @@ def test_a_split_encoding_plays_like_one_encoder(rate, channels, vbr, backend):
 
     # Around every join the split stream is as close to the source as the
     # single encoder's stream is (a glitch would be a burst of error there).
-    delay = mp3tags.LAME_ENCODER_DELAY + mp3tags.DECODER_DELAY
+    delay = info_frame.LAME_ENCODER_DELAY + info_frame.DECODER_DELAY
     n = min(pcm.shape[1], a.shape[1] - delay)
     err_single = np.abs(a[:channels, delay:delay + n] - pcm[:, :n]).max(axis=0)
     err_split = np.abs(b[:channels, delay:delay + n] - pcm[:, :n]).max(axis=0)

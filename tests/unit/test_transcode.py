@@ -30,8 +30,9 @@ from testkit.media import (
     make_text_file,
     make_truncated,
 )
-from video2mp3.converter import lame, mp3tags
+from video2mp3.converter import info_frame, lame
 from video2mp3.converter import options as opts
+from video2mp3.converter.id3 import id3v2_size
 from video2mp3.converter.transcode import ConversionError, TranscodeResult, transcode
 from video2mp3.formats import mpeg_audio
 from video2mp3.media.v1 import media_pb2
@@ -80,7 +81,7 @@ def convert(path, opts_=None, filename=None, **kw) -> tuple[TranscodeResult, byt
 
 def split_mp3(data: bytes) -> tuple[int, bytes, bytes]:
     """(ID3v2 length, info frame, audio frames)."""
-    id3 = mp3tags.id3v2_size(data)
+    id3 = id3v2_size(data)
     header = mpeg_audio.parse_header(data[id3:id3 + 4])
     assert header is not None, "no MP3 frame after the ID3 tag"
     end = id3 + header.length
@@ -163,7 +164,7 @@ def check_mp3(data: bytes, *, duration: float, freq: float = 440.0, rate: int | 
     assert toc[0] == 0
     assert toc == sorted(toc)
     # Gapless: what the tag tells a player to keep is exactly what decodes.
-    played = frames * spf - info["delay"] - max(info["padding"], mp3tags.DECODER_DELAY)
+    played = frames * spf - info["delay"] - max(info["padding"], info_frame.DECODER_DELAY)
     assert played == round(got_duration * got_rate)
     return info
 
@@ -444,7 +445,7 @@ def test_mp3_file_keeps_its_gapless_info(tmp_path):
     path = make_media(tmp_path / "song.mp3", video_codec=None, audio_codec="mp3",
                       sample_rate=44100, duration=1.234)
     source = Path(path).read_bytes()
-    src_tag = mp3tags.read_lame_tag(source)
+    src_tag = info_frame.read_lame_tag(source)
     assert src_tag is not None
     result, data = convert(path)
     info = read_info_frame(split_mp3(data)[1])
@@ -696,31 +697,6 @@ def test_falls_back_to_lameenc_without_debian_lame(clip, monkeypatch):
     assert lame.backend_name() == "lameenc"
     _, data = convert(clip)
     check_mp3(data, duration=audio_duration(clip), rate=48000)
-
-
-# --- Byte-level helpers -------------------------------------------------------------
-
-@pytest.mark.parametrize("sizes", [[1], [1023, 1, 5000], [4096] * 3, [3, 70_000, 17]])
-def test_music_crc_matches_bitwise(sizes):
-    data = np.random.default_rng(sum(sizes)).integers(0, 256, sum(sizes), dtype=np.uint8).tobytes()
-    crc = mp3tags.MusicCrc()
-    pos = 0
-    for n in sizes:
-        crc.update(data[pos:pos + n])
-        pos += n
-    assert crc.digest() == crc16_bitwise(data)
-
-
-def test_frame_scanner_any_split(clip):
-    _, data = convert(clip)
-    _, _, audio = split_mp3(data)
-    frames, _ = count_frames(audio)
-    for piece in (1, 3, 417, 4096):
-        scanner = mp3tags.FrameScanner()
-        for i in range(0, len(audio), piece):
-            scanner.feed(audio[i:i + piece])
-        assert scanner.frames == frames
-        assert scanner.bytes == len(audio)
 
 
 def test_id3_unicode_metadata(tmp_path):

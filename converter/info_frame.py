@@ -1,14 +1,19 @@
-"""MP3 byte-level helpers: frame headers, the Xing/LAME info frame, ID3v2 tags.
+"""The Xing/LAME info frame: what players read to seek in an MP3 and play it gapless.
 
-Written from the public formats (ISO 11172-3 / 13818-3 frame headers, the
-"Mp3 Info Tag rev 1" spec, ID3v2.3.0). LAME, as the converter drives it
-(converter/lame.py), emits bare MP3 frames; this module adds what makes them a
-good MP3 file:
+Written from the "Mp3 Info Tag rev 1" spec. LAME, as the converter drives it
+(converter/lame.py), emits bare MP3 frames; the first frame of the file is
+then an info frame (converter/mp3out.py writes it):
 
-  [ID3v2 tag] [info frame: Xing/Info + LAME tag] [audio frames ...]
+  [ID3v2 tag] [info frame: Xing/Info header + LAME tag] [audio frames ...]
 
-The info frame carries the frame count, byte count, seek table (TOC) and the
-encoder delay/padding that players use to play the file gapless and to seek.
+It carries the frame count, byte count, seek table (TOC), the encoder
+delay/padding that players trim to play the file gapless, and two CRC-16s.
+Most of it is known only at the end, so FrameScanner and MusicCrc follow the
+audio as it is written, and build_info_frame() is called twice: for a
+placeholder, then for the real frame of the same size.
+
+read_lame_tag() reads a source MP3's own tag (the copy path keeps its delay
+and padding).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from video2mp3.converter.id3 import id3v2_size
 from video2mp3.formats.mpeg_audio import FrameHeader, parse_header, with_bitrate
 
 # LAME's encoder delay: samples of silence it puts before the audio. The
@@ -294,48 +300,3 @@ def read_lame_tag(head: bytes) -> LameTag | None:
         return None
     v = int.from_bytes(tag[21:24], "big")
     return LameTag(encoder=bytes(tag[:9]), delay=v >> 12, padding=v & 0xFFF)
-
-
-# --- ID3v2 ------------------------------------------------------------------
-
-def id3v2_size(head: bytes) -> int:
-    """Length of the ID3v2 tag at the start of head (0 if none)."""
-    if len(head) < 10 or head[:3] != b"ID3":
-        return 0
-    size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
-    return 10 + size + (10 if head[5] & 0x10 else 0)  # + footer
-
-
-# ID3v2.3 text frames for the tags we carry over.
-ID3_FRAMES = {
-    "title": "TIT2", "artist": "TPE1", "album": "TALB", "album_artist": "TPE2",
-    "year": "TYER", "track": "TRCK", "genre": "TCON", "encoder": "TSSE",
-}
-
-
-def build_id3v2(tags: dict[str, str]) -> bytes:
-    """An ID3v2.3 tag with text frames for the known keys of `tags`.
-
-    v2.3 rather than v2.4 because every player reads it. Text is Latin-1
-    when it fits, else UTF-16 with a byte order mark (v2.3 has no UTF-8).
-    """
-    frames = b"".join(
-        _text_frame(ID3_FRAMES[key], value)
-        for key, value in tags.items()
-        if key in ID3_FRAMES and value
-    )
-    if not frames:
-        return b""
-    return b"ID3\x03\x00\x00" + _synchsafe(len(frames)) + frames
-
-
-def _text_frame(frame_id: str, text: str) -> bytes:
-    try:
-        data = b"\x00" + text.encode("latin-1")
-    except UnicodeEncodeError:
-        data = b"\x01" + text.encode("utf-16")  # Python adds the BOM
-    return frame_id.encode() + struct.pack(">IH", len(data), 0) + data
-
-
-def _synchsafe(n: int) -> bytes:
-    return bytes(((n >> 21) & 0x7F, (n >> 14) & 0x7F, (n >> 7) & 0x7F, n & 0x7F))

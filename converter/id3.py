@@ -1,0 +1,86 @@
+"""ID3v2 tags: the title, artist, album... an MP3 carries before its frames.
+
+Written from ID3v2.3.0. tags_for() picks them from the source's metadata (the
+title from the file name else); build_id3v2() makes the tag the MP3 starts
+with; id3v2_size() skips a source MP3's own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Mapping
+
+
+def tags_for(stream_metadata: Mapping[str, str], container_metadata: Mapping[str, str],
+             filename: str) -> dict[str, str]:
+    """Title/artist/album/... from the file's metadata (the container's
+    over the stream's), the title from the file name else."""
+    meta: dict[str, str] = {}
+    for source in (stream_metadata, container_metadata):  # container wins
+        meta.update({k.lower(): v.strip() for k, v in source.items() if v and v.strip()})
+
+    def first(*keys: str) -> str:
+        return next((meta[k] for k in keys if meta.get(k)), "")
+
+    tags = {
+        "title": first("title") or _stem(filename),
+        "artist": first("artist", "author", "album_artist"),
+        "album": first("album"),
+        "album_artist": first("album_artist", "album artist"),
+        "track": first("track", "tracknumber"),
+        "genre": first("genre"),
+    }
+    year = re.match(r"\s*(\d{4})", first("date", "year", "originaldate"))
+    if year:
+        tags["year"] = year.group(1)
+    return {k: v for k, v in tags.items() if v}
+
+
+def _stem(filename: str) -> str:
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return os.path.splitext(base)[0].strip()
+
+
+def id3v2_size(head: bytes) -> int:
+    """Length of the ID3v2 tag at the start of head (0 if none)."""
+    if len(head) < 10 or head[:3] != b"ID3":
+        return 0
+    size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+    return 10 + size + (10 if head[5] & 0x10 else 0)  # + footer
+
+
+# ID3v2.3 text frames for the tags we carry over.
+ID3_FRAMES = {
+    "title": "TIT2", "artist": "TPE1", "album": "TALB", "album_artist": "TPE2",
+    "year": "TYER", "track": "TRCK", "genre": "TCON", "encoder": "TSSE",
+}
+
+
+def build_id3v2(tags: dict[str, str]) -> bytes:
+    """An ID3v2.3 tag with text frames for the known keys of `tags`.
+
+    v2.3 rather than v2.4 because every player reads it. Text is Latin-1
+    when it fits, else UTF-16 with a byte order mark (v2.3 has no UTF-8).
+    """
+    frames = b"".join(
+        _text_frame(ID3_FRAMES[key], value)
+        for key, value in tags.items()
+        if key in ID3_FRAMES and value
+    )
+    if not frames:
+        return b""
+    return b"ID3\x03\x00\x00" + _synchsafe(len(frames)) + frames
+
+
+def _text_frame(frame_id: str, text: str) -> bytes:
+    try:
+        data = b"\x00" + text.encode("latin-1")
+    except UnicodeEncodeError:
+        data = b"\x01" + text.encode("utf-16")  # Python adds the BOM
+    return frame_id.encode() + struct.pack(">IH", len(data), 0) + data
+
+
+def _synchsafe(n: int) -> bytes:
+    return bytes(((n >> 21) & 0x7F, (n >> 14) & 0x7F, (n >> 7) & 0x7F, n & 0x7F))
