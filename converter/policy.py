@@ -23,7 +23,7 @@ MAX_REVIVALS = 3
 
 def overlap(mode: str, cpus: int, workers: int, others_busy: int, waiting: int) -> bool:
     """Whether a conversion uses more than one core (CONVERTER_OVERLAP):
-    decode and write on helper threads (converter/pipeline.py) and encoders()
+    decode and write on helper threads (converter/transcode.py) and encoders()
     LAME encoders, each on a segment of the track (converter/split_encode.py).
     "auto": only when it is the only work in sight: no other worker
     converting and no task waiting in the queue, and there is an idle

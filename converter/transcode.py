@@ -23,8 +23,8 @@ from video2mp3.converter import id3, info_frame, lame
 from video2mp3.converter import options as opts
 from video2mp3.converter.info_frame import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 from video2mp3.converter.mp3out import Mp3Output
-from video2mp3.converter.pipeline import InlineWriter, WriteBehind, run_ahead
 from video2mp3.converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
+from video2mp3.core.background import InlineWriter, WriteBehind, run_ahead
 from video2mp3.formats import containers, mpeg_audio
 
 # LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
@@ -309,6 +309,16 @@ def _plane_unit(fmt: str, channels: int) -> int:
     return av.AudioFormat(fmt).bytes * (1 if fmt.endswith("p") else channels)
 
 
+def _writer(write: Callable[[bytes], object], overlap: bool) -> WriteBehind[bytes] | InlineWriter[bytes]:
+    """Where MP3 bytes go: to write() on a writer thread (overlap), up to 8
+    pieces behind the encoder, or at once."""
+    def write_each(pieces: list[bytes]) -> None:
+        for piece in pieces:
+            write(piece)
+
+    return WriteBehind(write_each, name="transcode-write") if overlap else InlineWriter(write_each)
+
+
 # --- Encode path --------------------------------------------------------------
 
 def _encode_mp3(container, stream, dst, options, tags, progress, backend, overlap,
@@ -332,8 +342,8 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     # waits for them.
     batches = _pcm_batches(container, stream, settings, fmt, progress)
     if overlap:
-        batches = run_ahead(batches)
-    writer = WriteBehind(out.write) if overlap else InlineWriter(out.write)
+        batches = run_ahead(batches, name="transcode-read")
+    writer = _writer(out.write, overlap)
     sink: SplitEncoder | SerialEncoder
     frame = mpeg_audio.samples_per_frame(settings.sample_rate)
     declared = _declared_duration(stream)
@@ -440,7 +450,7 @@ def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> Transcode
         encoder=source_tag.encoder if source_tag else b"LAME3.100",
     )
     out = Mp3Output(dst, id3.build_id3v2(tags), params)
-    writer = WriteBehind(out.write) if overlap else InlineWriter(out.write)
+    writer = _writer(out.write, overlap)
     first_pts = None
     batch: list[bytes] = []
     size = 0

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from bson import ObjectId
 from gridfs import DEFAULT_CHUNK_SIZE
 
+from video2mp3.core.background import WriteBehind
 from video2mp3.storage.gridfs_download import delete_chunks
 
 TOUCH_EVERY_S = 1.0  # between refreshes of the in-progress record (one small write)
@@ -105,13 +106,13 @@ class ChunkedUpload:
         self._before_store = before_store
         self._uploads = db[f"{bucket}.uploads"] if track else None
         self._touched = float("-inf")
-        self._writer: _Writer | None = None
+        self._writer: WriteBehind[dict] | None = None
 
     def write_behind(self, batch_bytes: int = WRITE_BEHIND_BYTES, depth: int = WRITE_BEHIND_DEPTH) -> None:
         """From now on, store chunks `batch_bytes` at a time on a writer thread (module docstring)."""
         if self._writer is None:
             batch = max(1, batch_bytes // self.chunk_size)
-            self._writer = _Writer(self._insert, batch, batch * depth, name=f"gridfs-{self._bucket}")
+            self._writer = WriteBehind(self._insert, batch=batch, limit=batch * depth, name=f"gridfs-{self._bucket}")
 
     def write(self, data) -> None:
         if self.closed:
@@ -151,21 +152,21 @@ class ChunkedUpload:
         """Wait until every full chunk cut so far is stored (raises the writer's
         failure); the partial chunk stays in memory (`tail`)."""
         if self._writer is not None:
-            self._writer.drain()
+            self._writer.flush()
 
     def pause(self) -> None:
         """Store every full chunk and stop the writer thread, leaving the upload
         open, to be resumed later (by anyone) from `length` and `tail`."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            writer.finish()
+            writer.close()
 
     def abandon(self) -> None:
         """Store nothing more and delete nothing: another writer owns the file now."""
         self._buf.clear()
         self.closed = True
         if self._writer is not None:
-            self._writer.cancel()
+            self._writer.abort()
 
     def close(self) -> None:
         """Store the last partial chunk and the files document."""
@@ -175,7 +176,7 @@ class ChunkedUpload:
             self._cut(bytes(self._buf))
             self._buf.clear()
         if self._writer is not None:
-            self._writer.finish()  # raises what the writer met
+            self._writer.close()  # raises what the writer met
         self._files.insert_one({
             "_id": self._id,
             "length": self.length,
@@ -193,7 +194,7 @@ class ChunkedUpload:
         self._buf.clear()
         self.closed = True
         if self._writer is not None:
-            self._writer.cancel()  # nothing more is stored once this returns
+            self._writer.abort()  # nothing more is stored once this returns
         delete_chunks(self._db, self._bucket, self._id, upto=self._n)  # in ranges: see gridfs_download
         if self._uploads is not None:
             self._uploads.delete_one({"_id": self._id})
@@ -208,7 +209,7 @@ class ChunkedUpload:
         if self._writer is None:
             self._insert([doc])
         else:
-            self._writer.add(doc)  # blocks while too many wait; raises the writer's error
+            self._writer.write(doc)  # blocks while too many wait; raises the writer's error
 
     def _insert(self, docs: list[dict]) -> None:
         if self._uploads is not None and time.monotonic() - self._touched >= TOUCH_EVERY_S:
@@ -220,80 +221,3 @@ class ChunkedUpload:
         else:
             self._chunks.insert_many(docs)  # ordered: a failure stores no later chunk
         self._stored_n = docs[-1]["n"] + 1
-
-
-class _Writer:
-    """A thread storing chunks in order: whenever it is free it takes every
-    chunk waiting, `batch` at most, and stores them at once (group commit).
-    add() blocks while `limit` chunks wait. After a failure it stores nothing
-    more and add() and finish() raise it."""
-
-    def __init__(self, store: Callable[[list[dict]], None], batch: int, limit: int, name: str):
-        self._store = store
-        self._batch, self._limit = batch, max(batch, limit)
-        self._waiting: list[dict] = []
-        self._cond = threading.Condition()
-        self._closing = False     # no more chunks: store what waits, then stop
-        self._cancelled = False   # store nothing more
-        self._error: BaseException | None = None
-        self._busy = False        # a batch is being stored
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def add(self, doc: dict) -> None:
-        with self._cond:
-            while len(self._waiting) >= self._limit and self._error is None:
-                self._cond.wait()
-            self._raise()
-            self._waiting.append(doc)
-            self._cond.notify_all()
-
-    def drain(self) -> None:
-        """Wait until no chunk waits or is being stored; raise the writer's failure if any."""
-        with self._cond:
-            while (self._waiting or self._busy) and self._error is None:
-                self._cond.wait()
-            self._raise()
-
-    def finish(self) -> None:
-        """Wait until every chunk is stored; raise the writer's failure if any."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join()
-        self._raise()
-
-    def cancel(self) -> None:
-        """Store nothing more; returns once the batch being stored (if any) is done."""
-        with self._cond:
-            self._cancelled = self._closing = True
-            self._waiting.clear()
-            self._cond.notify_all()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting and not self._closing:
-                    self._cond.wait()
-                if not self._waiting or self._cancelled or self._error is not None:
-                    return
-                take, self._waiting = self._waiting[:self._batch], self._waiting[self._batch:]
-                self._busy = True
-                self._cond.notify_all()  # room for add()
-            try:
-                self._store(take)
-            except BaseException as e:  # noqa: BLE001 - raised in the uploading thread
-                with self._cond:
-                    self._error = e
-                    self._busy = False
-                    self._waiting.clear()
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()  # drain()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
