@@ -102,7 +102,7 @@ class Parallelism(TypedDict):
     encoders: int
 
 
-LONE_JOB = Parallelism(overlap=True, encoders=os.cpu_count() or 1)  # what converter/conversion.py gives a lone job
+LONE_JOB = Parallelism(overlap=True, encoders=os.cpu_count() or 1)  # what converter/task.py gives a lone job
 
 
 def run_converter(path: Path, **kw: Any) -> float:

@@ -5,7 +5,7 @@ reconnecting with backoff. A task runs on its own thread while the
 connection's thread keeps servicing heartbeats; its outcome comes back with
 add_callback_threadsafe (pika's documented pattern for long work) and is
 settled there. What a message's outcome is, the handlers say
-(converter/conversion.py, by the rules of converter/policy.py):
+(converter/worker.py's Worker, by the rules of converter/policy.py):
 
     on_task(body, waiting) -> Outcome                     (on the task thread)
         waiting() -> tasks queued behind it, kept fresh while it runs

@@ -3,6 +3,10 @@
 Pure functions and types (no pika, no pymongo), so the retry and dead-letter
 rules are testable alone (tests/unit/test_policy.py):
 
+- every way a task ends is one Ending: the delivery's outcome, how the
+  conversion is counted and the worker's log line; a task that stops short
+  of DONE or FAILED raises a TaskStop whose class carries its Ending, and any
+  other error is UNEXPECTED (ending_for);
 - a processed task is ACKed once its job is final, REQUEUEd (spending one of
   the queue's MAX_DELIVERIES) after an unexpected error, or HANDed BACK as a
   fresh copy when we are shutting down, so restarts never look like crashes;
@@ -14,7 +18,10 @@ rules are testable alone (tests/unit/test_policy.py):
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 # A dead letter queued again carries how often it was, in this header.
 REVIVED_HEADER = "x-video2mp3-revived"
@@ -53,40 +60,96 @@ class Outcome(enum.Enum):
     HAND_BACK = "hand back"  # a confirmed fresh copy, then ack: no delivery spent
 
 
-class Cancelled(Exception):
+# --- How a task ends -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ending:
+    """How a task ends: what becomes of its delivery, how its conversion is
+    counted (video2mp3_conversions_total's outcome) and the worker's log line,
+    a str.format template of {job}, {error} and the caller's fields."""
+    outcome: Outcome | None          # None: retried in place after a pause (unacked, nothing spent)
+    counted_as: str | None = None    # None: not counted
+    message: str | None = None       # None: no line
+    level: int = logging.INFO
+    step: str | None = None          # the line's `step` field
+    traceback: bool = False
+
+
+DONE = Ending(Outcome.ACK, "done", "job {job} DONE: {bytes} bytes, {audio:.2f}s of audio in {seconds:.2f}s",
+              step="done")
+FAILED = Ending(Outcome.ACK, "failed", "job {job} FAILED: {error}", step="failed")
+SUPERSEDED = Ending(Outcome.ACK, "superseded", "job {job} was finished by another attempt; discarding this MP3")
+# A bug or a decoder crash we did not foresee: let the queue's delivery
+# limit dead-letter a file that keeps doing it.
+UNEXPECTED = Ending(Outcome.REQUEUE, "error", "job {job}: unexpected error; requeueing", logging.ERROR,
+                    traceback=True)
+
+
+class TaskStop(Exception):
+    """A task that stops short of DONE or FAILED; the class says how (`ending`)."""
+    ending: ClassVar[Ending]
+
+
+class NoSuchJob(TaskStop):
+    """The task's job is gone (deleted) before its conversion started."""
+    ending = Ending(Outcome.ACK, "deleted", "job {job} no longer exists (deleted); task acked")
+
+
+class AlreadyFinal(TaskStop):
+    """The job is DONE or FAILED already: a duplicate task."""
+    ending = Ending(Outcome.ACK, "duplicate", "job {job} already {error.state}; duplicate task acked")
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+class ShuttingDown(TaskStop):
+    """We are stopping while waiting (for a duplicate's lease, for MongoDB): hand the task back."""
+    ending = Ending(Outcome.HAND_BACK, "interrupted")
+
+
+class Cancelled(TaskStop):
     """Shutdown deadline reached mid-conversion: hand the task back."""
+    ending = Ending(Outcome.HAND_BACK, "interrupted", "job {job} interrupted by shutdown; handed back")
 
 
-class LostLease(Exception):
+class LostLease(TaskStop):
     """Our lease ran out (we stalled) and another worker took the job over."""
+    ending = Ending(Outcome.ACK, "superseded", "job {job} was taken over by another worker; this attempt stops",
+                    logging.WARNING)
 
 
-class JobGone(Exception):
+class JobGone(TaskStop):
     """The job was deleted (DeleteJob) while queued or converting: stop, keep nothing."""
+    ending = Ending(Outcome.ACK, "deleted",
+                    "job {job} was deleted; its conversion stopped and its MP3 was removed")
 
 
 class UploadStalled(JobGone):
     """The job's upload stopped without ending (its gateway died): the job was
     handed back (JobStore.abandon_upload); stop like a deleted job, keep nothing."""
+    ending = Ending(Outcome.ACK, "deleted",
+                    "job {job}: its upload stopped; its conversion stopped and its MP3 was removed")
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(TaskStop):
     """MongoDB (jobs or GridFS) cannot be reached right now."""
+    ending = Ending(None, None, "job {job}: storage unavailable ({error}); retrying", logging.WARNING)
+
+
+def ending_for(error: BaseException) -> Ending:
+    """How a task whose processing raised `error` ends."""
+    return error.ending if isinstance(error, TaskStop) else UNEXPECTED
 
 
 def outcome_for(error: BaseException) -> Outcome | None:
     """The outcome of a task whose processing raised `error`; None means
     retry in place after a pause (the delivery stays unacked, nothing spent)."""
-    if isinstance(error, Cancelled):
-        return Outcome.HAND_BACK
-    if isinstance(error, (LostLease, JobGone)):
-        return Outcome.ACK  # the job is another attempt's now, or nobody's
-    if isinstance(error, StorageUnavailable):
-        return None
-    # A bug or a decoder crash we did not foresee: let the queue's delivery
-    # limit dead-letter a file that keeps doing it.
-    return Outcome.REQUEUE
+    return ending_for(error).outcome
 
+
+# --- Dead letters --------------------------------------------------------------
 
 class DeadLetter(enum.Enum):
     REVIVE = "revive"  # queue a copy with revivals + 1 in REVIVED_HEADER

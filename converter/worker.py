@@ -1,8 +1,9 @@
-"""One converter worker process: run_worker wires its three layers.
+"""One converter worker process: run_worker wires it, Worker keeps what outlives a task.
 
-    converter/consumer.py    RabbitMQ mechanics: consume, heartbeats, settle, copies
-    converter/policy.py      what becomes of a delivery: ack, requeue, hand back, revive
-    converter/conversion.py  the conversion of one job: lease, transcode, finish
+    converter/consumer.py  RabbitMQ mechanics: consume, heartbeats, settle, copies
+    converter/worker.py    per process: a delivery becomes a Task; dead letters
+    converter/task.py      one task, step by step: lease, convert, store, finish
+    converter/policy.py    how each way a task ends settles its delivery
 
 What they keep together: a message is acked once its job is final
 (DONE/FAILED), and only after the MP3 is stored and the job updated; retried
@@ -13,23 +14,32 @@ delivery limit, and a job caught by a few restarts in a row must not be
 dead-lettered as if it had crashed its worker. Only an unexpected error
 requeues (and counts). A dead letter whose job was not really attempted that
 often is queued again, a bounded number of times; otherwise its job fails.
-
-Exactly one MP3 per job: each attempt takes a lease on the job and writes a
-new GridFS id that is recorded on the job *before* writing; the next attempt
-deletes leftovers of crashed ones, and DONE is set only by the attempt that
-holds the lease, so a losing duplicate deletes its own MP3.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import signal
 import threading
+from collections.abc import Callable, Iterator
 
+import pymongo.errors
+
+from video2mp3.converter import policy
 from video2mp3.converter.config import ConverterConfig
 from video2mp3.converter.consumer import Consumer
-from video2mp3.converter.conversion import JobRunner
+from video2mp3.converter.mp3_store import Mp3Store
+from video2mp3.converter.policy import DeadLetter, Outcome
+from video2mp3.converter.task import Task
+from video2mp3.core import request_id
 from video2mp3.core.process import die_with_parent
+from video2mp3.domain import jobs, retention
+from video2mp3.domain.queue import MAX_DELIVERIES, decode_task
 from video2mp3.storage.mongo import Mongo
+from video2mp3.telemetry import metrics
+
+log = logging.getLogger(__name__)
 
 
 def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = None) -> None:
@@ -44,8 +54,8 @@ def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = Non
     die_with_parent()  # never an orphan consuming with no supervisor
     stopping, cancel = threading.Event(), threading.Event()
     mongo = Mongo(cfg.mongo)
-    runner = JobRunner(cfg, mongo, stopping, cancel, busy, index)
-    consumer = Consumer(cfg.rabbit, runner.process, runner.dead_letter, stopping,
+    worker = Worker(cfg, mongo, stopping, cancel, busy, index)
+    consumer = Consumer(cfg.rabbit, worker.on_task, worker.on_dead_letter, stopping,
                         count_waiting=cfg.overlap_mode == "auto")
 
     def on_term(_signum, _frame):
@@ -61,3 +71,85 @@ def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = Non
     finally:
         mongo.close()
         tracing.shutdown()
+
+
+class Worker:
+    """`stopping`: take no new work (waits give up and hand back);
+    `cancel`: the shutdown grace is over, stop the conversion in hand.
+    `busy`, `slot`: the supervisor's marks, one per worker, set while converting (shared)."""
+
+    def __init__(self, cfg: ConverterConfig, mongo: Mongo,
+                 stopping: threading.Event, cancel: threading.Event,
+                 busy: ctypes.Array | None = None, slot: int = 0):
+        self.cfg = cfg
+        self.mongo = mongo
+        self.jobs = jobs.JobStore(mongo.jobs)
+        self.mp3s = Mp3Store(mongo, self.jobs)
+        self.stopping = stopping
+        self.cancel = cancel
+        self.busy, self.slot = busy, slot
+
+    # --- a task (on the consumer's task thread) ------------------------------
+
+    def on_task(self, body: bytes, waiting: Callable[[], int] = lambda: 0) -> Outcome:
+        """Converts one task message (`waiting()`: tasks queued behind it now). Never raises."""
+        try:
+            job_id = decode_task(body).job_id
+        except ValueError as e:
+            log.error("dropping message: %s", e)
+            return Outcome.ACK
+        with request_id.bound(job_id=job_id), self._converting():
+            return Task(self, job_id, waiting).run()
+
+    @contextlib.contextmanager
+    def _converting(self) -> Iterator[None]:
+        """Marks this worker as converting."""
+        if self.busy is None:
+            yield
+            return
+        self.busy[self.slot] = 1
+        try:
+            yield
+        finally:
+            self.busy[self.slot] = 0
+
+    def others_converting(self) -> int:
+        """How many of the converter's other workers are converting now."""
+        return sum(self.busy) - 1 if self.busy is not None else 0
+
+    # --- a dead letter (on the consumer's connection thread) -----------------
+
+    def on_dead_letter(self, body: bytes, headers: dict, queue_copy: Callable[[dict], bool]) -> Outcome:
+        """A message dead-lettered after MAX_DELIVERIES. If its conversion
+        really started that often, the file keeps killing workers: the job
+        ends FAILED and the MP3s its attempts half-wrote are deleted. If not,
+        the deliveries were spent on lost connections (RabbitMQ cuts), so the
+        task is queued again (`queue_copy(extra headers)`), a bounded number of
+        times. ACK, or REQUEUE while MongoDB is unreachable."""
+        try:
+            job_id = decode_task(body).job_id
+            job = self.jobs.get(job_id)
+            attempts, revived = (job.attempts if job else 0), policy.revivals(headers)
+            decision = policy.dead_letter(job.state if job else None, attempts, revived,
+                                          max_deliveries=MAX_DELIVERIES)
+            metrics.QUEUE_DEAD_LETTERS.labels(decision.value).inc()
+            if decision is DeadLetter.REVIVE and queue_copy(policy.revived_headers(revived)):
+                log.warning("job %s dead-lettered after only %d conversion attempt(s); queued again",
+                            job_id, attempts)
+            elif decision is not DeadLetter.DROP:
+                # Also when the copy could not be queued: never leave the job hanging.
+                self._fail_crashed(job_id)
+        except ValueError as e:
+            log.error("dropping unreadable dead-lettered message: %s", e)
+        except pymongo.errors.PyMongoError as e:
+            log.warning("cannot settle dead-lettered job yet: %s", e)
+            return Outcome.REQUEUE
+        return Outcome.ACK
+
+    def _fail_crashed(self, job_id: str) -> None:
+        if self.jobs.finish_failed(job_id, policy.crashed_reason(MAX_DELIVERIES)):
+            log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
+            retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
+        job = self.jobs.get(job_id)
+        if job is not None and job.state == jobs.FAILED:
+            self.mp3s.delete_leftovers(job_id, list(job.pending_mp3_fids))

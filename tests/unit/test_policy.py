@@ -103,3 +103,23 @@ def test_a_lone_job_encodes_on_the_converters_share_of_the_cores():
     assert policy.encoders("auto", cpus=8, workers=3) == 3   # the idle workers' cores, no more
     assert policy.encoders("auto", cpus=2, workers=6) == 2   # no more than there are
     assert policy.encoders("on", cpus=4, workers=1) == 4     # pinned on: every CPU
+
+
+def test_every_ending_is_counted_and_worded_once():
+    """Each way a task ends says its outcome, its conversions_total label and
+    its log line in one place (policy.Ending); the worker only picks one."""
+    stops = [policy.NoSuchJob(), policy.AlreadyFinal("DONE"), policy.ShuttingDown(), Cancelled(), LostLease(),
+             policy.JobGone(), policy.UploadStalled(), StorageUnavailable("down")]
+    endings = [policy.ending_for(e) for e in stops] + [policy.DONE, policy.FAILED, policy.SUPERSEDED,
+                                                       policy.ending_for(RuntimeError("bug"))]
+    labels = {e.counted_as for e in endings if e.counted_as}
+    assert labels == {"done", "failed", "superseded", "duplicate", "interrupted", "error", "deleted"}
+    assert policy.ending_for(policy.UploadStalled()) is not policy.ending_for(policy.JobGone())
+    assert policy.ending_for(RuntimeError()) is policy.UNEXPECTED
+    assert policy.UNEXPECTED.traceback
+    lines = {e.message.format(job="j1", error=err, bytes=1, audio=1.0, seconds=1.0)
+             for e, err in zip(endings, [*stops, None, ValueError("bad"), None, None], strict=True) if e.message}
+    assert "job j1 already DONE; duplicate task acked" in lines
+    assert "job j1 no longer exists (deleted); task acked" in lines
+    assert "job j1: storage unavailable (down); retrying" in lines
+    assert "job j1 FAILED: bad" in lines
