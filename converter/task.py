@@ -67,8 +67,11 @@ LEASE_WAIT_S = 1.0  # between looks at a job another worker holds
 
 
 class Task:
+    """One delivery of a task: its job converted once, and everything that
+    conversion keeps. `waiting()`: tasks queued behind it now (kept fresh by
+    the consumer)."""
+
     def __init__(self, worker: Worker, job_id: str, waiting: Callable[[], int] = lambda: 0) -> None:
-        """`waiting()`: tasks queued behind this one now (kept fresh by the consumer)."""
         self.worker = worker
         self.cfg = worker.cfg
         self.jobs, self.mp3s = worker.jobs, worker.mp3s
@@ -105,6 +108,7 @@ class Task:
                     return self._end(ShuttingDown.ending)
 
     def _attempt(self) -> Outcome:
+        """One attempt at the job, its steps in order (each a new MP3 id)."""
         self.mp3_fid, self.mp3, self.read_bytes = ObjectId(), None, 0
         self._progress_at, self._percent = 0.0, 0
         self.job = self.take_lease()
