@@ -55,9 +55,12 @@ def asks_for_change(options, rate: int, channels: int, bitrate_kbps: int) -> boo
 
     Unset options (the defaults) never do: an MP3 upload keeps its own rate,
     channels and bitrate rather than being re-encoded to 192 kbps stereo.
+    A trim or a loudness target always does.
     """
     return (
         options.HasField("vbr_quality")
+        or mp3_options.trims(options)
+        or options.HasField("loudness_lufs")
         or options.bitrate_kbps not in (0, bitrate_kbps)
         or options.channels not in (0, channels)
         or options.sample_rate_hz not in (0, rate)

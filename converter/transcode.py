@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import av
 
-from video2mp3.converter import id3, info_frame, lame
+from video2mp3.converter import id3, info_frame, lame, loudness, trim
 from video2mp3.converter import options as opts
 from video2mp3.converter.info_frame import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
 from video2mp3.converter.mp3out import Mp3Output
@@ -108,6 +108,14 @@ def transcode(src: Source, dst, options, filename: str = "",
     file, no audio track, truncated or corrupt data, empty audio, options out
     of range). dst may then hold a partial file, which the caller discards.
     """
+    gain = None
+    if options.HasField("loudness_lufs"):
+        # First pass: the same audio decoded again, measured as it goes.
+        begin = src.tell()
+        measured = _measure(src, options, _scaled(on_progress, 0.0, MEASURE_SHARE))
+        src.seek(begin)
+        gain = loudness.plan(measured, options.loudness_lufs)
+        on_progress = _scaled(on_progress, MEASURE_SHARE, 1.0)
     with _open_input(src) as container:
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
@@ -118,11 +126,61 @@ def transcode(src: Source, dst, options, filename: str = "",
                 result = _copy_mp3(src, container, stream, dst, tags, progress, overlap)
             else:
                 result = _encode_mp3(container, stream, dst, options, tags, progress, encoder, overlap,
-                                     encoders, split_while)
+                                     encoders, split_while, _can_seek(src), gain)
         except av.FFmpegError as e:
             raise ConversionError("the file is truncated or corrupt") from e
+        except trim.SeekFailed:
+            raise ConversionError("the file is truncated or corrupt") from None
     progress.report(1.0, force=True)
     return result
+
+
+# Share of the progress bar the loudness measurement takes (it decodes, the
+# encode pass decodes and encodes).
+MEASURE_SHARE = 0.3
+
+
+def _scaled(callback: ProgressCallback | None, lo: float, hi: float) -> ProgressCallback | None:
+    if callback is None:
+        return None
+    report = callback
+    return lambda fraction: report(lo + (hi - lo) * fraction)
+
+
+def _can_seek(src: Source) -> bool:
+    """Whether FFmpeg may seek in src (an upload still arriving may not)."""
+    seekable = getattr(src, "seekable", None)
+    return bool(seekable()) if callable(seekable) else True
+
+
+def _measure(src: Source, options, on_progress: ProgressCallback | None) -> loudness.Measurement:
+    """Loudness and true peak of the audio the encode pass will encode."""
+    with _open_input(src) as container:
+        stream = _pick_audio_stream(container, options)
+        _discard_others(container, stream)
+        settings = _settings(options, stream)
+        progress = _Progress(on_progress, stream)
+        meter = loudness.Meter(MEASURE_FORMAT, settings.sample_rate, settings.channels)
+        pcm = _Pcm(container, stream, settings, MEASURE_FORMAT, progress, options, _can_seek(src))
+        try:
+            for planes, count, fraction, last in pcm:
+                if last:
+                    pcm.check(stream)
+                else:
+                    progress.report(0.0 if fraction is None else fraction)
+                meter.push(planes, count)
+        except av.FFmpegError as e:
+            raise ConversionError("the file is truncated or corrupt") from e
+        except trim.SeekFailed:
+            raise ConversionError("the file is truncated or corrupt") from None
+        finally:
+            pcm.close()
+    progress.report(1.0, force=True)
+    return meter.result()
+
+
+# The PCM format the loudness filters are fed.
+MEASURE_FORMAT = "fltp"
 
 
 # --- Input ------------------------------------------------------------------
@@ -321,13 +379,17 @@ def _writer(write: Callable[[bytes], object], overlap: bool) -> WriteBehind[byte
 
 # --- Encode path --------------------------------------------------------------
 
-def _encode_mp3(container, stream, dst, options, tags, progress, backend, overlap,
-                encoders, split_while) -> TranscodeResult:
-    source_rate = stream.codec_context.sample_rate
+def _settings(options, stream) -> opts.Mp3Settings:
     try:
-        settings = opts.resolve(options, source_rate)
+        return opts.resolve(options, stream.codec_context.sample_rate)
     except opts.InvalidOptions as e:
         raise ConversionError(str(e)) from e
+
+
+def _encode_mp3(container, stream, dst, options, tags, progress, backend, overlap,
+                encoders, split_while, seekable=True, gain: loudness.Plan | None = None) -> TranscodeResult:
+    source_rate = stream.codec_context.sample_rate
+    settings = _settings(options, stream)
 
     def open_encoder():
         return lame.open_encoder(settings.sample_rate, settings.channels, settings.bitrate_kbps,
@@ -340,13 +402,16 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     # CRC, dst) lags behind in another while LAME encodes here (or in
     # `encoders` pool threads); all of them release the GIL, so LAME never
     # waits for them.
-    batches = _pcm_batches(container, stream, settings, fmt, progress)
+    pcm = _Pcm(container, stream, settings, fmt, progress, options, seekable, gain)
+    batches: Iterator = iter(pcm)
     if overlap:
         batches = run_ahead(batches, name="transcode-read")
     writer = _writer(out.write, overlap)
     sink: SplitEncoder | SerialEncoder
     frame = mpeg_audio.samples_per_frame(settings.sample_rate)
-    declared = _declared_duration(stream)
+    declared = pcm.expected_samples()
+    if declared is not None:
+        declared /= settings.sample_rate
     if encoders > 1 and worth_splitting(declared, settings.sample_rate, frame):
         sink = SplitEncoder(open_encoder, frame, _plane_unit(fmt, settings.channels), writer.write, encoders,
                             split_while or (lambda: True))
@@ -356,7 +421,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
         for planes, count, fraction, last in batches:
             samples += count
             if last:
-                _check_complete(stream, samples / settings.sample_rate)
+                pcm.check(stream)
             else:
                 progress.report(0.0 if fraction is None else fraction)
             sink.encode(planes, count)
@@ -366,7 +431,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
         writer.abort()
         raise
     finally:
-        batches.close()  # now, not at garbage collection: the decoder thread
+        pcm.close()  # now, not at garbage collection: the decoder thread
         # must be done with the container before the caller closes it
     writer.close()
     joins, fallbacks = (sink.joins, sink.fallbacks) if isinstance(sink, SplitEncoder) else (0, 0)
@@ -389,30 +454,98 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     )
 
 
-def _pcm_batches(container, stream, settings, fmt, progress):
+class _Pcm:
     """(planes, samples, progress fraction, is-last): the decoded audio in the
-    encoder's format, in batches of about ENCODE_BATCH_SAMPLES, because fewer,
-    larger LAME calls cost less overhead."""
-    resampler = _Resampler(fmt, settings.sample_rate, settings.channels)
-    pending: list[tuple[bytes, ...]] = []
-    count = 0
-    fraction = None
+    encoder's format, trimmed to the job's span (converter/trim.py) and with
+    the loudness gain applied (converter/loudness.py), in batches of about
+    ENCODE_BATCH_SAMPLES, because fewer, larger LAME calls cost less overhead.
+    Iterate it once; check() judges what was decoded once the last batch is out."""
 
-    def batch():
-        return tuple(b"".join(plane) for plane in zip(*pending, strict=True)) if pending else (b"",)
+    def __init__(self, container, stream, settings: opts.Mp3Settings, fmt: str, progress: _Progress,
+                 options, seekable: bool, gain: loudness.Plan | None = None) -> None:
+        self._container, self._stream, self._progress = container, stream, progress
+        self._rate = settings.sample_rate
+        self.span = trim.Span.of(options, self._rate)
+        # With a gain, the PCM is float until the gain's graph hands it over in fmt.
+        self._gain = (loudness.Gain(gain, fmt, self._rate, settings.channels, _plane_unit(fmt, settings.channels))
+                      if gain is not None and gain.changes else None)
+        decode_fmt = MEASURE_FORMAT if self._gain is not None else fmt
+        self._resampler = _Resampler(decode_fmt, self._rate, settings.channels)
+        self._unit = _plane_unit(decode_fmt, settings.channels)
+        seek = trim.wants_seek(options, container.format.name, seekable)
+        self._frames = trim.Frames(container, stream, _decode, self.span.first / self._rate if seek else None)
+        self.position = 0       # samples decoded, counted from the track's first one
+        self.kept = 0           # samples handed over
+        self.cut_short = False  # ended at the span's end, before the audio did
+        self._iter: Iterator | None = None
 
-    for frame in _decode(container, stream):
-        for planes, n in resampler.resample(frame):
+    def expected_samples(self) -> float | None:
+        """How many samples the batches will hold, if the container says how long the audio is."""
+        declared = _declared_duration(self._stream)
+        return self.span.length(None if declared is None else declared * self._rate)
+
+    def __iter__(self) -> Iterator[tuple[tuple[bytes, ...], int, float | None, bool]]:
+        self._iter = self._batches()
+        return self._iter
+
+    def close(self) -> None:
+        if self._iter is not None:
+            self._iter.close()
+
+    def check(self, stream) -> None:
+        """Fail when much less audio decoded than the file declares
+        (truncated), or when the trim starts after the audio ends."""
+        if not self.cut_short:
+            _check_complete(stream, self.position / self._rate)
+        if self.kept == 0:
+            raise ConversionError(f"start_ms is past the end of the audio "
+                                  f"({self.position / self._rate:.3f} s long)")
+
+    def _batches(self):
+        pending: list[tuple[bytes, ...]] = []
+        count = 0
+        fraction = None
+        expected = self.expected_samples()
+        for planes, n in self._pcm():
             pending.append(planes)
             count += n
-        if count >= ENCODE_BATCH_SAMPLES:
-            fraction = progress.fraction(frame)
-            yield batch(), count, fraction, False
-            pending, count = [], 0
-    for planes, n in resampler.flush():
-        pending.append(planes)
-        count += n
-    yield batch(), count, fraction, True
+            if count >= ENCODE_BATCH_SAMPLES:
+                fraction = self.kept / expected if expected else None
+                yield (*self._out(pending, count), fraction, False)
+                pending, count = [], 0
+        yield (*self._out(pending, count, last=True), fraction, True)
+
+    def _pcm(self) -> Iterator[tuple[tuple[bytes, ...], int]]:
+        """Resampled PCM inside the span, in decoded order."""
+        started = False
+        for frame in self._frames:
+            if not started:  # a seek says where the first frame is
+                self.position = round(self._frames.offset_s * self._rate)
+                started = True
+            yield from self._keep(self._resampler.resample(frame))
+            if self.span.done(self.position):
+                self.cut_short = True
+                return
+        yield from self._keep(self._resampler.flush())
+
+    def _keep(self, pcm):
+        for planes, n in pcm:
+            kept, k = self.span.cut(self.position, planes, n, self._unit)
+            self.position += n
+            if k:
+                self.kept += k
+                yield kept, k
+
+    def _out(self, pending, count: int, last: bool = False) -> tuple[tuple[bytes, ...], int]:
+        planes = tuple(b"".join(plane) for plane in zip(*pending, strict=True)) if pending else (b"",)
+        if self._gain is None:
+            return planes, count
+        planes, count = self._gain.apply(planes, count) if count else (planes, 0)
+        if last:
+            rest, more = self._gain.flush()
+            planes = tuple(a + b for a, b in zip(planes, rest, strict=False)) if count else rest
+            count += more
+        return planes, count
 
 
 def _info_params(settings: opts.Mp3Settings, source_rate: int) -> InfoFrameParams:

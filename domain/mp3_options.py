@@ -2,10 +2,10 @@
 gateway to refuse bad uploads (gateway/validation.py) and by the converter to
 resolve a job's options (converter/options.py).
 
-It lives in common/ because both sides read the same message fields
+It lives in domain/ because both sides read the same message fields
 (UploadVideoRequest and ConversionOptions share them) and the gateway should
-not import the converter, which brings numpy and PyAV. Zero / unset values
-mean the default.
+not import the converter, which brings PyAV. Zero / unset values mean the
+default.
 """
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ VBR_QUALITIES = range(10)  # LAME -V: 0 best .. 9 smallest
 CHANNELS = (1, 2)
 DEFAULT_BITRATE_KBPS = 192
 DEFAULT_CHANNELS = 2
+# Loudness targets (LUFS) accepted: -70 is where BS.1770's absolute gate
+# stops counting audio at all; above -5 nothing but a brick wall gets there.
+LOUDNESS_LUFS_RANGE = (-70.0, -5.0)
+# Trim points past this are no audio anyone uploads (about 11.5 days).
+MAX_TRIM_MS = 1_000_000_000
 
 
 def violations(options) -> list[tuple[str, str]]:
@@ -43,12 +48,35 @@ def violations(options) -> list[tuple[str, str]]:
                       f"({', '.join(map(str, SAMPLE_RATES_HZ))}), got {options.sample_rate_hz}")))
     if options.HasField("audio_track") and options.audio_track < 0:
         found.append(("audio_track", f"audio_track must be 0 or more, got {options.audio_track}"))
+    found += _trim_violations(options)
+    if options.HasField("loudness_lufs"):
+        low, high = LOUDNESS_LUFS_RANGE
+        if not low <= options.loudness_lufs <= high:  # NaN fails too
+            found.append(("loudness_lufs", f"loudness_lufs must be {low:g} to {high:g} (LUFS, e.g. -16 "
+                                           f"or -14), got {options.loudness_lufs:g}"))
     return found
+
+
+def _trim_violations(options) -> list[tuple[str, str]]:
+    found = []
+    start = options.start_ms if options.HasField("start_ms") else 0
+    for name in ("start_ms", "end_ms"):
+        if options.HasField(name) and not 0 <= getattr(options, name) <= MAX_TRIM_MS:
+            found.append((name, f"{name} must be 0 to {MAX_TRIM_MS} (milliseconds), got {getattr(options, name)}"))
+    if not found and options.HasField("end_ms") and options.end_ms <= start:
+        found.append(("end_ms", f"end_ms must be after start_ms ({start}), got {options.end_ms}"))
+    return found
+
+
+def trims(options) -> bool:
+    """Whether the options ask for part of the audio only."""
+    return options.start_ms > 0 or options.HasField("end_ms")
 
 
 def with_defaults(options) -> media_pb2.ConversionOptions:
     """Valid `options` with the defaults filled in: 192 kbps CBR unless VBR
-    is asked for, stereo; the sample rate stays 0 (the source's)."""
+    is asked for, stereo; the sample rate stays 0 (the source's); the trim
+    and loudness target as given (unset: none)."""
     into = media_pb2.ConversionOptions()
     if options.HasField("vbr_quality"):
         into.vbr_quality = options.vbr_quality
@@ -56,6 +84,9 @@ def with_defaults(options) -> media_pb2.ConversionOptions:
         into.bitrate_kbps = options.bitrate_kbps or DEFAULT_BITRATE_KBPS
     into.channels = options.channels or DEFAULT_CHANNELS
     into.sample_rate_hz = options.sample_rate_hz
-    if options.HasField("audio_track"):
-        into.audio_track = options.audio_track
+    for name in ("audio_track", "start_ms", "end_ms", "loudness_lufs"):
+        if options.HasField(name):
+            setattr(into, name, getattr(options, name))
+    if into.HasField("start_ms") and into.start_ms == 0:
+        into.ClearField("start_ms")  # 0 is the default: the job records no trim
     return into
