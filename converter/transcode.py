@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -162,8 +162,9 @@ def _measure(src: Source, options, on_progress: ProgressCallback | None) -> loud
         progress = _Progress(on_progress, stream)
         meter = loudness.Meter(MEASURE_FORMAT, settings.sample_rate, settings.channels)
         pcm = _Pcm(container, stream, settings, MEASURE_FORMAT, progress, options, _can_seek(src))
+        batches = iter(pcm)
         try:
-            for planes, count, fraction, last in pcm:
+            for planes, count, fraction, last in batches:
                 if last:
                     pcm.check(stream)
                 else:
@@ -174,7 +175,7 @@ def _measure(src: Source, options, on_progress: ProgressCallback | None) -> loud
         except trim.SeekFailed:
             raise ConversionError("the file is truncated or corrupt") from None
         finally:
-            pcm.close()
+            batches.close()
     progress.report(1.0, force=True)
     return meter.result()
 
@@ -403,7 +404,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     # `encoders` pool threads); all of them release the GIL, so LAME never
     # waits for them.
     pcm = _Pcm(container, stream, settings, fmt, progress, options, seekable, gain)
-    batches: Iterator = iter(pcm)
+    batches: Generator = iter(pcm)
     if overlap:
         batches = run_ahead(batches, name="transcode-read")
     writer = _writer(out.write, overlap)
@@ -431,7 +432,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
         writer.abort()
         raise
     finally:
-        pcm.close()  # now, not at garbage collection: the decoder thread
+        batches.close()  # now, not at garbage collection: the decoder thread
         # must be done with the container before the caller closes it
     writer.close()
     joins, fallbacks = (sink.joins, sink.fallbacks) if isinstance(sink, SplitEncoder) else (0, 0)
@@ -477,20 +478,14 @@ class _Pcm:
         self.position = 0       # samples decoded, counted from the track's first one
         self.kept = 0           # samples handed over
         self.cut_short = False  # ended at the span's end, before the audio did
-        self._iter: Iterator | None = None
 
     def expected_samples(self) -> float | None:
         """How many samples the batches will hold, if the container says how long the audio is."""
         declared = _declared_duration(self._stream)
         return self.span.length(None if declared is None else declared * self._rate)
 
-    def __iter__(self) -> Iterator[tuple[tuple[bytes, ...], int, float | None, bool]]:
-        self._iter = self._batches()
-        return self._iter
-
-    def close(self) -> None:
-        if self._iter is not None:
-            self._iter.close()
+    def __iter__(self) -> Generator[tuple[tuple[bytes, ...], int, float | None, bool], None, None]:
+        return self._batches()
 
     def check(self, stream) -> None:
         """Fail when much less audio decoded than the file declares
