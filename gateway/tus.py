@@ -87,7 +87,9 @@ LOCK_S = 10.0
 CHECKPOINT_S = 1.0
 LOCKED_RETRY_S = 2.0
 # Metadata keys read (others, e.g. Uppy's `name`/`type`, are ignored unless below).
-OPTION_KEYS = ("bitrate_kbps", "vbr_quality", "channels", "sample_rate_hz", "audio_track")
+OPTION_KEYS = ("bitrate_kbps", "vbr_quality", "channels", "sample_rate_hz", "audio_track", "start_ms", "end_ms",
+               "loudness_lufs")
+DECIMAL_KEYS = frozenset({"loudness_lufs"})  # the others are integers
 MAX_METADATA_CHARS = 4096
 
 
@@ -155,10 +157,11 @@ def upload_request(meta: dict[str, str]) -> media_pb2.UploadVideoRequest:
     for key in OPTION_KEYS:
         if meta.get(key, "") == "":
             continue
+        kind, parse = ("a number", float) if key in DECIMAL_KEYS else ("an integer", int)
         try:
-            setattr(req, key, int(meta[key]))
-        except ValueError:
-            raise _bad_header("Upload-Metadata", f"{key} in Upload-Metadata must be an integer, "
+            setattr(req, key, parse(meta[key]))
+        except ValueError:  # not a number, or out of the field's range
+            raise _bad_header("Upload-Metadata", f"{key} in Upload-Metadata must be {kind}, "
                                                  f"got {meta[key][:40]!r}") from None
     return req
 

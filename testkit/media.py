@@ -14,6 +14,9 @@ from __future__ import annotations
 import heapq
 import io
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -364,6 +367,54 @@ def audio_duration(path_or_bytes, track: int = 0) -> float:
     """Seconds of audio FFmpeg decodes from a source file's track."""
     samples, rate, _ = decode_audio(path_or_bytes, track)
     return len(samples) / rate
+
+
+def make_noise(path, seconds: float, rate: int = 48000, codec: str = "aac", level: float = 0.2,
+               bursts: bool = False) -> str:
+    """Stereo noise, not periodic, so a shift of even one sample shows. With
+    bursts: quiet, with a loud click every second (peaks far above the loudness)."""
+    rng = np.random.default_rng(7)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate, layout="stereo")
+        n, chunk = int(seconds * rate), 1024
+        for start in range(0, n, chunk):
+            k = min(chunk, n - start)
+            pcm = (rng.standard_normal((2, k)) * level).astype(np.float32)
+            if bursts:
+                for i in range(k):
+                    if (start + i) % rate < 48:
+                        pcm[:, i] = 0.9 if (start + i) % 2 else -0.9
+            frame = av.AudioFrame.from_ndarray(np.clip(pcm, -1, 1), format="fltp", layout="stereo")
+            frame.sample_rate = rate
+            frame.pts = start
+            frame.time_base = Fraction(1, rate)
+            for packet in stream.encode(_format(frame, stream)):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return str(path)
+
+
+def _format(frame, stream):
+    fmt = stream.codec_context.format.name
+    if fmt == "fltp":
+        return frame
+    return av.AudioResampler(format=fmt, layout="stereo", rate=frame.sample_rate).resample(frame)[0]
+
+
+def ebur128(path_or_data) -> tuple[float, float]:
+    """(integrated LUFS, true peak dBTP) of a file or an MP3's bytes, by the ffmpeg command line."""
+    source, data = (path_or_data, None) if isinstance(path_or_data, str) else ("-", path_or_data)
+    run = subprocess.run([_FFMPEG, "-nostats", "-hide_banner", "-i", source, "-af", "ebur128=peak=true",
+                          "-f", "null", "-"], input=data, capture_output=True, check=True)
+    summary = run.stderr.decode().rsplit("Summary:", 1)[1]
+    integrated = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))  # type: ignore[union-attr]
+    peak = float(re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1))  # type: ignore[union-attr]
+    return integrated, peak
+
+
+# Debian's ffmpeg (CONTRIBUTING.md, Setup): the outside measurement of loudness.
+_FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 
 
 if __name__ == "__main__":

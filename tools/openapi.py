@@ -157,7 +157,8 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
                     _param("Upload-Length", "the file's size in bytes (at most MAX_UPLOAD_BYTES)",
                            {**UINT, "minimum": 1}),
                     _param("Upload-Metadata", "comma-separated `key base64(value)` pairs: filename, "
-                           "bitrate_kbps, vbr_quality, channels, sample_rate_hz, audio_track, request_id",
+                           "bitrate_kbps, vbr_quality, channels, sample_rate_hz, audio_track, start_ms, end_ms, "
+                           "loudness_lufs, request_id",
                            {"type": "string"}, required=False)],
         # No body: creation-with-upload is not offered (a body sent is ignored).
         "request_content": {"application/octet-stream": {"schema": {"type": "string", "maxLength": 0}}},

@@ -167,6 +167,10 @@ def test_empty_upload_is_invalid_and_stores_nothing(mesh, grpc_user, rest_user, 
     ({"vbr_quality": 12}, "vbr_quality"),
     ({"channels": 6}, "channels"),
     ({"sample_rate_hz": 96000}, "sample_rate_hz"),
+    ({"start_ms": -1}, "start_ms"),
+    ({"start_ms": 5000, "end_ms": 2000}, "end_ms"),
+    ({"loudness_lufs": -3.5}, "loudness_lufs"),
+    ({"loudness_lufs": -90}, "loudness_lufs"),
 ])
 def test_invalid_options_name_the_field(mesh, grpc_user, rest_user, mongo, tmp_path, options, field):
     before = stored_for(mongo, user_id(grpc_user.token))

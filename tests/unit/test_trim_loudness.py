@@ -6,22 +6,15 @@ line's `ebur128` filter, as a listener's tools would.
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-from fractions import Fraction
-
-import av
 import numpy as np
 import pytest
 
-from testkit.media import ReadSeekOnly, decode_audio, make_media
+from testkit.media import ReadSeekOnly, decode_audio, ebur128, make_media, make_noise
 from video2mp3.converter import loudness, trim
 from video2mp3.converter.transcode import ConversionError, TranscodeResult, transcode
 from video2mp3.domain import mp3_options
 from video2mp3.media.v1 import media_pb2
 
-FFMPEG = shutil.which("ffmpeg") or "ffmpeg"  # Debian's ffmpeg (CONTRIBUTING.md, Setup)
 LOUDNESS_TOLERANCE_LU = 1.0   # the issue's promise
 # ffmpeg's summary prints the true peak to 0.1 dB: -1.0 may be up to -0.95.
 TRUE_PEAK_TOLERANCE_DB = 0.05
@@ -48,55 +41,11 @@ def convert(path, **options) -> tuple[TranscodeResult, bytes]:
     return result, bytes(data)
 
 
-def make_noise(path, seconds: float, rate: int = 48000, codec: str = "aac", level: float = 0.2,
-               bursts: bool = False) -> str:
-    """Stereo noise, not periodic, so a shift of even one sample shows. With
-    bursts: quiet, with a loud click every second (peaks far above the loudness)."""
-    rng = np.random.default_rng(7)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=rate, layout="stereo")
-        n, chunk = int(seconds * rate), 1024
-        for start in range(0, n, chunk):
-            k = min(chunk, n - start)
-            pcm = (rng.standard_normal((2, k)) * level).astype(np.float32)
-            if bursts:
-                for i in range(k):
-                    if (start + i) % rate < 48:
-                        pcm[:, i] = 0.9 if (start + i) % 2 else -0.9
-            frame = av.AudioFrame.from_ndarray(np.clip(pcm, -1, 1), format="fltp", layout="stereo")
-            frame.sample_rate = rate
-            frame.pts = start
-            frame.time_base = Fraction(1, rate)
-            for packet in stream.encode(_format(frame, stream)):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return str(path)
-
-
-def _format(frame, stream):
-    fmt = stream.codec_context.format.name
-    if fmt == "fltp":
-        return frame
-    return av.AudioResampler(format=fmt, layout="stereo", rate=frame.sample_rate).resample(frame)[0]
-
-
 def best_lag(reference: np.ndarray, signal: np.ndarray, span: int = 600) -> int:
     core = reference[2 * span:2 * span + 20_000]
     errors = [np.mean((signal[2 * span + lag:2 * span + lag + len(core)] - core) ** 2)
               for lag in range(-span, span + 1)]
     return int(np.argmin(errors)) - span
-
-
-def ebur128(path_or_data) -> tuple[float, float]:
-    """(integrated LUFS, true peak dBTP) of a file or an MP3's bytes, by the ffmpeg command line."""
-    source, data = (path_or_data, None) if isinstance(path_or_data, str) else ("-", path_or_data)
-    run = subprocess.run([FFMPEG, "-nostats", "-hide_banner", "-i", source, "-af", "ebur128=peak=true",
-                          "-f", "null", "-"], input=data, capture_output=True, check=True)
-    summary = run.stderr.decode().rsplit("Summary:", 1)[1]
-    integrated = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))  # type: ignore[union-attr]
-    peak = float(re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1))  # type: ignore[union-attr]
-    return integrated, peak
 
 
 # --- Trim ------------------------------------------------------------------------
@@ -106,7 +55,7 @@ def wav44(tmp_path_factory):
     return make_noise(tmp_path_factory.mktemp("trim") / "n.wav", 12.0, rate=44100, codec="pcm_s16le")
 
 
-@pytest.mark.parametrize("start_ms,end_ms", [(0, 1000), (1234, 5678), (1, 2), (2500, 11999)])
+@pytest.mark.parametrize(("start_ms", "end_ms"), [(0, 1000), (1234, 5678), (1, 2), (2500, 11999)])
 @pytest.mark.parametrize("extra", [{}, {"vbr_quality": 2}, {"encoder": "lameenc"}])
 def test_trimmed_length_is_exact(wav44, start_ms, end_ms, extra):
     result, data = convert(wav44, start_ms=start_ms, end_ms=end_ms, **extra)
@@ -125,7 +74,7 @@ def test_trimmed_length_at_another_rate(wav44):
 
 def test_trim_is_in_step_with_the_source(wav44):
     """Not just the length: the MP3 is the source's samples from start_ms on."""
-    reference, rate, _ = decode_audio(wav44)
+    reference, _rate, _ = decode_audio(wav44)
     _, data = convert(wav44, start_ms=2000, end_ms=6000)
     decoded, _, _ = decode_audio(data)
     assert best_lag(reference[2000 * 44100 // 1000:], decoded) == 0
@@ -141,7 +90,7 @@ def test_start_only_and_end_only(wav44):
 
 def test_end_past_the_audio_ends_with_it(wav44):
     whole = len(decode_audio(wav44)[0])
-    result, data = convert(wav44, start_ms=11_000, end_ms=60_000)
+    _result, data = convert(wav44, start_ms=11_000, end_ms=60_000)
     assert len(decode_audio(data)[0]) == whole - 11 * 44100
 
 
@@ -233,7 +182,8 @@ def test_silence_stays_silent(tmp_path):
 def test_loudness_progress_goes_through_both_passes(loud):
     seen: list[float] = []
     convert(loud, loudness_lufs=-16, on_progress=seen.append)
-    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert seen == sorted(seen)
+    assert seen[-1] == 1.0
     assert any(0 < f <= 0.3 for f in seen)
 
 
@@ -248,7 +198,7 @@ def test_plan():
 
 # --- Validation -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("fields,field", [
+@pytest.mark.parametrize(("fields", "field"), [
     ({"start_ms": -1}, "start_ms"),
     ({"end_ms": -5}, "end_ms"),
     ({"start_ms": 5000, "end_ms": 5000}, "end_ms"),
@@ -273,5 +223,7 @@ def test_defaults_carry_trim_and_loudness():
     out = mp3_options.with_defaults(media_pb2.UploadVideoRequest(start_ms=10, end_ms=20, loudness_lufs=-16))
     assert (out.start_ms, out.end_ms, out.loudness_lufs) == (10, 20, -16)
     out = mp3_options.with_defaults(media_pb2.UploadVideoRequest(start_ms=0))
-    assert not out.HasField("start_ms") and not out.HasField("end_ms") and not out.HasField("loudness_lufs")
+    assert not out.HasField("start_ms")
+    assert not out.HasField("end_ms")
+    assert not out.HasField("loudness_lufs")
 
