@@ -29,7 +29,7 @@ from tusclient.exceptions import TusCommunicationError
 import testkit
 from localmesh.processes import wait_for
 from testkit.clients import RestClient
-from testkit.media import make_media
+from testkit.media import decode_audio, ebur128, make_media, make_noise
 from testkit.tcp_proxy import TcpProxy
 from video2mp3.core.settings import MongoSettings
 from video2mp3.storage.mongo import Mongo
@@ -329,6 +329,28 @@ def test_tus_js_client_survives_a_dropped_connection_on_its_own(tus_mesh, rest, 
     job = rest.wait(uid)
     assert (job["state"], job["filename"], job["options"]["vbr_quality"]) == ("JOB_STATE_DONE", "js.mp4", 4)
     assert stored_video(db, uid) == video.read_bytes()
+
+
+def test_trim_and_loudness_in_the_metadata(tus_mesh, rest, tmp_path):
+    """start_ms, end_ms and loudness_lufs ride in Upload-Metadata as UploadVideo
+    names them; a bad one is refused at creation, naming the field."""
+    path = Path(make_noise(tmp_path / "n.m4a", 6.0, level=0.05))
+    up = uploader(tus_mesh.rest_base_url, rest, path, chunk_size=1 << 20, start_ms="500", end_ms="4500",
+                  loudness_lufs="-14.5")
+    up.upload()
+    job = rest.wait(upload_id(up.url))
+    assert job["state"] == "JOB_STATE_DONE", job
+    assert (job["options"]["start_ms"], job["options"]["end_ms"], job["options"]["loudness_lufs"]) == (
+        "500", "4500", -14.5)
+    mp3 = rest.get(f"/v1/jobs/{job['job_id']}/mp3").content
+    decoded, rate, _ = decode_audio(mp3)
+    assert len(decoded) == 4 * rate
+    assert abs(ebur128(mp3)[0] + 14.5) <= 1.0
+    for bad, field in ((dict(end_ms="100", start_ms="200"), "end_ms"), (dict(loudness_lufs="loud"), "loudness_lufs")):
+        r = requests.post(f"{tus_mesh.rest_base_url}/v1/uploads", headers=tus_headers(
+            rest, **{"Upload-Length": "10", "Upload-Metadata": metadata(**bad)}), timeout=10)
+        assert r.status_code == 400, r.text
+        assert field in r.json()["message"]
 
 
 def test_resume_after_the_gateway_restarted(tus_mesh, rest, db, video):
