@@ -15,6 +15,7 @@ from rich.table import Table
 
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.cli import convert as conv
+from video2mp3.cli.timestamps import Position
 from video2mp3.cli.session import (
     DEFAULT_SERVER,
     EXIT_AUTH,
@@ -228,15 +229,25 @@ def health(ctx: Context) -> None:
 @click.option("--vbr", type=click.IntRange(0, 9), metavar="Q",
               help="Variable bitrate quality, 0 (best) .. 9, instead of --bitrate.")
 @click.option("--mono", is_flag=True, help="One channel instead of two.")
+@click.option("--start", type=Position(), metavar="TIME",
+              help="Trim: start the MP3 here; milliseconds (90500), seconds (90.5s) or h:mm:ss.mmm.")
+@click.option("--end", type=Position(), metavar="TIME",
+              help="Trim: end the MP3 here (same forms as --start); past the audio's end, it ends with it.")
+@click.option("--loudness", type=click.FloatRange(-70, -5), metavar="LUFS",
+              help="Normalise to this integrated loudness, -70..-5 LUFS (EBU R128; e.g. -16 for "
+                   "podcasts, -14 for streaming), true peaks under -1 dBTP.")
 @click.option("-j", "--parallel", type=click.IntRange(1, 8), default=4, show_default=True,
               help="Files uploaded and followed at once.")
 @click.option("--resumable-over", type=click.IntRange(0), default=64, show_default=True, metavar="MB",
               help="Files of at least this many MB are uploaded resumably (tus over HTTP): a dropped "
                    "connection is resumed, and so is the same command run again. 0: every file.")
 def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitrate: int | None,
-            vbr: int | None, mono: bool, parallel: int, resumable_over: int) -> None:
+            vbr: int | None, mono: bool, start: int | None, end: int | None, loudness: float | None,
+            parallel: int, resumable_over: int) -> None:
     if bitrate is not None and vbr is not None:
         raise click.UsageError("--bitrate and --vbr exclude each other: pick one")
+    if end is not None and end <= (start or 0):
+        raise click.UsageError("--end must be after --start")
     options: dict = {}
     if bitrate is not None:
         options["bitrate_kbps"] = bitrate
@@ -244,6 +255,9 @@ def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitr
         options["vbr_quality"] = vbr
     if mono:
         options["channels"] = 1
+    for name, value in (("start_ms", start), ("end_ms", end), ("loudness_lufs", loudness)):
+        if value is not None:
+            options[name] = value
     ctx.session.credential()  # not logged in: say so before anything starts
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import pytest
 from localmesh.processes import free_port, wait_for
 from testkit import testbed
 from testkit.clients import unique_email
-from testkit.media import analyse_mp3, make_media
+from testkit.media import analyse_mp3, decode_audio, ebur128, make_media, make_noise
 from video2mp3.auth.keys import generate as generate_key
 from video2mp3.cli.session import token_claims
 from video2mp3.core import tokens
@@ -159,6 +159,21 @@ def test_convert_prints_plain_lines_when_not_a_terminal(env, mesh, user, clip, t
     r = run(env, "delete", job_id)
     assert r.returncode == 1
     assert "not found" in r.stderr
+
+
+@pytest.mark.parametrize("resumable_over", ["64", "0"])  # over gRPC, then over tus
+def test_convert_trims_and_normalises(env, user, tmp_path, resumable_over):
+    video = Path(make_noise(tmp_path / "noise.m4a", 5.0, level=0.05))
+    r = run(env, "convert", str(video), "--start", "0:00.75", "--end", "3250", "--loudness", "-16",
+            "--resumable-over", resumable_over)
+    assert r.returncode == 0, r.stderr
+    mp3 = (tmp_path / "noise.mp3").read_bytes()
+    decoded, rate, _ = decode_audio(mp3)
+    assert len(decoded) == 2.5 * rate
+    assert abs(ebur128(mp3)[0] + 16) <= 1.0
+    assert run(env, "convert", str(video), "--start", "soon").returncode == 2
+    assert run(env, "convert", str(video), "--start", "2s", "--end", "1s").returncode == 2
+    assert run(env, "convert", str(video), "--loudness", "0").returncode == 2
 
 
 def test_exit_codes(env, mesh, clip, tmp_path):
