@@ -7,6 +7,8 @@
   // Legal values: domain/mp3_options.py.
   const BITRATES = [32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
   const DEFAULT_BITRATE = 192;
+  // Loudness targets offered (LUFS, EBU R128); the server takes -70..-5.
+  const LOUDNESS_TARGETS = [[-23, 'broadcast'], [-16, 'podcasts'], [-14, 'streaming']];
   const POLL_MS = 1000;
   // WatchJob (a streamed JSON array of Job updates) where the server has it.
   const watchUrl = (id) => `/v1/jobs/${encodeURIComponent(id)}:watch`;
@@ -29,6 +31,7 @@
     authView: $('auth-view'), authForm: $('auth-form'), email: $('email'), password: $('password'),
     authError: $('auth-error'), login: $('login'), signup: $('signup'),
     appView: $('app-view'), bitrate: $('bitrate'), vbr: $('vbr'), mono: $('mono'),
+    start: $('start'), end: $('end'), loudness: $('loudness'),
     fileInput: $('file-input'), dropZone: $('drop-zone'),
     jobs: $('jobs'), jobsEmpty: $('jobs-empty'), more: $('more'), refresh: $('refresh'),
   };
@@ -85,7 +88,36 @@
   function describeOptions(o) {
     if (!o) return '';
     const quality = o.vbr_quality != null && !o.bitrate_kbps ? `VBR V${o.vbr_quality}` : `${o.bitrate_kbps} kbps`;
-    return `${quality} ${Number(o.channels) === 1 ? 'mono' : 'stereo'}`;
+    const parts = [`${quality} ${Number(o.channels) === 1 ? 'mono' : 'stereo'}`];
+    if (Number(o.start_ms) || o.end_ms != null) {
+      parts.push(`${formatTime(Number(o.start_ms) || 0)}–${o.end_ms != null ? formatTime(Number(o.end_ms)) : 'end'}`);
+    }
+    if (o.loudness_lufs != null) parts.push(`${Number(o.loudness_lufs)} LUFS`);
+    return parts.join(' · ');
+  }
+
+  // Milliseconds as h:mm:ss.mmm (hours and milliseconds only when there are some).
+  function formatTime(ms) {
+    const h = Math.floor(ms / 3600000);
+    const m = Math.floor(ms / 60000) % 60;
+    const s = Math.floor(ms / 1000) % 60;
+    const frac = ms % 1000 ? `.${String(ms % 1000).padStart(3, '0')}` : '';
+    const ss = `${String(s).padStart(2, '0')}${frac}`;
+    return h ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+  }
+
+  // "1:30", "0:01:30.5" or "90.5" (seconds) as milliseconds; null when empty,
+  // NaN when it is no time.
+  function parseTime(text) {
+    const t = text.trim();
+    if (!t) return null;
+    const m = /^(?:(\d+):)?(?:(\d+):)?(\d+(?:\.\d{1,3})?)$/.exec(t);
+    if (!m) return NaN;
+    const [hours, minutes] = m[2] != null ? [Number(m[1]), Number(m[2])] : [0, Number(m[1] || 0)];
+    const seconds = Number(m[3]);
+    if ((m[1] != null || m[2] != null) && seconds >= 60) return NaN;
+    if (m[2] != null && minutes >= 60) return NaN;
+    return (hours * 3600 + minutes * 60) * 1000 + Math.round(seconds * 1000);
   }
 
   const sleep = (ms, signal) => new Promise((resolve, reject) => {
@@ -607,12 +639,41 @@
       ui.vbr.append(h('option', { value: String(q), text: `Quality ${q}${note}` }));
     }
     ui.vbr.addEventListener('change', () => { ui.bitrate.disabled = ui.vbr.value !== ''; });
+    ui.loudness.append(h('option', { value: '', text: 'As it is' }));
+    for (const [lufs, use] of LOUDNESS_TARGETS) {
+      ui.loudness.append(h('option', { value: String(lufs), text: `${lufs} LUFS (${use})` }));
+    }
+    for (const input of [ui.start, ui.end]) {
+      input.addEventListener('input', () => { input.setCustomValidity(''); });
+    }
+  }
+
+  // Why the trim fields cannot be used (marked on the field), or '' when they can.
+  function trimProblem() {
+    const start = parseTime(ui.start.value);
+    const end = parseTime(ui.end.value);
+    for (const [input, value] of [[ui.start, start], [ui.end, end]]) {
+      if (Number.isNaN(value)) {
+        input.setCustomValidity('not a time');
+        return `${input === ui.start ? 'Start' : 'End'} is not a time: write it as h:mm:ss.mmm, m:ss or seconds.`;
+      }
+    }
+    if (end != null && end <= (start || 0)) {
+      ui.end.setCustomValidity('before start');
+      return 'End must be after start.';
+    }
+    return '';
   }
 
   // Query parameters of POST /v1/videos.
   function currentOptions() {
     const o = ui.vbr.value !== '' ? { vbr_quality: ui.vbr.value } : { bitrate_kbps: ui.bitrate.value };
     o.channels = ui.mono.checked ? '1' : '2';
+    const start = parseTime(ui.start.value);
+    const end = parseTime(ui.end.value);
+    if (start) o.start_ms = String(start);
+    if (end != null) o.end_ms = String(end);
+    if (ui.loudness.value !== '') o.loudness_lufs = ui.loudness.value;
     return o;
   }
 
@@ -625,11 +686,17 @@
     return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
   }
 
-  const wireOptions = (o) => ({ bitrate_kbps: Number(o.bitrate_kbps) || 0, vbr_quality: o.vbr_quality, channels: o.channels });
+  const wireOptions = (o) => ({ bitrate_kbps: Number(o.bitrate_kbps) || 0, vbr_quality: o.vbr_quality, channels: o.channels,
+    start_ms: o.start_ms, end_ms: o.end_ms, loudness_lufs: o.loudness_lufs });
 
   // ------------------------------------------------------------ files in
 
   function addFiles(files) {
+    const problem = trimProblem();
+    if (problem) {
+      showNotice(problem, 'error');
+      return;
+    }
     for (const file of files) {
       const row = new Row({ file });
       rows.unshift(row);

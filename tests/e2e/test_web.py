@@ -17,7 +17,7 @@ import requests
 
 import testkit
 from localmesh.processes import wait_for
-from testkit.media import analyse_mp3, audio_duration, make_media, make_text_file
+from testkit.media import analyse_mp3, audio_duration, decode_audio, ebur128, make_media, make_noise, make_text_file
 
 ROOT = testkit.ROOT
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -350,6 +350,35 @@ def test_a_text_file_fails_with_its_reason_shown(web, mesh, tmp_path):
     assert row.locator(".job-status").text_content() == f"Conversion failed: {job['error']}"
     assert row.locator("audio").count() == 0
     p.shot("09-failed")
+
+
+def test_trim_and_loudness_from_the_page(web, mesh, tmp_path):
+    """The page's Start, End and Loudness reach the job; the MP3 has exactly
+    the trimmed length and the loudness asked for, as ffmpeg measures it."""
+    noise = Path(make_noise(tmp_path / "noise.m4a", 6.0, level=0.05))
+    p = web()
+    p.sign_up()
+    p.page.fill("#start", "1:00")  # not a time the file has: refused before anything is sent
+    p.page.fill("#end", "0:30")
+    p.page.set_input_files("#file-input", str(noise))
+    assert p.page.locator("#notice").text_content() == "End must be after start."
+    assert p.row("noise.m4a").count() == 0
+    p.page.fill("#start", "0:01.25")
+    p.page.fill("#end", "4.75")
+    p.page.select_option("#loudness", "-16")
+    p.page.set_input_files("#file-input", str(noise))
+    assert p.wait_state("noise.m4a", "JOB_STATE_DONE", "JOB_STATE_FAILED") == "JOB_STATE_DONE"
+    row = p.row("noise.m4a")
+    assert "0:01.250–0:04.750 · -16 LUFS" in row.locator(".job-meta").text_content()
+    headers = {"Authorization": f"Bearer {p.token}"}
+    job_id = row.get_attribute("data-job-id")
+    job = requests.get(f"{mesh.rest_base_url}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+    assert (job["options"]["start_ms"], job["options"]["end_ms"], job["options"]["loudness_lufs"]) == (
+        "1250", "4750", -16)
+    mp3 = requests.get(f"{mesh.rest_base_url}/v1/jobs/{job_id}/mp3", headers=headers, timeout=30).content
+    decoded, rate, _ = decode_audio(mp3)
+    assert len(decoded) == 3.5 * rate
+    assert abs(ebur128(mp3)[0] + 16) <= 1.0
 
 
 def test_a_hostile_file_name_is_shown_as_text(web, videos):
