@@ -24,7 +24,7 @@ import pytest
 import requests
 
 import testkit
-from testkit.media import analyse_mp3
+from testkit.media import analyse_mp3, ebur128
 
 ROOT = testkit.ROOT
 README = ROOT / "README.md"
@@ -70,8 +70,9 @@ def test_readme_sessions_run_as_written(mesh, repo_like_dir):
     assert '"filename":"demo.mp4"' in rest                # GET /v1/jobs
     assert '"status":"healthy"' in rest                   # GET /health
     duration, freq, _, _ = analyse_mp3(repo_like_dir / "demo.mp3")
-    assert abs(duration - 5.0) < 0.1
+    assert duration == 3.0                                # trimmed to 1.0-4.0 s, sample-exact
     assert abs(freq - 440) < 5
+    assert abs(ebur128(str(repo_like_dir / "demo.mp3"))[0] + 16) <= 1.0  # loudness_lufs=-16
 
     grpc_out = run_session(SESSIONS[1], mesh.envoy_addr, repo_like_dir)
     for service in ("video2mp3.auth.v1.AuthService", "video2mp3.media.v1.MediaService",
