@@ -61,11 +61,11 @@ def main() -> None:
 
     def convert(**options):
         with ReadSeekOnly(path) as src:
-            tc.transcode(src, _Null(), media_pb2.ConversionOptions(**options), overlap=False, encoders=1)  # type: ignore[arg-type]
+            tc.transcode(src, _Null(), media_pb2.ConversionOptions(**options), overlap=False, encoders=1)
 
     def measure():
         with ReadSeekOnly(path) as src:
-            tc._measure(src, media_pb2.ConversionOptions(loudness_lufs=-16), None)  # type: ignore[arg-type]
+            tc._measure(src, media_pb2.ConversionOptions(loudness_lufs=-16), None)
 
     cases = {"plain": convert, "loudness": lambda: convert(loudness_lufs=-16), "measure": measure}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}

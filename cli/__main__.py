@@ -15,7 +15,6 @@ from rich.table import Table
 
 from video2mp3.auth.v1 import auth_pb2
 from video2mp3.cli import convert as conv
-from video2mp3.cli.timestamps import Position
 from video2mp3.cli.session import (
     DEFAULT_SERVER,
     EXIT_AUTH,
@@ -32,6 +31,7 @@ from video2mp3.cli.session import (
     saved_refresh_token,
     token_claims,
 )
+from video2mp3.cli.timestamps import Position
 from video2mp3.media.v1 import media_pb2
 
 EXIT_CODES = f"""\b

@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import cast
 
 import av
 import av.filter
@@ -116,7 +117,7 @@ class _Graph:
     def _pull(self) -> Iterator[av.AudioFrame]:
         while True:
             try:
-                yield self._graph.pull()
+                yield cast(av.AudioFrame, self._graph.pull())
             except (av.BlockingIOError, av.EOFError):
                 return
 

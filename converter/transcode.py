@@ -303,7 +303,7 @@ _MAX_BAD_PACKET_SHARE = 0.02
 _MIN_BAD_PACKETS = 3
 
 
-def _decode(container, stream) -> Iterator:
+def _decode(container, stream) -> Generator:
     """Decoded frames of `stream`; only its packets are demuxed."""
     packets = bad = 0
     for packet in container.demux(stream):

@@ -20,7 +20,7 @@ decoded from the beginning and the samples before the start dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 SEEK_AFTER_S = 30.0  # nearer starts are decoded to: it costs less than a seek may save
@@ -88,7 +88,7 @@ class Frames:
     decode(container, stream) is the decoder (transcode._decode), called
     again after the seek."""
 
-    def __init__(self, container, stream, decode: Callable[..., Iterator], start_s: float | None) -> None:
+    def __init__(self, container, stream, decode: Callable[..., Generator], start_s: float | None) -> None:
         self._container, self._stream, self._decode = container, stream, decode
         self._start_s = start_s
         self.offset_s = 0.0

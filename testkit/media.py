@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -375,7 +376,7 @@ def make_noise(path, seconds: float, rate: int = 48000, codec: str = "aac", leve
     bursts: quiet, with a loud click every second (peaks far above the loudness)."""
     rng = np.random.default_rng(7)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=rate, layout="stereo")
+        stream = cast("av.audio.stream.AudioStream", out.add_stream(codec, rate=rate, layout="stereo"))
         n, chunk = int(seconds * rate), 1024
         for start in range(0, n, chunk):
             k = min(chunk, n - start)

@@ -369,7 +369,7 @@ def test_trim_and_loudness_from_the_page(web, mesh, tmp_path):
     p.page.set_input_files("#file-input", str(noise))
     assert p.wait_state("noise.m4a", "JOB_STATE_DONE", "JOB_STATE_FAILED") == "JOB_STATE_DONE"
     row = p.row("noise.m4a")
-    assert "0:01.250–0:04.750 · -16 LUFS" in row.locator(".job-meta").text_content()
+    assert "0:01.250\u20130:04.750 · -16 LUFS" in row.locator(".job-meta").text_content()  # an en dash
     headers = {"Authorization": f"Bearer {p.token}"}
     job_id = row.get_attribute("data-job-id")
     job = requests.get(f"{mesh.rest_base_url}/v1/jobs/{job_id}", headers=headers, timeout=10).json()

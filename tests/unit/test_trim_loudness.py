@@ -36,6 +36,7 @@ def convert(path, **options) -> tuple[TranscodeResult, bytes]:
     finally:
         src.close()
     data = bytearray(b"".join(sink.chunks))
+    assert result.header_patch is not None
     offset, patch = result.header_patch
     data[offset:offset + len(patch)] = patch
     return result, bytes(data)
