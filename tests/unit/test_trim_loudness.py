@@ -101,14 +101,21 @@ def test_start_past_the_audio_fails(wav44):
 
 
 @pytest.fixture(scope="module")
-def long_m4a(tmp_path_factory):
-    return make_noise(tmp_path_factory.mktemp("seek") / "long.m4a", 45.0)
+def long_sources(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seek")
+    return {name: make_noise(d / name, 45.0, codec=codec)
+            for name, codec in (("long.m4a", "aac"), ("long.wav", "pcm_s16le"), ("long.flac", "flac"),
+                                ("long.mkv", "aac"))}
 
 
-@pytest.mark.parametrize("seek", [True, False])
-def test_seek_lands_on_the_same_samples(long_m4a, monkeypatch, seek):
-    """A start far in is seeked to (MP4), or decoded to: either way the MP3
-    is the same samples of the source, in step, of the exact length."""
+@pytest.mark.parametrize(("name", "seeks"), [("long.m4a", True), ("long.wav", True), ("long.flac", True),
+                                             ("long.mkv", False)])
+@pytest.mark.parametrize("allowed", [True, False])
+def test_seek_lands_on_the_same_samples(long_sources, monkeypatch, name, seeks, allowed):
+    """A start far in is seeked to (MP4, WAV, FLAC: exact timestamps), or
+    decoded to (Matroska's are whole milliseconds; or seeking is turned off
+    here): either way the MP3 is the same samples of the source, in step, of
+    the exact length."""
     made: list[trim.Frames] = []
 
     class Spy(trim.Frames):
@@ -117,14 +124,15 @@ def test_seek_lands_on_the_same_samples(long_m4a, monkeypatch, seek):
             made.append(self)
 
     monkeypatch.setattr(trim, "Frames", Spy)
-    if not seek:
+    if not allowed:
         monkeypatch.setattr(trim, "SEEK_AFTER_S", 1e9)
-    reference, rate, _ = decode_audio(long_m4a)
-    _, data = convert(long_m4a, start_ms=36_000, end_ms=41_500)
+    path = long_sources[name]
+    reference, rate, _ = decode_audio(path)
+    _, data = convert(path, start_ms=36_000, end_ms=41_500)
     decoded, _, _ = decode_audio(data)
     assert len(decoded) == 5.5 * rate
     assert best_lag(reference[36 * rate:], decoded) == 0
-    assert [f.seeked for f in made] == [seek]
+    assert [f.seeked for f in made] == [seeks and allowed]
 
 
 def test_trim_with_two_encoders(tmp_path):
