@@ -161,7 +161,7 @@ def _measure(src: Source, options, on_progress: ProgressCallback | None) -> loud
         settings = _settings(options, stream)
         progress = _Progress(on_progress, stream)
         meter = loudness.Meter(MEASURE_FORMAT, settings.sample_rate, settings.channels)
-        pcm = _Pcm(container, stream, settings, MEASURE_FORMAT, progress, options, _can_seek(src))
+        pcm = _Pcm(container, stream, settings, MEASURE_FORMAT, options, _can_seek(src))
         batches = iter(pcm)
         try:
             for planes, count, fraction, last in batches:
@@ -403,7 +403,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     # CRC, dst) lags behind in another while LAME encodes here (or in
     # `encoders` pool threads); all of them release the GIL, so LAME never
     # waits for them.
-    pcm = _Pcm(container, stream, settings, fmt, progress, options, seekable, gain)
+    pcm = _Pcm(container, stream, settings, fmt, options, seekable, gain)
     batches: Generator = iter(pcm)
     if overlap:
         batches = run_ahead(batches, name="transcode-read")
@@ -462,9 +462,9 @@ class _Pcm:
     ENCODE_BATCH_SAMPLES, because fewer, larger LAME calls cost less overhead.
     Iterate it once; check() judges what was decoded once the last batch is out."""
 
-    def __init__(self, container, stream, settings: opts.Mp3Settings, fmt: str, progress: _Progress,
-                 options, seekable: bool, gain: loudness.Plan | None = None) -> None:
-        self._container, self._stream, self._progress = container, stream, progress
+    def __init__(self, container, stream, settings: opts.Mp3Settings, fmt: str, options, seekable: bool,
+                 gain: loudness.Plan | None = None) -> None:
+        self._stream = stream
         self._rate = settings.sample_rate
         self.span = trim.Span.of(options, self._rate)
         # With a gain, the PCM is float until the gain's graph hands it over in fmt.
