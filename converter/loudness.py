@@ -145,16 +145,17 @@ class Meter:
 
 
 class Gain:
-    """Applies a Plan to PCM batches in `fmt` (the encoder's format); the
-    output has exactly as many samples (alimiter's delay compensated)."""
+    """Applies a Plan to PCM batches in `in_fmt`, handing them over in `fmt`
+    (the encoder's format, `unit` bytes per sample in each plane); the output
+    has exactly as many samples (alimiter's delay compensated)."""
 
-    def __init__(self, todo: Plan, fmt: str, rate: int, channels: int, unit: int) -> None:
+    def __init__(self, todo: Plan, in_fmt: str, fmt: str, rate: int, channels: int, unit: int) -> None:
         filters = [("volume", f"volume={todo.gain_db:.4f}dB:precision=float")]
         if todo.limit_dbfs is not None:
             limit = 10 ** (todo.limit_dbfs / 20)
             filters.append(("alimiter", f"limit={limit:.5f}:level=false:latency=true"))
         filters.append(("aformat", f"sample_fmts={fmt}"))
-        self._graph = _Graph(fmt, rate, channels, filters)
+        self._graph = _Graph(in_fmt, rate, channels, filters)
         self._planes = channels if fmt.endswith("p") else 1
         self._unit = unit
 

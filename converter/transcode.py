@@ -468,7 +468,8 @@ class _Pcm:
         self._rate = settings.sample_rate
         self.span = trim.Span.of(options, self._rate)
         # With a gain, the PCM is float until the gain's graph hands it over in fmt.
-        self._gain = (loudness.Gain(gain, fmt, self._rate, settings.channels, _plane_unit(fmt, settings.channels))
+        self._gain = (loudness.Gain(gain, MEASURE_FORMAT, fmt, self._rate, settings.channels,
+                                    _plane_unit(fmt, settings.channels))
                       if gain is not None and gain.changes else None)
         decode_fmt = MEASURE_FORMAT if self._gain is not None else fmt
         self._resampler = _Resampler(decode_fmt, self._rate, settings.channels)

@@ -173,8 +173,9 @@ def test_loudness_target_as_ebur128_measures_it(request, source, target):
     assert peak <= loudness.TRUE_PEAK_CEILING_DBTP + TRUE_PEAK_TOLERANCE_DB
 
 
-def test_loudness_with_a_trim(loud):
-    _, data = convert(loud, loudness_lufs=-23, start_ms=2000, end_ms=9000)
+@pytest.mark.parametrize("encoder", ["system", "lameenc"])  # float planes, 16-bit interleaved
+def test_loudness_with_a_trim(loud, encoder):
+    _, data = convert(loud, loudness_lufs=-23, start_ms=2000, end_ms=9000, encoder=encoder)
     assert len(decode_audio(data)[0]) == 7 * 48000
     integrated, _ = ebur128(data)
     assert abs(integrated + 23) <= LOUDNESS_TOLERANCE_LU
