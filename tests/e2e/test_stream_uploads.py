@@ -19,7 +19,7 @@ from google.api import httpbody_pb2
 
 from localmesh.processes import wait_for
 from testkit.faults import kill_worker, user_client, worker_pids
-from testkit.media import make_media, mp3_bytes
+from testkit.media import decode_audio, ebur128, make_media, mp3_bytes
 from testkit.prom import scrape
 from video2mp3.media.v1 import media_pb2
 
@@ -54,8 +54,9 @@ class GatedUpload:
     for `gate` (or, if `cancelled`, never sends the rest)."""
 
     def __init__(self, client, path, filename: str, hold_at: float = 0.5, data: bytes | None = None,
-                 content_type: str = "video/mp4"):
+                 content_type: str = "video/mp4", **options):
         self.client = client
+        self.options = options
         self.data = Path(path).read_bytes() if data is None else data
         self.filename = filename
         self.content_type = content_type
@@ -65,7 +66,7 @@ class GatedUpload:
         self.call = client.media.UploadVideo.future(self._messages(), metadata=client.md, timeout=120)
 
     def _messages(self):
-        first = media_pb2.UploadVideoRequest(filename=self.filename)
+        first = media_pb2.UploadVideoRequest(filename=self.filename, **self.options)
         first.body.content_type = self.content_type
         first.body.data = self.data[:PIECE]
         self.sent = PIECE
@@ -178,6 +179,25 @@ def test_a_streamable_upload_is_converted_before_it_ends_and_hidden_until_then(
     assert doc["attempts"] == 1
     assert "uploading" not in doc
     assert client.download(job_id) == normal_mp3(faststart, "fast.mp4")
+
+
+def test_a_trimmed_normalised_upload_is_measured_while_it_arrives(stream_mesh, store, faststart):
+    """The loudness pass reads the upload as it grows (no seek: the start is
+    decoded to), the encode pass reads it again once complete; the MP3 is
+    the trimmed range, sample-exact, at the loudness asked for."""
+    client = user_client(stream_mesh)
+    uid = user_id_of(client)
+    up = GatedUpload(client, faststart, "fast.mp4", start_ms=5000, end_ms=50_000, loudness_lufs=-16)
+    doc = hidden_job(store, uid, lambda j: j.get("uploading") and converting(j), "measuring while uploading")
+    assert up.sent < len(up.data)
+    job = up.finish()
+    done = client.wait(job.job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    assert store.assert_one_mp3(doc["_id"])["attempts"] == 1
+    mp3 = client.download(job.job_id)
+    decoded, rate, _ = decode_audio(mp3)
+    assert len(decoded) == 45 * rate
+    assert abs(ebur128(mp3)[0] + 16) <= 1.0
 
 
 def test_an_mp4_with_its_index_at_the_end_is_not_converted_early(stream_mesh, store, moov_at_end):
