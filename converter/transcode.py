@@ -11,6 +11,7 @@ and is written as it is made: memory does not grow with the input's length.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -26,6 +27,8 @@ from video2mp3.converter.mp3out import Mp3Output
 from video2mp3.converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
 from video2mp3.core.background import InlineWriter, WriteBehind, run_ahead
 from video2mp3.formats import containers, mpeg_audio
+
+log = logging.getLogger(__name__)
 
 # LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
 LAME_QUALITY = 3
@@ -115,6 +118,11 @@ def transcode(src: Source, dst, options, filename: str = "",
         measured = _measure(src, options, _scaled(on_progress, 0.0, MEASURE_SHARE))
         src.seek(begin)
         gain = loudness.plan(measured, options.loudness_lufs)
+        # Says, in the job's log lines, why an MP3 is as loud as it is.
+        log.info("loudness: measured %.1f LUFS, true peak %.1f dBTP; gain %+.1f dB to %.1f LUFS%s",
+                 measured.integrated_lufs, measured.true_peak_dbtp, gain.gain_db, options.loudness_lufs,
+                 f", limiter at {gain.limit_dbfs:.1f} dBFS" if gain.limit_dbfs is not None else "",
+                 extra={"step": "loudness"})
         on_progress = _scaled(on_progress, MEASURE_SHARE, 1.0)
     with _open_input(src) as container:
         stream = _pick_audio_stream(container, options)
