@@ -691,12 +691,17 @@
 
   // ------------------------------------------------------------ files in
 
+  let trimNoticeShown = false;
+
   function addFiles(files) {
     const problem = trimProblem();
     if (problem) {
       showNotice(problem, 'error');
+      trimNoticeShown = true;
       return;
     }
+    if (trimNoticeShown) showNotice('');  // fixed since
+    trimNoticeShown = false;
     for (const file of files) {
       const row = new Row({ file });
       rows.unshift(row);

@@ -367,6 +367,7 @@ def test_trim_and_loudness_from_the_page(web, mesh, tmp_path):
     p.page.fill("#end", "4.75")
     p.page.select_option("#loudness", "-16")
     p.page.set_input_files("#file-input", str(noise))
+    assert p.page.locator("#notice").is_hidden()
     assert p.wait_state("noise.m4a", "JOB_STATE_DONE", "JOB_STATE_FAILED") == "JOB_STATE_DONE"
     row = p.row("noise.m4a")
     assert "0:01.250\u20130:04.750 · -16 LUFS" in row.locator(".job-meta").text_content()  # an en dash
