@@ -228,13 +228,18 @@ def health(ctx: Context) -> None:
 @click.option("--vbr", type=click.IntRange(0, 9), metavar="Q",
               help="Variable bitrate quality, 0 (best) .. 9, instead of --bitrate.")
 @click.option("--mono", is_flag=True, help="One channel instead of two.")
+@click.option("--cover-art", is_flag=True,
+              help="Embed a picture: the file's own cover, else a representative frame of the video.")
+@click.option("--split-chapters", is_flag=True,
+              help="One MP3 per chapter of the video (saved next to each other, numbered).")
 @click.option("-j", "--parallel", type=click.IntRange(1, 8), default=4, show_default=True,
               help="Files uploaded and followed at once.")
 @click.option("--resumable-over", type=click.IntRange(0), default=64, show_default=True, metavar="MB",
               help="Files of at least this many MB are uploaded resumably (tus over HTTP): a dropped "
                    "connection is resumed, and so is the same command run again. 0: every file.")
 def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitrate: int | None,
-            vbr: int | None, mono: bool, parallel: int, resumable_over: int) -> None:
+            vbr: int | None, mono: bool, cover_art: bool, split_chapters: bool, parallel: int,
+            resumable_over: int) -> None:
     if bitrate is not None and vbr is not None:
         raise click.UsageError("--bitrate and --vbr exclude each other: pick one")
     options: dict = {}
@@ -244,6 +249,10 @@ def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitr
         options["vbr_quality"] = vbr
     if mono:
         options["channels"] = 1
+    if cover_art:
+        options["cover_art"] = True
+    if split_chapters:
+        options["split_chapters"] = True
     ctx.session.credential()  # not logged in: say so before anything starts
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)

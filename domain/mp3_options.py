@@ -24,7 +24,9 @@ DEFAULT_CHANNELS = 2
 def violations(options) -> list[tuple[str, str]]:
     """(field, description) for each option that is not allowed; empty if all are.
 
-    `options`: an UploadVideoRequest or a ConversionOptions."""
+    `options`: an UploadVideoRequest or a ConversionOptions. cover_art and
+    split_chapters are booleans, valid either way (a malformed text form is
+    refused where it is parsed: Envoy's query binding, gateway/tus.py)."""
     found = []
     if options.HasField("vbr_quality"):
         if options.bitrate_kbps:
@@ -58,4 +60,6 @@ def with_defaults(options) -> media_pb2.ConversionOptions:
     into.sample_rate_hz = options.sample_rate_hz
     if options.HasField("audio_track"):
         into.audio_track = options.audio_track
+    into.cover_art = options.cover_art
+    into.split_chapters = options.split_chapters
     return into
