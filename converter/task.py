@@ -36,7 +36,7 @@ import pymongo.errors
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from video2mp3.converter import policy
+from video2mp3.converter import cover_art, policy
 from video2mp3.converter.config import CPUS
 from video2mp3.converter.policy import (
     AlreadyFinal,
@@ -147,7 +147,7 @@ class Task:
                  extra={"step": "converting"})
         return before
 
-    def read_video(self, *, growing: bool = False) -> VideoSource:
+    def read_video(self, *, growing: bool = False, skip: bool = True) -> VideoSource:
         """The job's video in GridFS: bounded ranges of chunks
         (storage/gridfs_download.py), only where the audio may be, fetched ahead
         of the decoder (converter/video_source.py); `growing` while the upload
@@ -156,7 +156,7 @@ class Task:
         if growing:
             kw = {"growing": True, "on_wait": self.on_upload_wait}
             self._upload_checked = time.monotonic()
-        return VideoSource(self.worker.mongo.db, _oid(self.job.video_fid),
+        return VideoSource(self.worker.mongo.db, _oid(self.job.video_fid), skip=skip,
                            on_fetch=metrics.GRIDFS_READ_BYTES.inc, **kw)
 
     def convert_audio(self) -> TranscodeResult:
@@ -169,13 +169,15 @@ class Task:
         mp3 = self.mp3 = self.mp3s.open(self.mp3_fid, self.job)
         growing = self.job.uploading
         with self._discarded_on_error():
+            picture = self.pick_cover(growing=growing)
             while True:
                 video = self.read_video(growing=growing)
                 try:
                     with video:
                         result = transcode(cast(BinaryIO, video.stream), mp3, self.job.options,
                                            filename=self.job.filename, on_progress=self.on_progress,
-                                           overlap=self.overlap, encoders=self._encoders(), split_while=self.alone)
+                                           overlap=self.overlap, encoders=self._encoders(), split_while=self.alone,
+                                           picture=picture)
                     break
                 except ConversionError as e:
                     if not growing:
@@ -192,6 +194,21 @@ class Task:
                 growing = False
             mp3.close()
         return result
+
+    def pick_cover(self, *, growing: bool) -> tuple[str, bytes] | None:
+        """With `cover_art`: the picture for the MP3's tag (converter/cover_art.py),
+        read from the video on its own, every byte (the conversion's read skips
+        video samples): a few keyframes' worth, or the first seconds of an
+        upload still arriving. None without the option, or if there is none."""
+        if not self.job.options.cover_art:
+            return None
+        video = self.read_video(growing=growing, skip=False)
+        try:
+            with video:
+                found = cover_art.pick(video.stream, seekable=not growing)
+        finally:
+            self.read_bytes += video.bytes_fetched
+        return None if found is None else (found.mime, found.data)
 
     def store_mp3(self, result: TranscodeResult) -> None:
         """The stored MP3 gets its real info frame (transcode() could not seek back to it)."""

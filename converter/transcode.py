@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 import av
 
+from video2mp3.converter import chapters as chaps
 from video2mp3.converter import id3, info_frame, lame
 from video2mp3.converter import options as opts
 from video2mp3.converter.info_frame import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
@@ -71,7 +72,7 @@ def transcode(src: Source, dst, options, filename: str = "",
               on_progress: ProgressCallback | None = None, *,
               encoder: str | None = None, overlap: bool = True,
               encoders: int = 1, split_while: Callable[[], bool] | None = None,
-              copy_mp3: bool = True) -> TranscodeResult:
+              copy_mp3: bool = True, picture: tuple[str, bytes] | None = None) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
@@ -96,6 +97,10 @@ def transcode(src: Source, dst, options, filename: str = "",
         ~25 s of audio); False goes on with one encoder, e.g. once other
         conversions need the cores.
     copy_mp3: False re-encodes MP3 sources even when the fast path applies.
+    picture: (mime type, bytes) for the ID3 tag's front cover
+        (converter/cover_art.py picks it, with options.cover_art).
+
+    The source's chapters become the tag's CHAP/CTOC frames (converter/chapters.py).
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -112,12 +117,13 @@ def transcode(src: Source, dst, options, filename: str = "",
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
         tags = id3.tags_for(stream.metadata, container.metadata, filename)
+        tag = id3.build_id3v2(tags, picture, chaps.source_chapters(container, stream))
         progress = _Progress(on_progress, stream)
         try:
             if copy_mp3 and _is_copyable_mp3(stream, options):
-                result = _copy_mp3(src, container, stream, dst, tags, progress, overlap)
+                result = _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap)
             else:
-                result = _encode_mp3(container, stream, dst, options, tags, progress, encoder, overlap,
+                result = _encode_mp3(container, stream, dst, options, tag, tags, progress, encoder, overlap,
                                      encoders, split_while)
         except av.FFmpegError as e:
             raise ConversionError("the file is truncated or corrupt") from e
@@ -321,7 +327,7 @@ def _writer(write: Callable[[bytes], object], overlap: bool) -> WriteBehind[byte
 
 # --- Encode path --------------------------------------------------------------
 
-def _encode_mp3(container, stream, dst, options, tags, progress, backend, overlap,
+def _encode_mp3(container, stream, dst, options, tag, tags, progress, backend, overlap,
                 encoders, split_while) -> TranscodeResult:
     source_rate = stream.codec_context.sample_rate
     try:
@@ -334,7 +340,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
                                  settings.vbr_quality, LAME_QUALITY, backend)
 
     fmt = lame.input_format(backend)
-    out = Mp3Output(dst, id3.build_id3v2(tags), _info_params(settings, source_rate))
+    out = Mp3Output(dst, tag, _info_params(settings, source_rate))
     samples = 0
     # With overlap, decoding runs ahead in one thread and writing (frame scan,
     # CRC, dst) lags behind in another while LAME encodes here (or in
@@ -440,7 +446,7 @@ def _is_copyable_mp3(stream, options) -> bool:
     return not opts.asks_for_change(options, cc.sample_rate, channels, (cc.bit_rate or 0) // 1000)
 
 
-def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> TranscodeResult:
+def _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap) -> TranscodeResult:
     """Write the source's MP3 frames unchanged, under a new ID3 tag and info frame."""
     cc = stream.codec_context
     source_tag = _source_lame_tag(src) if container.format.name == "mp3" else None
@@ -449,7 +455,7 @@ def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> Transcode
         source_rate=cc.sample_rate,
         encoder=source_tag.encoder if source_tag else b"LAME3.100",
     )
-    out = Mp3Output(dst, id3.build_id3v2(tags), params)
+    out = Mp3Output(dst, tag, params)
     writer = _writer(out.write, overlap)
     first_pts = None
     batch: list[bytes] = []
