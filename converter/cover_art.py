@@ -20,6 +20,7 @@ back instead, keyframes only, for its first GROWING_WINDOW_S seconds.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -115,12 +116,10 @@ def _candidates(container, stream, seekable: bool):
 def _first_keyframes(container, stream):
     """Keyframes of the first GROWING_WINDOW_S seconds, read in order, at
     most 2 * CANDIDATES of them."""
-    count = 0
-    for frame in _decoded(container, stream):
+    for count, frame in enumerate(_decoded(container, stream), 1):
         if frame.time is not None and frame.time > GROWING_WINDOW_S:
             return
         yield frame
-        count += 1
         if count >= 2 * CANDIDATES:
             return
 
@@ -146,7 +145,7 @@ def score(frame) -> float | None:
     stddev = (sum((p - mean) ** 2 for p in pixels) / n) ** 0.5
     if mean < MIN_MEAN or stddev < MIN_STDDEV:
         return None
-    edges = sum(abs(a - b) for a, b in zip(pixels, pixels[1:], strict=False)) / n
+    edges = sum(abs(a - b) for a, b in itertools.pairwise(pixels)) / n
     return stddev + edges
 
 

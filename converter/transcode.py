@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 
@@ -63,6 +63,19 @@ class TranscodeResult:
     title: str
     encoder_joins: int = 0    # segments encoded alongside and joined (converter/split_encode.py)
     join_fallbacks: int = 0   # segments whose join found no frame: re-encoded by the earlier encoder
+    # split_chapters: every part, the first (written to dst) included; () for one MP3.
+    parts: tuple[Part, ...] = ()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One MP3 of a conversion split by chapter."""
+    track: int                # 1..N
+    title: str                # the chapter's
+    bytes_written: int
+    header_patch: tuple[int, bytes] | None
+    samples: int              # decoded length at the output rate, exact
+    duration_seconds: float
 
 
 ProgressCallback = Callable[[float], None]
@@ -72,7 +85,8 @@ def transcode(src: Source, dst, options, filename: str = "",
               on_progress: ProgressCallback | None = None, *,
               encoder: str | None = None, overlap: bool = True,
               encoders: int = 1, split_while: Callable[[], bool] | None = None,
-              copy_mp3: bool = True, picture: tuple[str, bytes] | None = None) -> TranscodeResult:
+              copy_mp3: bool = True, picture: tuple[str, bytes] | None = None,
+              open_part: Callable[[int], Any] | None = None) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
@@ -101,6 +115,12 @@ def transcode(src: Source, dst, options, filename: str = "",
         (converter/cover_art.py picks it, with options.cover_art).
 
     The source's chapters become the tag's CHAP/CTOC frames (converter/chapters.py).
+    open_part: with options.split_chapters and a source of two chapters or
+        more, one MP3 per chapter: the first goes to dst, chapter n (2..N) to
+        open_part(n); each is tagged with its title and track n/N and is
+        sample-exact (LAME's delay and padding in its own info frame), so
+        their lengths add up to the whole. The result's `parts` say what each
+        got, with its own header patch.
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -117,10 +137,14 @@ def transcode(src: Source, dst, options, filename: str = "",
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
         tags = id3.tags_for(stream.metadata, container.metadata, filename)
-        tag = id3.build_id3v2(tags, picture, chaps.source_chapters(container, stream))
+        chapters = chaps.source_chapters(container, stream)
+        tag = id3.build_id3v2(tags, picture, chapters)
         progress = _Progress(on_progress, stream)
         try:
-            if copy_mp3 and _is_copyable_mp3(stream, options):
+            if options.split_chapters and len(chapters) > 1 and open_part is not None:
+                parts = _PartTags(tags, picture, chapters)
+                result = _encode_parts(container, stream, dst, open_part, options, parts, progress, encoder)
+            elif copy_mp3 and _is_copyable_mp3(stream, options):
                 result = _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap)
             else:
                 result = _encode_mp3(container, stream, dst, options, tag, tags, progress, encoder, overlap,
@@ -393,6 +417,105 @@ def _encode_mp3(container, stream, dst, options, tag, tags, progress, backend, o
         encoder_joins=joins,
         join_fallbacks=fallbacks,
     )
+
+
+class _PartTags:
+    """The ID3 tag of each part: the chapter's title, track n/N, the
+    source's title as the album (unless it has one), the picture."""
+
+    def __init__(self, tags: dict[str, str], picture, chapters: list[id3.Chapter]) -> None:
+        self.tags, self.picture, self.chapters = tags, picture, chapters
+
+    def title(self, track: int) -> str:
+        return self.chapters[track - 1].title
+
+    def tag(self, track: int) -> bytes:
+        tags = dict(self.tags, title=self.title(track), track=f"{track}/{len(self.chapters)}")
+        if not self.tags.get("album") and self.tags.get("title"):
+            tags["album"] = self.tags["title"]
+        return id3.build_id3v2(tags, self.picture)
+
+
+def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, progress, backend) -> TranscodeResult:
+    """One MP3 per chapter, each from its own LAME encoder (so each has its
+    own delay and padding: sample-exact), cut at the chapter starts in
+    output samples. One encoder at a time: the parts are short."""
+    try:
+        settings = opts.resolve(options, stream.codec_context.sample_rate)
+    except opts.InvalidOptions as e:
+        raise ConversionError(str(e)) from e
+    fmt = lame.input_format(backend)
+    unit = _plane_unit(fmt, settings.channels)
+    cuts = chaps.split_samples(tags.chapters, settings.sample_rate)
+    params = _info_params(settings, stream.codec_context.sample_rate)
+
+    def open_encoder():
+        return lame.open_encoder(settings.sample_rate, settings.channels, settings.bitrate_kbps,
+                                 settings.vbr_quality, LAME_QUALITY, backend)
+
+    part = _OnePart(1, dst, tags.tag(1), params, open_encoder())
+    parts: list[Part] = []
+    total = 0
+    try:
+        for planes, count, fraction, last in _pcm_batches(container, stream, settings, fmt, progress):
+            if last:
+                _check_complete(stream, (total + count) / settings.sample_rate)
+            else:
+                progress.report(0.0 if fraction is None else fraction)
+            offset = 0
+            while len(parts) < len(cuts) and cuts[len(parts)] < total + count - offset:
+                take = max(0, cuts[len(parts)] - total)  # samples of this batch before the cut
+                part.encode(tuple(p[offset * unit:(offset + take) * unit] for p in planes), take)
+                offset += take
+                total += take
+                parts.append(part.finish(tags.title(part.track), settings.sample_rate))
+                track = len(parts) + 1
+                part = _OnePart(track, open_part(track), tags.tag(track), params, open_encoder())
+            rest = count - offset
+            part.encode(tuple(p[offset * unit:] for p in planes) if offset else planes, rest)
+            total += rest
+        parts.append(part.finish(tags.title(part.track), settings.sample_rate))
+    except BaseException:
+        part.abort()
+        raise
+    return TranscodeResult(
+        duration_seconds=total / settings.sample_rate,
+        bytes_written=sum(p.bytes_written for p in parts),
+        copied=False,
+        header_patch=parts[0].header_patch,
+        sample_rate=settings.sample_rate,
+        channels=settings.channels,
+        title=tags.tags.get("title", ""),
+        parts=tuple(parts),
+    )
+
+
+class _OnePart:
+    """A part being encoded: its encoder, written inline to its sink."""
+
+    def __init__(self, track: int, dst, tag: bytes, params: InfoFrameParams, encoder) -> None:
+        self.track = track
+        self.out = Mp3Output(dst, tag, params)
+        self.sink = SerialEncoder(encoder, self.out.write)
+        self.samples = 0
+
+    def encode(self, planes, samples: int) -> None:
+        if samples > 0:
+            self.sink.encode(planes, samples)
+            self.samples += samples
+
+    def finish(self, title: str, rate: int) -> Part:
+        self.sink.finish()
+        scanner = self.out.scanner
+        if scanner.first is None:  # a chapter with no audio at all: LAME wrote nothing
+            raise ConversionError(f"chapter {self.track} holds no audio")
+        total = scanner.frames * scanner.first.samples_per_frame
+        patch = self.out.finish(LAME_ENCODER_DELAY, total - LAME_ENCODER_DELAY - self.samples)
+        return Part(track=self.track, title=title, bytes_written=self.out.bytes_written, header_patch=patch,
+                    samples=self.samples, duration_seconds=self.samples / rate)
+
+    def abort(self) -> None:
+        self.sink.abort()
 
 
 def _pcm_batches(container, stream, settings, fmt, progress):

@@ -133,7 +133,8 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
     ("video2mp3.media.v1.MediaService.DeleteJob", "*"): {"ok_content": EMPTY},
     ("video2mp3.media.v1.MediaService.DownloadMp3", "*"): {
         # A job split by chapter answers its MP3s as one ZIP when no track is given.
-        "ok_content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ("audio/mpeg", "application/zip")},
+        "ok_content": {t: {"schema": {"type": "string", "format": "binary"}}
+                       for t in ("audio/mpeg", "application/zip")},
         "ok_headers": {
             "Content-Disposition": {
                 "description": "attachment; the upload's name with .mp3 (.zip): an ASCII filename, "
