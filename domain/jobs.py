@@ -299,6 +299,11 @@ class JobStore:
         """The job, hidden or not, if it is this user's (a resumable upload's)."""
         return _job(self.c.find_one({"_id": job_id, "user_id": user_id, **LIVE}))
 
+    def get_many_for_user(self, job_ids: list[str], user_id: str) -> dict[str, Job]:
+        """The caller's jobs among `job_ids` that its owner may see, by id."""
+        return {d["_id"]: Job.from_doc(d)
+                for d in self.c.find({"_id": {"$in": job_ids}, "user_id": user_id, **VISIBLE})}
+
     def live(self, job_ids: list[str]) -> dict[str, Job]:
         """The jobs among `job_ids` that exist (one query, for the watchers)."""
         return {d["_id"]: Job.from_doc(d) for d in self.c.find({"_id": {"$in": job_ids}, **VISIBLE})}
