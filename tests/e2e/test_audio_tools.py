@@ -11,6 +11,7 @@ import zipfile
 import grpc
 import pymongo
 import pytest
+import requests
 
 from testkit import outside
 from testkit.clients import GrpcClient, RestClient
@@ -162,7 +163,7 @@ def test_zip_refuses_unknown_and_unfinished_jobs(mesh, rest, split_job, tmp_path
 
 
 def test_tus_metadata_flags(rest):
-    def create(meta: dict) -> object:
+    def create(meta: dict) -> requests.Response:
         value = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in meta.items())
         return rest.s.post(f"{rest.base}/v1/uploads", headers={**rest.headers(), "Tus-Resumable": "1.0.0",
                                                                "Upload-Length": "1000", "Upload-Metadata": value})
@@ -185,7 +186,7 @@ def test_deleting_a_split_job_deletes_every_mp3(mesh, rest, talk):
     r = rest.upload(talk, params={"filename": "talk.mp4", "split_chapters": "true"})
     job_id = r.json()["job_id"]
     assert rest.wait(job_id)["state"] == "JOB_STATE_DONE"
-    db = pymongo.MongoClient(mesh.env["MONGO_URI"]).get_default_database()
+    db: pymongo.database.Database = pymongo.MongoClient(mesh.env["MONGO_URI"]).get_default_database()
     ids = [d["_id"] for d in db["mp3s.files"].find({"metadata.job_id": job_id})]
     assert len(ids) == 3
     assert db["mp3s.chunks"].count_documents({"files_id": {"$in": ids}}) >= 3

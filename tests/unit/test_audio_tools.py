@@ -60,7 +60,7 @@ def convert(path, tmp_path, picture=None, **options):
             src,
             sinks[1],
             media_pb2.ConversionOptions(**options),
-            path.name,  # type: ignore[arg-type]
+            path.name,
             picture=picture,
             open_part=open_part,
         )
