@@ -201,3 +201,19 @@ def test_grpc_zip_needs_ids(mesh, rest):
     with pytest.raises(grpc.RpcError) as e:
         list(client.media.ZipJobs(media_pb2.ZipJobsRequest(), metadata=client.md, timeout=10))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_convert_while_uploading_keeps_cover_and_chapters(rest, tmp_path):
+    """A Matroska file is converted as it arrives (gateway/early_jobs.py): the
+    cover comes from its first seconds, read front to back, and the chapters
+    from its header."""
+    mkv = outside.make_chaptered_video(tmp_path / "talk.mkv", CHAPTERS, black_ms=1000)
+    r = rest.upload(mkv, params={"filename": "talk.mkv", "split_chapters": "true", "cover_art": "true"})
+    assert r.status_code == 200, r.text
+    done = rest.wait(r.json()["job_id"])
+    assert done["state"] == "JOB_STATE_DONE", done["error"]
+    assert [f["chapter_title"] for f in done["files"]] == [t for _, _, t in CHAPTERS]
+    path = tmp_path / "2.mp3"
+    path.write_bytes(rest.get(f"/v1/jobs/{done['job_id']}/mp3s/2").content)
+    _, _, mean, _ = outside.picture_stats(outside.attached_picture(path, tmp_path / "cover.jpg"))
+    assert mean > cover_art.MIN_MEAN, mean
