@@ -9,8 +9,8 @@ import pytest
 from bson import ObjectId
 
 from video2mp3.domain import jobs, mp3_files, retention
-from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.media.v1 import media_pb2
+from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.storage.mongo import MP3S_BUCKET
 
 
