@@ -37,13 +37,19 @@ def _done_split_job(mongo, store: jobs.JobStore, parts: int = 3) -> tuple[str, l
         fid = ObjectId()
         assert store.add_part(job_id, first, fid)  # recorded before it is written
         fids.append(fid)
-    assert set(store.get(job_id).pending_mp3_fids) == set(fids)
+    assert set(_job(store, job_id).pending_mp3_fids) == set(fids)
     for fid in fids:
         _mp3(mongo, fid)
     files = tuple(mp3_files.Mp3File(fid, mp3_files.part_name("talk.mp4", n, parts, f"Ch {n}"), 300_000, track=n,
                                     title=f"Ch {n}") for n, fid in enumerate(fids, 1))
     assert store.finish_done(job_id, first, 300_000 * parts, files)
     return job_id, fids
+
+
+def _job(store: jobs.JobStore, job_id: str) -> jobs.Job:
+    job = store.get(job_id)
+    assert job is not None
+    return job
 
 
 def _stored(mongo, fids: list[ObjectId]) -> int:
@@ -54,7 +60,7 @@ def _stored(mongo, fids: list[ObjectId]) -> int:
 def test_files_recorded_and_read_back(mongo):
     store = jobs.JobStore(mongo.jobs)
     job_id, fids = _done_split_job(mongo, store)
-    job = store.get(job_id)
+    job = _job(store, job_id)
     assert job.pending_mp3_fids == ()
     assert [(f.fid, f.track, f.title) for f in job.files] == [(fid, n, f"Ch {n}") for n, fid in enumerate(fids, 1)]
     assert job.split
@@ -81,7 +87,7 @@ def test_expiry_deletes_every_part(mongo):
     counts = retention.sweep(mongo, store, retention.RetentionSettings(mp3_s=1, job_s=3600, video_s=0), later)
     assert counts["mp3s"] == 1
     assert _stored(mongo, fids) == 0
-    job = store.get(job_id)
+    job = _job(store, job_id)
     assert job.mp3_expired
     assert job.files == ()
 
@@ -90,6 +96,7 @@ def test_deleting_the_job_deletes_every_part(mongo):
     store = jobs.JobStore(mongo.jobs)
     job_id, fids = _done_split_job(mongo, store)
     job = store.mark_deleted(job_id, "u1")
+    assert job is not None
     retention.delete_job(mongo, store, job)
     assert _stored(mongo, fids) == 0
     assert store.get(job_id) is None
