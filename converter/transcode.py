@@ -143,7 +143,8 @@ def transcode(src: Source, dst, options, filename: str = "",
         try:
             if options.split_chapters and len(chapters) > 1 and open_part is not None:
                 parts = _PartTags(tags, picture, chapters)
-                result = _encode_parts(container, stream, dst, open_part, options, parts, progress, encoder)
+                result = _encode_parts(container, stream, dst, open_part, options, parts, progress, encoder,
+                                       overlap)
             elif copy_mp3 and _is_copyable_mp3(stream, options):
                 result = _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap)
             else:
@@ -436,10 +437,12 @@ class _PartTags:
         return id3.build_id3v2(tags, self.picture)
 
 
-def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, progress, backend) -> TranscodeResult:
+def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, progress, backend,
+                  overlap: bool) -> TranscodeResult:
     """One MP3 per chapter, each from its own LAME encoder (so each has its
     own delay and padding: sample-exact), cut at the chapter starts in
-    output samples. One encoder at a time: the parts are short."""
+    output samples. One encoder at a time (a part starts where the previous
+    one ends); with overlap, decoding runs ahead in a helper thread."""
     try:
         settings = opts.resolve(options, stream.codec_context.sample_rate)
     except opts.InvalidOptions as e:
@@ -456,8 +459,11 @@ def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, p
     part = _OnePart(1, dst, tags.tag(1), params, open_encoder())
     parts: list[Part] = []
     total = 0
+    batches = _pcm_batches(container, stream, settings, fmt, progress)
+    if overlap:
+        batches = run_ahead(batches, name="transcode-read")
     try:
-        for planes, count, fraction, last in _pcm_batches(container, stream, settings, fmt, progress):
+        for planes, count, fraction, last in batches:
             if last:
                 _check_complete(stream, (total + count) / settings.sample_rate)
             else:
@@ -478,6 +484,8 @@ def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, p
     except BaseException:
         part.abort()
         raise
+    finally:
+        batches.close()  # the decoder thread is done with the container before the caller closes it
     return TranscodeResult(
         duration_seconds=total / settings.sample_rate,
         bytes_written=sum(p.bytes_written for p in parts),
