@@ -10,7 +10,8 @@ Times are made relative to the MP3's first sample, which is the audio
 stream's start (transcode decodes from there): a chapter at 0:30 of a
 video whose audio starts at 0.02 s is at 29 980 ms in the MP3. Chapters
 that end before the audio starts, or have no length, are dropped; the
-rest are ordered by start and each ends where the next starts at the latest.
+rest are ordered by start and each ends where the next starts at the latest;
+those starting after the audio's declared end are dropped too.
 """
 from __future__ import annotations
 
@@ -22,14 +23,18 @@ from video2mp3.converter.id3 import Chapter
 MAX_CHAPTERS = 999
 
 
-def source_chapters(container, audio_stream) -> list[Chapter]:
-    """The container's chapters in ms from the audio's start; [] if none."""
+def source_chapters(container, audio_stream, audio_seconds: float | None = None) -> list[Chapter]:
+    """The container's chapters in ms from the audio's start; [] if none.
+    `audio_seconds`: how long the audio is said to last, if known: chapters
+    starting after it are dropped (a split would have no audio for them)."""
     origin = _seconds(audio_stream.start_time, audio_stream.time_base)
     found = []
     for raw in container.chapters():
         tb = raw.get("time_base") or Fraction(1, 1000)
         start = max(Fraction(0), _seconds(raw["start"], tb) - origin)
         end = _seconds(raw["end"], tb) - origin
+        if audio_seconds is not None and start >= Fraction(audio_seconds):
+            continue
         if end <= start:
             continue
         title = (raw.get("metadata") or {}).get("title", "").strip()

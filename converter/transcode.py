@@ -137,7 +137,7 @@ def transcode(src: Source, dst, options, filename: str = "",
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
         tags = id3.tags_for(stream.metadata, container.metadata, filename)
-        chapters = chaps.source_chapters(container, stream)
+        chapters = chaps.source_chapters(container, stream, _declared_duration(stream))
         tag = id3.build_id3v2(tags, picture, chapters)
         progress = _Progress(on_progress, stream)
         try:

@@ -32,13 +32,14 @@ def make_chaptered_video(
     rate: int = 44100,
     size: str = "320x180",
     cover: str | os.PathLike | None = None,
+    seconds: float | None = None,
 ) -> Path:
     """A video (H.264 + AAC tone; MP4, MKV... by extension) whose chapters are
-    (start_ms, end_ms, title); it lasts until the last chapter's end. Its
+    (start_ms, end_ms, title); it lasts until the last chapter's end, or `seconds`. Its
     first `black_ms` are black, the rest a busy test pattern, a keyframe
     every second. `cover`: an image attached as the file's cover picture."""
     path = Path(path)
-    seconds = chapters[-1][1] / 1000
+    seconds = seconds or chapters[-1][1] / 1000
     meta = path.with_suffix(".ffmetadata")
     meta.write_text(
         ";FFMETADATA1\ntitle=Chaptered\n"

@@ -216,3 +216,13 @@ def test_zip_stream_unzips_to_the_same_bytes(monkeypatch):
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
         assert z.read("one.mp3") == blobs[1]
         assert z.read("two/2.mp3") == blobs[2]
+
+
+def test_chapters_past_the_audio_are_dropped(tmp_path):
+    """A chapter list longer than the audio (a cut file, a wrong list): no
+    MP3 without audio, and the track count says how many there are."""
+    short = outside.make_chaptered_video(tmp_path / "short.mp4", [*CHAPTERS, (6600, 9000, "Gone")], seconds=6.5)
+    assert len(outside.chapters(short)) == 4
+    result, outs = convert(short, tmp_path, split_chapters=True)
+    assert [p.title for p in result.parts] == [t for _, _, t in CHAPTERS]
+    assert outside.probe(outs[-1])["format"]["tags"]["track"] == "3/3"
