@@ -236,6 +236,10 @@ def health(ctx: Context) -> None:
 @click.option("--loudness", type=click.FloatRange(-70, -5), metavar="LUFS",
               help="Normalise to this integrated loudness, -70..-5 LUFS (EBU R128; e.g. -16 for "
                    "podcasts, -14 for streaming), true peaks under -1 dBTP.")
+@click.option("--cover-art", is_flag=True,
+              help="Embed a picture: the file's own cover, else a representative frame of the video.")
+@click.option("--split-chapters", is_flag=True,
+              help="One MP3 per chapter of the video (saved next to each other, numbered).")
 @click.option("-j", "--parallel", type=click.IntRange(1, 8), default=4, show_default=True,
               help="Files uploaded and followed at once.")
 @click.option("--resumable-over", type=click.IntRange(0), default=64, show_default=True, metavar="MB",
@@ -243,7 +247,7 @@ def health(ctx: Context) -> None:
                    "connection is resumed, and so is the same command run again. 0: every file.")
 def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitrate: int | None,
             vbr: int | None, mono: bool, start: int | None, end: int | None, loudness: float | None,
-            parallel: int, resumable_over: int) -> None:
+            cover_art: bool, split_chapters: bool, parallel: int, resumable_over: int) -> None:
     if bitrate is not None and vbr is not None:
         raise click.UsageError("--bitrate and --vbr exclude each other: pick one")
     if end is not None and end <= (start or 0):
@@ -258,6 +262,10 @@ def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitr
     for name, value in (("start_ms", start), ("end_ms", end), ("loudness_lufs", loudness)):
         if value is not None:
             options[name] = value
+    if cover_art:
+        options["cover_art"] = True
+    if split_chapters:
+        options["split_chapters"] = True
     ctx.session.credential()  # not logged in: say so before anything starts
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -268,30 +276,49 @@ def convert(ctx: Context, files: tuple[Path, ...], output_dir: Path | None, bitr
         sys.exit(code)
 
 
-@command(main, help="Download a job's MP3 (named after the video unless -o names a file).")
-@click.argument("job_id", metavar="JOB")
+@command(main, help="Download a job's MP3 (named after the video unless -o names a file); a job split by "
+                    "chapter: one MP3 with --track N, else all as one ZIP. With --zip: several jobs as one ZIP.")
+@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="A file, or an existing directory to put it in (default: the current directory).")
-def download(ctx: Context, job_id: str, output: Path | None) -> None:
+@click.option("--zip", "as_zip", is_flag=True, help="The MP3s of every JOB given as one ZIP (video2mp3.zip).")
+@click.option("--track", type=click.IntRange(1), metavar="N",
+              help="Of a job split by chapter: chapter N's MP3 only (see `video2mp3 jobs`).")
+def download(ctx: Context, job_ids: tuple[str, ...], output: Path | None, as_zip: bool, track: int | None) -> None:
     session = ctx.session
-    job = session.media.GetJob(media_pb2.GetJobRequest(job_id=job_id), metadata=session.metadata, timeout=30)
-    if job.state == media_pb2.JOB_STATE_FAILED:
-        raise CliError(f"job {job_id} failed: {job.error}")
-    if job.state != media_pb2.JOB_STATE_DONE:
-        raise CliError(f"job {job_id} is {conv.state_name(job.state).lower()} ({job.progress}%); "
-                       "try again when it is done (see `video2mp3 jobs`)")
+    if as_zip and track is not None:
+        raise click.UsageError("--track picks one MP3 of one job; --zip takes every MP3 of the jobs given")
+    if len(job_ids) > 1 and not as_zip:
+        raise click.UsageError("several jobs come as one ZIP: add --zip")
+    job = None
+    if not as_zip:
+        job = session.media.GetJob(media_pb2.GetJobRequest(job_id=job_ids[0]), metadata=session.metadata,
+                                   timeout=30)
+        if job.state == media_pb2.JOB_STATE_FAILED:
+            raise CliError(f"job {job.job_id} failed: {job.error}")
+        if job.state != media_pb2.JOB_STATE_DONE:
+            raise CliError(f"job {job.job_id} is {conv.state_name(job.state).lower()} ({job.progress}%); "
+                           "try again when it is done (see `video2mp3 jobs`)")
 
     def where(offered: str) -> Path:
-        name = offered or f"{Path(job.filename).stem or job_id}.mp3"
+        fallback = f"{Path(job.filename).stem or job.job_id}.mp3" if job is not None else "video2mp3.zip"
+        name = offered or fallback
         if output is None:
             return Path(name)
         return output / name if output.is_dir() else output
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=ctx.console, disable=ctx.plain, transient=True) as bar:
-        task = bar.add_task(job.filename, total=job.mp3_size_bytes or None)
+        total = None
+        if job is not None:
+            sizes = [f.size_bytes for f in job.files if f.track == track]
+            total = (sizes[0] if track and sizes else job.mp3_size_bytes) or None
+        task = bar.add_task(job.filename if job is not None else f"{len(job_ids)} jobs", total=total)
         try:
-            path = conv.download(session, job_id, where, lambda n: bar.advance(task, n))
+            if job is None:
+                path = conv.download_zip(session, list(job_ids), where, lambda n: bar.advance(task, n))
+            else:
+                path = conv.download(session, job.job_id, where, lambda n: bar.advance(task, n), mp3=track or 0)
         except conv.Interrupted:
             raise KeyboardInterrupt() from None
     ctx.echo(f"{path} ({conv.human_bytes(path.stat().st_size)})")

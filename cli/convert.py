@@ -245,9 +245,10 @@ class Converter:
             job = self._follow(item, job)
             if job.state == media_pb2.JOB_STATE_FAILED:
                 raise CliError(f"conversion failed: {job.error or 'no reason given'}")
-            self._download(item, job)
+            saved = self._download(item, job)
             item.phase = "done"
-            item.summary = (f"{item.name} -> {item.dest} ({human_bytes(job.mp3_size_bytes)}, "
+            where = str(item.dest) if len(saved) == 1 else f"{len(saved)} MP3s in {item.dest.parent} (one per chapter)"
+            item.summary = (f"{item.name} -> {where} ({human_bytes(job.mp3_size_bytes)}, "
                             f"job {job.job_id})")
             self.display.end(item, "done")
             self.display.line(item.summary)
@@ -379,20 +380,42 @@ class Converter:
 
     # -- download --------------------------------------------------------------
 
-    def _download(self, item: Item, job: media_pb2.Job) -> None:
+    def _download(self, item: Item, job: media_pb2.Job) -> list[Path]:
+        """The job's MP3: one, or one per chapter (split_chapters) next to
+        where the one would go, under the names the job gives them."""
         self.display.phase(item, "downloading", job.mp3_size_bytes or None)
+        saved = []
+        parts = list(job.files) if len(job.files) > 1 else [None]
+        for f in parts:
+            self._check()
+            dest = item.dest if f is None else item.dest.with_name(f.name)
+            saved.append(download(self.s, job.job_id, dest, lambda n: self.display.advance(item, n),
+                                  self._track, self._untrack, mp3=f.track if f else 0))
         self._check()
-        download(self.s, job.job_id, item.dest, lambda n: self.display.advance(item, n), self._track, self._untrack)
-        self._check()
+        return saved
 
 
 def download(session: Session, job_id: str, dest: Path | Callable[[str], Path],
              on_bytes: Callable[[int], None] = lambda n: None,
-             track: Callable = lambda call: call, untrack: Callable = lambda call: None) -> Path:
-    """Streams the job's MP3 into `dest` (or dest(server's file name)) through
-    a .part file, so an interrupted download never looks complete."""
-    call = track(session.media.DownloadMp3(media_pb2.DownloadMp3Request(job_id=job_id),
+             track: Callable = lambda call: call, untrack: Callable = lambda call: None, *, mp3: int = 0) -> Path:
+    """Streams the job's MP3 (`mp3`: one of a job split by chapter; 0: the
+    job's one MP3, or a split job's as one ZIP) into `dest` (or dest(server's
+    file name)) through a .part file, so an interrupted download never looks complete."""
+    call = track(session.media.DownloadMp3(media_pb2.DownloadMp3Request(job_id=job_id, track=mp3),
                                            metadata=session.metadata))
+    return save(call, dest, on_bytes, untrack)
+
+
+def download_zip(session: Session, job_ids: list[str], dest: Path | Callable[[str], Path],
+                 on_bytes: Callable[[int], None] = lambda n: None) -> Path:
+    """Several DONE jobs' MP3s as one ZIP (ZipJobs), saved like download()."""
+    call = session.media.ZipJobs(media_pb2.ZipJobsRequest(job_ids=job_ids), metadata=session.metadata)
+    return save(call, dest, on_bytes)
+
+
+def save(call, dest: Path | Callable[[str], Path], on_bytes: Callable[[int], None],
+         untrack: Callable = lambda call: None) -> Path:
+    """A streamed HttpBody answer into a file, through a .part file."""
     part: Path | None = None
     try:
         if callable(dest):

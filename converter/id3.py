@@ -2,7 +2,9 @@
 
 Written from ID3v2.3.0. tags_for() picks them from the source's metadata (the
 title from the file name else); build_id3v2() makes the tag the MP3 starts
-with; id3v2_size() skips a source MP3's own.
+with, with a picture (APIC) and chapters (CHAP and one CTOC, the ID3v2
+Chapter Frame Addendum, which applies to v2.3) when given; id3v2_size() skips
+a source MP3's own.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 
 def tags_for(stream_metadata: Mapping[str, str], container_metadata: Mapping[str, str],
@@ -58,8 +61,26 @@ ID3_FRAMES = {
 }
 
 
-def build_id3v2(tags: dict[str, str]) -> bytes:
-    """An ID3v2.3 tag with text frames for the known keys of `tags`.
+@dataclass(frozen=True)
+class Chapter:
+    """A chapter of the MP3: times in ms from its first sample."""
+    start_ms: int
+    end_ms: int
+    title: str
+
+
+# APIC picture type 3: "Cover (front)".
+_FRONT_COVER = 3
+# CTOC flags: top-level (bit 1) and ordered (bit 0).
+_CTOC_TOP_ORDERED = 0x03
+# A CTOC lists at most 255 children (its entry count is one byte).
+_MAX_CTOC_ENTRIES = 255
+
+
+def build_id3v2(tags: dict[str, str], picture: tuple[str, bytes] | None = None,
+                chapters: Sequence[Chapter] = ()) -> bytes:
+    """An ID3v2.3 tag with text frames for the known keys of `tags`, the
+    picture (mime type, bytes) as the front cover, and the chapters.
 
     v2.3 rather than v2.4 because every player reads it. Text is Latin-1
     when it fits, else UTF-16 with a byte order mark (v2.3 has no UTF-8).
@@ -69,9 +90,18 @@ def build_id3v2(tags: dict[str, str]) -> bytes:
         for key, value in tags.items()
         if key in ID3_FRAMES and value
     )
+    if picture is not None:
+        frames += _picture_frame(*picture)
+    if chapters:
+        frames += _chapter_frames(chapters)
     if not frames:
         return b""
     return b"ID3\x03\x00\x00" + _synchsafe(len(frames)) + frames
+
+
+def _frame(frame_id: str, data: bytes) -> bytes:
+    # v2.3 frame sizes are plain 32-bit integers (v2.4's are synchsafe).
+    return frame_id.encode() + struct.pack(">IH", len(data), 0) + data
 
 
 def _text_frame(frame_id: str, text: str) -> bytes:
@@ -79,7 +109,29 @@ def _text_frame(frame_id: str, text: str) -> bytes:
         data = b"\x00" + text.encode("latin-1")
     except UnicodeEncodeError:
         data = b"\x01" + text.encode("utf-16")  # Python adds the BOM
-    return frame_id.encode() + struct.pack(">IH", len(data), 0) + data
+    return _frame(frame_id, data)
+
+
+def _picture_frame(mime: str, image: bytes) -> bytes:
+    # Latin-1 text, the MIME type, the picture type, an empty description.
+    return _frame("APIC", b"\x00" + mime.encode("latin-1") + b"\x00" + bytes((_FRONT_COVER,)) + b"\x00" + image)
+
+
+def _chapter_frames(chapters: Sequence[Chapter]) -> bytes:
+    """One CHAP per chapter (its title as a TIT2 subframe) and a CTOC listing
+    them in order, so players show a table of contents."""
+    ids = [f"ch{i}".encode() for i in range(len(chapters))]
+    out = b""
+    for element, ch in zip(ids, chapters, strict=True):
+        # Byte offsets are "unknown" (all ones): players go by the times.
+        body = element + b"\x00" + struct.pack(">IIII", max(0, ch.start_ms), max(ch.start_ms, ch.end_ms),
+                                               0xFFFFFFFF, 0xFFFFFFFF)
+        if ch.title:
+            body += _text_frame("TIT2", ch.title)
+        out += _frame("CHAP", body)
+    listed = ids[:_MAX_CTOC_ENTRIES]
+    toc = b"toc\x00" + bytes((_CTOC_TOP_ORDERED, len(listed))) + b"".join(e + b"\x00" for e in listed)
+    return out + _frame("CTOC", toc)
 
 
 def _synchsafe(n: int) -> bytes:

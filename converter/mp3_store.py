@@ -5,7 +5,8 @@ The transcoder cannot seek its output (a GridFS upload stream), so the one
 thing it learns only at the end, the Xing/LAME info frame, is written over
 the stored bytes in place afterwards (same length, so only chunk data changes).
 
-Exactly one MP3 per job: each attempt writes a new GridFS id that the job
+Exactly one MP3 per job (one per chapter with split_chapters, each recorded
+like the first: JobStore.add_part): each attempt writes a new GridFS id that the job
 records (`pending_mp3_fids`) before anything is written, so an attempt that
 fails deletes its own (discard) and the next one deletes those of attempts
 that crashed (delete_leftovers).
@@ -30,12 +31,15 @@ class Mp3Store:
         self.mongo = mongo
         self.jobs = jobs
 
-    def open(self, mp3_fid: ObjectId, job: Job) -> ChunkedUpload:
-        """A new MP3 for `job`, written as a stream; it exists once closed."""
+    def open(self, mp3_fid: ObjectId, job: Job, track: int = 1) -> ChunkedUpload:
+        """A new MP3 for `job` (chapter `track` of a split), written as a
+        stream; it exists once closed. The name a download gets is the job's
+        record's (domain/mp3_files.py), not this one."""
         stem = (job.filename or "audio").rsplit(".", 1)[0] or "audio"
+        name = f"{stem}.mp3" if track == 1 else f"{stem} - {track:02d}.mp3"
         return ChunkedUpload(
-            self.mongo.db, MP3S_BUCKET, f"{stem}.mp3", file_id=mp3_fid,
-            metadata={"job_id": job.id, "user_id": job.user_id, "content_type": "audio/mpeg"},
+            self.mongo.db, MP3S_BUCKET, name, file_id=mp3_fid,
+            metadata={"job_id": job.id, "user_id": job.user_id, "content_type": "audio/mpeg", "track": track},
         )
 
     def patch(self, file_id: ObjectId, offset: int, data: bytes) -> None:

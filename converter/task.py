@@ -36,7 +36,7 @@ import pymongo.errors
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from video2mp3.converter import policy
+from video2mp3.converter import cover_art, policy
 from video2mp3.converter.config import CPUS
 from video2mp3.converter.policy import (
     AlreadyFinal,
@@ -52,7 +52,7 @@ from video2mp3.converter.policy import (
 )
 from video2mp3.converter.transcode import ConversionError, TranscodeResult, transcode
 from video2mp3.converter.video_source import VideoSource
-from video2mp3.domain import jobs, retention
+from video2mp3.domain import jobs, mp3_files, retention
 from video2mp3.storage.gridfs_growing import GrowingDownload
 from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.telemetry import metrics, tracing
@@ -84,6 +84,7 @@ class Task:
         self.job: jobs.Job                 # as take_lease found it, before this attempt
         self.mp3_fid = ObjectId()          # this attempt's MP3
         self.mp3: ChunkedUpload | None = None
+        self.parts: list[tuple[ObjectId, ChunkedUpload]] = []  # chapters 2..N of a split (open_part)
         self.read_bytes = 0                # fetched from GridFS for the video
         self.started = 0.0
         self.span: Any = None
@@ -109,7 +110,7 @@ class Task:
 
     def _attempt(self) -> Outcome:
         """One attempt at the job, its steps in order (each a new MP3 id)."""
-        self.mp3_fid, self.mp3, self.read_bytes = ObjectId(), None, 0
+        self.mp3_fid, self.mp3, self.read_bytes, self.parts = ObjectId(), None, 0, []
         self._progress_at, self._percent = 0.0, 0
         self.job = self.take_lease()
         with tracing.tracer().start_as_current_span(
@@ -147,7 +148,7 @@ class Task:
                  extra={"step": "converting"})
         return before
 
-    def read_video(self, *, growing: bool = False) -> VideoSource:
+    def read_video(self, *, growing: bool = False, skip: bool = True) -> VideoSource:
         """The job's video in GridFS: bounded ranges of chunks
         (storage/gridfs_download.py), only where the audio may be, fetched ahead
         of the decoder (converter/video_source.py); `growing` while the upload
@@ -156,7 +157,7 @@ class Task:
         if growing:
             kw = {"growing": True, "on_wait": self.on_upload_wait}
             self._upload_checked = time.monotonic()
-        return VideoSource(self.worker.mongo.db, _oid(self.job.video_fid),
+        return VideoSource(self.worker.mongo.db, _oid(self.job.video_fid), skip=skip,
                            on_fetch=metrics.GRIDFS_READ_BYTES.inc, **kw)
 
     def convert_audio(self) -> TranscodeResult:
@@ -169,13 +170,15 @@ class Task:
         mp3 = self.mp3 = self.mp3s.open(self.mp3_fid, self.job)
         growing = self.job.uploading
         with self._discarded_on_error():
+            picture = self.pick_cover(growing=growing)
             while True:
                 video = self.read_video(growing=growing)
                 try:
                     with video:
                         result = transcode(cast(BinaryIO, video.stream), mp3, self.job.options,
                                            filename=self.job.filename, on_progress=self.on_progress,
-                                           overlap=self.overlap, encoders=self._encoders(), split_while=self.alone)
+                                           overlap=self.overlap, encoders=self._encoders(), split_while=self.alone,
+                                           picture=picture, open_part=self.open_part)
                     break
                 except ConversionError as e:
                     if not growing:
@@ -186,24 +189,68 @@ class Task:
                 finally:
                     self.read_bytes += video.bytes_fetched
                 mp3.abort()  # its chunks go; the same MP3 id starts again from nothing
+                self._discard_parts()
                 assert isinstance(video.stream, GrowingDownload)
                 video.stream.wait_until_complete()
                 mp3 = self.mp3 = self.mp3s.open(self.mp3_fid, self.job)
                 growing = False
             mp3.close()
+            for _, part in self.parts:
+                part.close()
         return result
+
+    def open_part(self, track: int) -> ChunkedUpload:
+        """transcode()'s open_part: the MP3 of chapter `track` (2..N) of a
+        split, recorded on the job before anything is written, like the first."""
+        fid = ObjectId()
+        if not self.jobs.add_part(self.job_id, self.mp3_fid, fid):
+            raise JobGone() if self._gone() else LostLease()
+        upload = self.mp3s.open(fid, self.job, track=track)
+        self.parts.append((fid, upload))
+        return upload
+
+    def pick_cover(self, *, growing: bool) -> tuple[str, bytes] | None:
+        """With `cover_art`: the picture for the MP3's tag (converter/cover_art.py),
+        read from the video on its own, every byte (the conversion's read skips
+        video samples): a few keyframes' worth, or the first seconds of an
+        upload still arriving. None without the option, or if there is none."""
+        if not self.job.options.cover_art:
+            return None
+        video = self.read_video(growing=growing, skip=False)
+        try:
+            with video:
+                found = cover_art.pick(video.stream, seekable=not growing)
+        finally:
+            self.read_bytes += video.bytes_fetched
+        return None if found is None else (found.mime, found.data)
 
     def store_mp3(self, result: TranscodeResult) -> None:
         """The stored MP3 gets its real info frame (transcode() could not seek back to it)."""
         if result.header_patch:
             self.mp3s.patch(self.mp3_fid, *result.header_patch)
+        for (fid, _), part in zip(self.parts, result.parts[1:], strict=True):
+            if part.header_patch:
+                self.mp3s.patch(fid, *part.header_patch)
+
+    def files(self, result: TranscodeResult) -> tuple[mp3_files.Mp3File, ...]:
+        """What the job records of its MP3s: this attempt's one, or one per chapter."""
+        name = self.job.filename
+        if not result.parts:
+            return (mp3_files.Mp3File(self.mp3_fid, mp3_files.single_name(name), result.bytes_written,
+                                      duration_ms=round(result.duration_seconds * 1000)),)
+        fids = [self.mp3_fid, *(fid for fid, _ in self.parts)]
+        count = len(result.parts)
+        return tuple(mp3_files.Mp3File(fid, mp3_files.part_name(name, p.track, count, p.title), p.bytes_written,
+                                       track=p.track, title=p.title, duration_ms=round(p.duration_seconds * 1000))
+                     for fid, p in zip(fids, result.parts, strict=True))
 
     def finish_job(self, result: TranscodeResult) -> Outcome:
         """DONE with this attempt's MP3, if the lease is still ours; else another
         attempt finished it, and this MP3 goes."""
-        if not self.jobs.finish_done(self.job_id, self.mp3_fid, result.bytes_written):
+        if not self.jobs.finish_done(self.job_id, self.mp3_fid, result.bytes_written, self.files(result)):
             outcome = self._end(policy.SUPERSEDED)
             self.mp3s.discard(self.job_id, self.mp3_fid)
+            self._discard_parts()
             return outcome
         seconds = time.monotonic() - self.started
         metrics.CONVERSION_SECONDS.observe(seconds)
@@ -282,16 +329,32 @@ class Task:
             yield
         except (LostLease, JobGone):
             self.mp3s.discard(self.job_id, self.mp3_fid, self.mp3)
+            self._discard_parts()
             raise
         except Exception as e:
             if self._gone():
                 self.mp3s.discard(self.job_id, self.mp3_fid, self.mp3)
+                self._discard_parts()
                 raise JobGone() from e
             if isinstance(e, ConversionError):
                 self.mp3s.discard(self.job_id, self.mp3_fid, self.mp3)
+                self._discard_parts()
             else:
+                self._discard_parts(quietly=True)
                 self.mp3s.discard_quietly(self.job_id, self.mp3_fid, self.mp3)
             raise
+
+    def _discard_parts(self, *, quietly: bool = False) -> None:
+        """The chapters' MP3s this attempt wrote (a failed or superseded split);
+        quietly: best effort while MongoDB may be down (the next attempt
+        deletes what is left: they are in pending_mp3_fids)."""
+        parts, self.parts = self.parts, []
+        for fid, upload in parts:
+            try:
+                self.mp3s.discard(self.job_id, fid, upload)
+            except pymongo.errors.PyMongoError:
+                if not quietly:
+                    raise
 
     def _gone(self) -> bool:
         try:

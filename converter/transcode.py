@@ -16,10 +16,11 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 
+from video2mp3.converter import chapters as chaps
 from video2mp3.converter import id3, info_frame, lame, loudness, trim
 from video2mp3.converter import options as opts
 from video2mp3.converter.info_frame import DECODER_DELAY, LAME_ENCODER_DELAY, InfoFrameParams
@@ -65,6 +66,19 @@ class TranscodeResult:
     title: str
     encoder_joins: int = 0    # segments encoded alongside and joined (converter/split_encode.py)
     join_fallbacks: int = 0   # segments whose join found no frame: re-encoded by the earlier encoder
+    # split_chapters: every part, the first (written to dst) included; () for one MP3.
+    parts: tuple[Part, ...] = ()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One MP3 of a conversion split by chapter."""
+    track: int                # 1..N
+    title: str                # the chapter's
+    bytes_written: int
+    header_patch: tuple[int, bytes] | None
+    samples: int              # decoded length at the output rate, exact
+    duration_seconds: float
 
 
 ProgressCallback = Callable[[float], None]
@@ -74,7 +88,8 @@ def transcode(src: Source, dst, options, filename: str = "",
               on_progress: ProgressCallback | None = None, *,
               encoder: str | None = None, overlap: bool = True,
               encoders: int = 1, split_while: Callable[[], bool] | None = None,
-              copy_mp3: bool = True) -> TranscodeResult:
+              copy_mp3: bool = True, picture: tuple[str, bytes] | None = None,
+              open_part: Callable[[int], Any] | None = None) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
@@ -99,6 +114,16 @@ def transcode(src: Source, dst, options, filename: str = "",
         ~25 s of audio); False goes on with one encoder, e.g. once other
         conversions need the cores.
     copy_mp3: False re-encodes MP3 sources even when the fast path applies.
+    picture: (mime type, bytes) for the ID3 tag's front cover
+        (converter/cover_art.py picks it, with options.cover_art).
+
+    The source's chapters become the tag's CHAP/CTOC frames (converter/chapters.py).
+    open_part: with options.split_chapters and a source of two chapters or
+        more, one MP3 per chapter: the first goes to dst, chapter n (2..N) to
+        open_part(n); each is tagged with its title and track n/N and is
+        sample-exact (LAME's delay and padding in its own info frame), so
+        their lengths add up to the whole. The result's `parts` say what each
+        got, with its own header patch.
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -128,12 +153,20 @@ def transcode(src: Source, dst, options, filename: str = "",
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
         tags = id3.tags_for(stream.metadata, container.metadata, filename)
+        chapters = chaps.trimmed(chaps.source_chapters(container, stream, _declared_duration(stream)),
+                                 options.start_ms if options.HasField("start_ms") else 0,
+                                 options.end_ms if options.HasField("end_ms") else None)
+        tag = id3.build_id3v2(tags, picture, chapters)
         progress = _Progress(on_progress, stream)
         try:
-            if copy_mp3 and _is_copyable_mp3(stream, options):
-                result = _copy_mp3(src, container, stream, dst, tags, progress, overlap)
+            if options.split_chapters and len(chapters) > 1 and open_part is not None:
+                parts = _PartTags(tags, picture, chapters)
+                result = _encode_parts(container, stream, dst, open_part, options, parts, progress, encoder,
+                                       overlap, _can_seek(src), gain)
+            elif copy_mp3 and _is_copyable_mp3(stream, options):
+                result = _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap)
             else:
-                result = _encode_mp3(container, stream, dst, options, tags, progress, encoder, overlap,
+                result = _encode_mp3(container, stream, dst, options, tag, tags, progress, encoder, overlap,
                                      encoders, split_while, _can_seek(src), gain)
         except av.FFmpegError as e:
             raise ConversionError("the file is truncated or corrupt") from e
@@ -395,7 +428,7 @@ def _settings(options, stream) -> opts.Mp3Settings:
         raise ConversionError(str(e)) from e
 
 
-def _encode_mp3(container, stream, dst, options, tags, progress, backend, overlap,
+def _encode_mp3(container, stream, dst, options, tag, tags, progress, backend, overlap,
                 encoders, split_while, seekable=True, gain: loudness.Plan | None = None) -> TranscodeResult:
     source_rate = stream.codec_context.sample_rate
     settings = _settings(options, stream)
@@ -405,7 +438,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
                                  settings.vbr_quality, LAME_QUALITY, backend)
 
     fmt = lame.input_format(backend)
-    out = Mp3Output(dst, id3.build_id3v2(tags), _info_params(settings, source_rate))
+    out = Mp3Output(dst, tag, _info_params(settings, source_rate))
     samples = 0
     # With overlap, decoding runs ahead in one thread and writing (frame scan,
     # CRC, dst) lags behind in another while LAME encodes here (or in
@@ -461,6 +494,113 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
         encoder_joins=joins,
         join_fallbacks=fallbacks,
     )
+
+
+class _PartTags:
+    """The ID3 tag of each part: the chapter's title, track n/N, the
+    source's title as the album (unless it has one), the picture."""
+
+    def __init__(self, tags: dict[str, str], picture, chapters: list[id3.Chapter]) -> None:
+        self.tags, self.picture, self.chapters = tags, picture, chapters
+
+    def title(self, track: int) -> str:
+        return self.chapters[track - 1].title
+
+    def tag(self, track: int) -> bytes:
+        tags = dict(self.tags, title=self.title(track), track=f"{track}/{len(self.chapters)}")
+        if not self.tags.get("album") and self.tags.get("title"):
+            tags["album"] = self.tags["title"]
+        return id3.build_id3v2(tags, self.picture)
+
+
+def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, progress, backend,
+                  overlap: bool, seekable: bool = True, gain: loudness.Plan | None = None) -> TranscodeResult:
+    """One MP3 per chapter, each from its own LAME encoder (so each has its
+    own delay and padding: sample-exact), cut at the chapter starts in
+    output samples. One encoder at a time (a part starts where the previous
+    one ends); with overlap, decoding runs ahead in a helper thread."""
+    try:
+        settings = opts.resolve(options, stream.codec_context.sample_rate)
+    except opts.InvalidOptions as e:
+        raise ConversionError(str(e)) from e
+    fmt = lame.input_format(backend)
+    unit = _plane_unit(fmt, settings.channels)
+    cuts = chaps.split_samples(tags.chapters, settings.sample_rate)
+    params = _info_params(settings, stream.codec_context.sample_rate)
+
+    def open_encoder():
+        return lame.open_encoder(settings.sample_rate, settings.channels, settings.bitrate_kbps,
+                                 settings.vbr_quality, LAME_QUALITY, backend)
+
+    part = _OnePart(1, dst, tags.tag(1), params, open_encoder())
+    parts: list[Part] = []
+    total = 0
+    pcm = _Pcm(container, stream, settings, fmt, options, seekable, gain)
+    batches: Generator = iter(pcm)
+    if overlap:
+        batches = run_ahead(batches, name="transcode-read")
+    try:
+        for planes, count, fraction, last in batches:
+            if last:
+                pcm.check(stream)
+            else:
+                progress.report(0.0 if fraction is None else fraction)
+            offset = 0
+            while len(parts) < len(cuts) and cuts[len(parts)] < total + count - offset:
+                take = max(0, cuts[len(parts)] - total)  # samples of this batch before the cut
+                part.encode(tuple(p[offset * unit:(offset + take) * unit] for p in planes), take)
+                offset += take
+                total += take
+                parts.append(part.finish(tags.title(part.track), settings.sample_rate))
+                track = len(parts) + 1
+                part = _OnePart(track, open_part(track), tags.tag(track), params, open_encoder())
+            rest = count - offset
+            part.encode(tuple(p[offset * unit:] for p in planes) if offset else planes, rest)
+            total += rest
+        parts.append(part.finish(tags.title(part.track), settings.sample_rate))
+    except BaseException:
+        part.abort()
+        raise
+    finally:
+        batches.close()  # the decoder thread is done with the container before the caller closes it
+    return TranscodeResult(
+        duration_seconds=total / settings.sample_rate,
+        bytes_written=sum(p.bytes_written for p in parts),
+        copied=False,
+        header_patch=parts[0].header_patch,
+        sample_rate=settings.sample_rate,
+        channels=settings.channels,
+        title=tags.tags.get("title", ""),
+        parts=tuple(parts),
+    )
+
+
+class _OnePart:
+    """A part being encoded: its encoder, written inline to its sink."""
+
+    def __init__(self, track: int, dst, tag: bytes, params: InfoFrameParams, encoder) -> None:
+        self.track = track
+        self.out = Mp3Output(dst, tag, params)
+        self.sink = SerialEncoder(encoder, self.out.write)
+        self.samples = 0
+
+    def encode(self, planes, samples: int) -> None:
+        if samples > 0:
+            self.sink.encode(planes, samples)
+            self.samples += samples
+
+    def finish(self, title: str, rate: int) -> Part:
+        self.sink.finish()
+        scanner = self.out.scanner
+        if scanner.first is None:  # a chapter with no audio at all: LAME wrote nothing
+            raise ConversionError(f"chapter {self.track} holds no audio")
+        total = scanner.frames * scanner.first.samples_per_frame
+        patch = self.out.finish(LAME_ENCODER_DELAY, total - LAME_ENCODER_DELAY - self.samples)
+        return Part(track=self.track, title=title, bytes_written=self.out.bytes_written, header_patch=patch,
+                    samples=self.samples, duration_seconds=self.samples / rate)
+
+    def abort(self) -> None:
+        self.sink.abort()
 
 
 class _Pcm:
@@ -577,7 +717,7 @@ def _is_copyable_mp3(stream, options) -> bool:
     return not opts.asks_for_change(options, cc.sample_rate, channels, (cc.bit_rate or 0) // 1000)
 
 
-def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> TranscodeResult:
+def _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap) -> TranscodeResult:
     """Write the source's MP3 frames unchanged, under a new ID3 tag and info frame."""
     cc = stream.codec_context
     source_tag = _source_lame_tag(src) if container.format.name == "mp3" else None
@@ -586,7 +726,7 @@ def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> Transcode
         source_rate=cc.sample_rate,
         encoder=source_tag.encoder if source_tag else b"LAME3.100",
     )
-    out = Mp3Output(dst, id3.build_id3v2(tags), params)
+    out = Mp3Output(dst, tag, params)
     writer = _writer(out.write, overlap)
     first_pts = None
     batch: list[bytes] = []

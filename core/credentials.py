@@ -12,7 +12,8 @@ neither salt nor a slow hash (argon2 is for what people choose): nothing can
 be guessed from the digest, and a stolen table holds nothing that works.
 
 A key's scopes, and which scope each RPC needs: the `Get`, `List`, `Watch`
-and `Download` RPCs (AIP's read verbs) need READ, `DeleteMyData` is the
+and `Download` RPCs (AIP's read verbs) and `ZipJobs` (a download of several)
+need READ, `DeleteMyData` is the
 account's (an access token only: no API key may empty the account), every
 other RPC, uploads and deletes and whatever is added later, needs WRITE. A
 key with no scopes has both.
@@ -35,7 +36,7 @@ READ, WRITE, ACCOUNT = "read", "write", "account"
 SCOPES = (READ, WRITE)
 # The ApiKeyScope enum value names of protos/video2mp3/auth/v1/auth.proto, by scope.
 SCOPE_ENUM_NAMES = {READ: "API_KEY_SCOPE_READ", WRITE: "API_KEY_SCOPE_WRITE"}
-_READ_VERBS = ("Get", "List", "Watch", "Download")
+_READ_VERBS = ("Get", "List", "Watch", "Download", "Zip")
 _ACCOUNT_METHODS = {"DeleteMyData"}
 
 # Refusals said the same way by auth and the gateway (reasons in core/errors.py).

@@ -84,6 +84,9 @@ class Reason(enum.StrEnum):
     JOB_NOT_FOUND = "JOB_NOT_FOUND"
     JOB_NOT_DONE = "JOB_NOT_DONE"
     MP3_EXPIRED = "MP3_EXPIRED"
+    # DownloadMp3: a track the job does not have / a negative one.
+    TRACK_NOT_FOUND = "TRACK_NOT_FOUND"
+    INVALID_TRACK = "INVALID_TRACK"
     INVALID_FILTER = "INVALID_FILTER"
     INVALID_REQUEST_ID = "INVALID_REQUEST_ID"
     TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"

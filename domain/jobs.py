@@ -5,7 +5,7 @@ converter moves them through PROCESSING to DONE or FAILED. Every state change
 is a conditional update, so a job that is DONE can never be redone.
 
 Document: {_id: job id, user_id, user_email, filename, state, progress, error,
-video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
+video_fid, video_size, mp3_fid, mp3_size, mp3_files, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
 trace, uploading, upload_touched, tus, notify, pending_events}.
@@ -54,6 +54,7 @@ import pymongo
 from bson import ObjectId
 from google.protobuf import json_format, timestamp_pb2
 
+from video2mp3.domain.mp3_files import Mp3File, single_name
 from video2mp3.media.v1 import media_pb2, queue_pb2
 
 
@@ -113,6 +114,8 @@ class Job:
     uploading: bool = False
     upload_touched: dt.datetime | None = None
     tus: bool = False
+    # Recorded when DONE (domain/mp3_files.py); empty for jobs done before that: see `files`.
+    mp3_files: tuple[Mp3File, ...] = ()
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -144,7 +147,25 @@ class Job:
             uploading=bool(doc.get("uploading", False)),
             upload_touched=doc.get("upload_touched"),
             tus=bool(doc.get("tus", False)),
+            mp3_files=tuple(Mp3File.from_doc(d) for d in doc.get("mp3_files") or ()),
         )
+
+    @property
+    def files(self) -> tuple[Mp3File, ...]:
+        """The MP3s to serve: those recorded, or a job's one `mp3_fid`; none
+        unless DONE with its MP3s kept."""
+        if self.state != DONE or self.mp3_expired:
+            return ()
+        if self.mp3_files:
+            return self.mp3_files
+        if self.mp3_fid is None:
+            return ()
+        return (Mp3File(fid=self.mp3_fid, name=single_name(self.filename), size=self.mp3_size),)
+
+    @property
+    def split(self) -> bool:
+        """Whether the job made one MP3 per chapter (more than one file)."""
+        return len(self.mp3_files) > 1
 
     @property
     def changes(self) -> tuple:
@@ -278,6 +299,11 @@ class JobStore:
         """The job, hidden or not, if it is this user's (a resumable upload's)."""
         return _job(self.c.find_one({"_id": job_id, "user_id": user_id, **LIVE}))
 
+    def get_many_for_user(self, job_ids: list[str], user_id: str) -> dict[str, Job]:
+        """The caller's jobs among `job_ids` that its owner may see, by id."""
+        return {d["_id"]: Job.from_doc(d)
+                for d in self.c.find({"_id": {"$in": job_ids}, "user_id": user_id, **VISIBLE})}
+
     def live(self, job_ids: list[str]) -> dict[str, Job]:
         """The jobs among `job_ids` that exist (one query, for the watchers)."""
         return {d["_id"]: Job.from_doc(d) for d in self.c.find({"_id": {"$in": job_ids}, **VISIBLE})}
@@ -407,17 +433,30 @@ class JobStore:
              "$max": {"progress": percent}})
         return r.matched_count == 1
 
-    def finish_done(self, job_id: str, mp3_fid: ObjectId, mp3_size: int) -> bool:
+    def add_part(self, job_id: str, mp3_fid: ObjectId, part_fid: ObjectId) -> bool:
+        """Record one more MP3 this attempt (`mp3_fid`) is about to write (a
+        chapter of a split), before it is written, as start_attempt does for
+        the first; False if the lease is no longer this attempt's."""
+        r = self.c.update_one(
+            {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
+            {"$push": {"pending_mp3_fids": part_fid}})
+        return r.matched_count == 1
+
+    def finish_done(self, job_id: str, mp3_fid: ObjectId, mp3_size: int,
+                    files: tuple[Mp3File, ...] = ()) -> bool:
         """True if this attempt's MP3 became the job's; False if the job is final
-        already or another attempt took it over."""
+        already or another attempt took it over. `files`: every MP3 written
+        (the first is `mp3_fid`), mp3_size their total."""
         t = now()
+        fids = [mp3_fid, *(f.fid for f in files if f.fid != mp3_fid)]
         r = self.c.update_one(
             {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
             {"$set": {"state": DONE, "progress": 100, "mp3_fid": mp3_fid,
+                      "mp3_files": [f.to_doc() for f in files],
                       "mp3_size": mp3_size, "error": "", "update_time": t, "complete_time": t,
                       "lease_until": None, **NOTIFY},
              **_event("job.done"),
-             "$pull": {"pending_mp3_fids": mp3_fid}},
+             "$pullAll": {"pending_mp3_fids": fids}},
         )
         return r.modified_count == 1
 
@@ -478,6 +517,7 @@ def to_proto(job: Job, expire_time: dt.datetime | None = None,
         video_size_bytes=job.video_size,
         mp3_size_bytes=job.mp3_size,
         options=job.options,
+        files=[f.to_proto() for f in job.files],
     )
     times = {"create_time": job.create_time, "update_time": job.update_time,
              "complete_time": job.complete_time, "expire_time": expire_time,

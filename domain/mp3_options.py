@@ -29,7 +29,9 @@ MAX_TRIM_MS = 1_000_000_000
 def violations(options) -> list[tuple[str, str]]:
     """(field, description) for each option that is not allowed; empty if all are.
 
-    `options`: an UploadVideoRequest or a ConversionOptions."""
+    `options`: an UploadVideoRequest or a ConversionOptions. cover_art and
+    split_chapters are booleans, valid either way (a malformed text form is
+    refused where it is parsed: Envoy's query binding, gateway/tus.py)."""
     found = []
     if options.HasField("vbr_quality"):
         if options.bitrate_kbps:
@@ -89,4 +91,6 @@ def with_defaults(options) -> media_pb2.ConversionOptions:
             setattr(into, name, getattr(options, name))
     if into.HasField("start_ms") and into.start_ms == 0:
         into.ClearField("start_ms")  # 0 is the default: the job records no trim
+    into.cover_art = options.cover_art
+    into.split_chapters = options.split_chapters
     return into

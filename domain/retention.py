@@ -108,8 +108,10 @@ def delete_video(mongo: Mongo, job: jobs.Job) -> None:
 
 
 def delete_mp3s(mongo: Mongo, job: jobs.Job) -> None:
-    """The MP3 and any an attempt is writing or left half-written."""
-    for fid in {job.mp3_fid, job.current_mp3_fid, *job.pending_mp3_fids} - {None}:
+    """The MP3s (one per chapter of a split job) and any an attempt is
+    writing or left half-written."""
+    done = {f.fid for f in job.mp3_files}
+    for fid in {job.mp3_fid, job.current_mp3_fid, *job.pending_mp3_fids, *done} - {None}:
         _delete_file(mongo, MP3S_BUCKET, fid)
 
 
@@ -178,7 +180,7 @@ def sweep(mongo: Mongo, store: jobs.JobStore, s: RetentionSettings,
             counts["videos"] += 1
         if job.state == jobs.DONE and not job.mp3_expired and mp3_expired(job, s, t):
             delete_mp3s(mongo, job)
-            fields.update(mp3_expired=True, mp3_fid=None, pending_mp3_fids=[])
+            fields.update(mp3_expired=True, mp3_fid=None, mp3_files=[], pending_mp3_fids=[])
             counts["mp3s"] += 1
         store.swept(job.id, owner, fields)
     # Imported here: the converter's config imports this module before its

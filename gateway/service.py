@@ -6,7 +6,6 @@ import datetime as dt
 import hashlib
 import logging
 import unicodedata
-from pathlib import PurePosixPath
 from urllib.parse import quote
 
 import pymongo.errors
@@ -15,7 +14,8 @@ from google.protobuf import empty_pb2
 
 from video2mp3.core.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from video2mp3.domain import jobs, retention
-from video2mp3.gateway import validation
+from video2mp3.domain.mp3_files import zip_name
+from video2mp3.gateway import validation, zip_download
 from video2mp3.gateway.auth import caller
 from video2mp3.gateway.tus import Tus, tus_errors
 from video2mp3.gateway.uploads import Uploads
@@ -163,23 +163,53 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 reason=Reason.MP3_EXPIRED, metadata={"job_id": job.id, "expire_time": when},
                 # REST: 410 Gone (deploy/envoy.yaml's Lua filter); gRPC keeps FAILED_PRECONDITION.
                 trailers=[("x-http-status", "410")])
+        if request.track < 0:
+            message = f"track must be 1 or more (0: the whole job), got {request.track}"
+            raise InvalidArgument(message, reason=Reason.INVALID_TRACK, violations=[("track", message)])
+        if not request.track and job.split:
+            # A job split by chapter: all of its MP3s as one ZIP.
+            files = zip_download.entries([job], folders=False)
+            context.send_initial_metadata([("content-disposition", content_disposition(zip_name(job.filename)))])
+            return self._chunks(zip_download.stream(self.mongo.db, files), "application/zip", context)
+        wanted = [f for f in job.files if f.track == (request.track or 1)]
+        if not wanted:
+            raise NotFound(f"job {job.id} has no track {request.track}: its MP3s are tracks 1 to {len(job.files)}",
+                           reason=Reason.TRACK_NOT_FOUND, metadata={"job_id": job.id, "track": str(request.track)})
         # Read in bounded ranges (storage/gridfs_download.py); a MongoDB error is
         # UNAVAILABLE through core/errors.py.
-        stream = ChunkedDownload(self.mongo.db, MP3S_BUCKET, job.mp3_fid)
+        stream = ChunkedDownload(self.mongo.db, MP3S_BUCKET, wanted[0].fid)
         # Envoy's transcoder passes initial metadata on as HTTP response headers.
-        context.send_initial_metadata([("content-disposition", content_disposition(mp3_name(job.filename)))])
-        return self._stream(stream, context)
+        context.send_initial_metadata([("content-disposition", content_disposition(wanted[0].name))])
+        return self._chunks(_read_all(stream), "audio/mpeg", context)
 
-    def _stream(self, stream, context):
-        content_type = "audio/mpeg"
-        with stream:
-            while context.is_active():
-                data = stream.read(DOWNLOAD_CHUNK)
-                if not data:
+    def ZipJobs(self, request, context):
+        ids = zip_download.job_ids(list(request.job_ids))
+        selected = zip_download.downloadable(self.jobs, caller(context).user_id, ids, self.retention)
+        files = zip_download.entries(selected, folders=True)
+        context.send_initial_metadata([("content-disposition", content_disposition("video2mp3.zip"))])
+        return self._chunks(zip_download.stream(self.mongo.db, files), "application/zip", context)
+
+    def _chunks(self, pieces, content_type: str, context):
+        """HttpBody messages of at most DOWNLOAD_CHUNK bytes; stops when the client goes."""
+        buffered: list[bytes] = []
+        size = 0
+        try:
+            for piece in pieces:
+                buffered.append(piece)
+                size += len(piece)
+                if size < DOWNLOAD_CHUNK:
+                    continue
+                if not context.is_active():
                     return
                 # Envoy takes the HTTP Content-Type from the first message.
-                yield httpbody_pb2.HttpBody(content_type=content_type, data=data)
-                content_type = ""
+                yield httpbody_pb2.HttpBody(content_type=content_type, data=b"".join(buffered))
+                content_type, buffered, size = "", [], 0
+            if buffered or content_type:
+                yield httpbody_pb2.HttpBody(content_type=content_type, data=b"".join(buffered))
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # the GridFS reads in flight end now, not at garbage collection
 
     def DeleteMyData(self, request, context):
         user_id = caller(context).user_id
@@ -209,9 +239,10 @@ def _require_job_id(job_id: str) -> None:
                               violations=[("job_id", "job_id is required")])
 
 
-def mp3_name(video_name: str) -> str:
-    """holiday.mp4 -> holiday.mp3 (the name the MP3 is offered under)."""
-    return f"{PurePosixPath(video_name).stem or 'audio'}.mp3"
+def _read_all(stream):
+    with stream:
+        while data := stream.read(DOWNLOAD_CHUNK):
+            yield data
 
 
 def content_disposition(filename: str) -> str:

@@ -90,6 +90,9 @@ LOCKED_RETRY_S = 2.0
 OPTION_KEYS = ("bitrate_kbps", "vbr_quality", "channels", "sample_rate_hz", "audio_track", "start_ms", "end_ms",
                "loudness_lufs")
 DECIMAL_KEYS = frozenset({"loudness_lufs"})  # the others are integers
+FLAG_KEYS = ("cover_art", "split_chapters")
+# How a flag may be written (lower-cased): what Envoy's query binding takes, and 1/0.
+_FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False}
 MAX_METADATA_CHARS = 4096
 
 
@@ -163,6 +166,14 @@ def upload_request(meta: dict[str, str]) -> media_pb2.UploadVideoRequest:
         except ValueError:  # not a number, or out of the field's range
             raise _bad_header("Upload-Metadata", f"{key} in Upload-Metadata must be {kind}, "
                                                  f"got {meta[key][:40]!r}") from None
+    for key in FLAG_KEYS:
+        if meta.get(key, "") == "":
+            continue
+        value = _FLAG_VALUES.get(meta[key].strip().lower())
+        if value is None:
+            message = f"{key} in Upload-Metadata must be true or false, got {meta[key][:40]!r}"
+            raise _tus(InvalidArgument, message, Reason.INVALID_OPTIONS, violations=[(key, message)])
+        setattr(req, key, value)
     return req
 
 

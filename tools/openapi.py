@@ -132,10 +132,13 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("video2mp3.media.v1.MediaService.DeleteJob", "*"): {"ok_content": EMPTY},
     ("video2mp3.media.v1.MediaService.DownloadMp3", "*"): {
-        "ok_media_type": "audio/mpeg",
+        # A job split by chapter answers its MP3s as one ZIP when no track is given.
+        "ok_content": {t: {"schema": {"type": "string", "format": "binary"}}
+                       for t in ("audio/mpeg", "application/zip")},
         "ok_headers": {
             "Content-Disposition": {
-                "description": "attachment; the upload's name with .mp3: an ASCII filename, then filename*=UTF-8''...",
+                "description": "attachment; the upload's name with .mp3 (.zip): an ASCII filename, "
+                               "then filename*=UTF-8''...",
                 "schema": {"type": "string"},
             }
         },
@@ -143,6 +146,12 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
             "409": "the job is not DONE yet (FAILED_PRECONDITION, reason JOB_NOT_DONE)",
             "410": "the MP3 expired and was deleted (FAILED_PRECONDITION, reason MP3_EXPIRED)",
         },
+    },
+    ("video2mp3.media.v1.MediaService.ZipJobs", "*"): {
+        "ok_media_type": "application/zip",
+        "ok_headers": {"Content-Disposition": {"description": "attachment; filename=\"video2mp3.zip\"",
+                                               "schema": {"type": "string"}}},
+        "statuses": {"409": "a job is not DONE, or its MP3 expired (FAILED_PRECONDITION; the message names them)"},
     },
     ("video2mp3.media.v1.MediaService.DescribeUploads", "*"): {
         "summary": "tus OPTIONS: the tus version, extensions and maximum upload size.",
@@ -158,7 +167,7 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
                            {**UINT, "minimum": 1}),
                     _param("Upload-Metadata", "comma-separated `key base64(value)` pairs: filename, "
                            "bitrate_kbps, vbr_quality, channels, sample_rate_hz, audio_track, start_ms, end_ms, "
-                           "loudness_lufs, request_id",
+                           "loudness_lufs, cover_art, split_chapters, request_id",
                            {"type": "string"}, required=False)],
         # No body: creation-with-upload is not offered (a body sent is ignored).
         "request_content": {"application/octet-stream": {"schema": {"type": "string", "maxLength": 0}}},

@@ -32,6 +32,7 @@
     authError: $('auth-error'), login: $('login'), signup: $('signup'),
     appView: $('app-view'), bitrate: $('bitrate'), vbr: $('vbr'), mono: $('mono'),
     start: $('start'), end: $('end'), loudness: $('loudness'),
+    coverArt: $('cover-art'), splitChapters: $('split-chapters'), downloadAll: $('download-all'),
     fileInput: $('file-input'), dropZone: $('drop-zone'),
     jobs: $('jobs'), jobsEmpty: $('jobs-empty'), more: $('more'), refresh: $('refresh'),
   };
@@ -93,6 +94,8 @@
       parts.push(`${formatTime(Number(o.start_ms) || 0)}–${o.end_ms != null ? formatTime(Number(o.end_ms)) : 'end'}`);
     }
     if (o.loudness_lufs != null) parts.push(`${Number(o.loudness_lufs)} LUFS`);
+    if (o.cover_art && String(o.cover_art) !== 'false') parts.push('cover');
+    if (o.split_chapters && String(o.split_chapters) !== 'false') parts.push('per chapter');
     return parts.join(' · ');
   }
 
@@ -118,6 +121,16 @@
     if ((m[1] != null || m[2] != null) && seconds >= 60) return NaN;
     if (m[2] != null && minutes >= 60) return NaN;
     return (hours * 3600 + minutes * 60) * 1000 + Math.round(seconds * 1000);
+  }
+
+  // A Blob saved as a file (the click on a download link the page makes).
+  function saveBlob(blob, name) {
+    const url = URL.createObjectURL(blob);
+    const a = h('a', { href: url, download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60 * 1000);
   }
 
   const sleep = (ms, signal) => new Promise((resolve, reject) => {
@@ -517,6 +530,7 @@
       if (date) parts.push(date);
       this.meta.textContent = parts.join(' · ');
       this.status.classList.toggle('error-text', job.state === 'JOB_STATE_FAILED');
+      if (job.state === 'JOB_STATE_DONE') updateEmpty(); // "Download all" may show now
       const del = this.button('Delete', () => this.delete(), 'btn btn-small btn-danger');
       switch (job.state) {
         case 'JOB_STATE_QUEUED':
@@ -533,7 +547,8 @@
           break;
         case 'JOB_STATE_DONE':
           this.bar.hidden = true;
-          this.status.textContent = 'Done. Your MP3 is ready.';
+          this.status.textContent = isSplit(job) ? `Done. ${job.files.length} MP3s, one per chapter.`
+            : 'Done. Your MP3 is ready.';
           if (!this.mp3Url) this.setActions(this.button('Get MP3', () => this.loadMp3()), del);
           break;
         case 'JOB_STATE_FAILED':
@@ -565,24 +580,54 @@
 
     // The MP3 needs the Authorization header, so it is fetched into a Blob
     // and played/downloaded through a blob: URL (no token in any URL).
-    async loadMp3() {
+    async loadMp3(track = 0) {
       if (this.mp3Url) return;
+      if (isSplit(this.job) && !track) { this.showTracks(); return; }
       this.status.textContent = 'Fetching the MP3…';
+      const path = track ? `/mp3s/${track}` : '/mp3';
       try {
-        const res = await api('GET', `/v1/jobs/${encodeURIComponent(this.job.job_id)}/mp3`, { raw: true });
+        const res = await api('GET', `/v1/jobs/${encodeURIComponent(this.job.job_id)}${path}`, { raw: true });
         const blob = new Blob([await res.blob()], { type: 'audio/mpeg' });
         this.mp3Url = URL.createObjectURL(blob);
       } catch (e) {
         if (!(e instanceof ApiError && e.status === 401)) this.status.textContent = describeError(e);
         return;
       }
-      const name = mp3Name(this.job.filename || this.name);
+      const file = (this.job.files || []).find((f) => f.track === track);
+      const name = file ? file.name : mp3Name(this.job.filename || this.name);
       const audio = h('audio', { controls: true, preload: 'metadata', src: this.mp3Url, 'aria-label': `Play ${name}` });
       this.player.replaceChildren(audio);
-      this.status.textContent = 'Done. Your MP3 is ready.';
+      this.status.textContent = file ? `Playing ${file.chapter_title || name}.` : 'Done. Your MP3 is ready.';
       const link = h('a', { class: 'btn btn-small btn-primary', href: this.mp3Url, download: name, text: 'Download MP3' });
       link.setAttribute('aria-label', `Download ${name}`);
-      this.setActions(link, this.button('Delete', () => this.delete(), 'btn btn-small btn-danger'));
+      if (file) {
+        this.setActions(link, this.button('All chapters', () => this.showTracks()),
+          this.button('Delete', () => this.delete(), 'btn btn-small btn-danger'));
+      } else this.setActions(link, this.button('Delete', () => this.delete(), 'btn btn-small btn-danger'));
+    }
+
+    // A job split by chapter: a button per chapter (played and saved like a
+    // single MP3) and its MP3s as one ZIP.
+    showTracks() {
+      if (this.mp3Url) URL.revokeObjectURL(this.mp3Url);
+      this.mp3Url = '';
+      this.player.replaceChildren();
+      this.status.textContent = `Done. ${this.job.files.length} MP3s, one per chapter.`;
+      const tracks = this.job.files.map((f) => this.button(`${f.track}. ${f.chapter_title || f.name}`,
+        () => this.loadMp3(f.track)));
+      const zip = this.button('Download ZIP', () => this.saveZip(), 'btn btn-small btn-primary');
+      this.setActions(zip, ...tracks, this.button('Delete', () => this.delete(), 'btn btn-small btn-danger'));
+    }
+
+    async saveZip() {
+      this.status.textContent = 'Fetching the ZIP…';
+      try {
+        const res = await api('GET', `/v1/jobs/${encodeURIComponent(this.job.job_id)}/mp3`, { raw: true });
+        saveBlob(await res.blob(), mp3Name(this.job.filename || this.name).replace(/\.mp3$/, '.zip'));
+        this.status.textContent = `Done. ${this.job.files.length} MP3s, one per chapter.`;
+      } catch (e) {
+        if (!(e instanceof ApiError && e.status === 401)) this.status.textContent = describeError(e);
+      }
     }
 
     async delete() {
@@ -623,8 +668,32 @@
     }
   }
 
+  const isSplit = (job) => (job?.files || []).length > 1;
+  const doneIds = () => rows.filter((r) => r.job?.state === 'JOB_STATE_DONE' && (r.job.files || []).length)
+    .map((r) => r.job.job_id);
+
   function updateEmpty() {
     ui.jobsEmpty.hidden = rows.length > 0;
+    ui.downloadAll.hidden = doneIds().length < 2;
+  }
+
+  // "Download all": every DONE file on the page as one ZIP (GET /v1/jobs:zip,
+  // streamed by the server).
+  async function downloadAll() {
+    const ids = doneIds();
+    if (!ids.length) return;
+    const params = new URLSearchParams(ids.map((id) => ['job_ids', id]));
+    ui.downloadAll.disabled = true;
+    showNotice(`Fetching ${ids.length} files as one ZIP…`, 'info');
+    try {
+      const res = await api('GET', `/v1/jobs:zip?${params}`, { raw: true });
+      saveBlob(await res.blob(), 'video2mp3.zip');
+      showNotice('');
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 401)) showNotice(`Could not download the ZIP. ${describeError(e)}`);
+    } finally {
+      ui.downloadAll.disabled = false;
+    }
   }
 
   // ------------------------------------------------------------ options
@@ -674,6 +743,8 @@
     if (start) o.start_ms = String(start);
     if (end != null) o.end_ms = String(end);
     if (ui.loudness.value !== '') o.loudness_lufs = ui.loudness.value;
+    if (ui.coverArt.checked) o.cover_art = 'true';
+    if (ui.splitChapters.checked) o.split_chapters = 'true';
     return o;
   }
 
@@ -687,7 +758,8 @@
   }
 
   const wireOptions = (o) => ({ bitrate_kbps: Number(o.bitrate_kbps) || 0, vbr_quality: o.vbr_quality, channels: o.channels,
-    start_ms: o.start_ms, end_ms: o.end_ms, loudness_lufs: o.loudness_lufs });
+    start_ms: o.start_ms, end_ms: o.end_ms, loudness_lufs: o.loudness_lufs,
+    cover_art: o.cover_art, split_chapters: o.split_chapters });
 
   // ------------------------------------------------------------ files in
 
@@ -969,6 +1041,7 @@
     ui.logout.addEventListener('click', () => endSession());
     ui.more.addEventListener('click', () => loadJobs(true));
     ui.refresh.addEventListener('click', () => loadJobs());
+    ui.downloadAll.addEventListener('click', () => downloadAll());
     if (session.token) {
       scheduleRenewal(); // a reloaded page renews at once if its token is due
       showApp();

@@ -2,7 +2,8 @@
 [project.scripts] entry point), against the running mesh: login, convert in a
 pseudo-terminal (bars) and through a pipe (plain lines), every exit code, and
 Ctrl-C during an upload (nothing left on the server) and during a conversion
-(the job goes on and `video2mp3 download` fetches it)."""
+(the job goes on and `video2mp3 download` fetches it), split by chapter and
+`download --zip`."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import grpc
@@ -20,7 +22,7 @@ import pexpect
 import pytest
 
 from localmesh.processes import free_port, wait_for
-from testkit import testbed
+from testkit import outside, testbed
 from testkit.clients import unique_email
 from testkit.media import analyse_mp3, decode_audio, ebur128, make_media, make_noise
 from video2mp3.auth.keys import generate as generate_key
@@ -314,3 +316,30 @@ def test_tls_with_a_private_ca(env, tmp_path):
         assert r.returncode == 4, r.stdout + r.stderr
     finally:
         server.stop(0)
+
+
+def test_split_chapters_cover_art_and_download_zip(env, user, tmp_path):
+    chapters = [(0, 1500, "One"), (1500, 3000, "Two")]
+    video = outside.make_chaptered_video(tmp_path / "talk.mp4", chapters)
+    r = run(env, "convert", str(video), "--split-chapters", "--cover-art")
+    assert r.returncode == 0, r.stderr
+    assert "2 MP3s in" in r.stdout.splitlines()[-1]
+    parts = [tmp_path / "talk - 01 - One.mp3", tmp_path / "talk - 02 - Two.mp3"]
+    assert [outside.probe(p)["format"]["tags"]["track"] for p in parts] == ["1/2", "2/2"]
+    assert any(s["codec_type"] == "video" for s in outside.probe(parts[0])["streams"])  # the cover
+
+    r = run(env, "convert", str(video), "-o", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stderr
+    assert outside.chapters(tmp_path / "whole" / "talk.mp3") == chapters
+    ids = [line.split("\t")[0] for line in run(env, "jobs").stdout.splitlines()[:2]]
+    r = run(env, "download", "--zip", *ids, "-o", str(tmp_path / "all.zip"))
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(tmp_path / "all.zip") as z:
+        assert z.read("talk.mp3") == (tmp_path / "whole" / "talk.mp3").read_bytes()
+        assert z.read("talk/talk - 02 - Two.mp3") == parts[1].read_bytes()
+    r = run(env, "download", ids[1], "--track", "2", "-o", str(tmp_path / "two.mp3"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "two.mp3").read_bytes() == parts[1].read_bytes()
+    r = run(env, "download", *ids)
+    assert r.returncode == 2
+    assert "--zip" in r.stderr

@@ -10,6 +10,7 @@ import base64
 import re
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import requests
 
 import testkit
 from localmesh.processes import wait_for
+from testkit import outside
 from testkit.media import analyse_mp3, audio_duration, decode_audio, ebur128, make_media, make_noise, make_text_file
 
 ROOT = testkit.ROOT
@@ -529,3 +531,41 @@ def test_keyboard_only(web, videos):
             break
     assert focused[-1] == "Download MP3", focused
     p.shot("17-keyboard-focus", full_page=False)
+
+
+def test_cover_art_chapters_and_download_all(web, tmp_path):
+    """Tick "Cover picture" and "One MP3 per chapter", drop a video with
+    chapters and one without: the first gets a button per chapter and a ZIP,
+    "Download all" saves both jobs' MP3s as one ZIP."""
+    chapters = [(0, 1500, "Opening"), (1500, 3000, "Closing")]
+    talk = outside.make_chaptered_video(tmp_path / "talk.mp4", chapters)
+    plain = Path(make_media(tmp_path / "plain.mp4", video_codec="h264", duration=2.0))
+    p = web()
+    page = p.page
+    p.sign_up()
+    page.check("#cover-art")
+    page.check("#split-chapters")
+    p.drop([talk, plain])
+    for name in ("talk.mp4", "plain.mp4"):
+        assert p.wait_state(name, "JOB_STATE_DONE", "JOB_STATE_FAILED") == "JOB_STATE_DONE"
+    row = p.row("talk.mp4")
+    assert "cover" in row.locator(".job-meta").text_content()
+    row.get_by_role("button", name="2. Closing: talk.mp4").click()
+    row.locator("audio").wait_for()
+    assert row.locator("a[download]").get_attribute("download") == "talk - 02 - Closing.mp3"
+    row.get_by_role("button", name="All chapters: talk.mp4").click()
+    with page.expect_download() as dl:
+        row.get_by_role("button", name="Download ZIP: talk.mp4").click()
+    assert dl.value.suggested_filename == "talk.zip"
+    dl.value.save_as(tmp_path / "talk.zip")
+    with zipfile.ZipFile(tmp_path / "talk.zip") as z:
+        assert z.namelist() == ["talk - 01 - Opening.mp3", "talk - 02 - Closing.mp3"]
+    p.row("plain.mp4").locator("audio").wait_for()  # a job without chapters: one MP3, as before
+    button = page.locator("#download-all")
+    wait_for("Download all", button.is_visible, timeout=10)
+    with page.expect_download() as dl:
+        button.click()
+    assert dl.value.suggested_filename == "video2mp3.zip"
+    dl.value.save_as(tmp_path / "all.zip")
+    with zipfile.ZipFile(tmp_path / "all.zip") as z:
+        assert sorted(z.namelist()) == ["plain.mp3", "talk/talk - 01 - Opening.mp3", "talk/talk - 02 - Closing.mp3"]

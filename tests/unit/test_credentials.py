@@ -47,6 +47,7 @@ def test_secrets_are_prefixed_random_and_stored_as_sha256():
         ("/video2mp3.media.v1.MediaService/ListJobs", credentials.READ),
         ("/video2mp3.media.v1.MediaService/WatchJob", credentials.READ),
         ("/video2mp3.media.v1.MediaService/DownloadMp3", credentials.READ),
+        ("/video2mp3.media.v1.MediaService/ZipJobs", credentials.READ),
         ("/video2mp3.media.v1.MediaService/UploadVideo", credentials.WRITE),
         ("/video2mp3.media.v1.MediaService/DeleteJob", credentials.WRITE),
         ("/video2mp3.media.v1.MediaService/DeleteMyData", credentials.ACCOUNT),
