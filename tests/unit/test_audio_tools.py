@@ -226,3 +226,22 @@ def test_chapters_past_the_audio_are_dropped(tmp_path):
     result, outs = convert(short, tmp_path, split_chapters=True)
     assert [p.title for p in result.parts] == [t for _, _, t in CHAPTERS]
     assert outside.probe(outs[-1])["format"]["tags"]["track"] == "3/3"
+
+
+def test_trimmed_mp3_keeps_the_chapters_inside_the_trim(chaptered, tmp_path):
+    """Chapters follow a trim: shifted to the MP3's first sample, cut at its
+    ends, and the ones outside it dropped."""
+    _result, (out,) = convert(chaptered, tmp_path, bitrate_kbps=128, start_ms=1000, end_ms=4000)
+    assert outside.chapters(out) == [(0, 1000, "Intro"), (1000, 3000, "Körper & Geist")]
+
+
+def test_split_of_a_trimmed_normalised_source(chaptered, tmp_path):
+    """split_chapters with a trim and a loudness target: the parts are the
+    chapters inside the trim, sample-exact, adding up to the trim's length."""
+    result, outs = convert(chaptered, tmp_path, split_chapters=True, bitrate_kbps=128,
+                           start_ms=1000, end_ms=5500, loudness_lufs=-16)
+    assert [p.title for p in result.parts] == ["Intro", "Körper & Geist", "End"]
+    rate = result.sample_rate
+    lengths = [outside.decoded_samples(p) for p in outs]
+    assert lengths[:2] == [round(1.0 * rate), round(3.0 * rate)]
+    assert sum(lengths) == round(4.5 * rate)
