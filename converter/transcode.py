@@ -25,6 +25,8 @@ from video2mp3.converter.info_frame import DECODER_DELAY, LAME_ENCODER_DELAY, In
 from video2mp3.converter.mp3out import Mp3Output
 from video2mp3.converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
 from video2mp3.core.background import InlineWriter, WriteBehind, run_ahead
+from video2mp3.domain import limits as job_limits
+from video2mp3.domain.limits import JobLimits
 from video2mp3.formats import containers, mpeg_audio
 
 # LAME's own default algorithm quality, the one `ffmpeg -c:a libmp3lame` uses.
@@ -51,6 +53,38 @@ class ConversionError(Exception):
         self.reason = reason
 
 
+class LimitExceeded(ConversionError):
+    """The job breaks a limit per job (domain/limits.py); `kind` names it for
+    the metrics: "audio_duration" or "mp3_size"."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+class _Budget:
+    """Enforces JobLimits while converting: the declared duration before
+    decoding, then the audio decoded and the MP3 bytes written, whatever the
+    file declared (a container may declare nothing, or lie)."""
+
+    def __init__(self, limits: JobLimits | None) -> None:
+        self.limits = limits
+
+    def declared(self, seconds: float | None) -> None:
+        if self.limits and seconds and seconds > self.limits.max_audio_s:
+            raise LimitExceeded(job_limits.too_long(seconds, self.limits, declared=True), "audio_duration")
+
+    def seconds(self, seconds: float) -> None:
+        if self.limits and seconds > self.limits.max_audio_s:
+            raise LimitExceeded(job_limits.too_long(self.limits.max_audio_s, self.limits, declared=False),
+                                "audio_duration")
+
+    def bytes(self, n: int) -> None:
+        if self.limits and n > self.limits.max_mp3_bytes:
+            raise LimitExceeded(job_limits.too_big(self.limits.max_mp3_bytes, self.limits, estimated=False),
+                                "mp3_size")
+
+
 @dataclass(frozen=True)
 class TranscodeResult:
     duration_seconds: float   # playing time of the MP3
@@ -71,7 +105,7 @@ def transcode(src: Source, dst, options, filename: str = "",
               on_progress: ProgressCallback | None = None, *,
               encoder: str | None = None, overlap: bool = True,
               encoders: int = 1, split_while: Callable[[], bool] | None = None,
-              copy_mp3: bool = True) -> TranscodeResult:
+              copy_mp3: bool = True, limits: JobLimits | None = None) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
@@ -96,6 +130,10 @@ def transcode(src: Source, dst, options, filename: str = "",
         ~25 s of audio); False goes on with one encoder, e.g. once other
         conversions need the cores.
     copy_mp3: False re-encodes MP3 sources even when the fast path applies.
+    limits: the limits per job (domain/limits.py): a declared duration over
+        the limit fails before anything is decoded; decoding more audio or
+        writing more MP3 than allowed fails as soon as it happens
+        (LimitExceeded, a ConversionError). None: no limits.
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -113,12 +151,14 @@ def transcode(src: Source, dst, options, filename: str = "",
         _discard_others(container, stream)
         tags = id3.tags_for(stream.metadata, container.metadata, filename)
         progress = _Progress(on_progress, stream)
+        budget = _Budget(limits)
+        budget.declared(_declared_duration(stream))
         try:
             if copy_mp3 and _is_copyable_mp3(stream, options):
-                result = _copy_mp3(src, container, stream, dst, tags, progress, overlap)
+                result = _copy_mp3(src, container, stream, dst, tags, progress, overlap, budget)
             else:
                 result = _encode_mp3(container, stream, dst, options, tags, progress, encoder, overlap,
-                                     encoders, split_while)
+                                     encoders, split_while, budget)
         except av.FFmpegError as e:
             raise ConversionError("the file is truncated or corrupt") from e
     progress.report(1.0, force=True)
@@ -322,7 +362,7 @@ def _writer(write: Callable[[bytes], object], overlap: bool) -> WriteBehind[byte
 # --- Encode path --------------------------------------------------------------
 
 def _encode_mp3(container, stream, dst, options, tags, progress, backend, overlap,
-                encoders, split_while) -> TranscodeResult:
+                encoders, split_while, budget: _Budget) -> TranscodeResult:
     source_rate = stream.codec_context.sample_rate
     try:
         settings = opts.resolve(options, source_rate)
@@ -355,6 +395,8 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
     try:
         for planes, count, fraction, last in batches:
             samples += count
+            budget.seconds(samples / settings.sample_rate)
+            budget.bytes(out.bytes_written)
             if last:
                 _check_complete(stream, samples / settings.sample_rate)
             else:
@@ -369,6 +411,7 @@ def _encode_mp3(container, stream, dst, options, tags, progress, backend, overla
         batches.close()  # now, not at garbage collection: the decoder thread
         # must be done with the container before the caller closes it
     writer.close()
+    budget.bytes(out.bytes_written)
     joins, fallbacks = (sink.joins, sink.fallbacks) if isinstance(sink, SplitEncoder) else (0, 0)
 
     # LAME puts `delay` samples before the audio and pads the last frame.
@@ -440,7 +483,7 @@ def _is_copyable_mp3(stream, options) -> bool:
     return not opts.asks_for_change(options, cc.sample_rate, channels, (cc.bit_rate or 0) // 1000)
 
 
-def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> TranscodeResult:
+def _copy_mp3(src, container, stream, dst, tags, progress, overlap, budget: _Budget) -> TranscodeResult:
     """Write the source's MP3 frames unchanged, under a new ID3 tag and info frame."""
     cc = stream.codec_context
     source_tag = _source_lame_tag(src) if container.format.name == "mp3" else None
@@ -453,7 +496,7 @@ def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> Transcode
     writer = _writer(out.write, overlap)
     first_pts = None
     batch: list[bytes] = []
-    size = 0
+    size = total_bytes = 0
     try:
         for packet in container.demux(stream):
             if packet.size == 0:
@@ -463,9 +506,14 @@ def _copy_mp3(src, container, stream, dst, tags, progress, overlap) -> Transcode
             batch.append(bytes(packet))
             size += packet.size
             if size >= COPY_BATCH_BYTES:  # one write per batch, not per 400-byte frame
+                total_bytes += size
+                budget.bytes(total_bytes)
+                if packet.pts is not None and first_pts is not None:
+                    budget.seconds(float((packet.pts - first_pts) * stream.time_base))
                 writer.write(b"".join(batch))
                 batch, size = [], 0
                 progress.frame(packet)
+        budget.bytes(total_bytes + size)
         writer.write(b"".join(batch))
     except BaseException:
         writer.abort()

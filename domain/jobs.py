@@ -8,7 +8,10 @@ Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
-trace, uploading, upload_touched, tus, notify, pending_events}.
+trace, uploading, upload_touched, tus, notify, pending_events, audio_seconds,
+declared_seconds}: `audio_seconds` is the MP3's length once DONE, `declared_seconds`
+what the upload's container declared (gateway/quotas.py counts it for jobs not
+converted yet).
 
 A streamable upload's job is created as its first bytes arrive, so that it is
 converted while the rest arrives (gateway/early_jobs.py): until the upload
@@ -202,7 +205,8 @@ class JobStore:
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
                options: media_pb2.ConversionOptions, request_id: str = "",
-               trace: dict | None = None, uploading: bool = False, tus: bool = False) -> Job:
+               trace: dict | None = None, uploading: bool = False, tus: bool = False,
+               declared_seconds: float | None = None) -> Job:
         """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`.
         `uploading`: a hidden job whose upload goes on (see the module doc);
         `tus`: and that upload is resumable (gateway/tus.py)."""
@@ -235,6 +239,8 @@ class JobStore:
             doc.update(uploading=True, upload_touched=t)
         if tus:
             doc.update(tus=True)
+        if declared_seconds:
+            doc.update(declared_seconds=float(declared_seconds))
         self.c.insert_one(doc)
         return Job.from_doc(doc)
 
@@ -407,14 +413,15 @@ class JobStore:
              "$max": {"progress": percent}})
         return r.matched_count == 1
 
-    def finish_done(self, job_id: str, mp3_fid: ObjectId, mp3_size: int) -> bool:
+    def finish_done(self, job_id: str, mp3_fid: ObjectId, mp3_size: int, audio_seconds: float = 0.0) -> bool:
         """True if this attempt's MP3 became the job's; False if the job is final
         already or another attempt took it over."""
         t = now()
         r = self.c.update_one(
             {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
             {"$set": {"state": DONE, "progress": 100, "mp3_fid": mp3_fid,
-                      "mp3_size": mp3_size, "error": "", "update_time": t, "complete_time": t,
+                      "mp3_size": mp3_size, "audio_seconds": float(audio_seconds), "error": "",
+                      "update_time": t, "complete_time": t,
                       "lease_until": None, **NOTIFY},
              **_event("job.done"),
              "$pull": {"pending_mp3_fids": mp3_fid}},

@@ -113,7 +113,10 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "The JSON Web Key Set (RFC 7517) that verifies access tokens; needs no token.",
     },
     ("video2mp3.media.v1.MediaService.UploadVideo", "*"): {
-        "statuses": {"413": "upload too large", "429": "too many uploads in progress; RetryInfo says when to retry"}
+        "statuses": {"413": "upload too large, or its audio over a limit per job (reason AUDIO_TOO_LONG, "
+                            "MP3_TOO_LARGE)",
+                     "429": "too many uploads in progress, or a quota used up (reason QUOTA_EXCEEDED); RetryInfo "
+                            "says when to retry"}
     },
     ("video2mp3.media.v1.MediaService.UploadVideo", "/upload"): {
         "summary": "The Flask seed's upload: a multipart/form-data body whose `file` part is the video.",
