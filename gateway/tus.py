@@ -236,6 +236,10 @@ class Tus:
         request_id = validation.request_id(first.request_id)
         if self.uploads.space is not None:
             self.uploads.space.check()  # 507 now rather than after the first bytes
+        if self.uploads.quotas is not None:
+            # The whole length must fit in the storage quota (gateway/quotas.py); the
+            # converter enforces the limits per job on what it decodes.
+            self.uploads.quotas.start(caller).bytes_in(length)
         job_id = jobs.new_job_id()
         t = jobs.now()
         doc = {"_id": job_id, "user_id": caller.user_id, "video_fid": ObjectId(), "length": length,

@@ -174,6 +174,10 @@ def test_storage_quota(limited, media, store):
     assert 300_000 < int(usage["storage_used_bytes"]) < 2**20, usage
     assert int(usage["storage_limit_bytes"]) == 2**20, usage
     assert "storage_free_time" in usage, usage
+    # A resumable upload says its length first: refused at its creation.
+    r = client.s.post(f"{client.base}/v1/uploads", timeout=30,
+                      headers={**client.headers(), "Tus-Resumable": "1.0.0", "Upload-Length": "800000"})
+    refused(r, 429, "QUOTA_EXCEEDED", retry=True)
     # Deleting the job frees it at once.
     job_id = client.get("/v1/jobs").json()["jobs"][0]["job_id"]
     assert client.s.delete(f"{client.base}/v1/jobs/{job_id}", headers=client.headers()).status_code == 200
