@@ -7,6 +7,7 @@
     mp4_from_file(f, length) an MP4/MOV whose `moov` comes last, read from a
                              seekable file: its top-level box headers, then
                              the start of `moov`
+    of_file(f, length)       any of these, from a seekable file (a few small reads)
 
 Each returns seconds, or None when the bytes do not say (another format, a
 streaming WAV, a fragmented MP4, damage). The gateway uses them to refuse an
@@ -23,7 +24,9 @@ from typing import BinaryIO
 from video2mp3.formats import isobmff
 from video2mp3.formats.containers import Container, identify
 
-# How much of a file's end from_tail wants: Ogg pages are at most ~64 KB.
+# How much of a file's start from_head wants, and of its end from_tail: Ogg
+# pages are at most ~64 KB.
+HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024
 _MOOV_PREFIX = 4096  # `mvhd` is the first box in `moov` in practice; its size is ~108 bytes
 
@@ -41,6 +44,17 @@ def from_tail(head: bytes, tail: bytes) -> float | None:
     if identify(head) is Container.OGG:
         return _ogg(head, tail)
     return None
+
+
+def of_file(f: BinaryIO, length: int) -> float | None:
+    f.seek(0)
+    head = f.read(HEAD_BYTES) or b""
+    f.seek(max(0, length - TAIL_BYTES))
+    tail = f.read(TAIL_BYTES) or b""
+    found = from_head(head) or from_tail(head, tail)
+    if found is None and identify(head) is Container.MP4:
+        found = mp4_from_file(f, length)
+    return found
 
 
 def mp4_from_file(f: BinaryIO, length: int) -> float | None:

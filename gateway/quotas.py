@@ -222,9 +222,13 @@ class Quotas:
             usage.minutes_free_time.FromDatetime(minutes_free)
         return usage
 
+    def check(self, caller: Caller) -> UploadCheck:
+        """The checks of one upload, with the caller's usage as it is now."""
+        return UploadCheck(self, self.allowance(caller.email), self.snapshot(caller.user_id, jobs.now()))
+
     def start(self, caller: Caller) -> UploadCheck:
         """The checks of one upload, from its start (raises QuotaExceeded when either quota is used up)."""
-        check = UploadCheck(self, self.allowance(caller.email), self.snapshot(caller.user_id, jobs.now()))
+        check = self.check(caller)
         check.at_start()
         return check
 

@@ -49,6 +49,7 @@ import email.utils
 import logging
 import time
 import uuid
+from typing import BinaryIO, cast
 
 import pymongo
 import pymongo.errors
@@ -64,11 +65,13 @@ from video2mp3.core.errors import (
     ResourceExhausted,
     ServiceError,
 )
+from video2mp3.core.tokens import Caller
 from video2mp3.domain import jobs, retention
+from video2mp3.formats import durations
 from video2mp3.gateway import container_sniff, validation
 from video2mp3.gateway.uploads import Uploads, _reset_after_end
 from video2mp3.media.v1 import media_pb2
-from video2mp3.storage.gridfs_download import RANGE_CHUNKS, delete_chunks
+from video2mp3.storage.gridfs_download import RANGE_CHUNKS, ChunkedDownload, delete_chunks
 from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.storage.mongo import VIDEOS_BUCKET, Mongo
 from video2mp3.telemetry import metrics, tracing
@@ -427,6 +430,7 @@ class Tus:
         visible and publish it, then drop the transfer state. Idempotent: a
         gateway that dies halfway leaves it to the next HEAD or PATCH."""
         upload_id = doc["_id"]
+        self._check_declared(doc, size)
         job = self.jobs.finish_upload(upload_id, size, doc["filename"])
         if job is None:
             job = self.jobs.get(upload_id)
@@ -442,6 +446,22 @@ class Tus:
                      extra={"job_id": upload_id, "step": "recorded", "bytes": size})
         self.coll.delete_one({"_id": upload_id})
         return _upload_proto(None, job)
+
+    def _check_declared(self, doc: dict, size: int) -> None:
+        """The complete file may declare its length (formats/durations.py): over
+        a limit per job (413) or the minutes left (429), the upload is deleted
+        with everything written and its last PATCH refused (gateway/quotas.py)."""
+        quotas = self.uploads.quotas
+        job = self.jobs.get(doc["_id"]) if quotas is not None else None
+        if quotas is None or job is None:
+            return
+        with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, doc["video_fid"]) as f:
+            seconds = durations.of_file(cast(BinaryIO, f), size)
+        try:
+            quotas.check(Caller(job.user_id, job.user_email)).declared(seconds, job.options)
+        except ServiceError:
+            self._delete(doc)
+            raise
 
     # ------------------------------------------------------------ DELETE
 

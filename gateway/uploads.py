@@ -332,9 +332,9 @@ class _Checked:
         self.check.bytes_in(size)
         self.tail = data[-durations.TAIL_BYTES:] if len(data) >= durations.TAIL_BYTES else \
             (self.tail + data)[-durations.TAIL_BYTES:]
-        if len(self.head) < container_sniff.SNIFF_BYTES:
-            self.head += data[:container_sniff.SNIFF_BYTES - len(self.head)]
-            if len(self.head) >= container_sniff.SNIFF_BYTES:
+        if len(self.head) < durations.HEAD_BYTES:
+            self.head += data[:durations.HEAD_BYTES - len(self.head)]
+            if len(self.head) >= durations.HEAD_BYTES:
                 self.check.head(self.head, self.options)
 
     def end(self) -> None:

@@ -19,22 +19,11 @@ import pytest
 from testkit import prom
 from testkit.clients import RestClient, unique_email
 from testkit.faults import user_client
-from testkit.media import make_media
+from testkit.media import make_media, make_silence_ogg
 from testkit.status import details, rest_details
 
 MAX_AUDIO_S = 60
 CLI = str(Path(sys.executable).with_name("video2mp3"))
-
-
-def silence_ogg(path: Path, hours: float) -> Path:
-    """Low-bitrate Opus silence in Ogg: one minute encoded, then repeated by
-    stream copy, so 20 hours take seconds to make (~18 MB)."""
-    one = path.with_name("one-minute.ogg")
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "60",
-                    "-c:a", "libopus", "-b:a", "6k", "-frame_duration", "120", str(one)], check=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(round(hours * 60) - 1), "-i", str(one),
-                    "-c", "copy", str(path)], check=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def media(tmp_path_factory):
         "long_adts": make_media(d / "long.aac", container="adts", video_codec=None, duration=90,
                                 sample_rate=8000, layout="mono"),
         "adts_50s": make_media(d / "a50.aac", container="adts", video_codec=None, duration=50, sample_rate=44100),
-        "ogg_20h": silence_ogg(d / "silence-20h.ogg", hours=20),
+        "ogg_20h": make_silence_ogg(d / "silence-20h.ogg", hours=20),
     }
 
 
@@ -91,6 +80,16 @@ def test_declared_duration_over_the_limit_is_refused_at_upload(limited, media, s
         body = refused(client.upload(media[name]), 413, "AUDIO_TOO_LONG", retry=False)
         assert "MAX_AUDIO_DURATION_S" in body["message"], body
         assert "1 min" in body["message"], body
+    # A resumable (tus) upload: its last PATCH is refused, and the upload is gone.
+    data = Path(media["long_wav"]).read_bytes()
+    tus = {**client.headers(), "Tus-Resumable": "1.0.0"}
+    r = client.s.post(f"{client.base}/v1/uploads", headers={**tus, "Upload-Length": str(len(data))}, timeout=30)
+    assert r.status_code == 201, r.text
+    url = f"{client.base}{r.headers['Location']}"
+    r = client.s.patch(url, data=data, timeout=60, headers={
+        **tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    refused(r, 413, "AUDIO_TOO_LONG", retry=False)
+    assert client.s.head(url, headers=tus, timeout=30).status_code == 404
     nothing_kept(store.db, client)
     # The same over gRPC: RESOURCE_EXHAUSTED.
     grpc_client = user_client(limited, limited.envoy_addr)

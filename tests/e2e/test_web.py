@@ -17,7 +17,7 @@ import requests
 
 import testkit
 from localmesh.processes import wait_for
-from testkit.media import analyse_mp3, audio_duration, make_media, make_text_file
+from testkit.media import analyse_mp3, audio_duration, make_media, make_silence_ogg, make_text_file
 
 ROOT = testkit.ROOT
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -350,6 +350,28 @@ def test_a_text_file_fails_with_its_reason_shown(web, mesh, tmp_path):
     assert row.locator(".job-status").text_content() == f"Conversion failed: {job['error']}"
     assert row.locator("audio").count() == 0
     p.shot("09-failed")
+
+
+def test_usage_and_a_limit_are_shown(web, videos, tmp_path):
+    """The usage line under the drop zone, before and after a conversion;
+    the 20-hour file's refusal names the limit per job (3 hours)."""
+    p = web()
+    p.sign_up()
+    usage = p.page.locator("#usage")
+    wait_for("the usage line", lambda: "stored" in (usage.text_content() or ""), timeout=20)
+    assert usage.text_content() == ("0 bytes of 5.0 GB stored · 0 min of 10 h converted in the last 24 hours · "
+                                    "at most 3 h of audio per file")
+    p.drop(videos[:1])
+    assert p.wait_state(videos[0].name, "JOB_STATE_DONE", "JOB_STATE_FAILED") == "JOB_STATE_DONE"
+    wait_for("the MP3 to count", lambda: not (usage.text_content() or "").startswith("0 bytes"), timeout=20)
+    assert re.match(r"\d+(\.\d)? KB of 5\.0 GB stored", usage.text_content() or ""), usage.text_content()
+    long = make_silence_ogg(tmp_path / "long.ogg", hours=20)
+    p.page.set_input_files("#file-input", str(long))
+    p.wait_state("long.ogg", "ERROR", timeout=60)
+    status = p.row("long.ogg").locator(".job-status").text_content() or ""
+    assert status.startswith("The audio is too long: the file declares 20 h"), status
+    assert "3 h (MAX_AUDIO_DURATION_S)" in status, status
+    p.shot("15-usage-and-limit")
 
 
 def test_a_hostile_file_name_is_shown_as_text(web, videos):
