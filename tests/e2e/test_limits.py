@@ -155,6 +155,11 @@ def test_minutes_quota(limited, media):
     assert usage["max_audio_minutes_per_job"] == 1, usage
     scrape = prom.scrape(limited.metrics_urls["gateway"])
     assert scrape.value("video2mp3_limit_refusals_total", kind="minutes_quota", where="upload") >= 1
+    # Back to the defaults: the next upload fits again.
+    r = subprocess.run([sys.executable, "-m", "video2mp3.gateway", "quota", "reset", email],
+                       env=limited.env, capture_output=True, text=True, timeout=60)
+    assert "600 min per 24 h (the defaults)" in r.stdout, r.stdout + r.stderr
+    assert client.upload(media["wav_20s"]).status_code == 200
 
 
 def test_storage_quota(limited, media, store):
@@ -184,7 +189,7 @@ def test_storage_quota(limited, media, store):
     assert r.status_code == 200, r.text
 
 
-def test_cli_usage(limited, tmp_path):
+def test_cli_usage(limited, media, tmp_path):
     env = {**os.environ, "VIDEO2MP3_SERVER": limited.envoy_addr, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     email = unique_email("cliusage")
     run = lambda *a, stdin="": subprocess.run([CLI, *a], env=env, input=stdin, capture_output=True,  # noqa: E731
@@ -196,6 +201,12 @@ def test_cli_usage(limited, tmp_path):
     assert "storage: 0 B of 5.4 GB" in r.stdout, r.stdout
     assert "minutes: 0 min of 600 min per 24 h" in r.stdout, r.stdout
     assert "at most 1 min of audio" in r.stdout, r.stdout
+    # A refusal's message reaches the user as the server wrote it.
+    r = run("convert", media["long_wav"], "-o", str(tmp_path / "out"))
+    assert r.returncode != 0, r.stdout
+    said = r.stdout + r.stderr  # convert reports each file on its own line
+    assert "the audio is too long: the file declares 1 min 30 s" in said, said
+    assert "(MAX_AUDIO_DURATION_S)" in said, said
 
 
 def test_twenty_hours_refused_with_the_defaults(mesh, media):
