@@ -3,7 +3,8 @@ the job and publish it.
 
 Nothing is half-kept: any failure before the job is recorded (bad options,
 empty body, size limit, client cancel, storage error, the store's disk nearly
-full: gateway/storage_space.py) aborts the GridFS upload,
+full: gateway/storage_space.py, a limit per job or a quota of the caller:
+gateway/quotas.py) aborts the GridFS upload,
 which deletes its chunks; chunks a killed gateway could not delete are removed
 later by gateway/janitor.py. Memory holds a few MB per upload, whatever its size
 (storage/gridfs_upload.py). An upload with a request_id reserves it before

@@ -156,9 +156,9 @@ def test_minutes_quota(limited, media):
     scrape = prom.scrape(limited.metrics_urls["gateway"])
     assert scrape.value("video2mp3_limit_refusals_total", kind="minutes_quota", where="upload") >= 1
     # Back to the defaults: the next upload fits again.
-    r = subprocess.run([sys.executable, "-m", "video2mp3.gateway", "quota", "reset", email],
-                       env=limited.env, capture_output=True, text=True, timeout=60)
-    assert "600 min per 24 h (the defaults)" in r.stdout, r.stdout + r.stderr
+    reset = subprocess.run([sys.executable, "-m", "video2mp3.gateway", "quota", "reset", email],
+                           env=limited.env, capture_output=True, text=True, timeout=60)
+    assert "600 min per 24 h (the defaults)" in reset.stdout, reset.stdout + reset.stderr
     assert client.upload(media["wav_20s"]).status_code == 200
 
 
