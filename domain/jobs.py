@@ -325,12 +325,15 @@ class JobStore:
         self.c.update_many({"_id": {"$in": job_ids}, "uploading": True},
                            {"$set": {"upload_touched": now()}})
 
-    def finish_upload(self, job_id: str, video_size: int, filename: str) -> Job | None:
+    def finish_upload(self, job_id: str, video_size: int, filename: str,
+                      declared_seconds: float | None = None) -> Job | None:
         """The upload ended (its file is complete): the job becomes visible, as it is
-        now (QUEUED, PROCESSING or even DONE). None if it was deleted meanwhile."""
+        now (QUEUED, PROCESSING or even DONE). None if it was deleted meanwhile.
+        `declared_seconds`: the audio its file declares, if it does (gateway/quotas.py)."""
+        declared = {"declared_seconds": float(declared_seconds)} if declared_seconds else {}
         return _job(self.c.find_one_and_update(
             {"_id": job_id, "uploading": True, **LIVE},
-            {"$set": {"video_size": video_size, "filename": filename, "update_time": now()},
+            {"$set": {"video_size": video_size, "filename": filename, "update_time": now(), **declared},
              "$unset": {"uploading": "", "upload_touched": "", "tus": ""}},
             return_document=pymongo.ReturnDocument.AFTER))
 

@@ -430,8 +430,8 @@ class Tus:
         visible and publish it, then drop the transfer state. Idempotent: a
         gateway that dies halfway leaves it to the next HEAD or PATCH."""
         upload_id = doc["_id"]
-        self._check_declared(doc, size)
-        job = self.jobs.finish_upload(upload_id, size, doc["filename"])
+        declared = self._check_declared(doc, size)
+        job = self.jobs.finish_upload(upload_id, size, doc["filename"], declared)
         if job is None:
             job = self.jobs.get(upload_id)
             if job is None or job.deleted:  # terminated or its account deleted meanwhile
@@ -447,14 +447,15 @@ class Tus:
         self.coll.delete_one({"_id": upload_id})
         return _upload_proto(None, job)
 
-    def _check_declared(self, doc: dict, size: int) -> None:
+    def _check_declared(self, doc: dict, size: int) -> float | None:
         """The complete file may declare its length (formats/durations.py): over
         a limit per job (413) or the minutes left (429), the upload is deleted
-        with everything written and its last PATCH refused (gateway/quotas.py)."""
+        with everything written and its last PATCH refused (gateway/quotas.py).
+        Returns the seconds declared, if any."""
         quotas = self.uploads.quotas
         job = self.jobs.get(doc["_id"]) if quotas is not None else None
         if quotas is None or job is None:
-            return
+            return None
         with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, doc["video_fid"]) as f:
             seconds = durations.of_file(cast(BinaryIO, f), size)
         try:
@@ -462,6 +463,7 @@ class Tus:
         except ServiceError:
             self._delete(doc)
             raise
+        return seconds
 
     # ------------------------------------------------------------ DELETE
 

@@ -130,7 +130,7 @@ class Uploads:
             raise
         filename = stream.filename
         if early:
-            job = self._finish_early(early[0], size, filename, video_fid)
+            job = self._finish_early(early[0], size, filename, video_fid, check.declared_s if check else None)
         else:
             job = self._record(job_id, caller, filename, video_fid, size, options, request_id,
                                check.declared_s if check else None)
@@ -167,10 +167,12 @@ class Uploads:
             self._delete_quietly(video_fid)
             raise
 
-    def _finish_early(self, job: jobs.Job, size: int, filename: str, video_fid: ObjectId) -> jobs.Job:
-        """The upload of a job created early ended: show the job, as it is now."""
+    def _finish_early(self, job: jobs.Job, size: int, filename: str, video_fid: ObjectId,
+                      declared_s: float | None) -> jobs.Job:
+        """The upload of a job created early ended: show the job, as it is now
+        (with the minutes it declares, which count until it is converted)."""
         try:
-            done = self.early.finish(job, size, filename)
+            done = self.early.finish(job, size, filename, declared_s)
         except pymongo.errors.PyMongoError:
             self.early.abort(job)
             self._delete_quietly(video_fid)

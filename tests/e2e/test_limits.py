@@ -216,3 +216,19 @@ def test_twenty_hours_refused_with_the_defaults(mesh, media):
     assert "20 h" in body["message"], body
     assert "3 h" in body["message"], body
     assert client.get("/v1/jobs").json().get("jobs", []) == []
+
+
+def test_minutes_declared_by_jobs_waiting_count(module_mesh_factory, media):
+    """No converter: what queued jobs declare counts, so a burst cannot overshoot the quota."""
+    stack = module_mesh_factory(services=("auth", "gateway", "envoy"))
+    client = RestClient(stack.rest_base_url)
+    email = client.sign_up_and_login(unique_email("pending"))
+    set_quota(stack, email, "--minutes-per-day", "1")
+    r = client.upload(media["wav_50s"])  # a WAV streams in: its job was made early
+    assert r.status_code == 200, r.text
+    body = refused(client.upload(media["wav_20s"]), 429, "QUOTA_EXCEEDED", retry=False)
+    assert "jobs waiting declare 50 s more" in body["message"], body
+    assert "once the jobs waiting are converted" in body["message"], body
+    usage = client.get("/v1/usage").json()
+    assert usage["minutes_used"] == 0, usage
+    assert 0.8 < usage["minutes_pending"] < 0.9, usage
