@@ -351,6 +351,33 @@ def _when(t: dt.datetime) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
+@command(main, help="Show your usage against your quotas (storage, audio minutes per 24 hours) and the limits "
+                    "per job.")
+def usage(ctx: Context) -> None:
+    session = ctx.session
+    u = session.media.GetUsage(media_pb2.GetUsageRequest(), metadata=session.metadata, timeout=30)
+
+    def of(used: str, limit: float, limit_text: str) -> str:
+        return f"{used} of {limit_text}" if limit else f"{used} (no limit)"
+
+    def frees(field: str, what: str) -> str:
+        return f"; {what} {_when(getattr(u, field).ToDatetime(dt.UTC))}" if u.HasField(field) else ""
+
+    minutes = f"{u.minutes_used:g} min"
+    if u.minutes_pending:
+        minutes += f" (+{u.minutes_pending:g} min waiting)"
+    rows = [
+        ("storage", of(conv.human_bytes(u.storage_used_bytes), u.storage_limit_bytes,
+                       conv.human_bytes(u.storage_limit_bytes)) + frees("storage_free_time", "first MP3 expires")),
+        ("minutes", of(minutes, u.minutes_limit, f"{u.minutes_limit:g} min per 24 h")
+         + frees("minutes_free_time", "oldest leave the window")),
+        ("per job", f"at most {u.max_audio_minutes_per_job:g} min of audio, "
+                    f"an MP3 of at most {conv.human_bytes(u.max_mp3_bytes_per_job)}"),
+    ]
+    for name, text in rows:
+        ctx.echo(f"{name + ':':<9}{text}")
+
+
 @command(main, help="Delete a job, its video and its MP3 (a running conversion is cancelled).")
 @click.argument("job_id", metavar="JOB")
 def delete(ctx: Context, job_id: str) -> None:

@@ -6,6 +6,7 @@ import os
 from typing import Literal
 
 from video2mp3.core.settings import MongoSettings, RabbitSettings, group, setting
+from video2mp3.domain.limits import JobLimits
 from video2mp3.domain.retention import RetentionSettings
 
 CPUS = os.cpu_count() or 1
@@ -17,6 +18,8 @@ class ConverterConfig:
     rabbit: RabbitSettings = group(RabbitSettings)
     # Only VIDEO_RETENTION matters here: 0 deletes the video as the job ends.
     retention: RetentionSettings = group(RetentionSettings)
+    # Enforced while decoding (converter/transcode.py), whatever the file declares.
+    limits: JobLimits = group(JobLimits)
     # As asked; `workers` is what runs (0 or less means 1).
     requested_workers: int = setting("CONVERTER_WORKERS", CPUS, shown_default="number of CPUs", help=(
         "worker processes, each taking one task at a time (prefetch 1); also the most cores conversions use "

@@ -50,7 +50,7 @@ from video2mp3.converter.policy import (
     StorageUnavailable,
     UploadStalled,
 )
-from video2mp3.converter.transcode import ConversionError, TranscodeResult, transcode
+from video2mp3.converter.transcode import ConversionError, LimitExceeded, TranscodeResult, transcode
 from video2mp3.converter.video_source import VideoSource
 from video2mp3.domain import jobs, mp3_files, retention
 from video2mp3.storage.gridfs_growing import GrowingDownload
@@ -178,8 +178,14 @@ class Task:
                         result = transcode(cast(BinaryIO, video.stream), mp3, self.job.options,
                                            filename=self.job.filename, on_progress=self.on_progress,
                                            overlap=self.overlap, encoders=self._encoders(), split_while=self.alone,
-                                           picture=picture, open_part=self.open_part)
+                                           picture=picture, open_part=self.open_part,
+                                           limits=self.cfg.limits)
                     break
+                except LimitExceeded:
+                    if growing:  # its video is complete before the job fails, so that it can go too
+                        assert isinstance(video.stream, GrowingDownload)
+                        video.stream.wait_until_complete()
+                    raise
                 except ConversionError as e:
                     if not growing:
                         raise
@@ -247,7 +253,11 @@ class Task:
     def finish_job(self, result: TranscodeResult) -> Outcome:
         """DONE with this attempt's MP3, if the lease is still ours; else another
         attempt finished it, and this MP3 goes."""
-        if not self.jobs.finish_done(self.job_id, self.mp3_fid, result.bytes_written, self.files(result)):
+        # Counted before DONE, once per job (an upsert): a crash in between
+        # cannot hand minutes back (domain/usage.py).
+        self.worker.minutes.record(self.job_id, self.job.user_id, result.duration_seconds)
+        if not self.jobs.finish_done(self.job_id, self.mp3_fid, result.bytes_written, self.files(result),
+                                     result.duration_seconds):
             outcome = self._end(policy.SUPERSEDED)
             self.mp3s.discard(self.job_id, self.mp3_fid)
             self._discard_parts()
@@ -268,9 +278,13 @@ class Task:
         return outcome
 
     def fail_job(self, error: ConversionError) -> Outcome:
-        """The video cannot be converted: the job ends FAILED, saying why (its MP3 is gone already)."""
+        """The video cannot be converted: the job ends FAILED, saying why (its MP3 is gone already).
+        One over a limit per job keeps nothing: its video goes now, whatever VIDEO_RETENTION says."""
+        over_limit = isinstance(error, LimitExceeded)
+        if isinstance(error, LimitExceeded):
+            metrics.LIMIT_REFUSALS.labels(error.kind, "conversion").inc()
         if self.jobs.finish_failed(self.job_id, str(error)):
-            retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention)
+            retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention, keep=not over_limit)
         tracing.fail(self.span, str(error))
         return self._end(policy.FAILED, error)
 

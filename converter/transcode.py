@@ -27,6 +27,9 @@ from video2mp3.converter.info_frame import DECODER_DELAY, LAME_ENCODER_DELAY, In
 from video2mp3.converter.mp3out import Mp3Output
 from video2mp3.converter.split_encode import SerialEncoder, SplitEncoder, worth_splitting
 from video2mp3.core.background import InlineWriter, WriteBehind, run_ahead
+from video2mp3.domain import limits as job_limits
+from video2mp3.domain import mp3_options
+from video2mp3.domain.limits import JobLimits
 from video2mp3.formats import containers, mpeg_audio
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,38 @@ class ConversionError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class LimitExceeded(ConversionError):
+    """The job breaks a limit per job (domain/limits.py); `kind` names it for
+    the metrics: "audio_duration" or "mp3_size"."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+class _Budget:
+    """Enforces JobLimits while converting: the declared duration before
+    decoding, then the audio decoded and the MP3 bytes written, whatever the
+    file declared (a container may declare nothing, or lie)."""
+
+    def __init__(self, limits: JobLimits | None) -> None:
+        self.limits = limits
+
+    def declared(self, seconds: float | None) -> None:
+        if self.limits and seconds and seconds > self.limits.max_audio_s:
+            raise LimitExceeded(job_limits.too_long(seconds, self.limits, declared=True), "audio_duration")
+
+    def seconds(self, seconds: float) -> None:
+        if self.limits and seconds > self.limits.max_audio_s:
+            raise LimitExceeded(job_limits.too_long(self.limits.max_audio_s, self.limits, declared=False),
+                                "audio_duration")
+
+    def bytes(self, n: int) -> None:
+        if self.limits and n > self.limits.max_mp3_bytes:
+            raise LimitExceeded(job_limits.too_big(self.limits.max_mp3_bytes, self.limits, estimated=False),
+                                "mp3_size")
 
 
 @dataclass(frozen=True)
@@ -89,7 +124,7 @@ def transcode(src: Source, dst, options, filename: str = "",
               encoder: str | None = None, overlap: bool = True,
               encoders: int = 1, split_while: Callable[[], bool] | None = None,
               copy_mp3: bool = True, picture: tuple[str, bytes] | None = None,
-              open_part: Callable[[int], Any] | None = None) -> TranscodeResult:
+              open_part: Callable[[int], Any] | None = None, limits: JobLimits | None = None) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
@@ -124,6 +159,10 @@ def transcode(src: Source, dst, options, filename: str = "",
         sample-exact (LAME's delay and padding in its own info frame), so
         their lengths add up to the whole. The result's `parts` say what each
         got, with its own header patch.
+    limits: the limits per job (domain/limits.py): a declared duration over
+        the limit fails before anything is decoded; decoding more audio or
+        writing more MP3 than allowed fails as soon as it happens
+        (LimitExceeded, a ConversionError). None: no limits.
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -158,16 +197,18 @@ def transcode(src: Source, dst, options, filename: str = "",
                                  options.end_ms if options.HasField("end_ms") else None)
         tag = id3.build_id3v2(tags, picture, chapters)
         progress = _Progress(on_progress, stream)
+        budget = _Budget(limits)
+        budget.declared(mp3_options.output_seconds(_declared_duration(stream), options))
         try:
             if options.split_chapters and len(chapters) > 1 and open_part is not None:
                 parts = _PartTags(tags, picture, chapters)
                 result = _encode_parts(container, stream, dst, open_part, options, parts, progress, encoder,
-                                       overlap, _can_seek(src), gain)
+                                       overlap, _can_seek(src), gain, budget)
             elif copy_mp3 and _is_copyable_mp3(stream, options):
-                result = _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap)
+                result = _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap, budget)
             else:
                 result = _encode_mp3(container, stream, dst, options, tag, tags, progress, encoder, overlap,
-                                     encoders, split_while, _can_seek(src), gain)
+                                     encoders, split_while, _can_seek(src), gain, budget)
         except av.FFmpegError as e:
             raise ConversionError("the file is truncated or corrupt") from e
         except trim.SeekFailed:
@@ -429,7 +470,9 @@ def _settings(options, stream) -> opts.Mp3Settings:
 
 
 def _encode_mp3(container, stream, dst, options, tag, tags, progress, backend, overlap,
-                encoders, split_while, seekable=True, gain: loudness.Plan | None = None) -> TranscodeResult:
+                encoders, split_while, seekable=True, gain: loudness.Plan | None = None,
+                budget: _Budget | None = None) -> TranscodeResult:
+    budget = budget or _Budget(None)
     source_rate = stream.codec_context.sample_rate
     settings = _settings(options, stream)
 
@@ -462,6 +505,8 @@ def _encode_mp3(container, stream, dst, options, tag, tags, progress, backend, o
     try:
         for planes, count, fraction, last in batches:
             samples += count
+            budget.seconds(samples / settings.sample_rate)
+            budget.bytes(out.bytes_written)
             if last:
                 pcm.check(stream)
             else:
@@ -476,6 +521,7 @@ def _encode_mp3(container, stream, dst, options, tag, tags, progress, backend, o
         batches.close()  # now, not at garbage collection: the decoder thread
         # must be done with the container before the caller closes it
     writer.close()
+    budget.bytes(out.bytes_written)
     joins, fallbacks = (sink.joins, sink.fallbacks) if isinstance(sink, SplitEncoder) else (0, 0)
 
     # LAME puts `delay` samples before the audio and pads the last frame.
@@ -514,7 +560,9 @@ class _PartTags:
 
 
 def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, progress, backend,
-                  overlap: bool, seekable: bool = True, gain: loudness.Plan | None = None) -> TranscodeResult:
+                  overlap: bool, seekable: bool = True, gain: loudness.Plan | None = None,
+                  budget: _Budget | None = None) -> TranscodeResult:
+    budget = budget or _Budget(None)
     """One MP3 per chapter, each from its own LAME encoder (so each has its
     own delay and padding: sample-exact), cut at the chapter starts in
     output samples. One encoder at a time (a part starts where the previous
@@ -557,6 +605,8 @@ def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, p
             rest = count - offset
             part.encode(tuple(p[offset * unit:] for p in planes) if offset else planes, rest)
             total += rest
+            budget.seconds(total / settings.sample_rate)
+            budget.bytes(sum(p.bytes_written for p in parts) + part.out.bytes_written)
         parts.append(part.finish(tags.title(part.track), settings.sample_rate))
     except BaseException:
         part.abort()
@@ -717,7 +767,7 @@ def _is_copyable_mp3(stream, options) -> bool:
     return not opts.asks_for_change(options, cc.sample_rate, channels, (cc.bit_rate or 0) // 1000)
 
 
-def _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap) -> TranscodeResult:
+def _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap, budget: _Budget) -> TranscodeResult:
     """Write the source's MP3 frames unchanged, under a new ID3 tag and info frame."""
     cc = stream.codec_context
     source_tag = _source_lame_tag(src) if container.format.name == "mp3" else None
@@ -730,7 +780,7 @@ def _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap) -> Tran
     writer = _writer(out.write, overlap)
     first_pts = None
     batch: list[bytes] = []
-    size = 0
+    size = total_bytes = 0
     try:
         for packet in container.demux(stream):
             if packet.size == 0:
@@ -740,9 +790,14 @@ def _copy_mp3(src, container, stream, dst, tag, tags, progress, overlap) -> Tran
             batch.append(bytes(packet))
             size += packet.size
             if size >= COPY_BATCH_BYTES:  # one write per batch, not per 400-byte frame
+                total_bytes += size
+                budget.bytes(total_bytes)
+                if packet.pts is not None and first_pts is not None:
+                    budget.seconds(float((packet.pts - first_pts) * stream.time_base))
                 writer.write(b"".join(batch))
                 batch, size = [], 0
                 progress.frame(packet)
+        budget.bytes(total_bytes + size)
         writer.write(b"".join(batch))
     except BaseException:
         writer.abort()

@@ -36,6 +36,7 @@ from video2mp3.core import request_id
 from video2mp3.core.process import die_with_parent
 from video2mp3.domain import jobs, retention
 from video2mp3.domain.queue import MAX_DELIVERIES, decode_task
+from video2mp3.domain.usage import MinutesLedger
 from video2mp3.storage.mongo import Mongo
 from video2mp3.telemetry import metrics
 
@@ -85,6 +86,7 @@ class Worker:
         self.mongo = mongo
         self.jobs = jobs.JobStore(mongo.jobs)
         self.mp3s = Mp3Store(mongo, self.jobs)
+        self.minutes = MinutesLedger(mongo.db)
         self.stopping = stopping
         self.cancel = cancel
         self.busy, self.slot = busy, slot

@@ -92,6 +92,10 @@ class Reason(enum.StrEnum):
     TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
     STORAGE_FULL = "STORAGE_FULL"
+    # Limits per job and quotas per user (domain/limits.py, gateway/quotas.py).
+    AUDIO_TOO_LONG = "AUDIO_TOO_LONG"
+    MP3_TOO_LARGE = "MP3_TOO_LARGE"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     # The gateway could not ask auth whether the caller's user still exists.
     AUTH_UNAVAILABLE = "AUTH_UNAVAILABLE"
     # resumable uploads (tus: gateway/tus.py)

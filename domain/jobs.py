@@ -8,7 +8,10 @@ Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, mp3_files, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
-trace, uploading, upload_touched, tus, notify, pending_events}.
+trace, uploading, upload_touched, tus, notify, pending_events, audio_seconds,
+declared_seconds}: `audio_seconds` is the MP3's length once DONE, `declared_seconds`
+what the upload's container declared (gateway/quotas.py counts it for jobs not
+converted yet).
 
 A streamable upload's job is created as its first bytes arrive, so that it is
 converted while the rest arrives (gateway/early_jobs.py): until the upload
@@ -223,7 +226,8 @@ class JobStore:
     def create(self, *, job_id: str, user_id: str, user_email: str, filename: str,
                video_fid: ObjectId, video_size: int,
                options: media_pb2.ConversionOptions, request_id: str = "",
-               trace: dict | None = None, uploading: bool = False, tus: bool = False) -> Job:
+               trace: dict | None = None, uploading: bool = False, tus: bool = False,
+               declared_seconds: float | None = None) -> Job:
         """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`.
         `uploading`: a hidden job whose upload goes on (see the module doc);
         `tus`: and that upload is resumable (gateway/tus.py)."""
@@ -256,6 +260,8 @@ class JobStore:
             doc.update(uploading=True, upload_touched=t)
         if tus:
             doc.update(tus=True)
+        if declared_seconds:
+            doc.update(declared_seconds=float(declared_seconds))
         self.c.insert_one(doc)
         return Job.from_doc(doc)
 
@@ -345,12 +351,15 @@ class JobStore:
         self.c.update_many({"_id": {"$in": job_ids}, "uploading": True},
                            {"$set": {"upload_touched": now()}})
 
-    def finish_upload(self, job_id: str, video_size: int, filename: str) -> Job | None:
+    def finish_upload(self, job_id: str, video_size: int, filename: str,
+                      declared_seconds: float | None = None) -> Job | None:
         """The upload ended (its file is complete): the job becomes visible, as it is
-        now (QUEUED, PROCESSING or even DONE). None if it was deleted meanwhile."""
+        now (QUEUED, PROCESSING or even DONE). None if it was deleted meanwhile.
+        `declared_seconds`: the audio its file declares, if it does (gateway/quotas.py)."""
+        declared = {"declared_seconds": float(declared_seconds)} if declared_seconds else {}
         return _job(self.c.find_one_and_update(
             {"_id": job_id, "uploading": True, **LIVE},
-            {"$set": {"video_size": video_size, "filename": filename, "update_time": now()},
+            {"$set": {"video_size": video_size, "filename": filename, "update_time": now(), **declared},
              "$unset": {"uploading": "", "upload_touched": "", "tus": ""}},
             return_document=pymongo.ReturnDocument.AFTER))
 
@@ -443,7 +452,7 @@ class JobStore:
         return r.matched_count == 1
 
     def finish_done(self, job_id: str, mp3_fid: ObjectId, mp3_size: int,
-                    files: tuple[Mp3File, ...] = ()) -> bool:
+                    files: tuple[Mp3File, ...] = (), audio_seconds: float = 0.0) -> bool:
         """True if this attempt's MP3 became the job's; False if the job is final
         already or another attempt took it over. `files`: every MP3 written
         (the first is `mp3_fid`), mp3_size their total."""
@@ -453,7 +462,8 @@ class JobStore:
             {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
             {"$set": {"state": DONE, "progress": 100, "mp3_fid": mp3_fid,
                       "mp3_files": [f.to_doc() for f in files],
-                      "mp3_size": mp3_size, "error": "", "update_time": t, "complete_time": t,
+                      "mp3_size": mp3_size, "audio_seconds": float(audio_seconds), "error": "",
+                      "update_time": t, "complete_time": t,
                       "lease_until": None, **NOTIFY},
              **_event("job.done"),
              "$pullAll": {"pending_mp3_fids": fids}},

@@ -94,3 +94,15 @@ def with_defaults(options) -> media_pb2.ConversionOptions:
     into.cover_art = options.cover_art
     into.split_chapters = options.split_chapters
     return into
+
+
+def output_seconds(declared: float | None, options) -> float | None:
+    """How long the MP3 will be, given the seconds of audio the source
+    declares (None: unknown): a trim only shortens it, and with an end_ms
+    it is bounded even when the source declares nothing. The limits per job
+    and the minutes quota count this, not the source's length."""
+    start = options.start_ms / 1000 if options.HasField("start_ms") else 0.0
+    end = options.end_ms / 1000 if options.HasField("end_ms") else None
+    if declared is None:
+        return None if end is None else end - start
+    return max(0.0, (declared if end is None else min(declared, end)) - start)

@@ -122,12 +122,15 @@ def delete_job(mongo: Mongo, store: jobs.JobStore, job: jobs.Job) -> None:
     store.purge(job.id)
 
 
-def after_final(mongo: Mongo, store: jobs.JobStore, job_id: str, s: RetentionSettings) -> None:
+def after_final(mongo: Mongo, store: jobs.JobStore, job_id: str, s: RetentionSettings,
+                keep: bool = True) -> None:
     """Called by the converter once a job is DONE or FAILED: the video goes
-    now unless VIDEO_RETENTION keeps it (then the sweep deletes it later).
-    Best effort: the job's outcome is recorded already, and a video this
-    misses (MongoDB down a moment) is the sweep's."""
-    if s.video_s > 0:
+    now unless VIDEO_RETENTION keeps it (then the sweep deletes it later);
+    `keep=False` deletes it now whatever VIDEO_RETENTION says (a job over a
+    limit per job keeps nothing: domain/limits.py). Best effort: the job's
+    outcome is recorded already, and a video this misses (MongoDB down a
+    moment) is the sweep's."""
+    if s.video_s > 0 and keep:
         return
     try:
         job = store.get(job_id)

@@ -1,7 +1,9 @@
-"""Runs the gateway: `python -m video2mp3.gateway`."""
+"""Runs the gateway: `python -m video2mp3.gateway`; `python -m video2mp3.gateway quota ...`
+runs the admin command of quotas per user (gateway/cli.py)."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import grpc
 import pymongo.errors
@@ -13,6 +15,7 @@ from video2mp3.core.periodic import Periodic
 from video2mp3.core.settings import load
 from video2mp3.domain import jobs, retention
 from video2mp3.domain.queue import Publisher
+from video2mp3.domain.usage import WINDOW
 from video2mp3.gateway import early_jobs
 from video2mp3.gateway import stats as job_stats
 from video2mp3.gateway.api_keys import ApiKeyCheck, grpc_get_credential
@@ -21,6 +24,7 @@ from video2mp3.gateway.config import GatewayConfig
 from video2mp3.gateway.janitor import OrphanChunkJanitor
 from video2mp3.gateway.jwks import JwksCache, auth_channel, grpc_fetcher
 from video2mp3.gateway.outbox import Outbox
+from video2mp3.gateway.quotas import Quotas
 from video2mp3.gateway.service import MediaService
 from video2mp3.gateway.storage_space import StorageSpace
 from video2mp3.gateway.tus import Tus
@@ -66,7 +70,9 @@ def main() -> None:
     publisher = Publisher(cfg.rabbit)
     # Uploads are refused (507) before the store's disk fills (gateway/storage_space.py).
     space = StorageSpace(mongo.db, data_dir=cfg.mongo.data_dir, reserve_bytes=cfg.storage_reserve_bytes)
-    uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space)
+    quotas = Quotas(mongo.db, job_store, cfg.quotas, cfg.limits, cfg.retention)
+    uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space,
+                      quotas)
 
     health = grpc_server.new_health()
     to_auth = auth_channel(cfg.auth.addr)
@@ -80,7 +86,7 @@ def main() -> None:
     tus = Tus(mongo, job_store, uploads, expiry_s=cfg.upload_expiry_s)
     webhooks = Webhooks(mongo.db, cfg.webhooks)
     service = MediaService(mongo, job_store, uploads, monitor, hub, cfg.retention, users, tus=tus,
-                           webhooks=webhooks)
+                           webhooks=webhooks, quotas=quotas)
     server, _ = grpc_server.build_server(
         [grpc_server.Service(service, media_pb2_grpc.add_MediaServiceServicer_to_server, SERVICE_NAME)],
         cfg.port,
@@ -102,6 +108,7 @@ def main() -> None:
         job_store.ensure_indexes()
         tus.ensure_indexes()
         webhooks.ensure_indexes()
+        quotas.ensure_indexes()
     except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
         log.warning("could not create job indexes now: %s", e)
     outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
@@ -128,6 +135,7 @@ def main() -> None:
         uploads.request_ids.sweep()
         tus.sweep_expired()
         dispatcher.sweep()
+        quotas.ledger.prune(jobs.now() - WINDOW)
 
     sweeper = Periodic("retention-sweep", cfg.retention.sweep_interval_s, sweep,
                        errors=(pymongo.errors.PyMongoError,)).start()
@@ -151,4 +159,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        from video2mp3.gateway import cli
+
+        sys.exit(cli.main(sys.argv[1:]))
     main()

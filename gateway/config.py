@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 
 from video2mp3.core.settings import AuthEndpoint, MongoSettings, RabbitSettings, group, setting
+from video2mp3.domain.limits import JobLimits
 from video2mp3.domain.retention import RetentionSettings
+from video2mp3.gateway.quotas import QuotaSettings
 from video2mp3.gateway.webhooks import WebhookSettings
 
 
@@ -59,6 +61,9 @@ class GatewayConfig:
     watch_poll_interval_s: float = setting("WATCH_POLL_INTERVAL_S", 0.5, minimum=0.05, help=(
         "how often the gateway reads every watched job, seconds (one query for all)"))
     retention: RetentionSettings = group(RetentionSettings)
+    # Limits per job (domain/limits.py; the converter enforces them too) and quotas per user (gateway/quotas.py).
+    limits: JobLimits = group(JobLimits)
+    quotas: QuotaSettings = group(QuotaSettings)
     # Webhooks: where deliveries may go, timeouts, retries (gateway/webhooks.py).
     webhooks: WebhookSettings = group(WebhookSettings)
     republish_interval_s: float = setting("REPUBLISH_INTERVAL_S", 5.0, help=(

@@ -108,11 +108,12 @@ class EarlyJobs:
                     stale.id, request_id, extra={"job_id": stale.id})
         return True
 
-    def finish(self, job: jobs.Job, size: int, filename: str) -> jobs.Job | None:
+    def finish(self, job: jobs.Job, size: int, filename: str,
+               declared_seconds: float | None = None) -> jobs.Job | None:
         """The upload's file is complete: the job becomes visible. None if it was
         deleted meanwhile (its account, or the janitor after a long outage)."""
         try:
-            done = self.store.finish_upload(job.id, size, filename)
+            done = self.store.finish_upload(job.id, size, filename, declared_seconds)
         finally:
             self.heartbeat.discard(job.id)
         if done is not None and not done.published:

@@ -17,6 +17,7 @@ from video2mp3.domain import jobs, retention
 from video2mp3.domain.mp3_files import zip_name
 from video2mp3.gateway import validation, zip_download
 from video2mp3.gateway.auth import caller
+from video2mp3.gateway.quotas import Quotas
 from video2mp3.gateway.tus import Tus, tus_errors
 from video2mp3.gateway.uploads import Uploads
 from video2mp3.gateway.user_check import UserCheck
@@ -39,7 +40,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, uploads: Uploads,
                  monitor: DependencyMonitor, watch_hub: WatchHub,
                  retention_settings: retention.RetentionSettings, users: UserCheck,
-                 tus: Tus | None = None, webhooks: Webhooks | None = None):
+                 tus: Tus | None = None, webhooks: Webhooks | None = None, quotas: Quotas | None = None):
         self.mongo = mongo
         self.tus = tus or Tus(mongo, job_store, uploads, expiry_s=86400.0)
         self.webhooks = webhooks or Webhooks(mongo.db, WebhookSettings())
@@ -49,6 +50,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         self.monitor = monitor
         self.watch_hub = watch_hub
         self.retention = retention_settings
+        self.quotas = quotas
 
     def _proto(self, job: jobs.Job) -> media_pb2.Job:
         return jobs.to_proto(job, retention.expire_time(job, self.retention),
@@ -231,6 +233,11 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             status="healthy" if healthy else "unhealthy",
             mongodb=status["mongodb"], rabbitmq=status["rabbitmq"], mysql=status["mysql"],
         )
+
+    def GetUsage(self, request, context):
+        if self.quotas is None:
+            return media_pb2.Usage()
+        return self.quotas.usage(caller(context))
 
 
 def _require_job_id(job_id: str) -> None:

@@ -49,6 +49,7 @@ import email.utils
 import logging
 import time
 import uuid
+from typing import BinaryIO, cast
 
 import pymongo
 import pymongo.errors
@@ -64,11 +65,13 @@ from video2mp3.core.errors import (
     ResourceExhausted,
     ServiceError,
 )
+from video2mp3.core.tokens import Caller
 from video2mp3.domain import jobs, retention
+from video2mp3.formats import durations
 from video2mp3.gateway import container_sniff, validation
 from video2mp3.gateway.uploads import Uploads, _reset_after_end
 from video2mp3.media.v1 import media_pb2
-from video2mp3.storage.gridfs_download import RANGE_CHUNKS, delete_chunks
+from video2mp3.storage.gridfs_download import RANGE_CHUNKS, ChunkedDownload, delete_chunks
 from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.storage.mongo import VIDEOS_BUCKET, Mongo
 from video2mp3.telemetry import metrics, tracing
@@ -250,6 +253,10 @@ class Tus:
         request_id = validation.request_id(first.request_id)
         if self.uploads.space is not None:
             self.uploads.space.check()  # 507 now rather than after the first bytes
+        if self.uploads.quotas is not None:
+            # The whole length must fit in the storage quota (gateway/quotas.py); the
+            # converter enforces the limits per job on what it decodes.
+            self.uploads.quotas.start(caller).bytes_in(length)
         job_id = jobs.new_job_id()
         t = jobs.now()
         doc = {"_id": job_id, "user_id": caller.user_id, "video_fid": ObjectId(), "length": length,
@@ -437,7 +444,8 @@ class Tus:
         visible and publish it, then drop the transfer state. Idempotent: a
         gateway that dies halfway leaves it to the next HEAD or PATCH."""
         upload_id = doc["_id"]
-        job = self.jobs.finish_upload(upload_id, size, doc["filename"])
+        declared = self._check_declared(doc, size)
+        job = self.jobs.finish_upload(upload_id, size, doc["filename"], declared)
         if job is None:
             job = self.jobs.get(upload_id)
             if job is None or job.deleted:  # terminated or its account deleted meanwhile
@@ -452,6 +460,24 @@ class Tus:
                      extra={"job_id": upload_id, "step": "recorded", "bytes": size})
         self.coll.delete_one({"_id": upload_id})
         return _upload_proto(None, job)
+
+    def _check_declared(self, doc: dict, size: int) -> float | None:
+        """The complete file may declare its length (formats/durations.py): over
+        a limit per job (413) or the minutes left (429), the upload is deleted
+        with everything written and its last PATCH refused (gateway/quotas.py).
+        Returns the seconds declared, if any."""
+        quotas = self.uploads.quotas
+        job = self.jobs.get(doc["_id"]) if quotas is not None else None
+        if quotas is None or job is None:
+            return None
+        with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, doc["video_fid"]) as f:
+            seconds = durations.of_file(cast(BinaryIO, f), size)
+        try:
+            quotas.check(Caller(job.user_id, job.user_email)).declared(seconds, job.options)
+        except ServiceError:
+            self._delete(doc)
+            raise
+        return seconds
 
     # ------------------------------------------------------------ DELETE
 

@@ -3,7 +3,8 @@ the job and publish it.
 
 Nothing is half-kept: any failure before the job is recorded (bad options,
 empty body, size limit, client cancel, storage error, the store's disk nearly
-full: gateway/storage_space.py) aborts the GridFS upload,
+full: gateway/storage_space.py, a limit per job or a quota of the caller:
+gateway/quotas.py) aborts the GridFS upload,
 which deletes its chunks; chunks a killed gateway could not delete are removed
 later by gateway/janitor.py. Memory holds a few MB per upload, whatever its size
 (storage/gridfs_upload.py). An upload with a request_id reserves it before
@@ -21,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import BinaryIO, cast
 
 import pymongo.errors
 from bson import ObjectId
@@ -29,11 +31,13 @@ from video2mp3.core.errors import Cancelled, InvalidArgument, Reason, ResourceEx
 from video2mp3.core.tokens import Caller
 from video2mp3.domain import jobs
 from video2mp3.domain.queue import Publisher, PublishError
+from video2mp3.formats import durations
 from video2mp3.gateway import container_sniff, form_upload, validation
 from video2mp3.gateway.early_jobs import EarlyJobs, Heartbeat
+from video2mp3.gateway.quotas import Quotas, UploadCheck
 from video2mp3.gateway.request_ids import RequestIds, Reservation
 from video2mp3.gateway.storage_space import StorageSpace
-from video2mp3.storage.gridfs_download import delete_file
+from video2mp3.storage.gridfs_download import ChunkedDownload, delete_file
 from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.storage.mongo import VIDEOS_BUCKET, Mongo
 from video2mp3.telemetry import metrics, tracing
@@ -46,13 +50,15 @@ BUSY_RETRY_S = 3.0
 
 class Uploads:
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, publisher: Publisher,
-                 max_bytes: int, max_concurrent: int, space: StorageSpace | None = None):
+                 max_bytes: int, max_concurrent: int, space: StorageSpace | None = None,
+                 quotas: Quotas | None = None):
         self.request_ids = RequestIds(mongo.db, job_store)
         self.mongo = mongo
         self.jobs = job_store
         self.publisher = publisher
         self.max_bytes = max_bytes
         self.space = space
+        self.quotas = quotas
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.heartbeat = Heartbeat(job_store)  # started by gateway/__main__.py
         self.early = EarlyJobs(mongo, job_store, self.publish, self.heartbeat)
@@ -90,6 +96,8 @@ class Uploads:
     def _store(self, first, requests, context, caller: Caller, options, filename: str,
                reservation: Reservation | None, request_id: str = "") -> jobs.Job:
         started = time.monotonic()
+        # Quotas used up: refused before anything is stored (gateway/quotas.py).
+        check = self.quotas.start(caller) if self.quotas else None
         stream = ChunkedUpload(
             self.mongo.db, VIDEOS_BUCKET, filename,
             metadata={"user_id": caller.user_id,
@@ -112,17 +120,20 @@ class Uploads:
             size = self._write_all(stream, itertools.chain([first], requests), context,
                                    first.body.content_type, named_by_query=bool(first.filename),
                                    on_data=reservation.renew if reservation else None,
-                                   on_streamable=on_streamable)
+                                   on_streamable=on_streamable, check=check, options=first)
+            video_fid: ObjectId = stream._id
+            if check is not None and check.declared_s is None and check.is_mp4:
+                self._check_mp4_index(check, video_fid, size, first)
         except BaseException:
             if early:
                 self.early.abort(early[0])
             raise
         filename = stream.filename
-        video_fid: ObjectId = stream._id
         if early:
-            job = self._finish_early(early[0], size, filename, video_fid)
+            job = self._finish_early(early[0], size, filename, video_fid, check.declared_s if check else None)
         else:
-            job = self._record(job_id, caller, filename, video_fid, size, options, request_id)
+            job = self._record(job_id, caller, filename, video_fid, size, options, request_id,
+                               check.declared_s if check else None)
             if job.id != job_id:  # the first upload with this request_id: its job
                 return job
         metrics.UPLOAD_BYTES.inc(size)
@@ -135,12 +146,13 @@ class Uploads:
         return job
 
     def _record(self, job_id: str, caller: Caller, filename: str, video_fid: ObjectId, size: int,
-                options, request_id: str) -> jobs.Job:
+                options, request_id: str, declared_s: float | None = None) -> jobs.Job:
         """The job of a complete upload (not converted while it arrived)."""
         def create() -> jobs.Job:
             return self.jobs.create(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
                                     filename=filename, video_fid=video_fid, video_size=size,
-                                    options=options, request_id=request_id, trace=tracing.carrier())
+                                    options=options, request_id=request_id, trace=tracing.carrier(),
+                                    declared_seconds=declared_s)
         try:
             # A dead gateway's hidden job may hold the request_id: freed once.
             return self.early.create(create, caller.user_id, request_id)
@@ -155,10 +167,12 @@ class Uploads:
             self._delete_quietly(video_fid)
             raise
 
-    def _finish_early(self, job: jobs.Job, size: int, filename: str, video_fid: ObjectId) -> jobs.Job:
-        """The upload of a job created early ended: show the job, as it is now."""
+    def _finish_early(self, job: jobs.Job, size: int, filename: str, video_fid: ObjectId,
+                      declared_s: float | None) -> jobs.Job:
+        """The upload of a job created early ended: show the job, as it is now
+        (with the minutes it declares, which count until it is converted)."""
         try:
-            done = self.early.finish(job, size, filename)
+            done = self.early.finish(job, size, filename, declared_s)
         except pymongo.errors.PyMongoError:
             self.early.abort(job)
             self._delete_quietly(video_fid)
@@ -182,13 +196,16 @@ class Uploads:
             return
 
     def _write_all(self, stream, messages, context, content_type: str, named_by_query: bool,
-                   on_data=None, on_streamable=None) -> int:
+                   on_data=None, on_streamable=None, check: UploadCheck | None = None, options=None) -> int:
         """Writes the video's bytes from `messages` into `stream`; returns the size.
         On any failure the upload is aborted (its chunks deleted), then it raises.
-        on_streamable(filename): called once the first bytes show a streamable file."""
+        on_streamable(filename): called once the first bytes show a streamable file.
+        check: the upload's quotas and limits (gateway/quotas.py), told the
+        size as it grows and the first and last bytes, which may declare its length."""
         size = 0
         head = bytearray()  # the first bytes, until container_sniff has decided
         sniffing = on_streamable is not None
+        checked = _Checked(check, options)
         body: Iterable[bytes]
         try:
             # Receive the next bytes while the last ones are stored, a few MB per insert.
@@ -205,6 +222,7 @@ class Uploads:
                         reason=Reason.UPLOAD_TOO_LARGE, metadata={"limit_bytes": str(self.max_bytes)},
                         # Envoy's REST side answers 413 (deploy/envoy.yaml's Lua filter).
                         trailers=[("x-http-status", "413")])
+                checked.add(size, data)
                 if data:
                     stream.write(data)
                     if on_data is not None:
@@ -221,6 +239,7 @@ class Uploads:
                 raise Cancelled("the client cancelled the upload", reason=Reason.UPLOAD_CANCELLED)
             if size == 0:
                 raise _empty()
+            checked.end()
             stream.filename = self._form_name(body, named_by_query) or stream.filename
             stream.close()
             return size
@@ -228,6 +247,18 @@ class Uploads:
             # Refused, storage failed, the client went away mid-stream (grpc
             # raises from the request iterator) or we are shutting down: keep nothing.
             self._abort_quietly(stream)
+            raise
+
+    def _check_mp4_index(self, check: UploadCheck, video_fid: ObjectId, size: int, options) -> None:
+        """An MP4/MOV whose index came last declares its length there: its box
+        headers are read back (a few small reads). Over a limit or quota, the
+        stored video is deleted and the upload refused like any other."""
+        try:
+            with ChunkedDownload(self.mongo.db, VIDEOS_BUCKET, video_fid) as f:
+                seconds = durations.mp4_from_file(cast(BinaryIO, f), size)
+            check.declared(seconds, options)
+        except BaseException:
+            self._delete_quietly(video_fid)
             raise
 
     @staticmethod
@@ -286,6 +317,33 @@ def _reset_after_end(context) -> bool:
     if not context.add_callback(ended.set):  # the RPC has terminated already
         return True
     return ended.wait(END_OF_STREAM_SETTLE_S) or not context.is_active()
+
+
+class _Checked:
+    """Tells an upload's UploadCheck (gateway/quotas.py; None: none) its size
+    as it grows, its first bytes once there are enough and its last ones at
+    its end, which may declare its length; keeps only those, whatever the size."""
+
+    def __init__(self, check: UploadCheck | None, options) -> None:
+        self.check, self.options = check, options
+        self.head = b""
+        self.tail = b""
+
+    def add(self, size: int, data: bytes) -> None:
+        if self.check is None:
+            return
+        self.check.bytes_in(size)
+        self.tail = data[-durations.TAIL_BYTES:] if len(data) >= durations.TAIL_BYTES else \
+            (self.tail + data)[-durations.TAIL_BYTES:]
+        if len(self.head) < durations.HEAD_BYTES:
+            self.head += data[:durations.HEAD_BYTES - len(self.head)]
+            if len(self.head) >= durations.HEAD_BYTES:
+                self.check.head(self.head, self.options)
+
+    def end(self) -> None:
+        if self.check is not None:
+            self.check.head(self.head, self.options)
+            self.check.tail(self.head, self.tail, self.options)
 
 
 def _empty() -> InvalidArgument:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gridfs import DEFAULT_CHUNK_SIZE
 
+from video2mp3.domain.usage import MinutesLedger
 from video2mp3.gateway import request_ids, tus, webhooks
 from video2mp3.storage.gridfs_download import RANGE_CHUNKS, delete_chunks, delete_file
 from video2mp3.storage.mongo import MP3S_BUCKET, VIDEOS_BUCKET, Mongo
@@ -35,4 +36,6 @@ def delete_user_data(mongo: Mongo, user_id: str) -> tuple[int, int, int]:
     mongo.db[request_ids.COLLECTION].delete_many({"user_id": user_id})
     # Webhooks and their delivery logs (gateway/webhooks.py).
     webhooks.delete_user_webhooks(mongo.db, user_id)
+    # What the user converted, counted for the minutes quota (domain/usage.py).
+    MinutesLedger(mongo.db).forget_user(user_id)
     return jobs, counts[0], counts[1]

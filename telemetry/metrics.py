@@ -55,6 +55,10 @@ UPLOAD_SECONDS = Histogram(
     buckets=(.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800))
 
 # ---------------------------------------------------------------- jobs and outbox (gateway)
+# Limits per job (domain/limits.py) and quotas per user (gateway/quotas.py).
+LIMIT_REFUSALS = Counter("video2mp3_limit_refusals",
+                         "Uploads refused and jobs failed for breaking a limit or quota, by kind (audio_duration, "
+                         "mp3_size, storage_quota, minutes_quota) and where (upload, conversion)", ["kind", "where"])
 JOBS = Gauge("video2mp3_jobs", "Jobs in MongoDB by state, counted every JOB_STATS_INTERVAL_S", ["state"])
 OUTBOX_BACKLOG = Gauge("video2mp3_outbox_backlog", "QUEUED jobs RabbitMQ has not confirmed yet")
 OUTBOX_OLDEST_AGE = Gauge("video2mp3_outbox_oldest_age_seconds",

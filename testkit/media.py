@@ -426,3 +426,17 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m testkit.media OUTPUT.mp4")
     print(make_media(sys.argv[1], video_codec="h264", audio_codec="aac", duration=5.0, freq=440.0))
+
+
+def make_silence_ogg(path: str | os.PathLike, hours: float) -> Path:
+    """Low-bitrate Opus silence in Ogg, the issue's "27 MB holding 20 hours":
+    one minute encoded by the ffmpeg command line, then repeated by stream
+    copy, so 20 hours take seconds to make (~18 MB)."""
+    path = Path(path)
+    one = path.with_name(f"{path.stem}-one-minute.ogg")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "60",
+                    "-c:a", "libopus", "-b:a", "6k", "-frame_duration", "120", str(one)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(round(hours * 60) - 1), "-i", str(one),
+                    "-c", "copy", str(path)], check=True)
+    one.unlink()
+    return path

@@ -113,7 +113,10 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "The JSON Web Key Set (RFC 7517) that verifies access tokens; needs no token.",
     },
     ("video2mp3.media.v1.MediaService.UploadVideo", "*"): {
-        "statuses": {"413": "upload too large", "429": "too many uploads in progress; RetryInfo says when to retry"}
+        "statuses": {"413": "upload too large, or its audio over a limit per job (reason AUDIO_TOO_LONG, "
+                            "MP3_TOO_LARGE)",
+                     "429": "too many uploads in progress, or a quota used up (reason QUOTA_EXCEEDED); RetryInfo "
+                            "says when to retry"}
     },
     ("video2mp3.media.v1.MediaService.UploadVideo", "/upload"): {
         "summary": "The Flask seed's upload: a multipart/form-data body whose `file` part is the video.",
@@ -178,6 +181,7 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
                                                  required=False)},
         "statuses": {"409": "an upload with this request_id is still in progress (UploadVideo); retry",
                      "412": TUS_412, "413": "Upload-Length is over MAX_UPLOAD_BYTES (Tus-Max-Size)",
+                     "429": "Upload-Length does not fit in the caller's storage quota (reason QUOTA_EXCEEDED)",
                      "507": "the store's disk is nearly full"},
     },
     ("video2mp3.media.v1.MediaService.GetUpload", "*"): {
@@ -191,10 +195,12 @@ EXTRA: dict[tuple[str, str], dict[str, Any]] = {
         "ok_status": "204", "ok_content": None,
         "ok_headers": {**TUS_ANSWER, "Upload-Offset": TUS_OFFSETS["Upload-Offset"]},
         "statuses": {**TUS_STATUSES, "409": "Upload-Offset is not the upload's offset (HEAD says where to go on)",
-                     "413": "the body goes past Upload-Length",
+                     "413": "the body goes past Upload-Length; or, at the last byte, the file declares audio over "
+                            "a limit per job (reason AUDIO_TOO_LONG, MP3_TOO_LARGE; the upload is deleted)",
                      "415": "the body is not application/offset+octet-stream",
                      "423": "another PATCH to this upload is running; retry",
-                     "429": "too many uploads in progress; RetryInfo says when to retry",
+                     "429": "too many uploads in progress, or, at the last byte, the audio declared is over the "
+                            "minutes quota (QUOTA_EXCEEDED; the upload is deleted); RetryInfo says when to retry",
                      "507": "the store's disk is nearly full"},
     },
     ("video2mp3.media.v1.MediaService.DeleteUpload", "*"): {

@@ -35,6 +35,7 @@
     coverArt: $('cover-art'), splitChapters: $('split-chapters'), downloadAll: $('download-all'),
     fileInput: $('file-input'), dropZone: $('drop-zone'),
     jobs: $('jobs'), jobsEmpty: $('jobs-empty'), more: $('more'), refresh: $('refresh'),
+    usage: $('usage'),
   };
 
   // The tokens live in sessionStorage only (gone when the tab closes). The
@@ -163,6 +164,10 @@
   function describeError(err) {
     if (!(err instanceof ApiError)) return 'Something went wrong. Please try again.';
     if (err.status === 0) return 'Cannot reach the server. Check your connection and try again.';
+    // Limits per job (413) and quotas (429): the server's message says what is used, allowed and when it frees up.
+    if (['AUDIO_TOO_LONG', 'MP3_TOO_LARGE', 'QUOTA_EXCEEDED'].includes(err.reason) && err.message) {
+      return `${capitalise(err.message)}.`;
+    }
     if (err.reason === 'UPLOAD_TOO_LARGE' || err.status === 413) {
       const limit = Number(err.metadata.limit_bytes) || Number((err.message.match(/(\d+)-byte/) || [])[1]);
       return limit ? `Too large: files can be at most ${formatBytes(limit)}.` : 'Too large for the server.';
@@ -570,6 +575,7 @@
           if (job) this.showJob(job);
           else this.status.textContent = `${describeError(err)} Still trying…`;
         }, ctl.signal);
+        loadUsage(); // its MP3 is held and its minutes counted now
         if (this.job.state === 'JOB_STATE_DONE') await this.loadMp3();
       } catch (e) {
         if (!ctl.signal.aborted && !(e instanceof ApiError && e.status === 401)) {
@@ -831,6 +837,33 @@
     nextPageToken = page.next_page_token || '';
     ui.more.hidden = !nextPageToken;
     updateEmpty();
+    loadUsage();
+  }
+
+  // ------------------------------------------------------------ usage and quotas
+
+  function formatMinutes(m) {
+    m = Number(m) || 0;
+    return m >= 120 ? `${(m / 60).toFixed(m % 60 ? 1 : 0)} h` : `${Math.round(m * 10) / 10} min`;
+  }
+
+  // One line under the drop zone, refreshed with the list and as jobs end.
+  async function loadUsage() {
+    let u;
+    try {
+      u = await api('GET', '/v1/usage');
+    } catch {
+      ui.usage.textContent = ''; // an older server, or a hiccup: the line is only informative
+      return;
+    }
+    const storage = Number(u.storage_limit_bytes)
+      ? `${formatBytes(u.storage_used_bytes)} of ${formatBytes(u.storage_limit_bytes)} stored`
+      : `${formatBytes(u.storage_used_bytes)} stored`;
+    const minutes = u.minutes_limit
+      ? `${formatMinutes(u.minutes_used)} of ${formatMinutes(u.minutes_limit)} converted in the last 24 hours`
+      : `${formatMinutes(u.minutes_used)} converted in the last 24 hours`;
+    const perJob = `at most ${formatMinutes(u.max_audio_minutes_per_job)} of audio per file`;
+    ui.usage.textContent = `${storage} · ${minutes} · ${perJob}`;
   }
 
   function clearRows() {

@@ -19,7 +19,8 @@ import requests
 import testkit
 from localmesh.processes import wait_for
 from testkit import outside
-from testkit.media import analyse_mp3, audio_duration, decode_audio, ebur128, make_media, make_noise, make_text_file
+from testkit.media import (analyse_mp3, audio_duration, decode_audio, ebur128, make_media, make_noise,
+                           make_silence_ogg, make_text_file)
 
 ROOT = testkit.ROOT
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -382,6 +383,26 @@ def test_trim_and_loudness_from_the_page(web, mesh, tmp_path):
     decoded, rate, _ = decode_audio(mp3)
     assert len(decoded) == 3.5 * rate
     assert abs(ebur128(mp3)[0] + 16) <= 1.0
+def test_usage_and_a_limit_are_shown(web, videos, tmp_path):
+    """The usage line under the drop zone, before and after a conversion;
+    the 20-hour file's refusal names the limit per job (3 hours)."""
+    p = web()
+    p.sign_up()
+    usage = p.page.locator("#usage")
+    wait_for("the usage line", lambda: "stored" in (usage.text_content() or ""), timeout=20)
+    assert usage.text_content() == ("0 bytes of 5.0 GB stored · 0 min of 10 h converted in the last 24 hours · "
+                                    "at most 3 h of audio per file")
+    p.drop(videos[:1])
+    assert p.wait_state(videos[0].name, "JOB_STATE_DONE", "JOB_STATE_FAILED") == "JOB_STATE_DONE"
+    wait_for("the MP3 to count", lambda: not (usage.text_content() or "").startswith("0 bytes"), timeout=20)
+    assert re.match(r"\d+(\.\d)? KB of 5\.0 GB stored", usage.text_content() or ""), usage.text_content()
+    long = make_silence_ogg(tmp_path / "long.ogg", hours=20)
+    p.page.set_input_files("#file-input", str(long))
+    p.wait_state("long.ogg", "ERROR", timeout=60)
+    status = p.row("long.ogg").locator(".job-status").text_content() or ""
+    assert status.startswith("The audio is too long: the file declares 20 h"), status
+    assert "3 h (MAX_AUDIO_DURATION_S)" in status, status
+    p.shot("15-usage-and-limit")
 
 
 def test_a_hostile_file_name_is_shown_as_text(web, videos):
