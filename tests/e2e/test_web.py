@@ -19,8 +19,16 @@ import requests
 import testkit
 from localmesh.processes import wait_for
 from testkit import outside
-from testkit.media import (analyse_mp3, audio_duration, decode_audio, ebur128, make_media, make_noise,
-                           make_silence_ogg, make_text_file)
+from testkit.media import (
+    analyse_mp3,
+    audio_duration,
+    decode_audio,
+    ebur128,
+    make_media,
+    make_noise,
+    make_silence_ogg,
+    make_text_file,
+)
 
 ROOT = testkit.ROOT
 SHOTS = ROOT / "test-artifacts" / "screenshots"
