@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean \
+.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e bench-day soak k8s-validate clean \
         images compose-up compose-down kube-up kube-down test-containers
 
 install: $(VENV)/.installed
@@ -141,6 +141,12 @@ bench-uploads: install
 # line; uploads against raw GridFS; workers (bench/e2e.py). About 15 minutes.
 bench-e2e: install
 	$(PY) -m bench.e2e
+
+# A day of use through `make run` (720p and phone uploads, the upload benchmark,
+# three phone videos at once; ~15 GB, every video deleted once DONE): the data
+# folder, the store's RSS and GetJob's p99 before and after (bench/day.py; DAY_* options).
+bench-day: install
+	$(PY) -m bench.day
 
 soak: install
 	$(PY) -m bench.soak
