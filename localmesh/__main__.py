@@ -181,8 +181,8 @@ def _local_signing_key() -> Path:
 
 def _use_mongo(stack: Stack, mongo: Child, port: int, data_dir: Path) -> None:
     """Wait for the started SecantusDB, then point the services at it."""
-    # directConnection: talk to exactly this address, never to the
-    # replica-set member address SecantusDB advertises.
+    # directConnection: talk to exactly this address, whatever the server
+    # says (it runs standalone; a replica set advertises a member address).
     uri = f"mongodb://127.0.0.1:{port}/video2mp3?directConnection=true"
     wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
     stack.env["MONGO_URI"] = uri
