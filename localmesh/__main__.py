@@ -125,7 +125,8 @@ def main() -> int:
             data_dir = mesh.mongo_data_dir.resolve()
             data_dir.mkdir(parents=True, exist_ok=True)
             mongo = Child(
-                "mongo", secantusd_argv(mesh.mongo_port, data_dir), env=secantusd_env(env), cwd=data_dir
+                "mongo", secantusd_argv(mesh.mongo_port, data_dir, compact_every_s=mesh.mongo_compact_s),
+                env=secantusd_env(env), cwd=data_dir
             ).start()
             _use_mongo(stack, mongo, mesh.mongo_port, data_dir)
         _start_services(stack, mesh.converter.rabbit.queue)

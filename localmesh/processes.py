@@ -416,12 +416,21 @@ SECANTUS_CHECKPOINT_SECONDS = "10"
 SECANTUS_MALLOC_ARENA_MAX = "2"
 
 
+# How often the embedded store compacts its files (localmesh/secantusd.py):
+# WiredTiger reuses the space of deleted videos but never shrinks a file on
+# its own. MONGO_COMPACT_S (localmesh/settings.py) sets it for make run.
+SECANTUS_COMPACT_SECONDS = 60.0
+SECANTUSD = Path(__file__).resolve().parent / "secantusd.py"
+
+
 def secantusd_argv(port: int, storage_path: str | os.PathLike, *, cache_size: str | None = None,
-                   host: str = "127.0.0.1", log_level: str = "WARNING") -> list[str]:
+                   host: str = "127.0.0.1", log_level: str = "WARNING",
+                   compact_every_s: float = SECANTUS_COMPACT_SECONDS) -> list[str]:
     """The command line of an embedded SecantusDB (the MongoDB-compatible
-    server `make run` and the tests use), from this virtualenv if it has one."""
-    exe = Path(sys.executable).parent / "secantusd-py"
-    return [str(exe) if exe.exists() else "secantusd-py", "--host", host, "--port", str(port),
+    server `make run` and the tests use): secantusd-py with its files
+    compacted every `compact_every_s` (0: never), by this Python."""
+    return [sys.executable, str(SECANTUSD), "--compact-every", f"{compact_every_s:g}",
+            "--host", host, "--port", str(port),
             "--storage-path", str(storage_path), "--log-level", log_level,
             "--cache-size", cache_size or SECANTUS_CACHE_SIZE, SECANTUS_STANDALONE]
 
