@@ -36,8 +36,8 @@ from secantus.server import SecantusDBServer
 log = logging.getLogger("localmesh.secantusd")
 
 # WiredTiger gives up compacting a file after this long (ETIMEDOUT, what it
-# moved stays moved), so stopping the store never waits longer; and it skips
-# a file with less than ~20 MB to win.
+# moved stays moved), so stopping the store never waits longer. It leaves a
+# file alone when little of it is free, so a round with nothing to win is cheap.
 COMPACT_CONFIG = "timeout=10"
 
 
