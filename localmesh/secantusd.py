@@ -37,7 +37,8 @@ log = logging.getLogger("localmesh.secantusd")
 
 # WiredTiger gives up compacting a file after this long (ETIMEDOUT, what it
 # moved stays moved), so stopping the store never waits longer. It leaves a
-# file alone when little of it is free, so a round with nothing to win is cheap.
+# file alone when little of it is free: a round with nothing to win took
+# 0.4-1 s over 0.8 GB stored (mostly the checkpoints compaction makes).
 COMPACT_CONFIG = "timeout=10"
 
 
