@@ -250,14 +250,14 @@ def main() -> int:
         peaks = sampler.stop()
         log = run.log()
         code = run.stop()
+        if not opts.keep_data:
+            shutil.rmtree(data, ignore_errors=True)
     _say_snapshot("after the day", after, day.written)
     print(f"videos kept: {kept}; MP3s kept: {len(day.jobs)}; problems: {day.failures or 'none'}")
     deaths = [line for line in log.splitlines() if "restarting in" in line]
     for line in deaths:
         print(line)
     ok = not day.failures and kept == 0 and not deaths and code == 0
-    if not opts.keep_data:
-        shutil.rmtree(data, ignore_errors=True)
     disk_ok, rss_ok = after.disk < GOAL_DISK_GB * GB, after.rss < GOAL_RSS_GB * GB
     print(f"GetJob p99: fresh {fresh.getjob_p99:.3f} s, after the day {after.getjob_p99:.3f} s "
           f"({after.getjob_p99 / fresh.getjob_p99:.2f}x)")
