@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e bench-loudness soak k8s-validate clean \
+.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e bench-loudness bench-day bench-fair bench-load bench-latency soak k8s-validate clean \
         images compose-up compose-down kube-up kube-down test-containers
 
 install: $(VENV)/.installed
@@ -145,6 +145,12 @@ bench-e2e: install
 # Loudness normalisation's cost per minute of audio: with and without, side by side (bench/loudness.py).
 bench-loudness: install
 	$(PY) -m bench.loudness
+
+# A day of use through `make run` (720p and phone uploads, the upload benchmark,
+# three phone videos at once; ~15 GB, every video deleted once DONE): the data
+# folder, the store's RSS and GetJob's p99 before and after (bench/day.py; DAY_* options).
+bench-day: install
+	$(PY) -m bench.day
 
 soak: install
 	$(PY) -m bench.soak

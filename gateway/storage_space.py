@@ -12,10 +12,11 @@ chunks (ranged deletes write little).
 Free space comes from the store's data folder when it is on this machine
 (MONGO_DATA_DIR, set by `make run` for its embedded store), else from the
 server's dbStats (fsTotalSize - fsUsedSize, MongoDB >= 4.4), else it is not
-checked. Every byte uploaded costs ~4 bytes of disk for a while (document,
-oplog entry, and the journal of both until a checkpoint), so the reserve must
-cover ~4 x what all concurrent uploads write between two checks, plus
-checkpoints: the default 512 MB is generous for 8 uploads checked every 4 MB.
+checked. Every byte uploaded costs ~2 bytes of disk for a while (the document,
+and its journal record until a checkpoint; ~4 on a store that also keeps an
+oplog, a replica set's), so the reserve must cover ~4 x what all concurrent
+uploads write between two checks, plus checkpoints: the default 512 MB is
+generous for 8 uploads checked every 4 MB.
 """
 from __future__ import annotations
 

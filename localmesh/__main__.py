@@ -125,7 +125,8 @@ def main() -> int:
             data_dir = mesh.mongo_data_dir.resolve()
             data_dir.mkdir(parents=True, exist_ok=True)
             mongo = Child(
-                "mongo", secantusd_argv(mesh.mongo_port, data_dir), env=secantusd_env(env), cwd=data_dir
+                "mongo", secantusd_argv(mesh.mongo_port, data_dir, compact_every_s=mesh.mongo_compact_s),
+                env=secantusd_env(env), cwd=data_dir
             ).start()
             _use_mongo(stack, mongo, mesh.mongo_port, data_dir)
         _start_services(stack, mesh.converter.rabbit.queue)
@@ -181,8 +182,8 @@ def _local_signing_key() -> Path:
 
 def _use_mongo(stack: Stack, mongo: Child, port: int, data_dir: Path) -> None:
     """Wait for the started SecantusDB, then point the services at it."""
-    # directConnection: talk to exactly this address, never to the
-    # replica-set member address SecantusDB advertises.
+    # directConnection: talk to exactly this address, whatever the server
+    # says (it runs standalone; a replica set advertises a member address).
     uri = f"mongodb://127.0.0.1:{port}/video2mp3?directConnection=true"
     wait_for_mongo(uri, timeout=START_TIMEOUT, child=mongo)
     stack.env["MONGO_URI"] = uri

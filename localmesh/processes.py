@@ -393,42 +393,53 @@ def wait_for_grpc_health(
         channel.close()
 
 
-# The embedded SecantusDB, configured for GridFS (docs/operations.md "Big files"). Every
-# write is also an oplog entry holding the whole document, so each 255 KiB
-# chunk costs its size again in the oplog: the built-in 100,000 entries / 1 h
-# meant ~25 GB of oplog. Entries are capped by count (time cannot bound bytes
-# at upload speed); 1000 keeps minutes of job updates for change streams
-# (a later WatchJob), which must fall back to GetJob when a resume token has
-# fallen out. SecantusDB prunes every 1000 writes, so the oplog peaks at ~2000
-# entries (~0.5 GB).
-SECANTUS_OPLOG_MAX_ENTRIES = 1000
+# The embedded SecantusDB, configured for GridFS (docs/operations.md "Big files").
+# Standalone, as docker-compose's mongod runs: nothing here uses change
+# streams or transactions (WatchJob polls, gateway/watch.py), and as a
+# replica set SecantusDB wrote every document a second time into its oplog,
+# each 255 KiB chunk included. That doubled what an upload wrote and the
+# store's CPU per byte, and the oplog's file, capped by entries, still grew
+# to 14 GB over a day of uploads (make bench-day): its space was not reused.
+SECANTUS_STANDALONE = "--standalone"
 # WiredTiger cache: the store's memory, beyond ~100 MB of Python. GridFS data
 # is streamed once, so a big cache buys nothing.
 SECANTUS_CACHE_SIZE = "256M"
 # WiredTiger deletes journal files only after a checkpoint (SecantusDB: every
 # 60 s): ~2x the bytes written meanwhile, ~4 GB at upload speed. 10 s keeps it
-# under ~1 GB.
+# under ~1 GB. A checkpoint is also when the pages of deleted chunks become
+# free for later writes to reuse.
 SECANTUS_CHECKPOINT_SECONDS = "10"
+# SecantusDB serves each connection on its own thread, and glibc gives each
+# thread that allocates its own heap (up to 8 per core); chunk-sized buffers
+# freed on another thread than made them keep those heaps' free space
+# resident. The services get the same bound (localmesh/stack.py).
+SECANTUS_MALLOC_ARENA_MAX = "2"
+
+
+# How often the embedded store compacts its files (localmesh/secantusd.py):
+# WiredTiger reuses the space of deleted videos but never shrinks a file on
+# its own. MONGO_COMPACT_S (localmesh/settings.py) sets it for make run.
+SECANTUS_COMPACT_SECONDS = 60.0
+SECANTUSD = Path(__file__).resolve().parent / "secantusd.py"
 
 
 def secantusd_argv(port: int, storage_path: str | os.PathLike, *, cache_size: str | None = None,
                    host: str = "127.0.0.1", log_level: str = "WARNING",
-                   oplog_max_entries: int | None = SECANTUS_OPLOG_MAX_ENTRIES) -> list[str]:
+                   compact_every_s: float = SECANTUS_COMPACT_SECONDS) -> list[str]:
     """The command line of an embedded SecantusDB (the MongoDB-compatible
-    server `make run` and the tests use), from this virtualenv if it has one."""
-    exe = Path(sys.executable).parent / "secantusd-py"
-    argv = [str(exe) if exe.exists() else "secantusd-py", "--host", host, "--port", str(port),
+    server `make run` and the tests use): secantusd-py with its files
+    compacted every `compact_every_s` (0: never), by this Python."""
+    return [sys.executable, str(SECANTUSD), "--compact-every", f"{compact_every_s:g}",
+            "--host", host, "--port", str(port),
             "--storage-path", str(storage_path), "--log-level", log_level,
-            "--cache-size", cache_size or SECANTUS_CACHE_SIZE]
-    if oplog_max_entries is not None:
-        argv += ["--oplog-max-entries", str(oplog_max_entries)]
-    return argv
+            "--cache-size", cache_size or SECANTUS_CACHE_SIZE, SECANTUS_STANDALONE]
 
 
 def secantusd_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """`env` (default: ours) plus the settings SecantusDB reads from the environment."""
     out = dict(os.environ if env is None else env)
     out.setdefault("SECANTUS_CHECKPOINT_SECONDS", SECANTUS_CHECKPOINT_SECONDS)
+    out.setdefault("MALLOC_ARENA_MAX", SECANTUS_MALLOC_ARENA_MAX)
     return out
 
 

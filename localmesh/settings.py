@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from localmesh.processes import SECANTUS_COMPACT_SECONDS
 from video2mp3.auth.config import AuthConfig
 from video2mp3.converter.config import ConverterConfig
 from video2mp3.core.settings import group, setting
@@ -24,6 +25,10 @@ class MeshSettings:
     # The embedded SecantusDB, started when MONGO_URI is unset.
     mongo_port: int = setting("MONGO_PORT", 27017, minimum=1, help=(
         "port of the embedded SecantusDB that `make run` starts when `MONGO_URI` is unset"))
+    mongo_compact_s: float = setting("MONGO_COMPACT_S", SECANTUS_COMPACT_SECONDS, minimum=0, help=(
+        "how often the embedded SecantusDB gives the space of deleted videos back to the disk "
+        "(WiredTiger's online compaction of its files; 0: never, and its folder stays at the most "
+        "it ever held)"))
 
     @property
     def mongo_data_dir(self) -> Path:

@@ -133,9 +133,9 @@ def delete_queues(env: Mapping[str, str], name: str) -> None:
 # -------------------------------------------------------------- SecantusDB
 
 def mongo_uri(host: str, port: int, db: str) -> str:
-    # directConnection: SecantusDB advertises itself as a replica-set member at
-    # its real address; without this pymongo would switch to that address and
-    # bypass a proxy placed in front of it.
+    # directConnection: talk to exactly this address (a proxy placed in front
+    # of the store, in fault tests), whatever the server says its address is
+    # (a replica-set member's, were it one).
     return f"mongodb://{host}:{port}/{db}?directConnection=true"
 
 

@@ -37,8 +37,8 @@ def test_two_phone_videos_stay_under_the_memory_ceilings(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "RESULT: ok" in r.stdout, r.stdout + r.stderr[-3000:]
     # The videos were deleted once DONE (counted in the store), and its disk
-    # stays near its high-water mark: about one video, the oplog at its cap
-    # (<= ~0.5 GB) and the journal, far below everything ever uploaded twice over.
+    # stays near its high-water mark: about the videos stored at once and the
+    # journal, far below everything ever uploaded.
     assert "videos kept after DONE: 0" in r.stdout, r.stdout
     disk_line = re.search(r"store disk after all DONE: (\d+) MB", r.stdout)
     uploaded_line = re.search(r"uploaded (\d+) MB", r.stdout)
