@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean \
+.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e bench-fair soak k8s-validate clean \
         images compose-up compose-down kube-up kube-down test-containers
 
 install: $(VENV)/.installed
@@ -141,6 +141,11 @@ bench-uploads: install
 # line; uploads against raw GridFS; workers (bench/e2e.py). About 15 minutes.
 bench-e2e: install
 	$(PY) -m bench.e2e
+
+# A 10-second clip behind another user's backlog of twelve 3-minute videos,
+# against an idle mesh, through make run; the ratio last (bench/fair.py).
+bench-fair: install
+	$(PY) -m bench.fair
 
 soak: install
 	$(PY) -m bench.soak

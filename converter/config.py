@@ -21,6 +21,22 @@ class ConverterConfig:
     requested_workers: int = setting("CONVERTER_WORKERS", CPUS, shown_default="number of CPUs", help=(
         "worker processes, each taking one task at a time (prefetch 1); also the most cores conversions use "
         "(`CONVERTER_OVERLAP`). 0 or less means 1"))
+    # The express lane (gateway/outbox.py): extra workers that take only
+    # short jobs of users with nothing else in flight, at once.
+    express_workers: int = setting("CONVERTER_EXPRESS_WORKERS", 1, minimum=0, help=(
+        "worker processes on the express lane (`<QUEUE_NAME>.express`), besides `CONVERTER_WORKERS`: they take "
+        "the job of a user with nothing else queued or converting at once, even while every other worker is "
+        "busy with another user's backlog; `0`: none (then set `EXPRESS_MAX_BYTES=0` on the gateway)"))
+    express_cpu_s: float = setting("EXPRESS_CPU_S", 1.0, minimum=0.1, help=(
+        "CPU seconds an express conversion may use; beyond it the job leaves the express lane for the normal "
+        "queue (in its user's turn) and starts again there, so a long file cannot hold the lane"))
+    cpu_budget_s: float = setting("CONVERTER_CPU_BUDGET_S", 900.0, minimum=1, help=(
+        "CPU seconds one conversion may use (all its threads); beyond it the job fails saying so, instead of "
+        "spinning on a pathological file. Checked as it decodes, and by the kernel (RLIMIT_CPU) if it stops "
+        "reporting"))
+    memory_limit_mb: int = setting("CONVERTER_MEMORY_LIMIT_MB", 4096, minimum=0, help=(
+        "address space of each worker process, MiB (RLIMIT_AS): a file that makes the decoder allocate beyond it "
+        "fails instead of exhausting the machine; `0`: no limit"))
     grace_seconds: float = setting("GRACE_SECONDS", 10.0, help=(
         "seconds a worker gets after SIGTERM to finish the job in hand; then it deletes the partial MP3 and "
         "hands the task back"))

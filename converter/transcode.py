@@ -40,6 +40,21 @@ Source = BinaryIO | io.RawIOBase
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress calls a second
 
 # Demuxers FFmpeg picks for things that are not audio/video files.
+# What FFmpeg may open (docs/security.md, "Uploads"). Our bytes come through
+# PyAV's own I/O callbacks, which are no URL protocol; a demuxer that would
+# open another URL (an HLS playlist's segments, an ffconcat script's files, a
+# `concat:` or `subfile,` URL, a DASH manifest, a tee) may open nothing: the
+# whitelist names no real protocol, so every nested open is refused.
+PROTOCOL_WHITELIST = "none"
+# Only the demuxers of the formats we convert (FFmpeg matches any of a
+# demuxer's comma-separated names, e.g. "mov,mp4,m4a,3gp,3g2,mj2"): no
+# playlists, scripts, images, subtitles, devices or network formats.
+FORMAT_WHITELIST = ",".join((
+    "mov", "matroska", "mpegts", "mpeg", "flv", "live_flv", "ogg", "flac", "wav", "w64", "avi", "asf",
+    "caf", "aiff", "rm", "mp3", "aac", "ac3", "eac3", "dts", "truehd", "mlp", "amr", "wv", "ape", "tta",
+    "au", "dsf", "mpc", "mpc8", "mxf", "dv", "nut",
+))
+_OPEN_OPTIONS = {"protocol_whitelist": PROTOCOL_WHITELIST, "format_whitelist": FORMAT_WHITELIST}
 _NOT_MEDIA_FORMATS = {"tty", "srt", "ass", "webvtt", "subviewer", "microdvd", "lrc", "jacosub"}
 
 
@@ -132,7 +147,8 @@ def _open_input(src: Source):
     try:
         # Tags that are not valid UTF-8 (a damaged file, an old tagger) must not
         # stop the conversion: PyAV would raise UnicodeDecodeError while opening.
-        container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE, metadata_errors="replace")
+        container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE, metadata_errors="replace",
+                            options=_OPEN_OPTIONS)
     except av.FFmpegError as e:  # errors of src itself (I/O) are not ours to judge
         if containers.identify(head) is not None:  # a damaged media file, not something else
             raise ConversionError("the file is truncated or corrupt") from e
