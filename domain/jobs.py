@@ -282,7 +282,8 @@ class JobStore:
         dispatcher publishes it on the normal lane in its user's turn. False if
         this attempt no longer holds it."""
         r = self.c.update_one(
-            {"_id": job_id, "state": PROCESSING, "current_mp3_fid": mp3_fid, **LIVE},
+            # QUEUED too: the discarded attempt may have released the job already (Mp3Store.discard_quietly).
+            {"_id": job_id, "state": {"$in": [QUEUED, PROCESSING]}, "current_mp3_fid": mp3_fid, **LIVE},
             {"$set": {"state": QUEUED, "lease_until": None, "published": False, "express_refused": True,
                       "update_time": now()}})
         return r.modified_count == 1

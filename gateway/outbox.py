@@ -125,7 +125,7 @@ class Outbox:
         # +1: the first may take the express lane and not count.
         candidates = self.jobs.next_unpublished(user_id, per_user + 1 if per_user else 100)
         if extra is not None and not extra.published and all(j.id != extra.id for j in candidates):
-            candidates = sorted([*candidates, extra], key=lambda j: (j.create_time or jobs.now(), j.id))
+            candidates.append(extra)  # hidden (still uploading), and the newest
         published = 0
         for job in candidates:
             express = self._express(job, busy)
