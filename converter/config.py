@@ -30,6 +30,9 @@ class ConverterConfig:
     express_cpu_s: float = setting("EXPRESS_CPU_S", 1.0, minimum=0.1, help=(
         "CPU seconds an express conversion may use; beyond it the job leaves the express lane for the normal "
         "queue (in its user's turn) and starts again there, so a long file cannot hold the lane"))
+    express_max_audio_s: float = setting("EXPRESS_MAX_AUDIO_S", 60.0, minimum=0, help=(
+        "an express conversion whose file declares more audio than this, seconds, leaves the express lane before "
+        "decoding anything (a file that declares nothing, or lies, is caught by `EXPRESS_CPU_S`)"))
     cpu_budget_s: float = setting("CONVERTER_CPU_BUDGET_S", 900.0, minimum=1, help=(
         "CPU seconds one conversion may use (all its threads); beyond it the job fails saying so, instead of "
         "spinning on a pathological file. Checked as it decodes, and by the kernel (RLIMIT_CPU) if it stops "

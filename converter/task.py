@@ -184,7 +184,8 @@ class Task:
                     with video:
                         result = transcode(cast(BinaryIO, video.stream), mp3, self.job.options,
                                            filename=self.job.filename, on_progress=self.on_progress,
-                                           overlap=self.overlap, encoders=self._encoders(), split_while=self.alone)
+                                           overlap=self.overlap, encoders=self._encoders(), split_while=self.alone,
+                                           on_duration=self.on_duration)
                     break
                 except ConversionError as e:
                     if not growing or isinstance(e, CpuBudgetExceeded):
@@ -268,6 +269,12 @@ class Task:
             return  # progress is advisory; the final write is what counts
         if not still_ours:
             raise JobGone() if self._gone() else LostLease()
+
+    def on_duration(self, seconds: float | None) -> None:
+        """The track's declared length, before decoding: on the express lane, a
+        long one leaves at once (an undeclared or lying one by its CPU, check_cpu)."""
+        if self.worker.express and seconds is not None and seconds > self.cfg.express_max_audio_s:
+            raise LeftExpress()
 
     def check_cpu(self) -> None:
         """The attempt's CPU budget (converter/limits.py): over it, the job fails;

@@ -86,7 +86,8 @@ def transcode(src: Source, dst, options, filename: str = "",
               on_progress: ProgressCallback | None = None, *,
               encoder: str | None = None, overlap: bool = True,
               encoders: int = 1, split_while: Callable[[], bool] | None = None,
-              copy_mp3: bool = True) -> TranscodeResult:
+              copy_mp3: bool = True, on_duration: Callable[[float | None], None] | None = None
+              ) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
@@ -111,6 +112,9 @@ def transcode(src: Source, dst, options, filename: str = "",
         ~25 s of audio); False goes on with one encoder, e.g. once other
         conversions need the cores.
     copy_mp3: False re-encodes MP3 sources even when the fast path applies.
+    on_duration: called once, before anything is decoded, with the seconds of
+        audio the container declares for the chosen track (None: it does not
+        say); it may raise to stop there.
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -126,6 +130,8 @@ def transcode(src: Source, dst, options, filename: str = "",
     with _open_input(src) as container:
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
+        if on_duration is not None:
+            on_duration(_declared_duration(stream))
         tags = id3.tags_for(stream.metadata, container.metadata, filename)
         progress = _Progress(on_progress, stream)
         try:

@@ -44,13 +44,8 @@ def run_backlog_then_small(stack, inputs) -> tuple[list[dict], dict]:
     b_id = b.upload(small, filename="b.flac", timeout=120, **SLOW_OPTIONS).job_id
     store = Store(stack.env["MONGO_URI"])
     try:
-        a_docs = [store.wait_final(j, timeout=60) for j in a_ids]
-        b_doc = store.wait_final(b_id, timeout=60)
-    except AssertionError:
-        for j in a_ids:
-            print("DEBUG", {k: v for k, v in store.job(j).items() if k != "options"})
-        print("DEBUG", list(store.db["dispatch"].find()))
-        raise
+        a_docs = [store.wait_final(j, timeout=300) for j in a_ids]
+        b_doc = store.wait_final(b_id, timeout=300)
     finally:
         store.close()
     for doc in [*a_docs, b_doc]:
@@ -79,11 +74,17 @@ def test_without_the_bound_the_small_job_waits_for_the_whole_backlog(mesh_factor
     assert done_before(a_docs, b_doc) == BACKLOG
 
 
-def test_express_lane_takes_the_small_job_and_hands_long_ones_back(mesh_factory, inputs):
-    # EXPRESS_CPU_S at its minimum: A's first job (A had nothing in flight)
-    # starts on the express lane and must leave it for the normal one.
+@pytest.mark.parametrize("leaves_by", [
+    # Its declared length (3 minutes) is over EXPRESS_MAX_AUDIO_S: it leaves before decoding.
+    {"EXPRESS_MAX_AUDIO_S": 60},
+    # Nothing declared would be too long: it leaves once it used EXPRESS_CPU_S (at its minimum).
+    {"EXPRESS_MAX_AUDIO_S": 10**6, "EXPRESS_CPU_S": 0.1},
+], ids=["declared", "cpu"])
+def test_express_lane_takes_the_small_job_and_hands_long_ones_back(mesh_factory, inputs, leaves_by):
+    # A's first job (A had nothing in flight) starts on the express lane and
+    # must leave it for the normal one.
     stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_EXPRESS_WORKERS=1,
-                         EXPRESS_CPU_S=0.1, CONVERTER_OVERLAP="off")
+                         CONVERTER_OVERLAP="off", **leaves_by)
     a_docs, b_doc = run_backlog_then_small(stack, inputs)
     assert b_doc["lane"] == jobs.EXPRESS_LANE
     assert done_before(a_docs, b_doc) <= 1, [d["complete_time"] for d in a_docs]
