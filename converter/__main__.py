@@ -80,10 +80,12 @@ def main() -> None:
         p = ctx.Process(target=run_worker, args=(cfg, i, busy, express), daemon=False,
                         name=f"converter-{'express-' if express else ''}{i}")
         p.start()
-        if cfg.nice and p.pid is not None:
-            # Batch work: the API and the store come first (CONVERTER_NICE).
+        nice = cfg.express_nice if express else cfg.nice
+        if nice and p.pid is not None:
+            # Batch work: the API and the store come first (CONVERTER_NICE);
+            # a short job before a backlog (CONVERTER_EXPRESS_NICE).
             with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, p.pid, cfg.nice)
+                os.setpriority(os.PRIO_PROCESS, p.pid, nice)
         return p
 
     metrics.serve(cfg.metrics_port)

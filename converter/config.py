@@ -58,6 +58,9 @@ class ConverterConfig:
         "redelivered task"))
     nice: int = setting("CONVERTER_NICE", 10, help=(
         "nice level of the worker processes (batch work: keeps the API and the store responsive)"))
+    express_nice: int = setting("CONVERTER_EXPRESS_NICE", 5, help=(
+        "nice level of the express workers: below `CONVERTER_NICE`, so a short job gets most of a core while the "
+        "normal workers convert a backlog"))
     metrics_port: int = setting("CONVERTER_METRICS_PORT", 9103, minimum=0, help=(
         "Prometheus `/metrics` port, the sum over the workers; `0`: off"))
     dependency_check_s: float = setting("CONVERTER_CHECK_INTERVAL_S", 5.0, minimum=0.1, help=(
