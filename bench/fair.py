@@ -30,6 +30,7 @@ import concurrent.futures
 import datetime as dt
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -165,6 +166,8 @@ def main() -> None:
     _, idle_s, behind_s = results[-1]
     ratio = behind_s / max(idle_s, 1e-3)
     print(f"ratio {ratio:.1f}x (goal <= {GOAL:g}x: {'goal met' if ratio <= GOAL else 'GOAL MISSED'})")
+    if ratio > GOAL:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
