@@ -279,13 +279,15 @@ class JobStore:
     def leave_express(self, job_id: str, mp3_fid: ObjectId) -> bool:
         """An express conversion found its job too long for the lane: the job is
         QUEUED again, unpublished and refused by the express lane, so the fair
-        dispatcher publishes it on the normal lane in its user's turn. False if
-        this attempt no longer holds it."""
+        dispatcher publishes it on the normal lane in its user's turn; the
+        attempt is not counted. False if this attempt no longer holds it."""
         r = self.c.update_one(
             # QUEUED too: the discarded attempt may have released the job already (Mp3Store.discard_quietly).
             {"_id": job_id, "state": {"$in": [QUEUED, PROCESSING]}, "current_mp3_fid": mp3_fid, **LIVE},
             {"$set": {"state": QUEUED, "lease_until": None, "published": False, "express_refused": True,
-                      "update_time": now()}})
+                      "update_time": now()},
+             # Not a conversion attempt that failed or crashed (what `attempts` counts for dead letters).
+             "$inc": {"attempts": -1}})
         return r.modified_count == 1
 
     def unpublished(self, older_than: dt.datetime, limit: int = 100) -> list[Job]:
