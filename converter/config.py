@@ -26,7 +26,7 @@ class ConverterConfig:
     express_workers: int = setting("CONVERTER_EXPRESS_WORKERS", 1, minimum=0, help=(
         "worker processes on the express lane (`<QUEUE_NAME>.express`), besides `CONVERTER_WORKERS`: they take "
         "the job of a user with nothing else queued or converting at once, even while every other worker is "
-        "busy with another user's backlog; `0`: none (then set `EXPRESS_MAX_BYTES=0` on the gateway)"))
+        "busy with another user's backlog; `0`: none (the gateways see no consumer on the lane and stop using it)"))
     express_cpu_s: float = setting("EXPRESS_CPU_S", 1.0, minimum=0.1, help=(
         "CPU seconds an express conversion may use; beyond it the job leaves the express lane for the normal "
         "queue (in its user's turn) and starts again there, so a long file cannot hold the lane"))

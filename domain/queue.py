@@ -108,6 +108,8 @@ class Publisher:
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._calls: SimpleQueue = SimpleQueue()
+        # Consumers of each queue as the last check() saw them.
+        self.consumers: dict[str, int] = {}
         self._thread = threading.Thread(target=self._serve, name="amqp-publisher", daemon=True)
         self._thread.start()
 
@@ -204,11 +206,17 @@ class Publisher:
                     ok = channel.queue_declare(queue, passive=True).method
                     metrics.QUEUE_MESSAGES.labels(queue).set(ok.message_count)
                     metrics.QUEUE_CONSUMERS.labels(queue).set(ok.consumer_count)
+                    self.consumers[queue] = ok.consumer_count
             except (pika.exceptions.AMQPError, OSError) as e:
                 self._drop()
                 raise PublishError(f"{e!r}") from None
 
         self._call(check, "answer")
+
+    def express_consumed(self) -> bool:
+        """Whether the last check() saw a consumer on the express lane (a
+        converter with express workers): the gateway uses the lane only then."""
+        return self.consumers.get(express_queue(self.s.queue), 0) > 0
 
     def close(self) -> None:
         """Closes the connection (if the publisher thread is free to) and ends the thread."""

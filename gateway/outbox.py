@@ -17,7 +17,10 @@ is published once RabbitMQ is back. The same records make the queue fair
   converter's express workers (`CONVERTER_EXPRESS_WORKERS`) take at once, if
   the video is at most `EXPRESS_MAX_BYTES`. An express conversion that uses
   more than `EXPRESS_CPU_S` of CPU gives its job back (JobStore.leave_express)
-  for the normal lane, so a long file cannot hold the lane.
+  for the normal lane, so a long file cannot hold the lane. The lane is used
+  only while a converter consumes it (the gateway's RabbitMQ check sees its
+  consumers every few seconds), so a converter without express workers
+  strands nothing.
 
 Every decision for one user is taken under that user's dispatch lease (a
 document in `dispatch`, taken with one conditional update), so several
@@ -68,8 +71,11 @@ Send = Callable[[jobs.Job, bool], bool]
 
 class Outbox:
     def __init__(self, job_store: jobs.JobStore, leases: pymongo.collection.Collection, send: Send,
-                 interval_s: float, fair: FairQueueSettings):
+                 interval_s: float, fair: FairQueueSettings, express_consumed: Callable[[], bool] = lambda: True):
+        """`express_consumed()`: whether a converter consumes the express lane now
+        (Publisher.express_consumed); while none does, every job takes the normal one."""
         self.jobs = job_store
+        self.express_consumed = express_consumed
         self.leases = leases
         self.send = send
         self.fair = fair
@@ -140,7 +146,8 @@ class Outbox:
 
     def _express(self, job: jobs.Job, busy: int) -> bool:
         limit = self.fair.express_max_bytes
-        return bool(limit) and busy == 0 and not job.express_refused and job.video_size <= limit
+        return (bool(limit) and busy == 0 and not job.express_refused and job.video_size <= limit
+                and self.express_consumed())
 
     def _take(self, user_id: str) -> bool:
         t = jobs.now()

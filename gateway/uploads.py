@@ -60,7 +60,7 @@ class Uploads:
         self.early = EarlyJobs(mongo, job_store, self.publish, self.heartbeat)
         # Decides when a recorded job is published, and on which lane (started by gateway/__main__.py).
         self.outbox = Outbox(job_store, mongo.db["dispatch"], self.send, dispatch_interval_s,
-                             fair or FairQueueSettings())
+                             fair or FairQueueSettings(), publisher.express_consumed)
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
         """Returns the created job, or raises (core/errors.py makes the

@@ -210,6 +210,9 @@ def mesh_env(*, mysql: Mapping[str, str], rabbit: Mapping[str, str], mongo_uri: 
         # Deleted users' tokens stop working within this long.
         USER_CACHE_TTL_S="1",
         CONVERTER_WORKERS="1",
+        # No express lane unless a test asks for it (tests/e2e/test_fair_queue.py,
+        # the soak): the others count and kill "the" worker of a job.
+        CONVERTER_EXPRESS_WORKERS="0",
         GRACE_SECONDS="5",
         # Webhooks: a receiver of the tests' own on 127.0.0.1 is allowed, and
         # nothing a test (or the fuzzer) registers can make a mesh deliver
