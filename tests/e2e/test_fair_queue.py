@@ -20,7 +20,10 @@ import concurrent.futures
 
 import pytest
 
+from localmesh.processes import wait_for
+from testkit import prom
 from testkit.faults import SLOW_OPTIONS, Store, make_long_audio, user_client
+from video2mp3.domain.queue import express_queue
 from video2mp3.domain import jobs
 
 BACKLOG = 6
@@ -85,6 +88,11 @@ def test_express_lane_takes_the_small_job_and_hands_long_ones_back(mesh_factory,
     # must leave it for the normal one.
     stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_EXPRESS_WORKERS=1,
                          CONVERTER_OVERLAP="off", **leaves_by)
+    # The gateway uses the lane once its RabbitMQ check has seen the express worker consume it.
+    lane = express_queue(stack.env["QUEUE_NAME"])
+    wait_for("the gateway to see the express lane's consumer",
+             lambda: prom.scrape(stack.metrics_urls["gateway"]).value("video2mp3_queue_consumers", queue=lane) >= 1,
+             timeout=60, interval=0.5)
     a_docs, b_doc = run_backlog_then_small(stack, inputs)
     assert b_doc["lane"] == jobs.EXPRESS_LANE
     assert done_before(a_docs, b_doc) <= 1, [d["complete_time"] for d in a_docs]
