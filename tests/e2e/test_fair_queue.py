@@ -23,8 +23,8 @@ import pytest
 from localmesh.processes import wait_for
 from testkit import prom
 from testkit.faults import SLOW_OPTIONS, Store, make_long_audio, user_client
-from video2mp3.domain.queue import express_queue
 from video2mp3.domain import jobs
+from video2mp3.domain.queue import express_queue
 
 BACKLOG = 6
 SERVICES = ("auth", "gateway", "converter")
