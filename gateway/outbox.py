@@ -29,6 +29,9 @@ gateway that dies holding it delays that user by DISPATCH_LEASE_S at most. It
 runs when a job is recorded (the upload's own request: no added latency when
 it is the user's turn) and every REPUBLISH_INTERVAL_S for every user with a
 job waiting (a worker taking a job frees a place; RabbitMQ coming back).
+A job still uploading (hidden, gateway/early_jobs.py) is considered only by
+its own upload's calls, as it starts and as it ends: one that does not get
+its turn as it starts is converted after its upload, like any other.
 """
 from __future__ import annotations
 
