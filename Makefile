@@ -152,6 +152,11 @@ bench-loudness: install
 bench-day: install
 	$(PY) -m bench.day
 
+# A 10-second clip behind another user's backlog of twelve 3-minute videos,
+# against an idle mesh, through make run; the ratio last (bench/fair.py).
+bench-fair: install
+	$(PY) -m bench.fair
+
 soak: install
 	$(PY) -m bench.soak
 

@@ -427,6 +427,8 @@ def run(*, jobs: int = 200, clients: int = 20, seed: int = 1, fault_every_s: flo
             env = bed.service_env(
                 mongo_port=mongo_proxy.port, rabbit_port=rabbit_proxy.port,
                 CONVERTER_WORKERS=workers,
+                # The express lane too (gateway/outbox.py): its worker is killed like any.
+                CONVERTER_EXPRESS_WORKERS=1,
                 # Quicker recovery than the defaults, so a bounded run ends soon
                 # after its last fault: the outbox re-publishes every second and
                 # a killed worker's job is taken over after 3 s.

@@ -1,9 +1,9 @@
 """Runs the converter: `python -m video2mp3.converter`.
 
 A small supervisor keeps CONVERTER_WORKERS worker processes (each with
-prefetch 1) alive: a worker that dies, even by SIGKILL or a decoder crash, is
-replaced, and its unacked message is redelivered by RabbitMQ. SIGTERM/SIGINT
-is passed on to the workers, which finish or requeue their job within
+prefetch 1) and CONVERTER_EXPRESS_WORKERS on the express lane alive: a worker
+that dies, even by SIGKILL or a decoder crash, is replaced, and its unacked
+message is redelivered by RabbitMQ. SIGTERM/SIGINT is passed on to the workers, which finish or requeue their job within
 GRACE_SECONDS; stragglers are killed after that.
 
 Metrics: the supervisor gives every process one PROMETHEUS_MULTIPROC_DIR
@@ -64,7 +64,8 @@ def main() -> None:
     stopping = threading.Event()
     # One mark per worker, set while it converts (converter/policy.overlap);
     # per worker, so a worker that dies mid-job cannot leave the count wrong.
-    busy = ctx.Array("b", cfg.workers, lock=False)
+    total = cfg.workers + cfg.express_workers  # the express ones last
+    busy = ctx.Array("b", total, lock=False)
 
     def on_signal(signum, _frame):
         log.info("got %s, stopping workers (grace %.0fs)", signal.Signals(signum).name, cfg.grace_seconds)
@@ -75,12 +76,16 @@ def main() -> None:
 
     def start(i: int):
         busy[i] = 0  # a dead predecessor's mark
-        p = ctx.Process(target=run_worker, args=(cfg, i, busy), name=f"converter-{i}", daemon=False)
+        express = i >= cfg.workers
+        p = ctx.Process(target=run_worker, args=(cfg, i, busy, express), daemon=False,
+                        name=f"converter-{'express-' if express else ''}{i}")
         p.start()
-        if cfg.nice and p.pid is not None:
-            # Batch work: the API and the store come first (CONVERTER_NICE).
+        nice = cfg.express_nice if express else cfg.nice
+        if nice and p.pid is not None:
+            # Batch work: the API and the store come first (CONVERTER_NICE);
+            # a short job before a backlog (CONVERTER_EXPRESS_NICE).
             with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, p.pid, cfg.nice)
+                os.setpriority(os.PRIO_PROCESS, p.pid, nice)
         return p
 
     metrics.serve(cfg.metrics_port)
@@ -88,8 +93,9 @@ def main() -> None:
     # The check also services the connection's heartbeats: at least two per heartbeat period.
     monitor = DependencyMonitor({"mongodb": mongo.ping, "rabbitmq": publisher.check}, None, [],
                                 interval=min(cfg.dependency_check_s, cfg.rabbit.heartbeat / 2))
-    workers = {i: start(i) for i in range(cfg.workers)}
-    log.info("started %d worker(s) on queue %s", cfg.workers, cfg.rabbit.queue)
+    workers = {i: start(i) for i in range(total)}
+    log.info("started %d worker(s) on queue %s, %d on its express lane", cfg.workers, cfg.rabbit.queue,
+             cfg.express_workers)
     # First check in the background: a dependency that is down must not delay the workers.
     threading.Thread(target=monitor.start, name="health-start", daemon=True).start()
     while not stopping.wait(0.5):

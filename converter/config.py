@@ -24,6 +24,25 @@ class ConverterConfig:
     requested_workers: int = setting("CONVERTER_WORKERS", CPUS, shown_default="number of CPUs", help=(
         "worker processes, each taking one task at a time (prefetch 1); also the most cores conversions use "
         "(`CONVERTER_OVERLAP`). 0 or less means 1"))
+    # The express lane (gateway/outbox.py): extra workers that take only
+    # short jobs of users with nothing else in flight, at once.
+    express_workers: int = setting("CONVERTER_EXPRESS_WORKERS", 1, minimum=0, help=(
+        "worker processes on the express lane (`<QUEUE_NAME>.express`), besides `CONVERTER_WORKERS`: they take "
+        "the job of a user with nothing else queued or converting at once, even while every other worker is "
+        "busy with another user's backlog; `0`: none (the gateways see no consumer on the lane and stop using it)"))
+    express_cpu_s: float = setting("EXPRESS_CPU_S", 1.0, minimum=0.1, help=(
+        "CPU seconds an express conversion may use; beyond it the job leaves the express lane for the normal "
+        "queue (in its user's turn) and starts again there, so a long file cannot hold the lane"))
+    express_max_audio_s: float = setting("EXPRESS_MAX_AUDIO_S", 60.0, minimum=0, help=(
+        "an express conversion whose file declares more audio than this, seconds, leaves the express lane before "
+        "decoding anything (a file that declares nothing, or lies, is caught by `EXPRESS_CPU_S`)"))
+    cpu_budget_s: float = setting("CONVERTER_CPU_BUDGET_S", 900.0, minimum=1, help=(
+        "CPU seconds one conversion may use (all its threads); beyond it the job fails saying so, instead of "
+        "spinning on a pathological file. Checked as it decodes, and by the kernel (RLIMIT_CPU) if it stops "
+        "reporting"))
+    memory_limit_mb: int = setting("CONVERTER_MEMORY_LIMIT_MB", 4096, minimum=0, help=(
+        "address space of each worker process, MiB (RLIMIT_AS): a file that makes the decoder allocate beyond it "
+        "fails instead of exhausting the machine; `0`: no limit"))
     grace_seconds: float = setting("GRACE_SECONDS", 10.0, help=(
         "seconds a worker gets after SIGTERM to finish the job in hand; then it deletes the partial MP3 and "
         "hands the task back"))
@@ -42,6 +61,9 @@ class ConverterConfig:
         "redelivered task"))
     nice: int = setting("CONVERTER_NICE", 10, help=(
         "nice level of the worker processes (batch work: keeps the API and the store responsive)"))
+    express_nice: int = setting("CONVERTER_EXPRESS_NICE", 5, help=(
+        "nice level of the express workers: below `CONVERTER_NICE`, so a short job gets most of a core while the "
+        "normal workers convert a backlog"))
     metrics_port: int = setting("CONVERTER_METRICS_PORT", 9103, minimum=0, help=(
         "Prometheus `/metrics` port, the sum over the workers; `0`: off"))
     dependency_check_s: float = setting("CONVERTER_CHECK_INTERVAL_S", 5.0, minimum=0.1, help=(

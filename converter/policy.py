@@ -133,6 +133,14 @@ class UploadStalled(JobGone):
                     "job {job}: its upload stopped; its conversion stopped and its MP3 was removed")
 
 
+class LeftExpress(TaskStop):
+    """An express conversion used more than EXPRESS_CPU_S: its job was given
+    back for the normal lane (JobStore.leave_express) and its MP3 deleted; the
+    gateway's fair dispatcher publishes it again in its user's turn."""
+    ending = Ending(Outcome.ACK, "left_express",
+                    "job {job} is too long for the express lane; handed to the normal queue")
+
+
 class StorageUnavailable(TaskStop):
     """MongoDB (jobs or GridFS) cannot be reached right now."""
     ending = Ending(None, None, "job {job}: storage unavailable ({error}); retrying", logging.WARNING)

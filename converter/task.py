@@ -38,11 +38,13 @@ from bson.errors import InvalidId
 
 from video2mp3.converter import cover_art, policy
 from video2mp3.converter.config import CPUS
+from video2mp3.converter.limits import CpuBudget, CpuBudgetExceeded, MemoryLimitExceeded
 from video2mp3.converter.policy import (
     AlreadyFinal,
     Cancelled,
     Ending,
     JobGone,
+    LeftExpress,
     LostLease,
     NoSuchJob,
     Outcome,
@@ -91,6 +93,7 @@ class Task:
         self._progress_at = 0.0            # when progress was last written (which renews the lease)
         self._percent = 0                  # the highest percent reached
         self._upload_checked = 0.0         # when the upload's heartbeat was last looked at
+        self.cpu = CpuBudget()             # this attempt's CPU seconds (converter/limits.py)
 
     # --- the steps, in order -----------------------------------------------------
 
@@ -113,14 +116,20 @@ class Task:
         self.mp3_fid, self.mp3, self.read_bytes, self.parts = ObjectId(), None, 0, []
         self._progress_at, self._percent = 0.0, 0
         self.job = self.take_lease()
+        self.cpu = CpuBudget()
         with tracing.tracer().start_as_current_span(
                 "convert", attributes={"video2mp3.job_id": self.job_id, "video2mp3.attempt": self.job.attempts + 1,
                                        "video2mp3.video_bytes": self.job.video_size}) as self.span:
             self.started = time.monotonic()
             try:
                 result = self.convert_audio()
+            except MemoryError:  # RLIMIT_AS (CONVERTER_MEMORY_LIMIT_MB)
+                return self.fail_job(MemoryLimitExceeded(self.cfg.memory_limit_mb))
             except ConversionError as e:
                 return self.fail_job(e)
+            except LeftExpress:
+                self.jobs.leave_express(self.job_id, self.mp3_fid)  # its MP3 is gone already
+                raise
             finally:
                 metrics.CONVERSION_READ_BYTES.observe(self.read_bytes)
                 self.span.set_attribute("video2mp3.read_bytes", self.read_bytes)
@@ -179,7 +188,7 @@ class Task:
                                            filename=self.job.filename, on_progress=self.on_progress,
                                            overlap=self.overlap, encoders=self._encoders(), split_while=self.alone,
                                            picture=picture, open_part=self.open_part,
-                                           limits=self.cfg.limits)
+                                           limits=self.cfg.limits, on_duration=self.on_duration)
                     break
                 except LimitExceeded:
                     if growing:  # its video is complete before the job fails, so that it can go too
@@ -187,7 +196,7 @@ class Task:
                         video.stream.wait_until_complete()
                     raise
                 except ConversionError as e:
-                    if not growing:
+                    if not growing or isinstance(e, CpuBudgetExceeded):
                         raise
                     metrics.STREAM_FALLBACKS.inc()
                     log.info("job %s: converting while uploading failed (%s); converting the complete "
@@ -306,6 +315,7 @@ class Task:
         PROGRESS_EVERY_S; that write renews the lease and notices a delete."""
         if self.worker.cancel.is_set():
             raise Cancelled()
+        self.check_cpu()
         # Kept even when not written now: while a streamed upload is
         # awaited, only on_progress(0.0) calls come (on_upload_wait).
         self._percent = max(self._percent, min(99, int(fraction * 100)))
@@ -319,6 +329,21 @@ class Task:
             return  # progress is advisory; the final write is what counts
         if not still_ours:
             raise JobGone() if self._gone() else LostLease()
+
+    def on_duration(self, seconds: float | None) -> None:
+        """The track's declared length, before decoding: on the express lane, a
+        long one leaves at once (an undeclared or lying one by its CPU, check_cpu)."""
+        if self.worker.express and seconds is not None and seconds > self.cfg.express_max_audio_s:
+            raise LeftExpress()
+
+    def check_cpu(self) -> None:
+        """The attempt's CPU budget (converter/limits.py): over it, the job fails;
+        on the express lane, over EXPRESS_CPU_S, it leaves the lane."""
+        used = self.cpu.used()
+        if used > self.cfg.cpu_budget_s:
+            raise CpuBudgetExceeded(self.cfg.cpu_budget_s)
+        if self.worker.express and used > self.cfg.express_cpu_s:
+            raise LeftExpress()
 
     def on_upload_wait(self) -> None:
         """GrowingDownload's on_wait: while nothing decodes, keep the lease

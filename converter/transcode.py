@@ -47,6 +47,21 @@ Source = BinaryIO | io.RawIOBase
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress calls a second
 
 # Demuxers FFmpeg picks for things that are not audio/video files.
+# What FFmpeg may open (docs/security.md, "Uploads"). Our bytes come through
+# PyAV's own I/O callbacks, which are no URL protocol; a demuxer that would
+# open another URL (an HLS playlist's segments, an ffconcat script's files, a
+# `concat:` or `subfile,` URL, a DASH manifest, a tee) may open nothing: the
+# whitelist names no real protocol, so every nested open is refused.
+PROTOCOL_WHITELIST = "none"
+# Only the demuxers of the formats we convert (FFmpeg matches any of a
+# demuxer's comma-separated names, e.g. "mov,mp4,m4a,3gp,3g2,mj2"): no
+# playlists, scripts, images, subtitles, devices or network formats.
+FORMAT_WHITELIST = ",".join((
+    "mov", "matroska", "mpegts", "mpeg", "flv", "live_flv", "ogg", "flac", "wav", "w64", "avi", "asf",
+    "caf", "aiff", "rm", "mp3", "aac", "ac3", "eac3", "dts", "truehd", "mlp", "amr", "wv", "ape", "tta",
+    "au", "dsf", "mpc", "mpc8", "mxf", "dv", "nut",
+))
+_OPEN_OPTIONS = {"protocol_whitelist": PROTOCOL_WHITELIST, "format_whitelist": FORMAT_WHITELIST}
 _NOT_MEDIA_FORMATS = {"tty", "srt", "ass", "webvtt", "subviewer", "microdvd", "lrc", "jacosub"}
 
 
@@ -124,7 +139,8 @@ def transcode(src: Source, dst, options, filename: str = "",
               encoder: str | None = None, overlap: bool = True,
               encoders: int = 1, split_while: Callable[[], bool] | None = None,
               copy_mp3: bool = True, picture: tuple[str, bytes] | None = None,
-              open_part: Callable[[int], Any] | None = None, limits: JobLimits | None = None) -> TranscodeResult:
+              open_part: Callable[[int], Any] | None = None, limits: JobLimits | None = None,
+              on_duration: Callable[[float | None], None] | None = None) -> TranscodeResult:
     """Convert the audio of `src` into an MP3 written to `dst`.
 
     src: a seekable binary file object (read/seek/tell), e.g. a GridFS file
@@ -163,6 +179,9 @@ def transcode(src: Source, dst, options, filename: str = "",
         the limit fails before anything is decoded; decoding more audio or
         writing more MP3 than allowed fails as soon as it happens
         (LimitExceeded, a ConversionError). None: no limits.
+    on_duration: called once, before anything is decoded, with the seconds of
+        audio the container declares for the chosen track (None: it does not
+        say); it may raise to stop there.
 
     Returns a TranscodeResult. Its header_patch is (offset, data): the info
     frame (Xing/LAME tag: frame count, seek table, encoder delay/padding) can
@@ -191,6 +210,8 @@ def transcode(src: Source, dst, options, filename: str = "",
     with _open_input(src) as container:
         stream = _pick_audio_stream(container, options)
         _discard_others(container, stream)
+        if on_duration is not None:
+            on_duration(mp3_options.output_seconds(_declared_duration(stream), options))
         tags = id3.tags_for(stream.metadata, container.metadata, filename)
         chapters = chaps.trimmed(chaps.source_chapters(container, stream, _declared_duration(stream)),
                                  options.start_ms if options.HasField("start_ms") else 0,
@@ -273,7 +294,8 @@ def _open_input(src: Source):
     try:
         # Tags that are not valid UTF-8 (a damaged file, an old tagger) must not
         # stop the conversion: PyAV would raise UnicodeDecodeError while opening.
-        container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE, metadata_errors="replace")
+        container = av.open(src, mode="r", buffer_size=IO_BUFFER_SIZE, metadata_errors="replace",
+                            options=_OPEN_OPTIONS)
     except av.FFmpegError as e:  # errors of src itself (I/O) are not ours to judge
         if containers.identify(head) is not None:  # a damaged media file, not something else
             raise ConversionError("the file is truncated or corrupt") from e

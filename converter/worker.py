@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 
 import pymongo.errors
 
-from video2mp3.converter import policy
+from video2mp3.converter import limits, policy
 from video2mp3.converter.config import ConverterConfig
 from video2mp3.converter.consumer import Consumer
 from video2mp3.converter.mp3_store import Mp3Store
@@ -35,7 +37,7 @@ from video2mp3.converter.task import Task
 from video2mp3.core import request_id
 from video2mp3.core.process import die_with_parent
 from video2mp3.domain import jobs, retention
-from video2mp3.domain.queue import MAX_DELIVERIES, decode_task
+from video2mp3.domain.queue import MAX_DELIVERIES, decode_task, express_queue
 from video2mp3.domain.usage import MinutesLedger
 from video2mp3.storage.mongo import Mongo
 from video2mp3.telemetry import metrics
@@ -43,21 +45,27 @@ from video2mp3.telemetry import metrics
 log = logging.getLogger(__name__)
 
 
-def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = None) -> None:
+def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = None,
+               express: bool = False) -> None:
     """Entry point of a worker process. SIGTERM: stop taking work, let the
     in-flight job finish within the grace period, else hand it back.
-    `busy`: one mark per worker of the supervisor, set while it converts (shared)."""
+    `busy`: one mark per worker of the supervisor, set while it converts (shared);
+    `express`: consume the express lane (gateway/outbox.py) instead of the queue."""
     from video2mp3.core.logging import setup_logging
     from video2mp3.telemetry import tracing
 
     setup_logging("converter", worker=index)
     tracing.setup_tracing("converter")
     die_with_parent()  # never an orphan consuming with no supervisor
+    limits.limit_memory(cfg.memory_limit_mb)
     stopping, cancel = threading.Event(), threading.Event()
     mongo = Mongo(cfg.mongo)
-    worker = Worker(cfg, mongo, stopping, cancel, busy, index)
-    consumer = Consumer(cfg.rabbit, worker.on_task, worker.on_dead_letter, stopping,
+    worker = Worker(cfg, mongo, stopping, cancel, busy, index, express=express)
+    rabbit = dataclasses.replace(cfg.rabbit, queue=express_queue(cfg.rabbit.queue)) if express else cfg.rabbit
+    consumer = Consumer(rabbit, worker.on_task, worker.on_dead_letter, stopping,
                         count_waiting=cfg.overlap_mode == "auto")
+    # The kernel's CPU backstop (converter/limits.py); runs on this, the consumer's, thread.
+    signal.signal(signal.SIGXCPU, worker.on_cpu_limit)
 
     def on_term(_signum, _frame):
         stopping.set()
@@ -77,11 +85,12 @@ def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = Non
 class Worker:
     """`stopping`: take no new work (waits give up and hand back);
     `cancel`: the shutdown grace is over, stop the conversion in hand.
-    `busy`, `slot`: the supervisor's marks, one per worker, set while converting (shared)."""
+    `busy`, `slot`: the supervisor's marks, one per worker, set while converting (shared);
+    `express`: this worker serves the express lane."""
 
     def __init__(self, cfg: ConverterConfig, mongo: Mongo,
                  stopping: threading.Event, cancel: threading.Event,
-                 busy: ctypes.Array | None = None, slot: int = 0):
+                 busy: ctypes.Array | None = None, slot: int = 0, express: bool = False):
         self.cfg = cfg
         self.mongo = mongo
         self.jobs = jobs.JobStore(mongo.jobs)
@@ -90,6 +99,8 @@ class Worker:
         self.stopping = stopping
         self.cancel = cancel
         self.busy, self.slot = busy, slot
+        self.express = express
+        self.current_job: str | None = None  # for the CPU backstop
 
     # --- a task (on the consumer's task thread) ------------------------------
 
@@ -100,8 +111,36 @@ class Worker:
         except ValueError as e:
             log.error("dropping message: %s", e)
             return Outcome.ACK
-        with request_id.bound(job_id=job_id), self._converting():
+        with request_id.bound(job_id=job_id), self._converting(), self._budgeted(job_id):
             return Task(self, job_id, waiting).run()
+
+    @contextlib.contextmanager
+    def _budgeted(self, job_id: str) -> Iterator[None]:
+        """The kernel's CPU backstop armed for this task (converter/limits.py)."""
+        self.current_job = job_id
+        limits.arm_backstop(self.cfg.cpu_budget_s)
+        try:
+            yield
+        finally:
+            limits.disarm_backstop()
+            self.current_job = None
+
+    def on_cpu_limit(self, _signum, _frame) -> None:
+        """SIGXCPU: a conversion went past its CPU budget without reporting
+        progress (stuck inside the decoder). Its job fails saying so, and this
+        process ends: the thread cannot be stopped, the supervisor starts a new
+        worker, and the redelivered task finds the job FAILED."""
+        job_id = self.current_job
+        if job_id is None:
+            limits.disarm_backstop()
+            return
+        log.error("job %s: over its CPU time limit inside the decoder; failing it and restarting the worker",
+                  job_id, extra={"job_id": job_id, "step": "cpu_limit"})
+        try:
+            self._fail(job_id, str(limits.CpuBudgetExceeded(self.cfg.cpu_budget_s)))
+        except pymongo.errors.PyMongoError as e:
+            log.error("job %s: could not be failed now (%s); its redelivery will try again", job_id, e)
+        os._exit(70)
 
     @contextlib.contextmanager
     def _converting(self) -> Iterator[None]:
@@ -149,9 +188,16 @@ class Worker:
         return Outcome.ACK
 
     def _fail_crashed(self, job_id: str) -> None:
-        if self.jobs.finish_failed(job_id, policy.crashed_reason(MAX_DELIVERIES)):
+        if self._fail(job_id, policy.crashed_reason(MAX_DELIVERIES)):
             log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
+
+    def _fail(self, job_id: str, reason: str) -> bool:
+        """The job FAILED with `reason` (if not final yet), its video and the
+        MP3s its attempts half-wrote deleted. True if this call failed it."""
+        failed = self.jobs.finish_failed(job_id, reason)
+        if failed:
             retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         job = self.jobs.get(job_id)
         if job is not None and job.state == jobs.FAILED:
             self.mp3s.delete_leftovers(job_id, list(job.pending_mp3_fids))
+        return failed

@@ -9,9 +9,14 @@ video_fid, video_size, mp3_fid, mp3_size, mp3_files, options, attempts, publishe
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
 trace, uploading, upload_touched, tus, notify, pending_events, audio_seconds,
-declared_seconds}: `audio_seconds` is the MP3's length once DONE, `declared_seconds`
-what the upload's container declared (gateway/quotas.py counts it for jobs not
-converted yet).
+declared_seconds, lane, express_refused}: `audio_seconds` is the MP3's length once DONE,
+`declared_seconds` what the upload's container declared (gateway/quotas.py counts it
+for jobs not converted yet).
+
+`published` and `lane` are the fair dispatcher's (gateway/outbox.py): a job is
+published to RabbitMQ when its user's turn comes, on the normal lane or the
+express lane (`lane`); an express conversion that turns out long gives its job
+back unpublished with `express_refused` (leave_express), for the normal lane.
 
 A streamable upload's job is created as its first bytes arrive, so that it is
 converted while the rest arrives (gateway/early_jobs.py): until the upload
@@ -119,6 +124,8 @@ class Job:
     tus: bool = False
     # Recorded when DONE (domain/mp3_files.py); empty for jobs done before that: see `files`.
     mp3_files: tuple[Mp3File, ...] = ()
+    lane: str = ""                  # where it was published: "normal", "express" ("": not yet, or older)
+    express_refused: bool = False   # it left the express lane: too long for it
 
     @classmethod
     def from_doc(cls, doc: dict) -> Job:
@@ -151,6 +158,8 @@ class Job:
             upload_touched=doc.get("upload_touched"),
             tus=bool(doc.get("tus", False)),
             mp3_files=tuple(Mp3File.from_doc(d) for d in doc.get("mp3_files") or ()),
+            lane=doc.get("lane") or "",
+            express_refused=bool(doc.get("express_refused", False)),
         )
 
     @property
@@ -184,6 +193,8 @@ def _job(doc: dict | None) -> Job | None:
 LIVE: dict = {"deleted": None}
 # Its owner never sees a job whose upload is still in progress either.
 VISIBLE: dict = {**LIVE, "uploading": None}
+# The two lanes a job is published on (gateway/outbox.py, domain/queue.express_queue).
+NORMAL_LANE, EXPRESS_LANE = "normal", "express"
 # Set with every state change that makes a webhook event (see the module doc).
 NOTIFY: dict = {"notify": True}
 
@@ -214,6 +225,7 @@ class JobStore:
     def ensure_indexes(self) -> None:
         self.c.create_index([("user_id", 1), ("create_time", -1)])
         self.c.create_index([("published", 1), ("state", 1)])
+        self.c.create_index([("user_id", 1), ("published", 1), ("state", 1)])
         self.c.create_index([("state", 1), ("complete_time", 1)])
         # AIP-155: one job per (caller, request_id), whatever races happen.
         self.c.create_index([("user_id", 1), ("request_id", 1)], unique=True,
@@ -265,8 +277,44 @@ class JobStore:
         self.c.insert_one(doc)
         return Job.from_doc(doc)
 
-    def mark_published(self, job_id: str) -> None:
-        self.c.update_one({"_id": job_id}, {"$set": {"published": True}})
+    def mark_published(self, job_id: str, lane: str = NORMAL_LANE) -> None:
+        self.c.update_one({"_id": job_id}, {"$set": {"published": True, "lane": lane}})
+
+    # --- the fair dispatcher (gateway/outbox.py) --------------------------------
+
+    def in_flight(self, user_id: str) -> tuple[int, int]:
+        """(this user's jobs published and not final, of which waiting in the
+        normal lane: QUEUED, not taken by a worker yet). Hidden jobs count."""
+        base = {"user_id": user_id, "published": True, **LIVE}
+        busy = self.c.count_documents({**base, "state": {"$in": [QUEUED, PROCESSING]}})
+        waiting = self.c.count_documents({**base, "state": QUEUED, "lane": {"$ne": EXPRESS_LANE}}) if busy else 0
+        return busy, waiting
+
+    def next_unpublished(self, user_id: str, limit: int) -> list[Job]:
+        """This user's oldest visible QUEUED jobs not published yet, oldest first."""
+        cursor = self.c.find({"user_id": user_id, "published": False, "state": QUEUED, **VISIBLE})
+        return [Job.from_doc(d) for d in cursor.sort([("create_time", 1), ("_id", 1)]).limit(limit)]
+
+    def users_waiting(self, limit: int = 1000) -> list[str]:
+        """Users with visible jobs waiting for their turn, the longest waiting first."""
+        return [d["_id"] for d in self.c.aggregate([
+            {"$match": {"published": False, "state": QUEUED, **VISIBLE}},
+            {"$group": {"_id": "$user_id", "oldest": {"$min": "$create_time"}}},
+            {"$sort": {"oldest": 1}}, {"$limit": limit}])]
+
+    def leave_express(self, job_id: str, mp3_fid: ObjectId) -> bool:
+        """An express conversion found its job too long for the lane: the job is
+        QUEUED again, unpublished and refused by the express lane, so the fair
+        dispatcher publishes it on the normal lane in its user's turn; the
+        attempt is not counted. False if this attempt no longer holds it."""
+        r = self.c.update_one(
+            # QUEUED too: the discarded attempt may have released the job already (Mp3Store.discard_quietly).
+            {"_id": job_id, "state": {"$in": [QUEUED, PROCESSING]}, "current_mp3_fid": mp3_fid, **LIVE},
+            {"$set": {"state": QUEUED, "lease_until": None, "published": False, "express_refused": True,
+                      "update_time": now()},
+             # Not a conversion attempt that failed or crashed (what `attempts` counts for dead letters).
+             "$inc": {"attempts": -1}})
+        return r.modified_count == 1
 
     def unpublished(self, older_than: dt.datetime, limit: int = 100) -> list[Job]:
         return [Job.from_doc(d) for d in self.c.find(

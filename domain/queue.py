@@ -4,6 +4,11 @@ Topology: the durable queue `video` (QUEUE_NAME) is a quorum queue with a
 delivery limit, so a message that keeps failing or keeps killing its worker is
 dead-lettered to `<queue>.dead` after MAX_DELIVERIES deliveries instead of
 looping forever. Messages go through the default exchange, as in the seed.
+
+The express lane `<queue>.express` (express_queue) has the same topology (its
+dead letters go to `<queue>.express.dead`) and the same ConversionTask
+message; the gateway's fair dispatcher (gateway/outbox.py) decides which lane
+a job takes, and the converter's express workers consume it.
 """
 from __future__ import annotations
 
@@ -48,6 +53,10 @@ def connection_parameters(s: RabbitSettings) -> pika.ConnectionParameters:
 
 def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
+
+
+def express_queue(queue: str) -> str:
+    return f"{queue}.express"
 
 
 def declare_topology(channel, queue: str) -> None:
@@ -99,6 +108,8 @@ class Publisher:
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._calls: SimpleQueue = SimpleQueue()
+        # Consumers of each queue as the last check() saw them.
+        self.consumers: dict[str, int] = {}
         self._thread = threading.Thread(target=self._serve, name="amqp-publisher", daemon=True)
         self._thread.start()
 
@@ -127,6 +138,7 @@ class Publisher:
         ch = conn.channel()
         ch.confirm_delivery()
         declare_topology(ch, self.s.queue)
+        declare_topology(ch, express_queue(self.s.queue))
         self._channel = ch
         return conn, ch
 
@@ -142,20 +154,22 @@ class Publisher:
             with contextlib.suppress(Exception):  # already broken; nothing to save
                 conn.close()
 
-    def publish(self, task: queue_pb2.ConversionTask) -> None:
+    def publish(self, task: queue_pb2.ConversionTask, express: bool = False) -> None:
         """Returns once RabbitMQ confirmed the message; raises PublishError if
         it is unreachable, refuses it or does not confirm within the deadline.
+        `express`: on the express lane (express_queue) instead of the queue.
         The message carries the request id and trace context (telemetry/tracing.py)."""
-        with tracing.producing(self.s.queue, task.job_id) as headers:
+        queue = express_queue(self.s.queue) if express else self.s.queue
+        with tracing.producing(queue, task.job_id) as headers:
             metrics.QUEUE_PUBLISHES.labels("task").inc()
             try:
-                self._publish(task, headers)
+                self._publish(task, headers, queue)
             except PublishError:
                 metrics.QUEUE_PUBLISH_FAILURES.labels("task").inc()
                 raise
             metrics.QUEUE_CONFIRMS.labels("task").inc()
 
-    def _publish(self, task: queue_pb2.ConversionTask, headers: dict) -> None:
+    def _publish(self, task: queue_pb2.ConversionTask, headers: dict, queue: str) -> None:
         body = encode_task(task)
         props = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -171,7 +185,7 @@ class Publisher:
                 try:
                     conn, channel = self._connected()
                     conn.process_data_events(0)  # service heartbeats
-                    channel.basic_publish("", self.s.queue, body, props, mandatory=True)
+                    channel.basic_publish("", queue, body, props, mandatory=True)
                     return
                 except (pika.exceptions.AMQPError, OSError) as e:
                     self._drop()
@@ -187,15 +201,22 @@ class Publisher:
             try:
                 conn, channel = self._connected()
                 conn.process_data_events(0)
-                for queue in (self.s.queue, dead_letter_queue(self.s.queue)):
+                express = express_queue(self.s.queue)
+                for queue in (self.s.queue, dead_letter_queue(self.s.queue), express, dead_letter_queue(express)):
                     ok = channel.queue_declare(queue, passive=True).method
                     metrics.QUEUE_MESSAGES.labels(queue).set(ok.message_count)
                     metrics.QUEUE_CONSUMERS.labels(queue).set(ok.consumer_count)
+                    self.consumers[queue] = ok.consumer_count
             except (pika.exceptions.AMQPError, OSError) as e:
                 self._drop()
                 raise PublishError(f"{e!r}") from None
 
         self._call(check, "answer")
+
+    def express_consumed(self) -> bool:
+        """Whether the last check() saw a consumer on the express lane (a
+        converter with express workers): the gateway uses the lane only then."""
+        return self.consumers.get(express_queue(self.s.queue), 0) > 0
 
     def close(self) -> None:
         """Closes the connection (if the publisher thread is free to) and ends the thread."""

@@ -23,7 +23,6 @@ from video2mp3.gateway.auth import Authenticator, AuthInterceptor
 from video2mp3.gateway.config import GatewayConfig
 from video2mp3.gateway.janitor import OrphanChunkJanitor
 from video2mp3.gateway.jwks import JwksCache, auth_channel, grpc_fetcher
-from video2mp3.gateway.outbox import Outbox
 from video2mp3.gateway.quotas import Quotas
 from video2mp3.gateway.service import MediaService
 from video2mp3.gateway.storage_space import StorageSpace
@@ -72,7 +71,7 @@ def main() -> None:
     space = StorageSpace(mongo.db, data_dir=cfg.mongo.data_dir, reserve_bytes=cfg.storage_reserve_bytes)
     quotas = Quotas(mongo.db, job_store, cfg.quotas, cfg.limits, cfg.retention)
     uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space,
-                      quotas)
+                      quotas, fair=cfg.fair_queue, dispatch_interval_s=cfg.republish_interval_s)
 
     health = grpc_server.new_health()
     to_auth = auth_channel(cfg.auth.addr)
@@ -111,7 +110,7 @@ def main() -> None:
         quotas.ensure_indexes()
     except Exception as e:  # noqa: BLE001 - MongoDB down at start: indexes are made on a later start
         log.warning("could not create job indexes now: %s", e)
-    outbox = Outbox(job_store, uploads.publish, cfg.republish_interval_s).start()
+    outbox = uploads.outbox.start()
     heartbeat = Periodic("upload-heartbeat", jobs.UPLOAD_TOUCH_S, uploads.heartbeat.beat,
                          errors=(pymongo.errors.PyMongoError,)).start()
     # Also deletes the hidden jobs of streamed uploads whose gateway died (gateway/early_jobs.py).

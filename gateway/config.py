@@ -7,6 +7,7 @@ from video2mp3.core.settings import AuthEndpoint, MongoSettings, RabbitSettings,
 from video2mp3.domain.limits import JobLimits
 from video2mp3.domain.retention import RetentionSettings
 from video2mp3.gateway.quotas import QuotaSettings
+from video2mp3.gateway.outbox import FairQueueSettings
 from video2mp3.gateway.webhooks import WebhookSettings
 
 
@@ -66,8 +67,11 @@ class GatewayConfig:
     quotas: QuotaSettings = group(QuotaSettings)
     # Webhooks: where deliveries may go, timeouts, retries (gateway/webhooks.py).
     webhooks: WebhookSettings = group(WebhookSettings)
-    republish_interval_s: float = setting("REPUBLISH_INTERVAL_S", 5.0, help=(
-        "how often the outbox re-publishes jobs RabbitMQ did not confirm, seconds"))
+    republish_interval_s: float = setting("REPUBLISH_INTERVAL_S", 0.5, minimum=0.05, help=(
+        "how often the outbox publishes the jobs waiting for their user's turn (`FAIR_QUEUE_PER_USER`) and those "
+        "RabbitMQ did not confirm, seconds"))
+    # Which job goes to RabbitMQ when, and on which lane (gateway/outbox.py).
+    fair_queue: FairQueueSettings = group(FairQueueSettings)
     grace_seconds: float = setting("GRACE_SECONDS", 10.0, help="seconds in-flight RPCs get to finish after SIGTERM")
     orphan_chunk_age_s: float = setting("ORPHAN_CHUNK_AGE_S", 3600.0, help=(
         "seconds after which chunks of an upload (video or MP3) with no file and nothing written (its gateway or "

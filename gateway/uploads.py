@@ -35,6 +35,7 @@ from video2mp3.formats import durations
 from video2mp3.gateway import container_sniff, form_upload, validation
 from video2mp3.gateway.early_jobs import EarlyJobs, Heartbeat
 from video2mp3.gateway.quotas import Quotas, UploadCheck
+from video2mp3.gateway.outbox import FairQueueSettings, Outbox
 from video2mp3.gateway.request_ids import RequestIds, Reservation
 from video2mp3.gateway.storage_space import StorageSpace
 from video2mp3.storage.gridfs_download import ChunkedDownload, delete_file
@@ -51,7 +52,8 @@ BUSY_RETRY_S = 3.0
 class Uploads:
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, publisher: Publisher,
                  max_bytes: int, max_concurrent: int, space: StorageSpace | None = None,
-                 quotas: Quotas | None = None):
+                 quotas: Quotas | None = None, fair: FairQueueSettings | None = None,
+                 dispatch_interval_s: float = 0.5):
         self.request_ids = RequestIds(mongo.db, job_store)
         self.mongo = mongo
         self.jobs = job_store
@@ -62,6 +64,9 @@ class Uploads:
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.heartbeat = Heartbeat(job_store)  # started by gateway/__main__.py
         self.early = EarlyJobs(mongo, job_store, self.publish, self.heartbeat)
+        # Decides when a recorded job is published, and on which lane (started by gateway/__main__.py).
+        self.outbox = Outbox(job_store, mongo.db["dispatch"], self.send, dispatch_interval_s,
+                             fair or FairQueueSettings(), publisher.express_consumed)
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
         """Returns the created job, or raises (core/errors.py makes the
@@ -269,21 +274,29 @@ class Uploads:
         return ""
 
     def publish(self, job: jobs.Job) -> bool:
-        """Publish a recorded job; on failure it stays unpublished for the outbox to retry.
-        Within its upload's request id and trace, even when the outbox calls."""
-        with tracing.resumed(job.trace):
-            return self._publish(job)
+        """A recorded job: published now if it is its user's turn (gateway/outbox.py),
+        else it stays unpublished until then; so does a job whose publish
+        failed, for the outbox to retry. True if it was published."""
+        return self.outbox.offer(job)
 
-    def _publish(self, job: jobs.Job) -> bool:
+    def send(self, job: jobs.Job, express: bool = False) -> bool:
+        """Publish a recorded job now (the outbox decided), on the express lane
+        or not; False if RabbitMQ did not confirm it. Within its upload's request
+        id and trace, even when the outbox calls."""
+        with tracing.resumed(job.trace):
+            return self._publish(job, express)
+
+    def _publish(self, job: jobs.Job, express: bool) -> bool:
         try:
-            self.publisher.publish(jobs.task_for(job))
+            self.publisher.publish(jobs.task_for(job), express=express)
         except PublishError as e:
             log.warning("job %s not published yet (%s); the outbox will retry", job.id, e,
                         extra={"job_id": job.id, "step": "publish_failed"})
             return False
-        log.info("job %s queued", job.id, extra={"job_id": job.id, "step": "queued"})
+        lane = jobs.EXPRESS_LANE if express else jobs.NORMAL_LANE
+        log.info("job %s queued (%s lane)", job.id, lane, extra={"job_id": job.id, "step": "queued"})
         try:
-            self.jobs.mark_published(job.id)
+            self.jobs.mark_published(job.id, lane)
         except pymongo.errors.PyMongoError as e:
             # Published but not marked: the outbox may publish again; the
             # converter ignores tasks whose job is already final.

@@ -94,7 +94,8 @@ QUEUE_CONSUMERS = Gauge("video2mp3_queue_consumers", "Consumers of a queue, read
 # ---------------------------------------------------------------- conversions (converter)
 CONVERSIONS = Counter(
     "video2mp3_conversions", "Conversion attempts by outcome: done, failed (bad input), superseded, "
-    "duplicate, interrupted (shutdown), error (unexpected; requeued), deleted (the job was deleted)", ["outcome"])
+    "duplicate, interrupted (shutdown), error (unexpected; requeued), deleted (the job was deleted), left_express "
+    "(too long for the express lane; queued again on the normal one)", ["outcome"])
 CONVERSION_SECONDS = Histogram(
     "video2mp3_conversion_seconds", "Wall time of a successful conversion",
     buckets=(.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600))

@@ -48,7 +48,7 @@ class MakeRun:
         env = testbed.mesh_env(mysql=self.mysql, rabbit=self.rabbit, mongo_uri="", queue=self.queue,
                                keys_dir=self.data_dir.parent / "keys")
         # make run's own defaults: the embedded store, the default worker count, INFO logs.
-        for k in ("MONGO_URI", "CONVERTER_WORKERS", "GRACE_SECONDS"):
+        for k in ("MONGO_URI", "CONVERTER_WORKERS", "CONVERTER_EXPRESS_WORKERS", "GRACE_SECONDS"):
             env.pop(k, None)
         env.update(MONGO_PORT=str(free_port()), MONGO_DATA_DIR=str(self.data_dir), LOG_LEVEL="INFO")
         env.update(self.overrides)

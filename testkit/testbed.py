@@ -24,7 +24,7 @@ from video2mp3.core.settings import MysqlSettings, RabbitSettings, as_env, load
 from video2mp3.domain.queue import connection_parameters
 
 # Names a service may derive from the main queue (dead-lettering, retries).
-QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay")
+QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay", ".express", ".express.dead")
 
 
 def hex_id() -> str:
@@ -210,6 +210,9 @@ def mesh_env(*, mysql: Mapping[str, str], rabbit: Mapping[str, str], mongo_uri: 
         # Deleted users' tokens stop working within this long.
         USER_CACHE_TTL_S="1",
         CONVERTER_WORKERS="1",
+        # No express lane unless a test asks for it (tests/e2e/test_fair_queue.py,
+        # the soak): the others count and kill "the" worker of a job.
+        CONVERTER_EXPRESS_WORKERS="0",
         GRACE_SECONDS="5",
         # Webhooks: a receiver of the tests' own on 127.0.0.1 is allowed, and
         # nothing a test (or the fuzzer) registers can make a mesh deliver

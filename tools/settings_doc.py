@@ -59,6 +59,7 @@ TITLES = {
     "RabbitSettings": "RabbitMQ",
     "AuthEndpoint": "Where auth is",
     "RetentionSettings": "Retention",
+    "FairQueueSettings": "Fair queue",
     "ConverterConfig": "converter",
     "EnvoySettings": "Envoy",
     "LogSettings": "Logs",

@@ -450,6 +450,28 @@ def test_compose_file_parses_and_runs_every_upstream_envoy_routes_to():
         assert services[name].get("read_only", APP_DEFAULTS["read_only"]) is True, name
 
 
+def test_converter_has_no_egress_in_compose():
+    """Every upload is hostile until converted (docs/security.md): the
+    converter's networks are all internal, and on them are only the store,
+    the broker and the monitoring profile's scraper and trace collector."""
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services, networks = doc["services"], doc.get("networks") or {}
+
+    def nets(svc: dict) -> set[str]:
+        value = svc.get("networks") or ["default"]
+        return set(value if isinstance(value, list) else value.keys())
+
+    converter = nets(services["converter"])
+    assert "default" not in converter, converter
+    for net in converter:
+        assert (networks.get(net) or {}).get("internal") is True, f"network {net} lets the converter out"
+    peers = {name for name, svc in services.items() if name != "converter" and nets(svc) & converter}
+    assert {"mongo", "rabbitmq"} <= peers <= {"mongo", "rabbitmq", "prometheus", "jaeger"}, peers
+    # The others still reach the store and the broker on the default network.
+    for name in ("gateway", "auth", "envoy", "mongo", "rabbitmq"):
+        assert "default" in nets(services[name]), name
+
+
 def test_compose_secrets_come_from_the_uncommitted_env_file():
     text = COMPOSE.read_text()
     doc = yaml.safe_load(text)
