@@ -6,8 +6,8 @@ import dataclasses
 from video2mp3.core.settings import AuthEndpoint, MongoSettings, RabbitSettings, group, setting
 from video2mp3.domain.limits import JobLimits
 from video2mp3.domain.retention import RetentionSettings
-from video2mp3.gateway.quotas import QuotaSettings
 from video2mp3.gateway.outbox import FairQueueSettings
+from video2mp3.gateway.quotas import QuotaSettings
 from video2mp3.gateway.webhooks import WebhookSettings
 
 

@@ -34,8 +34,8 @@ from video2mp3.domain.queue import Publisher, PublishError
 from video2mp3.formats import durations
 from video2mp3.gateway import container_sniff, form_upload, validation
 from video2mp3.gateway.early_jobs import EarlyJobs, Heartbeat
-from video2mp3.gateway.quotas import Quotas, UploadCheck
 from video2mp3.gateway.outbox import FairQueueSettings, Outbox
+from video2mp3.gateway.quotas import Quotas, UploadCheck
 from video2mp3.gateway.request_ids import RequestIds, Reservation
 from video2mp3.gateway.storage_space import StorageSpace
 from video2mp3.storage.gridfs_download import ChunkedDownload, delete_file
