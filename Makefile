@@ -6,7 +6,7 @@ PIP   := $(PY) -m pip
 BUF   := node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e soak k8s-validate clean \
+.PHONY: install protos web lock lint docs run test test-unit bench-convert bench-workers bench-watch bench-big bench-uploads bench-e2e bench-load bench-latency soak k8s-validate clean \
         images compose-up compose-down kube-up kube-down test-containers
 
 install: $(VENV)/.installed
@@ -141,6 +141,16 @@ bench-uploads: install
 # line; uploads against raw GridFS; workers (bench/e2e.py). About 15 minutes.
 bench-e2e: install
 	$(PY) -m bench.e2e
+
+# Many users at once: 24 three-minute ffmpeg-written videos from 8 REST clients
+# (upload -> watch -> download) against ffmpeg two at a time (bench/load.py; LOAD_* options).
+bench-load: install
+	$(PY) -m bench.load
+
+# A 10-second clip from upload start to MP3 in hand, against the ffmpeg CLI
+# (bench/latency.py; LATENCY_* options).
+bench-latency: install
+	$(PY) -m bench.latency
 
 soak: install
 	$(PY) -m bench.soak

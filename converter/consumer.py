@@ -17,6 +17,7 @@ starts afresh.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -28,6 +29,7 @@ import pika.exceptions
 
 from video2mp3.converter.policy import Outcome
 from video2mp3.core.settings import RabbitSettings
+from video2mp3.domain import job_events
 from video2mp3.domain.queue import connection_parameters, dead_letter_queue, declare_topology
 from video2mp3.telemetry import metrics, tracing
 
@@ -60,6 +62,9 @@ class Consumer:
         self.on_dead_letter = on_dead_letter
         self.stopping = stopping
         self._inflight: threading.Thread | None = None
+        # The connection being consumed and its channel: announce_final's way out.
+        self._conn: pika.BlockingConnection | None = None
+        self._ch = None
 
     def run(self) -> None:
         """Consumes until `stopping` is set and the task in hand is settled."""
@@ -80,6 +85,8 @@ class Consumer:
             ch.basic_qos(prefetch_count=1)
             queue = self.s.queue
             declare_topology(ch, queue)
+            job_events.declare(ch, queue)
+            self._conn, self._ch = conn, ch
             tag = ch.basic_consume(queue, functools.partial(self._on_message, conn))
             dead_tag = ch.basic_consume(dead_letter_queue(queue), self._on_dead)
             log.info("consuming %s", queue)
@@ -95,6 +102,24 @@ class Consumer:
         finally:
             if conn.is_open:
                 conn.close()
+
+    def announce_final(self, job_id: str) -> None:
+        """Tell the gateways `job_id` is final (domain/job_events.py), from any
+        thread: published on the connection's thread, best effort."""
+        conn, ch = self._conn, self._ch
+        if conn is None or ch is None:
+            return
+
+        def send() -> None:
+            if ch.is_open:
+                try:
+                    job_events.announce(ch, self.s.queue, job_id)
+                except pika.exceptions.AMQPError as e:
+                    log.debug("could not announce job %s: %r", job_id, e)
+
+        # Reconnecting: watchers learn of it on their next poll.
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            conn.add_callback_threadsafe(send)
 
     def _stop_consuming(self, ch, *tags) -> None:
         for t in tags:

@@ -205,6 +205,7 @@ class Task:
             outcome = self._end(policy.SUPERSEDED)
             self.mp3s.discard(self.job_id, self.mp3_fid)
             return outcome
+        self.worker.on_final(self.job_id)  # watchers hear of DONE now, not at their next poll
         seconds = time.monotonic() - self.started
         metrics.CONVERSION_SECONDS.observe(seconds)
         metrics.AUDIO_SECONDS.inc(result.duration_seconds)
@@ -223,6 +224,7 @@ class Task:
     def fail_job(self, error: ConversionError) -> Outcome:
         """The video cannot be converted: the job ends FAILED, saying why (its MP3 is gone already)."""
         if self.jobs.finish_failed(self.job_id, str(error)):
+            self.worker.on_final(self.job_id)
             retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention)
         tracing.fail(self.span, str(error))
         return self._end(policy.FAILED, error)

@@ -57,6 +57,7 @@ def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = Non
     worker = Worker(cfg, mongo, stopping, cancel, busy, index)
     consumer = Consumer(cfg.rabbit, worker.on_task, worker.on_dead_letter, stopping,
                         count_waiting=cfg.overlap_mode == "auto")
+    worker.on_final = consumer.announce_final
 
     def on_term(_signum, _frame):
         stopping.set()
@@ -88,6 +89,10 @@ class Worker:
         self.stopping = stopping
         self.cancel = cancel
         self.busy, self.slot = busy, slot
+        # Called with a job id once the job is DONE or FAILED: the consumer
+        # tells the gateways, whose watchers then need not wait for a poll
+        # (domain/job_events.py).
+        self.on_final: Callable[[str], None] = lambda _job_id: None
 
     # --- a task (on the consumer's task thread) ------------------------------
 
@@ -149,6 +154,7 @@ class Worker:
     def _fail_crashed(self, job_id: str) -> None:
         if self.jobs.finish_failed(job_id, policy.crashed_reason(MAX_DELIVERIES)):
             log.error("job %s dead-lettered after %d deliveries; marked FAILED", job_id, MAX_DELIVERIES)
+            self.on_final(job_id)
             retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         job = self.jobs.get(job_id)
         if job is not None and job.state == jobs.FAILED:
