@@ -11,9 +11,14 @@ the two contenders alternating round by round (medians):
    at a time, against `ffmpeg -i F -vn -c:a libmp3lame -b:a 192k out.mp3`.
 2. The same video remuxed with its index first (faststart), uploaded through
    REST: converted while it arrives.
-3. A phone-sized video: 10-minute 1080p ~20 Mbit/s H.264 + AAC (~1.5 GB), laid
-   out as phones record it (about 1 s of each track per chunk, index at the
-   end: testkit/mp4_layout.py). Also the bytes the converter fetched from GridFS.
+3. A phone-sized video: 10-minute 1080p ~20 Mbit/s H.264 + AAC (~1.5 GB), in
+   both layouts: (a) as phones record it (about 1 s of each track per chunk,
+   index at the end: testkit/mp4_layout.py), and (b) as ffmpeg writes it
+   (`-c copy`: audio and video interleaved frame by frame, index at the end),
+   where every GridFS chunk holds audio and the converter must read all of
+   it back; for (b) also the floor: the same file read back from the store
+   alone, nothing decoded, against ffmpeg. Also the bytes each conversion
+   fetched from GridFS.
 4. Uploads: REST through Envoy and gRPC direct against a raw GridFSBucket
    upload of the same file to the same server (bench/uploads.py), and the
    gateway's peak RSS during a 2 GB upload.
@@ -65,7 +70,7 @@ def faststart_copy(ffmpeg: str, src: Path) -> Path:
 
 
 def phone_video() -> Path:
-    """1080p ~20 Mbit/s, ~1 s per chunk, index at the end, made once."""
+    """1080p ~20 Mbit/s laid out as a phone writes it: ~1 s per chunk, index at the end, made once."""
     dst = BIG / "phone-10min-20mbit-1s-chunks.mp4"
     if not dst.exists():
         BIG.mkdir(parents=True, exist_ok=True)
@@ -73,6 +78,22 @@ def phone_video() -> Path:
         print(f"laying out {dst.name} as a phone writes it ...", flush=True)
         tmp = dst.with_suffix(".part.mp4")
         interleave(muxed, tmp, seconds=1.0, index_first=False)
+        tmp.rename(dst)
+    return dst
+
+
+def frame_interleaved_phone(ffmpeg: str) -> Path:
+    """The same 1080p streams as ffmpeg writes them (`-c copy`): audio and video
+    interleaved frame by frame, index at the end, made once. Every GridFS
+    chunk holds some audio, so nothing can be skipped."""
+    dst = BIG / "phone-10min-20mbit-ffmpeg.mp4"
+    if not dst.exists():
+        BIG.mkdir(parents=True, exist_ok=True)
+        muxed = make_phone_video(BIG / "phone-10min-20mbit.mp4")
+        print(f"remuxing {dst.name} with ffmpeg ...", flush=True)
+        tmp = dst.with_suffix(".part.mp4")
+        subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(muxed), "-c", "copy",
+                        str(tmp)], check=True)
         tmp.rename(dst)
     return dst
 
@@ -116,6 +137,40 @@ class Mesh:
         fetched = self.read_bytes() - before
         self.rest.s.delete(f"{self.rest.base}/v1/jobs/{job_id}", headers=self.rest.headers(), timeout=60)
         return max(0.0, (done - answered).total_seconds()), fetched
+
+
+def read_back_s(run: MakeRun, path: Path) -> float:
+    """The floor of a conversion that must read every byte: the file stored
+    straight into make run's GridFS (not timed), then read back whole the way
+    the converter reads it (converter/video_source.py: ranges of chunks,
+    fetched ahead), nothing decoded; seconds."""
+    import pymongo
+
+    from video2mp3.converter.video_source import VideoSource
+    from video2mp3.storage.gridfs_download import delete_file
+    from video2mp3.storage.gridfs_upload import ChunkedUpload
+    from video2mp3.storage.mongo import VIDEOS_BUCKET
+
+    uri = f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true"
+    client: pymongo.MongoClient = pymongo.MongoClient(uri)
+    try:
+        db = client["video2mp3"]
+        up = ChunkedUpload(db, VIDEOS_BUCKET, path.name)
+        up.write_behind()
+        with open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                up.write(piece)
+        up.close()
+        settle(run)
+        t = time.perf_counter()
+        with VideoSource(db, up._id) as video:
+            while video.stream.read(1 << 20):
+                pass
+        seconds = time.perf_counter() - t
+        delete_file(db, VIDEOS_BUCKET, up._id)
+        return seconds
+    finally:
+        client.close()
 
 
 def settle(run: MakeRun, idle_cpu: float = 0.1, timeout: float = 60) -> None:
@@ -196,6 +251,7 @@ def main() -> None:
     video = make_inputs(CACHE)["long"]
     fast = faststart_copy(ffmpeg, video)
     phone = None if "phone" in skip else phone_video()
+    phone_ff = None if "phone" in skip else frame_interleaved_phone(ffmpeg)
     out = CACHE / "e2e-ffmpeg-out.mp3"
     print(f"CPUs: {os.cpu_count()}; inputs: {video.name} ({video.stat().st_size / 1e6:.0f} MB), "
           f"{fast.name}" + (f", {phone.name} ({phone.stat().st_size / 1e6:.0f} MB)" if phone else ""))
@@ -223,9 +279,17 @@ def main() -> None:
             time_to_mp3("720p", video, 1.0, args.rounds, fetched=True)
             print("\n2. the same, faststart, through REST: converted while it arrives")
             time_to_mp3("faststart", fast, 0.25, args.rounds, fetched=False)
-            if phone is not None:
-                print("\n3. phone-sized 1080p (1 s chunks, index at the end)")
+            if phone is not None and phone_ff is not None:
+                print("\n3a. phone-sized 1080p as phones write it (1 s chunks, index at the end)")
                 time_to_mp3("phone", phone, 1.0, args.phone_rounds, fetched=True)
+                print("\n3b. phone-sized 1080p as ffmpeg writes it (frame-interleaved, index at the end)")
+                time_to_mp3("phone, frame-interleaved", phone_ff, 1.0, args.phone_rounds, fetched=True)
+                floors = [read_back_s(run, phone_ff) for _ in range(args.phone_rounds)]
+                ff = statistics.median(run_ffmpeg(ffmpeg, phone_ff, out) for _ in range(args.phone_rounds))
+                floor = statistics.median(floors)
+                print(f"    read back alone: {' '.join(f'{x:.2f}' for x in floors)} s; ffmpeg {ff:.2f} s", flush=True)
+                rows.append(("frame-interleaved floor: read back alone / ffmpeg",
+                             f"{floor:.2f} s / {ff:.2f} s = {floor / ff:.2f}", "(every byte read back)"))
 
             if "uploads" not in skip:
                 print("\n4. uploads of the 720p file: raw GridFSBucket vs gRPC direct vs REST")

@@ -30,9 +30,11 @@ A quick look: LOAD_FILES=6 LOAD_CLIENTS=4 LOAD_MINUTES=1 make bench-load
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
+import resource
 import shutil
 import statistics
 import subprocess
@@ -42,6 +44,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import psutil
 
 from bench.convert import ensure_ffmpeg, ffmpeg_cmd
 from bench.e2e import settle
@@ -146,6 +150,16 @@ def run_mesh_all(users: list[Journey], files: list[Path]) -> tuple[float, list[T
     return wall, timings
 
 
+def cpu_by_process(run: MakeRun) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each of the mesh's processes, by name."""
+    out: dict[str, float] = {}
+    for name, pids in run.pids().items():
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                out[name] = out.get(name, 0.0) + sum(psutil.Process(pid).cpu_times()[:2])
+    return out
+
+
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
@@ -177,9 +191,18 @@ def main() -> int:
                 for who in (("mesh", "ffmpeg") if i % 2 == 0 else ("ffmpeg", "mesh")):
                     settle(run)
                     if who == "ffmpeg":
+                        before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         ff_s.append(run_ffmpeg_all(ffmpeg, files, opts.ffmpeg_at_once, data_dir))
+                        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                        print(f"  CPU seconds of ffmpeg: {used:.1f}", flush=True)
                     else:
+                        cpu0 = cpu_by_process(run)
                         wall, timings = run_mesh_all(users, files)
+                        cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_by_process(run).items()}
+                        print("  CPU seconds by process: " + ", ".join(
+                            f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+                            + f" (all {sum(cpu.values()):.1f} in {wall:.1f} s of 2 cores)", flush=True)
                         mesh_s.append(wall)
                         jobs += [t.total_s for t in timings]
                         print(f"  mesh round {i + 1}: last MP3 in hand after {wall:.1f} s; per job "
