@@ -34,7 +34,7 @@ class Mp3Store:
         """A new MP3 for `job`, written as a stream; it exists once closed."""
         stem = (job.filename or "audio").rsplit(".", 1)[0] or "audio"
         return ChunkedUpload(
-            self.mongo.db, MP3S_BUCKET, f"{stem}.mp3", file_id=mp3_fid,
+            self.mongo.db, MP3S_BUCKET, f"{stem}.mp3", file_id=mp3_fid, chunk_db=self.mongo.chunk_db,
             metadata={"job_id": job.id, "user_id": job.user_id, "content_type": "audio/mpeg"},
         )
 

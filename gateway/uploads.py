@@ -97,6 +97,7 @@ class Uploads:
             # The disk-space guard: checks now (StorageFull before anything is
             # written) and about every 4 MB; StorageFull aborts like any error.
             before_store=self.space.guard() if self.space else None,
+            chunk_db=self.mongo.chunk_db,
         )
         job_id = jobs.new_job_id()
         early: list[jobs.Job] = []
