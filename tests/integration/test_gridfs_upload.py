@@ -195,7 +195,7 @@ def test_chunks_without_retryable_writes_survive_a_lost_answer_once(mongo_server
         data = os.urandom(40 * 261120 + 77)
         up = ChunkedUpload(m.db, "videos", "a.mp4", chunk_db=m.chunk_db)
         up.write_behind()
-        up._chunks = _LostAfterStoring(up._chunks)  # type: ignore[assignment]
+        up._chunks = _LostAfterStoring(up._chunks)
         up.write(data)
         up.close()
         assert up._chunks.cut
