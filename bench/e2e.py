@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -109,6 +110,7 @@ class Mesh:
         self.rest.sign_up_and_login()
         assert run.mesh is not None
         self.converter_metrics = run.mesh.metrics_urls["converter"]
+        self.last_cpu = 0.0  # CPU seconds of the mesh from the last answer to its DONE seen
 
     def read_bytes(self) -> float:
         """Video bytes the converter has fetched from GridFS so far (all conversions)."""
@@ -119,6 +121,7 @@ class Mesh:
         before = self.read_bytes()
         r = self.rest.upload(path, timeout=600)
         answered = dt.datetime.now(dt.UTC)
+        cpu0 = mesh_cpu(self.run)
         assert r.status_code == 200, r.text
         job_id = r.json()["job_id"]
         while True:
@@ -129,6 +132,7 @@ class Mesh:
             # accuracy, and leaves the cores to the conversion being timed.
             time.sleep(0.25)
         assert job["state"] == "JOB_STATE_DONE", job
+        self.last_cpu = mesh_cpu(self.run) - cpu0
         done = dt.datetime.fromisoformat(job["complete_time"].replace("Z", "+00:00"))
         # The metric is written a moment after the job's DONE; wait for it.
         deadline = time.monotonic() + 10
@@ -139,11 +143,12 @@ class Mesh:
         return max(0.0, (done - answered).total_seconds()), fetched
 
 
-def read_back_s(run: MakeRun, path: Path) -> float:
+def read_back(run: MakeRun, path: Path) -> tuple[float, float]:
     """The floor of a conversion that must read every byte: the file stored
     straight into make run's GridFS (not timed), then read back whole the way
     the converter reads it (converter/video_source.py: ranges of chunks,
-    fetched ahead), nothing decoded; seconds."""
+    fetched ahead), nothing decoded: (seconds, CPU seconds of the store and
+    the reader)."""
     import pymongo
 
     from video2mp3.converter.video_source import VideoSource
@@ -162,15 +167,35 @@ def read_back_s(run: MakeRun, path: Path) -> float:
                 up.write(piece)
         up.close()
         settle(run)
+        cpu0 = mesh_cpu(run) + sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
         t = time.perf_counter()
         with VideoSource(db, up._id) as video:
             while video.stream.read(1 << 20):
                 pass
         seconds = time.perf_counter() - t
+        cpu = mesh_cpu(run) + sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0
         delete_file(db, VIDEOS_BUCKET, up._id)
-        return seconds
+        return seconds, cpu
     finally:
         client.close()
+
+
+def mesh_cpu(run: MakeRun) -> float:
+    """CPU seconds (user + system) the mesh's processes have used so far."""
+    total = 0.0
+    for pids in run.pids().values():
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                total += sum(psutil.Process(pid).cpu_times()[:2])
+    return total
+
+
+def ffmpeg_cpu(run_ffmpeg) -> tuple[float, float]:
+    """(seconds, CPU seconds) of one ffmpeg run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = run_ffmpeg()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def settle(run: MakeRun, idle_cpu: float = 0.1, timeout: float = 60) -> None:
@@ -197,21 +222,26 @@ def settle(run: MakeRun, idle_cpu: float = 0.1, timeout: float = 60) -> None:
 def compare(label: str, rounds: int, ffmpeg_run, mesh_run, run: MakeRun) -> dict:
     """Alternate ffmpeg and the mesh `rounds` times (order rotated), each on an
     idle mesh; medians."""
-    ff, e2e, fetched = [], [], []
+    ff, e2e, fetched, ff_cpu, e2e_cpu = [], [], [], [], []
     for i in range(rounds):
         order = ("ffmpeg", "mesh") if i % 2 == 0 else ("mesh", "ffmpeg")
         for who in order:
             settle(run)
             if who == "ffmpeg":
-                ff.append(ffmpeg_run())
+                seconds, cpu = ffmpeg_cpu(ffmpeg_run)
+                ff.append(seconds)
+                ff_cpu.append(cpu)
             else:
-                seconds, got = mesh_run()
+                seconds, got, cpu = mesh_run()
                 e2e.append(seconds)
                 fetched.append(got)
-        print(f"    {label} round {i + 1}: ffmpeg {ff[-1]:.2f} s, upload answer -> DONE "
-              f"{e2e[-1]:.2f} s, fetched {fetched[-1] / 1e6:.0f} MB", flush=True)
+                e2e_cpu.append(cpu)
+        print(f"    {label} round {i + 1}: ffmpeg {ff[-1]:.2f} s ({ff_cpu[-1]:.1f} CPU s), upload answer -> DONE "
+              f"{e2e[-1]:.2f} s ({e2e_cpu[-1]:.1f} CPU s of the mesh), fetched {fetched[-1] / 1e6:.0f} MB",
+              flush=True)
     return {"ffmpeg": statistics.median(ff), "e2e": statistics.median(e2e),
-            "fetched": statistics.median(fetched)}
+            "fetched": statistics.median(fetched), "ffmpeg_cpu": statistics.median(ff_cpu),
+            "e2e_cpu": statistics.median(e2e_cpu)}
 
 
 def upload_rows(run: MakeRun, video: Path, rounds: int) -> list[tuple[str, str, str]]:
@@ -264,11 +294,13 @@ def main() -> None:
             mesh.answer_to_done(CACHE / "clip10s_v1.mp4")  # warm-up: imports, caches, first job
             def time_to_mp3(label: str, path: Path, goal: float, rounds: int, fetched: bool) -> None:
                 r = compare(label, rounds, lambda: run_ffmpeg(ffmpeg, path, out),
-                            lambda: mesh.answer_to_done(path), run)
+                            lambda: (*mesh.answer_to_done(path), mesh.last_cpu), run)
                 ratio = r["e2e"] / r["ffmpeg"]
                 rows.append((f"{label} answer -> DONE / ffmpeg",
                              f"{r['e2e']:.2f} s / {r['ffmpeg']:.2f} s = {ratio:.2f}",
                              f"<= {goal}: {verdict(ratio, goal)}"))
+                rows.append((f"{label} CPU seconds, mesh / ffmpeg",
+                             f"{r['e2e_cpu']:.1f} / {r['ffmpeg_cpu']:.1f} = {r['e2e_cpu'] / r['ffmpeg_cpu']:.2f}", ""))
                 if fetched:
                     size = path.stat().st_size
                     rows.append((f"{label} bytes fetched from GridFS",
@@ -286,12 +318,16 @@ def main() -> None:
                 time_to_mp3("phone", phone, 1.0, args.phone_rounds, fetched=True)
                 print("\n3b. phone-sized 1080p as ffmpeg writes it (frame-interleaved, index at the end)")
                 time_to_mp3("phone, frame-interleaved", phone_ff, 1.0, args.phone_rounds, fetched=True)
-                floors = [read_back_s(run, phone_ff) for _ in range(args.phone_rounds)]
-                ff = statistics.median(run_ffmpeg(ffmpeg, phone_ff, out) for _ in range(args.phone_rounds))
-                floor = statistics.median(floors)
-                print(f"    read back alone: {' '.join(f'{x:.2f}' for x in floors)} s; ffmpeg {ff:.2f} s", flush=True)
+                reads = [read_back(run, phone_ff) for _ in range(args.phone_rounds)]
+                ffs = [ffmpeg_cpu(lambda: run_ffmpeg(ffmpeg, phone_ff, out)) for _ in range(args.phone_rounds)]
+                floor, floor_cpu = (statistics.median(x) for x in zip(*reads, strict=True))
+                ff, ff_cpu = (statistics.median(x) for x in zip(*ffs, strict=True))
+                print(f"    read back alone: {' '.join(f'{x:.2f} s ({c:.1f} CPU s)' for x, c in reads)}; "
+                      f"ffmpeg {ff:.2f} s ({ff_cpu:.1f} CPU s)", flush=True)
                 rows.append(("frame-interleaved floor: read back alone / ffmpeg",
                              f"{floor:.2f} s / {ff:.2f} s = {floor / ff:.2f}", "(every byte read back)"))
+                rows.append(("frame-interleaved floor, CPU seconds",
+                             f"{floor_cpu:.1f} / {ff_cpu:.1f} = {floor_cpu / ff_cpu:.2f}", ""))
 
             if "uploads" not in skip:
                 print("\n4. uploads of the 720p file: raw GridFSBucket vs gRPC direct vs REST")
