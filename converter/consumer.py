@@ -62,7 +62,9 @@ class Consumer:
         self.on_dead_letter = on_dead_letter
         self.stopping = stopping
         self._inflight: threading.Thread | None = None
-        # The connection being consumed and its channel: announce_final's way out.
+        # The connection being consumed and a channel of its own for
+        # announce_final: an error there (the exchange refused or deleted)
+        # closes that channel only, never the one tasks come on.
         self._conn: pika.BlockingConnection | None = None
         self._ch = None
 
@@ -85,8 +87,7 @@ class Consumer:
             ch.basic_qos(prefetch_count=1)
             queue = self.s.queue
             declare_topology(ch, queue)
-            job_events.declare(ch, queue)
-            self._conn, self._ch = conn, ch
+            self._conn, self._ch = conn, self._events_channel(conn, queue)
             tag = ch.basic_consume(queue, functools.partial(self._on_message, conn))
             dead_tag = ch.basic_consume(dead_letter_queue(queue), self._on_dead)
             log.info("consuming %s", queue)
@@ -102,6 +103,18 @@ class Consumer:
         finally:
             if conn.is_open:
                 conn.close()
+
+    @staticmethod
+    def _events_channel(conn, queue: str):
+        """The channel job ends are announced on, its exchange declared; None
+        if the broker refuses (watchers then learn of job ends by polling)."""
+        try:
+            ch = conn.channel()
+            job_events.declare(ch, queue)
+            return ch
+        except pika.exceptions.ChannelClosed as e:
+            log.warning("cannot announce job ends on %s (%r); watchers will poll", job_events.exchange_name(queue), e)
+            return None
 
     def announce_final(self, job_id: str) -> None:
         """Tell the gateways `job_id` is final (domain/job_events.py), from any
