@@ -156,6 +156,15 @@ bench-day: install
 # against an idle mesh, through make run; the ratio last (bench/fair.py).
 bench-fair: install
 	$(PY) -m bench.fair
+# Many users at once: 24 three-minute ffmpeg-written videos from 8 REST clients
+# (upload -> watch -> download) against ffmpeg two at a time (bench/load.py; LOAD_* options).
+bench-load: install
+	$(PY) -m bench.load
+
+# A 10-second clip from upload start to MP3 in hand, against the ffmpeg CLI
+# (bench/latency.py; LATENCY_* options).
+bench-latency: install
+	$(PY) -m bench.latency
 
 soak: install
 	$(PY) -m bench.soak

@@ -1,6 +1,6 @@
 """make bench-e2e: time to MP3 as a user sees it, against running ffmpeg yourself.
 
-    python -m bench.e2e [--rounds 3] [--phone-rounds 2] [--skip uploads,workers,phone]
+    python -m bench.e2e [--rounds 3] [--phone-rounds 2] [--skip 720p,faststart,phone,uploads,workers]
 
 Starts `make run` with its embedded defaults (testkit/bigmesh.MakeRun, a fresh
 data folder), signs up through REST, then measures side by side in one run,
@@ -11,9 +11,14 @@ the two contenders alternating round by round (medians):
    at a time, against `ffmpeg -i F -vn -c:a libmp3lame -b:a 192k out.mp3`.
 2. The same video remuxed with its index first (faststart), uploaded through
    REST: converted while it arrives.
-3. A phone-sized video: 10-minute 1080p ~20 Mbit/s H.264 + AAC (~1.5 GB), laid
-   out as phones record it (about 1 s of each track per chunk, index at the
-   end: testkit/mp4_layout.py). Also the bytes the converter fetched from GridFS.
+3. A phone-sized video: 10-minute 1080p ~20 Mbit/s H.264 + AAC (~1.5 GB), in
+   both layouts: (a) as phones record it (about 1 s of each track per chunk,
+   index at the end: testkit/mp4_layout.py), and (b) as ffmpeg writes it
+   (`-c copy`: audio and video interleaved frame by frame, index at the end),
+   where every GridFS chunk holds audio and the converter must read all of
+   it back; for (b) also the floor: the same file read back from the store
+   alone, nothing decoded, against ffmpeg. Also the bytes each conversion
+   fetched from GridFS.
 4. Uploads: REST through Envoy and gRPC direct against a raw GridFSBucket
    upload of the same file to the same server (bench/uploads.py), and the
    gateway's peak RSS during a 2 GB upload.
@@ -31,6 +36,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,7 +71,7 @@ def faststart_copy(ffmpeg: str, src: Path) -> Path:
 
 
 def phone_video() -> Path:
-    """1080p ~20 Mbit/s, ~1 s per chunk, index at the end, made once."""
+    """1080p ~20 Mbit/s laid out as a phone writes it: ~1 s per chunk, index at the end, made once."""
     dst = BIG / "phone-10min-20mbit-1s-chunks.mp4"
     if not dst.exists():
         BIG.mkdir(parents=True, exist_ok=True)
@@ -73,6 +79,22 @@ def phone_video() -> Path:
         print(f"laying out {dst.name} as a phone writes it ...", flush=True)
         tmp = dst.with_suffix(".part.mp4")
         interleave(muxed, tmp, seconds=1.0, index_first=False)
+        tmp.rename(dst)
+    return dst
+
+
+def frame_interleaved_phone(ffmpeg: str) -> Path:
+    """The same 1080p streams as ffmpeg writes them (`-c copy`): audio and video
+    interleaved frame by frame, index at the end, made once. Every GridFS
+    chunk holds some audio, so nothing can be skipped."""
+    dst = BIG / "phone-10min-20mbit-ffmpeg.mp4"
+    if not dst.exists():
+        BIG.mkdir(parents=True, exist_ok=True)
+        muxed = make_phone_video(BIG / "phone-10min-20mbit.mp4")
+        print(f"remuxing {dst.name} with ffmpeg ...", flush=True)
+        tmp = dst.with_suffix(".part.mp4")
+        subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(muxed), "-c", "copy",
+                        str(tmp)], check=True)
         tmp.rename(dst)
     return dst
 
@@ -88,6 +110,7 @@ class Mesh:
         self.rest.sign_up_and_login()
         assert run.mesh is not None
         self.converter_metrics = run.mesh.metrics_urls["converter"]
+        self.last_cpu = 0.0  # CPU seconds of the mesh from the last answer to its DONE seen
 
     def read_bytes(self) -> float:
         """Video bytes the converter has fetched from GridFS so far (all conversions)."""
@@ -98,6 +121,7 @@ class Mesh:
         before = self.read_bytes()
         r = self.rest.upload(path, timeout=600)
         answered = dt.datetime.now(dt.UTC)
+        cpu0 = mesh_cpu(self.run)
         assert r.status_code == 200, r.text
         job_id = r.json()["job_id"]
         while True:
@@ -108,6 +132,7 @@ class Mesh:
             # accuracy, and leaves the cores to the conversion being timed.
             time.sleep(0.25)
         assert job["state"] == "JOB_STATE_DONE", job
+        self.last_cpu = mesh_cpu(self.run) - cpu0
         done = dt.datetime.fromisoformat(job["complete_time"].replace("Z", "+00:00"))
         # The metric is written a moment after the job's DONE; wait for it.
         deadline = time.monotonic() + 10
@@ -116,6 +141,61 @@ class Mesh:
         fetched = self.read_bytes() - before
         self.rest.s.delete(f"{self.rest.base}/v1/jobs/{job_id}", headers=self.rest.headers(), timeout=60)
         return max(0.0, (done - answered).total_seconds()), fetched
+
+
+def read_back(run: MakeRun, path: Path) -> tuple[float, float]:
+    """The floor of a conversion that must read every byte: the file stored
+    straight into make run's GridFS (not timed), then read back whole the way
+    the converter reads it (converter/video_source.py: ranges of chunks,
+    fetched ahead), nothing decoded: (seconds, CPU seconds of the store and
+    the reader)."""
+    import pymongo
+
+    from video2mp3.converter.video_source import VideoSource
+    from video2mp3.storage.gridfs_download import delete_file
+    from video2mp3.storage.gridfs_upload import ChunkedUpload
+    from video2mp3.storage.mongo import VIDEOS_BUCKET
+
+    uri = f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true"
+    client: pymongo.MongoClient = pymongo.MongoClient(uri)
+    try:
+        db = client["video2mp3"]
+        up = ChunkedUpload(db, VIDEOS_BUCKET, path.name)
+        up.write_behind()
+        with open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                up.write(piece)
+        up.close()
+        settle(run)
+        cpu0 = mesh_cpu(run) + sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        t = time.perf_counter()
+        with VideoSource(db, up._id) as video:
+            while video.stream.read(1 << 20):
+                pass
+        seconds = time.perf_counter() - t
+        cpu = mesh_cpu(run) + sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0
+        delete_file(db, VIDEOS_BUCKET, up._id)
+        return seconds, cpu
+    finally:
+        client.close()
+
+
+def mesh_cpu(run: MakeRun) -> float:
+    """CPU seconds (user + system) the mesh's processes have used so far."""
+    total = 0.0
+    for pids in run.pids().values():
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                total += sum(psutil.Process(pid).cpu_times()[:2])
+    return total
+
+
+def ffmpeg_cpu(run_ffmpeg) -> tuple[float, float]:
+    """(seconds, CPU seconds) of one ffmpeg run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = run_ffmpeg()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def settle(run: MakeRun, idle_cpu: float = 0.1, timeout: float = 60) -> None:
@@ -142,21 +222,26 @@ def settle(run: MakeRun, idle_cpu: float = 0.1, timeout: float = 60) -> None:
 def compare(label: str, rounds: int, ffmpeg_run, mesh_run, run: MakeRun) -> dict:
     """Alternate ffmpeg and the mesh `rounds` times (order rotated), each on an
     idle mesh; medians."""
-    ff, e2e, fetched = [], [], []
+    ff, e2e, fetched, ff_cpu, e2e_cpu = [], [], [], [], []
     for i in range(rounds):
         order = ("ffmpeg", "mesh") if i % 2 == 0 else ("mesh", "ffmpeg")
         for who in order:
             settle(run)
             if who == "ffmpeg":
-                ff.append(ffmpeg_run())
+                seconds, cpu = ffmpeg_cpu(ffmpeg_run)
+                ff.append(seconds)
+                ff_cpu.append(cpu)
             else:
-                seconds, got = mesh_run()
+                seconds, got, cpu = mesh_run()
                 e2e.append(seconds)
                 fetched.append(got)
-        print(f"    {label} round {i + 1}: ffmpeg {ff[-1]:.2f} s, upload answer -> DONE "
-              f"{e2e[-1]:.2f} s, fetched {fetched[-1] / 1e6:.0f} MB", flush=True)
+                e2e_cpu.append(cpu)
+        print(f"    {label} round {i + 1}: ffmpeg {ff[-1]:.2f} s ({ff_cpu[-1]:.1f} CPU s), upload answer -> DONE "
+              f"{e2e[-1]:.2f} s ({e2e_cpu[-1]:.1f} CPU s of the mesh), fetched {fetched[-1] / 1e6:.0f} MB",
+              flush=True)
     return {"ffmpeg": statistics.median(ff), "e2e": statistics.median(e2e),
-            "fetched": statistics.median(fetched)}
+            "fetched": statistics.median(fetched), "ffmpeg_cpu": statistics.median(ff_cpu),
+            "e2e_cpu": statistics.median(e2e_cpu)}
 
 
 def upload_rows(run: MakeRun, video: Path, rounds: int) -> list[tuple[str, str, str]]:
@@ -188,7 +273,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--phone-rounds", type=int, default=2)
-    ap.add_argument("--skip", default="", help="comma-separated: phone, uploads, workers")
+    ap.add_argument("--skip", default="", help="comma-separated: 720p, faststart, phone, uploads, workers")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -196,6 +281,7 @@ def main() -> None:
     video = make_inputs(CACHE)["long"]
     fast = faststart_copy(ffmpeg, video)
     phone = None if "phone" in skip else phone_video()
+    phone_ff = None if "phone" in skip else frame_interleaved_phone(ffmpeg)
     out = CACHE / "e2e-ffmpeg-out.mp3"
     print(f"CPUs: {os.cpu_count()}; inputs: {video.name} ({video.stat().st_size / 1e6:.0f} MB), "
           f"{fast.name}" + (f", {phone.name} ({phone.stat().st_size / 1e6:.0f} MB)" if phone else ""))
@@ -208,24 +294,40 @@ def main() -> None:
             mesh.answer_to_done(CACHE / "clip10s_v1.mp4")  # warm-up: imports, caches, first job
             def time_to_mp3(label: str, path: Path, goal: float, rounds: int, fetched: bool) -> None:
                 r = compare(label, rounds, lambda: run_ffmpeg(ffmpeg, path, out),
-                            lambda: mesh.answer_to_done(path), run)
+                            lambda: (*mesh.answer_to_done(path), mesh.last_cpu), run)
                 ratio = r["e2e"] / r["ffmpeg"]
                 rows.append((f"{label} answer -> DONE / ffmpeg",
                              f"{r['e2e']:.2f} s / {r['ffmpeg']:.2f} s = {ratio:.2f}",
                              f"<= {goal}: {verdict(ratio, goal)}"))
+                rows.append((f"{label} CPU seconds, mesh / ffmpeg",
+                             f"{r['e2e_cpu']:.1f} / {r['ffmpeg_cpu']:.1f} = {r['e2e_cpu'] / r['ffmpeg_cpu']:.2f}", ""))
                 if fetched:
                     size = path.stat().st_size
                     rows.append((f"{label} bytes fetched from GridFS",
                                  f"{r['fetched'] / 1e6:.0f} MB of {size / 1e6:.0f} MB "
                                  f"({100 * r['fetched'] / size:.1f} %)", ""))
 
-            print("\n1. 10-minute 720p, index at the end: upload answer -> DONE vs ffmpeg")
-            time_to_mp3("720p", video, 1.0, args.rounds, fetched=True)
-            print("\n2. the same, faststart, through REST: converted while it arrives")
-            time_to_mp3("faststart", fast, 0.25, args.rounds, fetched=False)
-            if phone is not None:
-                print("\n3. phone-sized 1080p (1 s chunks, index at the end)")
+            if "720p" not in skip:
+                print("\n1. 10-minute 720p, index at the end: upload answer -> DONE vs ffmpeg")
+                time_to_mp3("720p", video, 1.0, args.rounds, fetched=True)
+            if "faststart" not in skip:
+                print("\n2. the same, faststart, through REST: converted while it arrives")
+                time_to_mp3("faststart", fast, 0.25, args.rounds, fetched=False)
+            if phone is not None and phone_ff is not None:
+                print("\n3a. phone-sized 1080p as phones write it (1 s chunks, index at the end)")
                 time_to_mp3("phone", phone, 1.0, args.phone_rounds, fetched=True)
+                print("\n3b. phone-sized 1080p as ffmpeg writes it (frame-interleaved, index at the end)")
+                time_to_mp3("phone, frame-interleaved", phone_ff, 1.0, args.phone_rounds, fetched=True)
+                reads = [read_back(run, phone_ff) for _ in range(args.phone_rounds)]
+                ffs = [ffmpeg_cpu(lambda: run_ffmpeg(ffmpeg, phone_ff, out)) for _ in range(args.phone_rounds)]
+                floor, floor_cpu = (statistics.median(x) for x in zip(*reads, strict=True))
+                ff, ff_cpu = (statistics.median(x) for x in zip(*ffs, strict=True))
+                print(f"    read back alone: {' '.join(f'{x:.2f} s ({c:.1f} CPU s)' for x, c in reads)}; "
+                      f"ffmpeg {ff:.2f} s ({ff_cpu:.1f} CPU s)", flush=True)
+                rows.append(("frame-interleaved floor: read back alone / ffmpeg",
+                             f"{floor:.2f} s / {ff:.2f} s = {floor / ff:.2f}", "(every byte read back)"))
+                rows.append(("frame-interleaved floor, CPU seconds",
+                             f"{floor_cpu:.1f} / {ff_cpu:.1f} = {floor_cpu / ff_cpu:.2f}", ""))
 
             if "uploads" not in skip:
                 print("\n4. uploads of the 720p file: raw GridFSBucket vs gRPC direct vs REST")

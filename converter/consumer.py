@@ -17,6 +17,7 @@ starts afresh.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -28,6 +29,7 @@ import pika.exceptions
 
 from video2mp3.converter.policy import Outcome
 from video2mp3.core.settings import RabbitSettings
+from video2mp3.domain import job_events
 from video2mp3.domain.queue import connection_parameters, dead_letter_queue, declare_topology
 from video2mp3.telemetry import metrics, tracing
 
@@ -48,11 +50,15 @@ WAITING_REFRESH_S = 0.5
 class Consumer:
     def __init__(self, settings: RabbitSettings, on_task: TaskHandler,
                  on_dead_letter: DeadLetterHandler, stopping: threading.Event,
-                 count_waiting: bool = True):
+                 count_waiting: bool = True, announce_to: str | None = None):
+        # announce_to: the task queue whose gateways hear of final jobs
+        # (domain/job_events.py); the express lane's workers announce to the
+        # normal queue's, which is the one gateways listen on.
         # count_waiting: ask the queue's depth for on_task (a broker round
         # trip per task, and every WAITING_REFRESH_S while it runs); only
         # CONVERTER_OVERLAP=auto uses it.
         self.s = settings
+        self.announce_to = announce_to or settings.queue
         self.count_waiting = count_waiting
         self._waiting_now = 0
         self._waiting_asked = 0.0
@@ -60,6 +66,11 @@ class Consumer:
         self.on_dead_letter = on_dead_letter
         self.stopping = stopping
         self._inflight: threading.Thread | None = None
+        # The connection being consumed and a channel of its own for
+        # announce_final: an error there (the exchange refused or deleted)
+        # closes that channel only, never the one tasks come on.
+        self._conn: pika.BlockingConnection | None = None
+        self._ch = None
 
     def run(self) -> None:
         """Consumes until `stopping` is set and the task in hand is settled."""
@@ -80,6 +91,7 @@ class Consumer:
             ch.basic_qos(prefetch_count=1)
             queue = self.s.queue
             declare_topology(ch, queue)
+            self._conn, self._ch = conn, self._events_channel(conn, self.announce_to)
             tag = ch.basic_consume(queue, functools.partial(self._on_message, conn))
             dead_tag = ch.basic_consume(dead_letter_queue(queue), self._on_dead)
             log.info("consuming %s", queue)
@@ -95,6 +107,36 @@ class Consumer:
         finally:
             if conn.is_open:
                 conn.close()
+
+    @staticmethod
+    def _events_channel(conn, queue: str):
+        """The channel job ends are announced on, its exchange declared; None
+        if the broker refuses (watchers then learn of job ends by polling)."""
+        try:
+            ch = conn.channel()
+            job_events.declare(ch, queue)
+            return ch
+        except pika.exceptions.ChannelClosed as e:
+            log.warning("cannot announce job ends on %s (%r); watchers will poll", job_events.exchange_name(queue), e)
+            return None
+
+    def announce_final(self, job_id: str) -> None:
+        """Tell the gateways `job_id` is final (domain/job_events.py), from any
+        thread: published on the connection's thread, best effort."""
+        conn, ch = self._conn, self._ch
+        if conn is None or ch is None:
+            return
+
+        def send() -> None:
+            if ch.is_open:
+                try:
+                    job_events.announce(ch, self.announce_to, job_id)
+                except pika.exceptions.AMQPError as e:
+                    log.debug("could not announce job %s: %r", job_id, e)
+
+        # Reconnecting: watchers learn of it on their next poll.
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            conn.add_callback_threadsafe(send)
 
     def _stop_consuming(self, ch, *tags) -> None:
         for t in tags:

@@ -38,7 +38,7 @@ class Mp3Store:
         stem = (job.filename or "audio").rsplit(".", 1)[0] or "audio"
         name = f"{stem}.mp3" if track == 1 else f"{stem} - {track:02d}.mp3"
         return ChunkedUpload(
-            self.mongo.db, MP3S_BUCKET, name, file_id=mp3_fid,
+            self.mongo.db, MP3S_BUCKET, name, file_id=mp3_fid, chunk_db=self.mongo.chunk_db,
             metadata={"job_id": job.id, "user_id": job.user_id, "content_type": "audio/mpeg", "track": track},
         )
 

@@ -63,9 +63,10 @@ def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = Non
     worker = Worker(cfg, mongo, stopping, cancel, busy, index, express=express)
     rabbit = dataclasses.replace(cfg.rabbit, queue=express_queue(cfg.rabbit.queue)) if express else cfg.rabbit
     consumer = Consumer(rabbit, worker.on_task, worker.on_dead_letter, stopping,
-                        count_waiting=cfg.overlap_mode == "auto")
+                        count_waiting=cfg.overlap_mode == "auto", announce_to=cfg.rabbit.queue)
     # The kernel's CPU backstop (converter/limits.py); runs on this, the consumer's, thread.
     signal.signal(signal.SIGXCPU, worker.on_cpu_limit)
+    worker.on_final = consumer.announce_final
 
     def on_term(_signum, _frame):
         stopping.set()
@@ -101,6 +102,10 @@ class Worker:
         self.busy, self.slot = busy, slot
         self.express = express
         self.current_job: str | None = None  # for the CPU backstop
+        # Called with a job id once the job is DONE or FAILED: the consumer
+        # tells the gateways, whose watchers then need not wait for a poll
+        # (domain/job_events.py).
+        self.on_final: Callable[[str], None] = lambda _job_id: None
 
     # --- a task (on the consumer's task thread) ------------------------------
 
@@ -196,6 +201,7 @@ class Worker:
         MP3s its attempts half-wrote deleted. True if this call failed it."""
         failed = self.jobs.finish_failed(job_id, reason)
         if failed:
+            self.on_final(job_id)
             retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         job = self.jobs.get(job_id)
         if job is not None and job.state == jobs.FAILED:

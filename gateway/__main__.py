@@ -13,7 +13,7 @@ from video2mp3.auth.v1 import auth_pb2
 from video2mp3.core.logging import setup_logging
 from video2mp3.core.periodic import Periodic
 from video2mp3.core.settings import load
-from video2mp3.domain import jobs, retention
+from video2mp3.domain import job_events, jobs, retention
 from video2mp3.domain.queue import Publisher
 from video2mp3.domain.usage import WINDOW
 from video2mp3.gateway import early_jobs
@@ -139,10 +139,13 @@ def main() -> None:
     sweeper = Periodic("retention-sweep", cfg.retention.sweep_interval_s, sweep,
                        errors=(pymongo.errors.PyMongoError,)).start()
     hub.start()
+    # The converter announces each job's end: watchers hear of it at once (domain/job_events.py).
+    final_events = job_events.Listener(cfg.rabbit, hub.nudge).start()
 
     def on_stop():
         dispatcher.stop()
         stats.stop()
+        final_events.stop()
         hub.stop()
         sweeper.stop()
         key_refresher.stop()

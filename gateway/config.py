@@ -60,7 +60,8 @@ class GatewayConfig:
     max_watchers: int = setting("MAX_WATCHERS", 64, minimum=1, help=(
         "WatchJob streams at once per gateway, less than `MEDIA_MAX_WORKERS`; more get RESOURCE_EXHAUSTED / 429"))
     watch_poll_interval_s: float = setting("WATCH_POLL_INTERVAL_S", 0.5, minimum=0.05, help=(
-        "how often the gateway reads every watched job, seconds (one query for all)"))
+        "how often the gateway reads every watched job, seconds (one query for all): progress is seen this often; a "
+        "job's end is announced by the converter over RabbitMQ and seen at once"))
     retention: RetentionSettings = group(RetentionSettings)
     # Limits per job (domain/limits.py; the converter enforces them too) and quotas per user (gateway/quotas.py).
     limits: JobLimits = group(JobLimits)

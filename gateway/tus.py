@@ -594,7 +594,7 @@ class Patch:
             metadata={"user_id": caller.user_id, "content_type": doc.get("content_type") or
                       "application/octet-stream"},
             file_id=doc["video_fid"], offset=int(doc["offset"]), tail=bytes(doc.get("tail") or b""),
-            track=False, before_store=before_store)
+            track=False, before_store=before_store, chunk_db=tus.mongo.chunk_db)
 
     def run(self, first, requests, context) -> httpbody_pb2.HttpBody:
         outcome = "failed"

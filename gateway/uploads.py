@@ -110,6 +110,7 @@ class Uploads:
             # The disk-space guard: checks now (StorageFull before anything is
             # written) and about every 4 MB; StorageFull aborts like any error.
             before_store=self.space.guard() if self.space else None,
+            chunk_db=self.mongo.chunk_db,
         )
         job_id = jobs.new_job_id()
         early: list[jobs.Job] = []
@@ -240,7 +241,7 @@ class Uploads:
                             sniffing = False
                             if verdict is container_sniff.Verdict.STREAMABLE:
                                 on_streamable(self._form_name(body, named_by_query) or stream.filename)
-            if _reset_after_end(context):
+            if not _all_declared(context, size) and _reset_after_end(context):
                 raise Cancelled("the client cancelled the upload", reason=Reason.UPLOAD_CANCELLED)
             if size == 0:
                 raise _empty()
@@ -320,8 +321,19 @@ class Uploads:
 # *reset* (a gRPC client cancelling, or Envoy when a REST client disconnects
 # mid-body), and marks the RPC cancelled a moment later, when it has handled
 # the reset's second event: measured here at about 0.1 ms, this waits up to
-# 1000 times that before a stream end is taken for the client's own.
+# 1000 times that before a stream end is taken for the client's own, unless
+# the client declared its size and all of it came (_all_declared).
 END_OF_STREAM_SETTLE_S = 0.1
+
+
+def _all_declared(context, size: int) -> bool:
+    """True if the body Envoy saw declared (`x-upload-length`, from a REST
+    upload's Content-Length: deploy/envoy.yaml) is exactly what arrived: then
+    the stream cannot have been cut short, and no settling wait is needed."""
+    for key, value in context.invocation_metadata():
+        if key == "x-upload-length":
+            return isinstance(value, str) and value.isdigit() and int(value) == size
+    return False
 
 
 def _reset_after_end(context) -> bool:

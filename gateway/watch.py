@@ -7,6 +7,9 @@ an entry holding its latest snapshot and a version number; the poller bumps
 the version when something a watcher is told about changed (Job.changes) and
 wakes that job's watchers through the entry's condition variable. So 50
 watchers of one job cost what one does: 2 queries a second (bench/watch.py).
+A job's end is not left to the next poll: the converter announces it
+(domain/job_events.py) and nudge() makes the poller look at once, so a
+watcher learns of DONE within a query's time of it being written.
 
 Each watcher is a server-streaming RPC holding a handler thread: at most
 MAX_WATCHERS run at once (the rest get RESOURCE_EXHAUSTED with a retry
@@ -57,6 +60,7 @@ class WatchHub:
         self._entries: dict[str, _Entry] = {}
         self._stopping = threading.Event()
         self._anyone = threading.Event()  # set while something is watched
+        self._nudged = threading.Event()  # poll now: a watched job has just ended
         self._thread = threading.Thread(target=self._poll_loop, name="watch-poller", daemon=True)
         self.polls = 0  # queries made, for tests
 
@@ -68,6 +72,7 @@ class WatchHub:
         """Ends every watch (UNAVAILABLE: watch again, another replica answers)."""
         self._stopping.set()
         self._anyone.set()
+        self._nudged.set()
         with self._lock:
             for e in self._entries.values():
                 e.changed.notify_all()
@@ -150,10 +155,20 @@ class WatchHub:
 
     # --- the poller ------------------------------------------------------------
 
+    def nudge(self, job_id: str) -> None:
+        """`job_id` has just become final (domain/job_events.py): if it is
+        watched here, poll now instead of at the end of the interval."""
+        with self._lock:
+            watched = job_id in self._entries
+        if watched:
+            self._nudged.set()
+
     def _poll_loop(self) -> None:
         while not self._stopping.is_set():
             self._anyone.wait()
-            if self._stopping.wait(self.interval_s):
+            self._nudged.wait(self.interval_s)
+            self._nudged.clear()
+            if self._stopping.is_set():
                 return
             try:
                 self.poll()

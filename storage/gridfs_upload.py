@@ -37,6 +37,12 @@ stopped, `pause()` stores every full chunk and leaves the rest (`tail`) to
 the caller, `durable` says how much is stored without waiting, and
 `track=False` leaves the janitor out (such an upload may pause for hours; it
 has an expiry of its own).
+
+Chunks may be inserted through a client without retryable writes
+(`chunk_db`, storage/mongo.py's Mongo.chunk_db), which spares the server its
+bookkeeping of every write; a connection lost mid-insert is then retried
+here, once, as a retryable write would be: chunks the first try stored are
+recognised by their unique (files_id, n) and left as they are.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import pymongo.errors
 from bson import ObjectId
 from gridfs import DEFAULT_CHUNK_SIZE
 
@@ -79,7 +86,7 @@ class ChunkedUpload:
     def __init__(self, db, bucket: str, filename: str, metadata: dict | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, file_id: ObjectId | None = None,
                  before_store: Callable[[int], None] | None = None,
-                 offset: int = 0, tail: bytes = b"", track: bool = True):
+                 offset: int = 0, tail: bytes = b"", track: bool = True, chunk_db=None):
         # before_store(n): called as each chunk is cut, in the caller's thread,
         # before it is stored; may raise to stop the upload (gateway/storage_space.py's
         # disk-space guard).
@@ -88,6 +95,8 @@ class ChunkedUpload:
         # them, kept by the caller (a resumable upload: gateway/tus.py).
         # track: record the upload in `<bucket>.uploads` for the janitor; a caller
         # that tracks its upload itself (and may pause for hours) passes False.
+        # chunk_db: the same database through a client without retryable
+        # writes, for the chunks (module docstring); default `db`.
         ensure_indexes(db, bucket)
         if len(tail) != offset % chunk_size:
             raise ValueError(f"a tail of {len(tail)} bytes does not end at offset {offset}")
@@ -99,7 +108,7 @@ class ChunkedUpload:
         self.closed = False
         self._db, self._bucket = db, bucket
         self._files = db[f"{bucket}.files"]
-        self._chunks = db[f"{bucket}.chunks"]
+        self._chunks = (db if chunk_db is None else chunk_db)[f"{bucket}.chunks"]
         self._buf = bytearray(tail)  # the partial chunk
         self._n = offset // chunk_size  # chunks cut so far (stored, or on their way)
         self._stored_n = self._n  # chunks known to be stored
@@ -216,8 +225,25 @@ class ChunkedUpload:
             self._touched = time.monotonic()
             self._uploads.update_one({"_id": self._id}, {"$set": {
                 "n": docs[0]["n"], "touched": dt.datetime.now(dt.UTC)}}, upsert=True)
-        if len(docs) == 1:
-            self._chunks.insert_one(docs[0])
-        else:
-            self._chunks.insert_many(docs)  # ordered: a failure stores no later chunk
+        try:
+            if len(docs) == 1:
+                self._chunks.insert_one(docs[0])
+            else:
+                self._chunks.insert_many(docs)  # ordered: a failure stores no later chunk
+        except pymongo.errors.ConnectionFailure:
+            _insert_again(self._chunks, docs)
         self._stored_n = docs[-1]["n"] + 1
+
+
+DUPLICATE_KEY = 11000
+
+
+def _insert_again(chunks, docs: list[dict]) -> None:
+    """The one retry of an insert whose fate is unknown (the connection was
+    lost): every chunk the first try did not store; a duplicate key is one it
+    did (the documents kept their _id, and (files_id, n) is unique)."""
+    try:
+        chunks.insert_many(docs, ordered=False)
+    except pymongo.errors.BulkWriteError as e:
+        if any(err.get("code") != DUPLICATE_KEY for err in e.details.get("writeErrors", [])):
+            raise

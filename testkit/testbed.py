@@ -24,7 +24,7 @@ from video2mp3.core.settings import MysqlSettings, RabbitSettings, as_env, load
 from video2mp3.domain.queue import connection_parameters
 
 # Names a service may derive from the main queue (dead-lettering, retries).
-QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay", ".express", ".express.dead")
+QUEUE_COMPANIONS = ("", ".dead", ".dlx", ".retry", ".delay", ".express", ".express.dead", ".final")
 
 
 def hex_id() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+import pymongo.errors
 import pytest
 from bson import ObjectId
 
@@ -165,3 +166,38 @@ def test_an_upload_paused_and_resumed_by_other_writers_reads_back_whole(mongo_se
         assert m.db["videos.uploads"].count_documents({}) == 0
         with pytest.raises(ValueError, match="tail"):
             ChunkedUpload(m.db, "videos", "x", offset=10, tail=b"")
+
+
+class _LostAfterStoring:
+    """The chunks collection, but the first insert's answer is lost after the
+    server stored it (what a connection cut at that moment looks like)."""
+
+    def __init__(self, chunks):
+        self.chunks, self.cut = chunks, False
+
+    def insert_many(self, docs, ordered=True):
+        return self._lose_first(self.chunks.insert_many(docs, ordered=ordered))
+
+    def insert_one(self, doc):
+        return self._lose_first(self.chunks.insert_one(doc))
+
+    def _lose_first(self, result):
+        if not self.cut:
+            self.cut = True
+            raise pymongo.errors.AutoReconnect("connection lost (test)")
+        return result
+
+
+def test_chunks_without_retryable_writes_survive_a_lost_answer_once(mongo_server):
+    """Mongo.chunk_db has no retryable writes; the upload retries a lost insert
+    itself, and the chunks the first try stored count as stored."""
+    with mongo_server.scratch("chunks-noretry") as m:
+        data = os.urandom(40 * 261120 + 77)
+        up = ChunkedUpload(m.db, "videos", "a.mp4", chunk_db=m.chunk_db)
+        up.write_behind()
+        up._chunks = _LostAfterStoring(up._chunks)
+        up.write(data)
+        up.close()
+        assert up._chunks.cut
+        assert m.videos.open_download_stream(up._id).read() == data
+

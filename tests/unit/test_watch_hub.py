@@ -139,3 +139,23 @@ def test_a_cancelled_watcher_leaves_at_once():
     settle(hub, 0)
     list(hub.watch(dataclasses.replace(first, state=jobs.DONE), FakeContext()))  # the slot is free
     hub.stop()
+
+
+def test_a_nudge_for_a_watched_job_polls_at_once_and_others_are_ignored():
+    # A poll interval far longer than the test: only a nudge can make the
+    # watcher see DONE in time (domain/job_events.py sends them).
+    store = FakeStore(queued())
+    hub = WatchHub(store, interval_s=60, max_watchers=4).start()
+    threads, results = start(hub, store.job, 1)
+    settle(hub, 1)
+    store.set(state=jobs.DONE, progress=100)
+    queries = store.queries
+    hub.nudge("some-other-job")  # not watched here: no query
+    time.sleep(0.2)
+    assert store.queries == queries
+    hub.nudge("j1")
+    threads[0].join(5)
+    assert not threads[0].is_alive()
+    assert [(j.state, j.progress) for j in results[0]] == [(jobs.QUEUED, 0), (jobs.DONE, 100)]
+    assert store.queries == queries + 1
+    hub.stop()
