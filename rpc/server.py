@@ -72,6 +72,12 @@ def build_server(
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             # Reject rather than queue once every worker thread is busy.
             ("grpc.max_concurrent_streams", max_workers * 4),
+            # Envoy pings idle upstream connections every 30 s
+            # (deploy/envoy.yaml, connection_keepalive) to notice a killed
+            # service; gRPC's defaults call pings without calls abuse and
+            # answer GOAWAY "Too many pings", failing the next request.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
         maximum_concurrent_rpcs=max_workers * 4,
     )
