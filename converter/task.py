@@ -271,7 +271,6 @@ class Task:
             self.mp3s.discard(self.job_id, self.mp3_fid)
             self._discard_parts()
             return outcome
-        self.worker.on_final(self.job_id)  # watchers hear of DONE now, not at their next poll
         seconds = time.monotonic() - self.started
         metrics.CONVERSION_SECONDS.observe(seconds)
         metrics.AUDIO_SECONDS.inc(result.duration_seconds)
@@ -285,6 +284,9 @@ class Task:
                                                     "video_bytes": self.job.video_size,
                                                     "encoder_joins": result.encoder_joins})
         retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention)
+        # Watchers hear of DONE now, not at their next poll; after the video
+        # is deleted, so that the usage they then ask for no longer holds it.
+        self.worker.on_final(self.job_id)
         return outcome
 
     def fail_job(self, error: ConversionError) -> Outcome:
@@ -294,8 +296,8 @@ class Task:
         if isinstance(error, LimitExceeded):
             metrics.LIMIT_REFUSALS.labels(error.kind, "conversion").inc()
         if self.jobs.finish_failed(self.job_id, str(error)):
-            self.worker.on_final(self.job_id)
             retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention, keep=not over_limit)
+            self.worker.on_final(self.job_id)
         tracing.fail(self.span, str(error))
         return self._end(policy.FAILED, error)
 

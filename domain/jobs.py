@@ -219,8 +219,15 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    def __init__(self, collection: pymongo.collection.Collection):
+    def __init__(self, collection: pymongo.collection.Collection, queue: str | None = None):
+        """`queue`: the task queue this store's jobs are published to (a
+        gateway's QUEUE_NAME). Its jobs are tagged with it, and the outbox's
+        queries see only those (and untagged ones), so that meshes sharing a
+        database but not a queue (tests, a staging copy) never publish each
+        other's jobs."""
         self.c = collection
+        self.queue = queue
+        self._mine = {"queue": {"$in": [queue, None]}} if queue else {}
 
     def ensure_indexes(self) -> None:
         self.c.create_index([("user_id", 1), ("create_time", -1)])
@@ -274,6 +281,8 @@ class JobStore:
             doc.update(tus=True)
         if declared_seconds:
             doc.update(declared_seconds=float(declared_seconds))
+        if self.queue:
+            doc.update(queue=self.queue)
         self.c.insert_one(doc)
         return Job.from_doc(doc)
 
@@ -292,13 +301,13 @@ class JobStore:
 
     def next_unpublished(self, user_id: str, limit: int) -> list[Job]:
         """This user's oldest visible QUEUED jobs not published yet, oldest first."""
-        cursor = self.c.find({"user_id": user_id, "published": False, "state": QUEUED, **VISIBLE})
+        cursor = self.c.find({"user_id": user_id, "published": False, "state": QUEUED, **VISIBLE, **self._mine})
         return [Job.from_doc(d) for d in cursor.sort([("create_time", 1), ("_id", 1)]).limit(limit)]
 
     def users_waiting(self, limit: int = 1000) -> list[str]:
         """Users with visible jobs waiting for their turn, the longest waiting first."""
         return [d["_id"] for d in self.c.aggregate([
-            {"$match": {"published": False, "state": QUEUED, **VISIBLE}},
+            {"$match": {"published": False, "state": QUEUED, **VISIBLE, **self._mine}},
             {"$group": {"_id": "$user_id", "oldest": {"$min": "$create_time"}}},
             {"$sort": {"oldest": 1}}, {"$limit": limit}])]
 
@@ -319,7 +328,7 @@ class JobStore:
     def unpublished(self, older_than: dt.datetime, limit: int = 100) -> list[Job]:
         return [Job.from_doc(d) for d in self.c.find(
             # A job still uploading is published by its upload's end (finish_upload).
-            {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}, **VISIBLE},
+            {"published": False, "state": QUEUED, "create_time": {"$lt": older_than}, **VISIBLE, **self._mine},
             limit=limit,
         )]
 
@@ -334,7 +343,7 @@ class JobStore:
     def unpublished_summary(self) -> tuple[int, dt.datetime | None]:
         """(how many QUEUED jobs are unpublished, the oldest one's create_time); for metrics."""
         found = list(self.c.aggregate([
-            {"$match": {"published": False, "state": QUEUED, **VISIBLE}},
+            {"$match": {"published": False, "state": QUEUED, **VISIBLE, **self._mine}},
             {"$group": {"_id": None, "n": {"$sum": 1}, "oldest": {"$min": "$create_time"}}}]))
         return (found[0]["n"], found[0]["oldest"]) if found else (0, None)
 

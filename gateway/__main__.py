@@ -65,7 +65,7 @@ def main() -> None:
     cfg = load(GatewayConfig)
     metrics.serve(cfg.metrics_port)
     mongo = Mongo(cfg.mongo)
-    job_store = jobs.JobStore(mongo.jobs)
+    job_store = jobs.JobStore(mongo.jobs, queue=cfg.rabbit.queue)
     publisher = Publisher(cfg.rabbit)
     # Uploads are refused (507) before the store's disk fills (gateway/storage_space.py).
     space = StorageSpace(mongo.db, data_dir=cfg.mongo.data_dir, reserve_bytes=cfg.storage_reserve_bytes)

@@ -403,6 +403,7 @@ def test_usage_and_a_limit_are_shown(web, videos, tmp_path):
     p.drop(videos[:1])
     assert p.wait_state(videos[0].name, "JOB_STATE_DONE", "JOB_STATE_FAILED") == "JOB_STATE_DONE"
     wait_for("the MP3 to count", lambda: not (usage.text_content() or "").startswith("0 bytes"), timeout=20)
+    # The page asks again once the job is final: the video is gone by then, the MP3 is held.
     assert re.match(r"\d+(\.\d)? KB of 5\.0 GB stored", usage.text_content() or ""), usage.text_content()
     long = make_silence_ogg(tmp_path / "long.ogg", hours=20)
     p.page.set_input_files("#file-input", str(long))

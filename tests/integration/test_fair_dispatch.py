@@ -111,3 +111,22 @@ def test_gateways_dispatching_at_once_publish_each_job_once_within_the_bound(mon
         ids = [c[0] for c in sent.calls]
         assert len(ids) == len(set(ids)) == 30  # each once
         assert ids == sorted(ids)  # oldest first
+
+
+def test_gateways_of_another_queue_never_publish_its_jobs(mongo_server):
+    """Two meshes sharing a database, not a queue: each outbox publishes only
+    the jobs made for its own queue."""
+    with mongo_server.scratch("fair") as m:
+        mine, theirs = jobs.JobStore(m.jobs, queue="video_a"), jobs.JobStore(m.jobs, queue="video_b")
+        mine.ensure_indexes()
+        sent_mine, sent_theirs = Sent(mine), Sent(theirs)
+        box_mine = outbox(m, sent_mine, per_user=1, express_max_bytes=0)
+        box_theirs = outbox(m, sent_theirs, per_user=1, express_max_bytes=0)
+        for i in range(2):
+            make_job(theirs, f"b{i}", "B")  # recorded, left for their outbox
+        assert mine.users_waiting() == []
+        assert box_mine.flush() == 0
+        assert sent_mine.calls == []
+        assert mine.unpublished_summary()[0] == 0
+        assert box_theirs.flush() == 1
+        assert sent_theirs.calls == [("b0", False)]
