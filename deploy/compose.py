@@ -79,7 +79,13 @@ def compose_cmd(eng: str) -> list[str]:
     exe = str(here) if here.exists() else shutil.which("podman-compose")
     if not exe:
         fail("podman-compose is not installed (make install puts it in .venv)")
-    return [str(exe), "-f", str(COMPOSE_FILE)]
+    cmd = [str(exe), "-f", str(COMPOSE_FILE)]
+    backend = subprocess.run(["podman", "info", "--format", "{{.Host.NetworkBackend}}"],
+                             capture_output=True, text=True).stdout.strip()
+    if backend == "cni":  # no DNS on internal networks (deploy/compose.cni.yaml)
+        say("podman's CNI network backend: the converter's network is not internal here (deploy/compose.cni.yaml)")
+        cmd += ["-f", str(COMPOSE_FILE.parent / "compose.cni.yaml")]
+    return cmd
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
