@@ -267,11 +267,7 @@ def _measure(src: Source, options, on_progress: ProgressCallback | None) -> loud
         pcm = _Pcm(container, stream, settings, MEASURE_FORMAT, options, _can_seek(src))
         batches = iter(pcm)
         try:
-            for planes, count, fraction, last in batches:
-                if last:
-                    pcm.check(stream)
-                else:
-                    progress.report(0.0 if fraction is None else fraction)
+            for planes, count in _reported(batches, pcm, stream, progress):
                 meter.push(planes, count)
         except av.FFmpegError as e:
             raise ConversionError("the file is truncated or corrupt") from e
@@ -525,14 +521,10 @@ def _encode_mp3(container, stream, dst, options, tag, tags, progress, backend, o
     else:
         sink = SerialEncoder(open_encoder(), writer.write)
     try:
-        for planes, count, fraction, last in batches:
+        for planes, count in _reported(batches, pcm, stream, progress):
             samples += count
             budget.seconds(samples / settings.sample_rate)
             budget.bytes(out.bytes_written)
-            if last:
-                pcm.check(stream)
-            else:
-                progress.report(0.0 if fraction is None else fraction)
             sink.encode(planes, count)
         sink.finish()
     except BaseException:
@@ -610,11 +602,7 @@ def _encode_parts(container, stream, dst, open_part, options, tags: _PartTags, p
     if overlap:
         batches = run_ahead(batches, name="transcode-read")
     try:
-        for planes, count, fraction, last in batches:
-            if last:
-                pcm.check(stream)
-            else:
-                progress.report(0.0 if fraction is None else fraction)
+        for planes, count in _reported(batches, pcm, stream, progress):
             offset = 0
             while len(parts) < len(cuts) and cuts[len(parts)] < total + count - offset:
                 take = max(0, cuts[len(parts)] - total)  # samples of this batch before the cut
@@ -673,6 +661,18 @@ class _OnePart:
 
     def abort(self) -> None:
         self.sink.abort()
+
+
+def _reported(batches, pcm: _Pcm, stream, progress: _Progress) -> Iterator[tuple[tuple[bytes, ...], int]]:
+    """(planes, samples) of `batches` (a _Pcm's, maybe run ahead in a thread),
+    reporting progress here, on the calling thread, and judging what was
+    decoded once the last batch is out (pcm.check)."""
+    for planes, count, fraction, last in batches:
+        if last:
+            pcm.check(stream)
+        else:
+            progress.report(0.0 if fraction is None else fraction)
+        yield planes, count
 
 
 class _Pcm:
