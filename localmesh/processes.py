@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -66,11 +67,34 @@ class ChildDied(RuntimeError):
 
 # --------------------------------------------------------------------- ports
 
+# Ports are handed out from below Linux's ephemeral range (32768-60999). A port
+# the kernel picks (bind to 0) is an ephemeral one, and between our picking it
+# and the child binding it, any outgoing connection (to MySQL, RabbitMQ, Mongo)
+# may take it as its source port: CI once lost a module of tests to Envoy's
+# "cannot bind ... Address already in use" that way. Below the range only an
+# explicit bind takes a port, and this process never hands out one twice.
+_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port nothing listens on right now, outside the ephemeral range,
+    not handed out before by this process."""
+    rng = random.Random()
+    with _ports_lock:
+        for _ in range(1000):
+            port = rng.choice(_PORTS)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free TCP port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -53,12 +53,6 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def engine() -> str:
     """As deploy/images.sh picks it."""
     if os.environ.get("CONTAINER_ENGINE"):

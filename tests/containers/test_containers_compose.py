@@ -13,9 +13,10 @@ import grpc
 import pytest
 import requests
 from container_flows import check_mp3, grpc_session, rest_session
-from container_kit import Stack, container_cmd, documented, free_port, port_free, run_documented
+from container_kit import Stack, container_cmd, documented, port_free, run_documented
 from google.api import httpbody_pb2
 
+from localmesh.processes import free_port
 from testkit.clients import GrpcClient, RestClient
 from testkit.media import analyse_mp3
 from video2mp3.media.v1 import media_pb2

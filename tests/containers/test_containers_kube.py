@@ -11,7 +11,9 @@ import sys
 import pytest
 import yaml
 from container_flows import grpc_session, rest_session
-from container_kit import OPERATIONS, ROOT, Stack, container_cmd, documented, free_port, port_free, run_documented
+from container_kit import OPERATIONS, ROOT, Stack, container_cmd, documented, port_free, run_documented
+
+from localmesh.processes import free_port
 
 # Bringing a stack up (images from nothing included) takes minutes.
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
