@@ -58,6 +58,10 @@ from gridfs import DEFAULT_CHUNK_SIZE
 from video2mp3.core.background import WriteBehind
 from video2mp3.storage.gridfs_download import delete_chunks
 
+# Chunks are the drivers' 255 KiB (DEFAULT_CHUNK_SIZE). 1 MiB ones cost
+# SecantusDB about 40 % less CPU per GB, but made each conversion after its
+# upload 1.4-1.8x slower and the phone layout's skipping fetch 4x more
+# (docs/benchmarks.md, bench-e2e).
 TOUCH_EVERY_S = 1.0  # between refreshes of the in-progress record (one small write)
 # write_behind(): bytes per insert_many at most, and batches waiting for the
 # writer. Measured on SecantusDB: 16 chunks per insert store ~1.6x faster than
