@@ -1,6 +1,7 @@
 """make bench-e2e: time to MP3 as a user sees it, against running ffmpeg yourself.
 
     python -m bench.e2e [--rounds 3] [--phone-rounds 2] [--skip 720p,faststart,phone,uploads,workers]
+                        [--upload-mbit N]
 
 Starts `make run` with its embedded defaults (testkit/bigmesh.MakeRun, a fresh
 data folder), signs up through REST, then measures side by side in one run,
@@ -27,6 +28,12 @@ the two contenders alternating round by round (medians):
 "DONE" is the job's own complete_time (the server's clock; this machine's),
 read by polling GetJob 4 times a second; a job DONE before its upload was
 answered counts 0 s.
+`--upload-mbit N` paces the REST uploads to N Mbit/s, as a client on a
+network would send them (by default they go as fast as loopback allows, and
+the client, Envoy, the gateway and the store share the two cores). Each
+round also prints the upload's time and the mesh's CPU seconds from upload
+start to DONE: what copying an upload as it arrives (converter/spool.py)
+moves into the upload.
 Every figure is printed with its goal beside it. Tests never assert times;
 this prints them. The machine has 2 cores: run it on a quiet machine.
 """
@@ -101,11 +108,38 @@ def frame_interleaved_phone(ffmpeg: str) -> Path:
 
 # --- Timing ----------------------------------------------------------------------
 
+class Paced:
+    """A file sent at `bytes_per_s` (requests streams it with its length)."""
+
+    def __init__(self, path: Path, bytes_per_s: float):
+        self.f = open(path, "rb")  # noqa: SIM115 - closed by read() at the end
+        self.size = path.stat().st_size
+        self.rate = bytes_per_s
+        self.sent = 0
+        self.start = 0.0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.start:
+            self.start = time.monotonic()
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
+        data = self.f.read(min(n if n > 0 else 1 << 20, 1 << 20))
+        self.sent += len(data)
+        if not data:
+            self.f.close()
+        return data
+
+
 class Mesh:
     """A user of the running mesh: REST uploads, DONE times, converter metrics."""
 
-    def __init__(self, run: MakeRun):
+    def __init__(self, run: MakeRun, upload_mbit: float = 0):
         self.run = run
+        self.upload_mbit = upload_mbit
         self.rest = RestClient(run.rest_base_url)
         self.rest.sign_up_and_login()
         assert run.mesh is not None
@@ -119,8 +153,15 @@ class Mesh:
     def answer_to_done(self, path: Path) -> tuple[float, float]:
         """(upload answer -> DONE in seconds, bytes the conversion fetched)."""
         before = self.read_bytes()
-        r = self.rest.upload(path, timeout=600)
+        started, cpu_start = time.monotonic(), mesh_cpu(self.run)
+        if self.upload_mbit:
+            r = self.rest.s.post(f"{self.rest.base}/v1/videos", params={"filename": path.name},
+                                 data=Paced(path, self.upload_mbit * 1e6 / 8),
+                                 headers={**self.rest.headers(), "Content-Type": "video/mp4"}, timeout=600)
+        else:
+            r = self.rest.upload(path, timeout=600)
         answered = dt.datetime.now(dt.UTC)
+        upload_s = time.monotonic() - started
         cpu0 = mesh_cpu(self.run)
         assert r.status_code == 200, r.text
         job_id = r.json()["job_id"]
@@ -133,6 +174,9 @@ class Mesh:
             time.sleep(0.25)
         assert job["state"] == "JOB_STATE_DONE", job
         self.last_cpu = mesh_cpu(self.run) - cpu0
+        # What moving work into the upload (converter/spool.py) costs there.
+        print(f"      upload {upload_s:.2f} s; upload start -> DONE seen: {mesh_cpu(self.run) - cpu_start:.1f} "
+              "CPU s of the mesh", flush=True)
         done = dt.datetime.fromisoformat(job["complete_time"].replace("Z", "+00:00"))
         # The metric is written a moment after the job's DONE; wait for it.
         deadline = time.monotonic() + 10
@@ -274,6 +318,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--phone-rounds", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma-separated: 720p, faststart, phone, uploads, workers")
+    ap.add_argument("--upload-mbit", type=float, default=0, help="pace REST uploads to this many Mbit/s")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -290,7 +335,7 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="video2mp3-e2e-"))
     try:
         with MakeRun(data_dir / "mongo", log=data_dir / "make-run.log") as run:
-            mesh = Mesh(run)
+            mesh = Mesh(run, args.upload_mbit)
             mesh.answer_to_done(CACHE / "clip10s_v1.mp4")  # warm-up: imports, caches, first job
             def time_to_mp3(label: str, path: Path, goal: float, rounds: int, fetched: bool) -> None:
                 r = compare(label, rounds, lambda: run_ffmpeg(ffmpeg, path, out),

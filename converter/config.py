@@ -64,6 +64,17 @@ class ConverterConfig:
     express_nice: int = setting("CONVERTER_EXPRESS_NICE", 5, help=(
         "nice level of the express workers: below `CONVERTER_NICE`, so a short job gets most of a core while the "
         "normal workers convert a backlog"))
+    # converter/spool.py: an MP4 with its index at the end, copied as it arrives.
+    spool_dir: str = setting("CONVERTER_SPOOL_DIR", "", allow_empty=True, shown_default="the system's temporary "
+                             "directory", help=(
+        "where a worker copies an upload still arriving whose file has its index at the end (an MP4 as most "
+        "tools write it), to convert it from there once complete instead of reading it back from MongoDB; the "
+        "copy has no name, so a killed worker leaves nothing"))
+    spool_max_mb: int = setting("CONVERTER_SPOOL_MAX_MB", 4096, minimum=0, help=(
+        "the largest such copy, MiB; a bigger upload is converted from MongoDB once complete. `0`: no copies"))
+    spool_reserve_mb: int = setting("CONVERTER_SPOOL_RESERVE_MB", 1024, minimum=0, help=(
+        "free space a copy always leaves on `CONVERTER_SPOOL_DIR`'s disk, MiB; where it would take more, "
+        "copying stops and the job is converted from MongoDB once complete"))
     metrics_port: int = setting("CONVERTER_METRICS_PORT", 9103, minimum=0, help=(
         "Prometheus `/metrics` port, the sum over the workers; `0`: off"))
     dependency_check_s: float = setting("CONVERTER_CHECK_INTERVAL_S", 5.0, minimum=0.1, help=(

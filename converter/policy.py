@@ -133,6 +133,14 @@ class UploadStalled(JobGone):
                     "job {job}: its upload stopped; its conversion stopped and its MP3 was removed")
 
 
+class SpoolYielded(JobGone):
+    """A worker copying an upload as it arrived (converter/spool.py) handed the
+    job back for tasks waiting behind it (JobStore.yield_upload): the upload's
+    end publishes it again; this attempt keeps nothing."""
+    ending = Ending(Outcome.ACK, "yielded",
+                    "job {job}: handed back while its upload arrives, for the tasks waiting behind it")
+
+
 class LeftExpress(TaskStop):
     """An express conversion used more than EXPRESS_CPU_S: its job was given
     back for the normal lane (JobStore.leave_express) and its MP3 deleted; the

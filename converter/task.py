@@ -21,7 +21,9 @@ the attempt stops within PROGRESS_EVERY_S and deletes what it wrote.
 
 A job whose upload is still arriving (`uploading`, gateway/early_jobs.py) is
 read as it grows (storage/gridfs_growing.py); only a conversion of the
-complete file may end it FAILED (convert_audio).
+complete file may end it FAILED (convert_audio). One whose file has its index
+at the end (`spool`) is copied to local disk as it arrives and converted from
+the copy, or handed back for the tasks waiting behind it (converter/spool.py).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import pymongo.errors
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from video2mp3.converter import cover_art, policy
+from video2mp3.converter import cover_art, policy, spool
 from video2mp3.converter.config import CPUS
 from video2mp3.converter.limits import CpuBudget, CpuBudgetExceeded, MemoryLimitExceeded
 from video2mp3.converter.policy import (
@@ -49,6 +51,7 @@ from video2mp3.converter.policy import (
     NoSuchJob,
     Outcome,
     ShuttingDown,
+    SpoolYielded,
     StorageUnavailable,
     UploadStalled,
 )
@@ -57,6 +60,7 @@ from video2mp3.converter.video_source import VideoSource
 from video2mp3.domain import jobs, mp3_files, retention
 from video2mp3.storage.gridfs_growing import GrowingDownload
 from video2mp3.storage.gridfs_upload import ChunkedUpload
+from video2mp3.storage.mongo import VIDEOS_BUCKET
 from video2mp3.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5
+MiB = 1024 * 1024
 LEASE_WAIT_S = 1.0  # between looks at a job another worker holds
 
 
@@ -157,13 +162,15 @@ class Task:
                  extra={"step": "converting"})
         return before
 
-    def read_video(self, *, growing: bool = False, skip: bool = True) -> VideoSource:
+    def read_video(self, *, growing: bool = False, skip: bool = True, local: BinaryIO | None = None) -> VideoSource:
         """The job's video in GridFS: bounded ranges of chunks
         (storage/gridfs_download.py), only where the audio may be, fetched ahead
         of the decoder (converter/video_source.py); `growing` while the upload
-        still arrives (storage/gridfs_growing.py)."""
+        still arrives (storage/gridfs_growing.py); or its `local` copy (spool_video)."""
         kw: dict[str, Any] = {}
-        if growing:
+        if local is not None:
+            kw = {"local": local}
+        elif growing:
             kw = {"growing": True, "on_wait": self.on_upload_wait}
             self._upload_checked = time.monotonic()
         return VideoSource(self.worker.mongo.db, _oid(self.job.video_fid), skip=skip,
@@ -178,10 +185,16 @@ class Task:
         so far is deleted; a job deleted meanwhile raises JobGone."""
         mp3 = self.mp3 = self.mp3s.open(self.mp3_fid, self.job)
         growing = self.job.uploading
-        with self._discarded_on_error():
-            picture = self.pick_cover(growing=growing)
+        with self._discarded_on_error(), contextlib.ExitStack() as copies:
+            local = None
+            if growing and self.job.spool:
+                local = self.spool_video()  # or SpoolYielded
+                if local is not None:
+                    copies.callback(local.close)
+                growing = False  # complete now, copied or not
+            picture = self.pick_cover(growing=growing, local=local)
             while True:
-                video = self.read_video(growing=growing)
+                video = self.read_video(growing=growing, local=local)
                 try:
                     with video:
                         result = transcode(cast(BinaryIO, video.stream), mp3, self.job.options,
@@ -214,6 +227,57 @@ class Task:
                 part.close()
         return result
 
+    def spool_video(self) -> BinaryIO | None:
+        """converter/spool.py: the upload copied to local disk as it arrives;
+        the copy, complete. None if there is no copy (copies are off, or there
+        was no room) and the upload has ended: convert from GridFS. Raises
+        SpoolYielded once the job is handed back (for the tasks waiting, or for
+        want of room while the upload goes on)."""
+        cfg = self.cfg
+        room = spool.Room(cfg.spool_dir, cfg.spool_max_mb * MiB, cfg.spool_reserve_mb * MiB)
+        copy: BinaryIO | None = None
+        try:
+            if not cfg.spool_max_mb:
+                raise spool.NoRoom("copies are off (CONVERTER_SPOOL_MAX_MB=0)")
+            copy = spool.open_spool(cfg.spool_dir)
+            self._upload_checked = time.monotonic()
+            with GrowingDownload(self.worker.mongo.db, VIDEOS_BUCKET, _oid(self.job.video_fid),
+                                 on_wait=self.on_spool_wait, on_fetch=metrics.GRIDFS_READ_BYTES.inc) as src:
+                try:
+                    size = spool.copy_upload(src, copy, room=room, on_block=lambda: self.on_progress(0.0))
+                finally:
+                    self.read_bytes += src.bytes_fetched
+        except (spool.NoRoom, OSError) as e:  # OSError: the spool's disk (full, not writable)
+            if copy is not None:
+                copy.close()
+            metrics.SPOOLS.labels("no_room").inc()
+            log.warning("job %s: not copying its upload (%s)", self.job_id, e, extra={"step": "spool"})
+            self.hand_back_upload()
+            return None  # it has ended: converted from GridFS now
+        except BaseException as e:
+            if copy is not None:
+                copy.close()
+            if isinstance(e, SpoolYielded):
+                metrics.SPOOLS.labels("yielded").inc()
+            raise
+        metrics.SPOOLS.labels("complete").inc()
+        log.info("job %s: its upload (%d bytes) was copied as it arrived; converting the copy", self.job_id, size,
+                 extra={"step": "spooled", "bytes": size})
+        return copy
+
+    def on_spool_wait(self) -> None:
+        """GrowingDownload's on_wait while copying: as on_upload_wait, and the
+        job is handed back if a task waits behind it (converter/spool.py)."""
+        self.on_upload_wait()
+        if self.waiting() > 0:
+            self.hand_back_upload()
+
+    def hand_back_upload(self) -> None:
+        """Raises SpoolYielded once the job is handed back for its upload's end
+        to publish again (JobStore.yield_upload); returns if the upload has ended."""
+        if self.jobs.yield_upload(self.job_id, self.mp3_fid):
+            raise SpoolYielded()
+
     def open_part(self, track: int) -> ChunkedUpload:
         """transcode()'s open_part: the MP3 of chapter `track` (2..N) of a
         split, recorded on the job before anything is written, like the first."""
@@ -224,14 +288,14 @@ class Task:
         self.parts.append((fid, upload))
         return upload
 
-    def pick_cover(self, *, growing: bool) -> tuple[str, bytes] | None:
+    def pick_cover(self, *, growing: bool, local: BinaryIO | None = None) -> tuple[str, bytes] | None:
         """With `cover_art`: the picture for the MP3's tag (converter/cover_art.py),
         read from the video on its own, every byte (the conversion's read skips
         video samples): a few keyframes' worth, or the first seconds of an
         upload still arriving. None without the option, or if there is none."""
         if not self.job.options.cover_art:
             return None
-        video = self.read_video(growing=growing, skip=False)
+        video = self.read_video(growing=growing, skip=False, local=local)
         try:
             with video:
                 found = cover_art.pick(video.stream, seekable=not growing)

@@ -22,11 +22,14 @@ work (ChunkedDownload's read_ahead), so MongoDB round trips stop adding up.
     video.bytes_fetched   # what came over the wire, index included
 
 A file still being uploaded is read front to back as it arrives instead
-(growing=True, storage/gridfs_growing.py): no index, no skipping.
+(growing=True, storage/gridfs_growing.py): no index, no skipping. A file
+copied to local disk as it arrived (converter/spool.py) is read from that
+copy (local=), which its owner closes.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import BinaryIO
 
 from video2mp3.converter import mp4_index
 from video2mp3.storage.gridfs_download import RANGE_CHUNKS, READ_AHEAD, ChunkedDownload, Range
@@ -38,14 +41,21 @@ class VideoSource:
     """skip: False reads every byte (the old way); read_ahead: ranges fetched
     ahead (0: none); on_fetch(n): called with the bytes of every query.
     growing: the upload is still in progress: read it front to back as it
-    arrives, calling on_wait() between looks (storage/gridfs_growing.py)."""
+    arrives, calling on_wait() between looks (storage/gridfs_growing.py).
+    local: a complete local copy to read instead (converter/spool.py)."""
 
     def __init__(self, db, file_id, *, skip: bool = True, read_ahead: int = READ_AHEAD,
                  on_fetch: Callable[[int], object] | None = None,
-                 growing: bool = False, on_wait: Callable[[], None] | None = None) -> None:
+                 growing: bool = False, on_wait: Callable[[], None] | None = None,
+                 local: BinaryIO | None = None) -> None:
         self.index_bytes = 0
         self.skip: list[Range] | None = None
-        self.stream: ChunkedDownload | GrowingDownload
+        self.stream: ChunkedDownload | GrowingDownload | BinaryIO
+        self._local = local is not None
+        if local is not None:
+            local.seek(0)
+            self.stream = local
+            return
         if growing:
             self.stream = GrowingDownload(db, VIDEOS_BUCKET, file_id, on_wait=on_wait, on_fetch=on_fetch)
             return
@@ -56,10 +66,11 @@ class VideoSource:
 
     @property
     def bytes_fetched(self) -> int:
-        return self.index_bytes + self.stream.bytes_fetched
+        return self.index_bytes + getattr(self.stream, "bytes_fetched", 0)
 
     def close(self) -> None:
-        self.stream.close()
+        if not self._local:
+            self.stream.close()
 
     def __enter__(self) -> VideoSource:
         return self

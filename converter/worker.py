@@ -63,7 +63,9 @@ def run_worker(cfg: ConverterConfig, index: int, busy: ctypes.Array | None = Non
     worker = Worker(cfg, mongo, stopping, cancel, busy, index, express=express)
     rabbit = dataclasses.replace(cfg.rabbit, queue=express_queue(cfg.rabbit.queue)) if express else cfg.rabbit
     consumer = Consumer(rabbit, worker.on_task, worker.on_dead_letter, stopping,
-                        count_waiting=cfg.overlap_mode == "auto", announce_to=cfg.rabbit.queue)
+                        # The queue's depth: for `auto` overlap, and for a copy to step aside (converter/spool.py).
+                        count_waiting=cfg.overlap_mode == "auto" or cfg.spool_max_mb > 0,
+                        announce_to=cfg.rabbit.queue)
     # The kernel's CPU backstop (converter/limits.py); runs on this, the consumer's, thread.
     signal.signal(signal.SIGXCPU, worker.on_cpu_limit)
     worker.on_final = consumer.announce_final

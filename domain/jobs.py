@@ -8,7 +8,7 @@ Document: {_id: job id, user_id, user_email, filename, state, progress, error,
 video_fid, video_size, mp3_fid, mp3_size, mp3_files, options, attempts, published,
 pending_mp3_fids, current_mp3_fid, lease_until, create_time, update_time,
 complete_time, request_id, mp3_expired, deleted, sweep_owner, sweep_until,
-trace, uploading, upload_touched, tus, notify, pending_events, audio_seconds,
+trace, uploading, upload_touched, tus, spool, notify, pending_events, audio_seconds,
 declared_seconds, lane, express_refused}: `audio_seconds` is the MP3's length once DONE,
 `declared_seconds` what the upload's container declared (gateway/quotas.py counts it
 for jobs not converted yet).
@@ -22,7 +22,10 @@ A streamable upload's job is created as its first bytes arrive, so that it is
 converted while the rest arrives (gateway/early_jobs.py): until the upload
 ends it carries `uploading: true` and an `upload_touched` heartbeat, and is
 HIDDEN from its owner (VISIBLE below) exactly like a job that does not exist.
-Its upload's end clears both, and from then on it is a normal job.
+Its upload's end clears both, and from then on it is a normal job. So is
+the job of an MP4 with its index at the end, with `spool: true`: a converter
+copies it to local disk as it arrives and may hand it back (yield_upload)
+for the upload's end to publish again (converter/spool.py).
 
 A resumable (tus) upload's job is created hidden when the upload is created
 (gateway/tus.py) and also carries `tus: true`: its client may pause for hours
@@ -122,6 +125,7 @@ class Job:
     uploading: bool = False
     upload_touched: dt.datetime | None = None
     tus: bool = False
+    spool: bool = False             # uploading, an MP4 with its index at the end (converter/spool.py)
     # Recorded when DONE (domain/mp3_files.py); empty for jobs done before that: see `files`.
     mp3_files: tuple[Mp3File, ...] = ()
     lane: str = ""                  # where it was published: "normal", "express" ("": not yet, or older)
@@ -157,6 +161,7 @@ class Job:
             uploading=bool(doc.get("uploading", False)),
             upload_touched=doc.get("upload_touched"),
             tus=bool(doc.get("tus", False)),
+            spool=bool(doc.get("spool", False)),
             mp3_files=tuple(Mp3File.from_doc(d) for d in doc.get("mp3_files") or ()),
             lane=doc.get("lane") or "",
             express_refused=bool(doc.get("express_refused", False)),
@@ -246,10 +251,11 @@ class JobStore:
                video_fid: ObjectId, video_size: int,
                options: media_pb2.ConversionOptions, request_id: str = "",
                trace: dict | None = None, uploading: bool = False, tus: bool = False,
-               declared_seconds: float | None = None) -> Job:
+               spool: bool = False, declared_seconds: float | None = None) -> Job:
         """Raises pymongo.errors.DuplicateKeyError if this caller has a job with `request_id`.
         `uploading`: a hidden job whose upload goes on (see the module doc);
-        `tus`: and that upload is resumable (gateway/tus.py)."""
+        `tus`: and that upload is resumable (gateway/tus.py); `spool`: and
+        its file can only be read once complete (converter/spool.py)."""
         t = now()
         doc = {
             "_id": job_id,
@@ -279,6 +285,8 @@ class JobStore:
             doc.update(uploading=True, upload_touched=t)
         if tus:
             doc.update(tus=True)
+        if uploading and spool:
+            doc.update(spool=True)
         if declared_seconds:
             doc.update(declared_seconds=float(declared_seconds))
         if self.queue:
@@ -417,7 +425,7 @@ class JobStore:
         return _job(self.c.find_one_and_update(
             {"_id": job_id, "uploading": True, **LIVE},
             {"$set": {"video_size": video_size, "filename": filename, "update_time": now(), **declared},
-             "$unset": {"uploading": "", "upload_touched": "", "tus": ""}},
+             "$unset": {"uploading": "", "upload_touched": "", "tus": "", "spool": ""}},
             return_document=pymongo.ReturnDocument.AFTER))
 
     def claim_stale_upload(self, touched_before: dt.datetime, user_id: str | None = None,
@@ -436,9 +444,18 @@ class JobStore:
         the job is QUEUED again and marked unpublished, so that if its gateway
         was alive after all, the upload's end publishes it again (finish_upload's
         caller); if it died, the janitor deletes it. False if the upload ended meanwhile."""
+        return self._hand_back_upload(job_id, mp3_fid, {"upload_touched": {"$lt": touched_before}})
+
+    def yield_upload(self, job_id: str, mp3_fid: ObjectId) -> bool:
+        """A converter copying an upload as it arrives (converter/spool.py) steps
+        aside for jobs waiting behind it: as abandon_upload, with the heartbeat
+        still beating, so the upload's end publishes the job again. False if the
+        upload ended meanwhile (then the copy is nearly done: it goes on)."""
+        return self._hand_back_upload(job_id, mp3_fid, {})
+
+    def _hand_back_upload(self, job_id: str, mp3_fid: ObjectId, also: dict) -> bool:
         r = self.c.update_one(
-            {"_id": job_id, "current_mp3_fid": mp3_fid, "uploading": True,
-             "upload_touched": {"$lt": touched_before}, **LIVE},
+            {"_id": job_id, "current_mp3_fid": mp3_fid, "uploading": True, **also, **LIVE},
             {"$set": {"state": QUEUED, "lease_until": None, "published": False, "update_time": now()}})
         return r.modified_count == 1
 

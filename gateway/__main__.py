@@ -71,7 +71,8 @@ def main() -> None:
     space = StorageSpace(mongo.db, data_dir=cfg.mongo.data_dir, reserve_bytes=cfg.storage_reserve_bytes)
     quotas = Quotas(mongo.db, job_store, cfg.quotas, cfg.limits, cfg.retention)
     uploads = Uploads(mongo, job_store, publisher, cfg.max_upload_bytes, cfg.max_concurrent_uploads, space,
-                      quotas, fair=cfg.fair_queue, dispatch_interval_s=cfg.republish_interval_s)
+                      quotas, fair=cfg.fair_queue, dispatch_interval_s=cfg.republish_interval_s,
+                      spool_after_bytes=cfg.spool_after_bytes)
 
     health = grpc_server.new_health()
     to_auth = auth_channel(cfg.auth.addr)

@@ -6,10 +6,12 @@ Matroska/WebM, MPEG-TS, FLV, Ogg, and audio files (MP3 with or without ID3,
 ADTS AAC, FLAC, WAV). MP4/MOV only when its index (the `moov` box) comes
 before the media data (`mdat`), i.e. it was written "faststart"; FFmpeg's
 default puts `moov` at the end, and such a file cannot be read before it is
-complete. Anything else, or anything not decidable within the bytes given,
-is not streamable: it is converted once its upload has ended, as always.
+complete: INDEX_AT_END, which a converter may copy to its disk as it arrives
+and convert once it has ended (converter/spool.py). Anything else, or
+anything not decidable within the bytes given, is not streamable: it is
+converted once its upload has ended, as always.
 
-    verdict(head)     STREAMABLE, NOT_STREAMABLE or NEED_MORE (give more bytes)
+    verdict(head)     STREAMABLE, INDEX_AT_END, NOT_STREAMABLE or NEED_MORE (give more bytes)
     streamable(head)  True / False; NEED_MORE counts as False
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ _STREAMABLE = {Container.MATROSKA, Container.MPEG_TS, Container.FLV, Container.O
 
 class Verdict(enum.Enum):
     STREAMABLE = "streamable"
+    INDEX_AT_END = "MP4 with its index at the end"
     NOT_STREAMABLE = "not streamable"
     NEED_MORE = "need more bytes"
 
@@ -51,13 +54,17 @@ def verdict(head: bytes) -> Verdict:
 
 
 def _mp4(head: bytes) -> Verdict:
-    """Walks the top-level boxes: moov first is faststart, mdat first is not."""
+    """Walks the top-level boxes: moov first is faststart, mdat first has its index at the end."""
     try:
         for box in isobmff.prefix_boxes(head):
             if box.kind == b"moov":
                 return Verdict.STREAMABLE
-            if box.kind == b"mdat" or box.kind not in isobmff.LEADING or box.end is None:
-                return Verdict.NOT_STREAMABLE  # end None: "to the end of the file", no moov ahead
+            if box.end is None:
+                return Verdict.NOT_STREAMABLE  # "to the end of the file": no moov ahead
+            if box.kind == b"mdat":
+                return Verdict.INDEX_AT_END
+            if box.kind not in isobmff.LEADING:
+                return Verdict.NOT_STREAMABLE
     except isobmff.BoxError:  # damaged
         return Verdict.NOT_STREAMABLE
     return Verdict.NEED_MORE

@@ -1,5 +1,9 @@
 """Convert while uploading: the job of a streamable upload exists from its first bytes.
 
+So does the job of an MP4 with its index at the end (`spool`): a converter
+cannot read that before its end, but one with nothing else to do copies it to
+local disk as it arrives (converter/spool.py).
+
 gateway/uploads.py asks gateway/container_sniff.py about the first bytes; for
 a streamable file it calls start(), which records the job HIDDEN
 (`uploading: true`, domain/jobs.py) and publishes its task at once, so a
@@ -65,7 +69,8 @@ class EarlyJobs:
         self.mongo, self.store, self.publish, self.heartbeat = mongo, store, publish, heartbeat
 
     def start(self, *, job_id: str, user_id: str, user_email: str, filename: str,
-              video_fid: ObjectId, options, request_id: str, trace: dict) -> jobs.Job | None:
+              video_fid: ObjectId, options, request_id: str, trace: dict,
+              spool: bool = False) -> jobs.Job | None:
         """Record the hidden job and publish its task. None if this caller's
         request_id has a job already: the upload then goes on the usual way
         and its end decides (gateway/uploads.py)."""
@@ -73,13 +78,14 @@ class EarlyJobs:
             return self.store.create(job_id=job_id, user_id=user_id, user_email=user_email,
                                      filename=filename, video_fid=video_fid, video_size=0,
                                      options=options, request_id=request_id, trace=trace,
-                                     uploading=True)
+                                     uploading=True, spool=spool)
         try:
             job = self.create(create, user_id, request_id)
         except pymongo.errors.DuplicateKeyError:
             return None
         self.heartbeat.add(job.id)
-        log.info("job %s created while %s is uploading (streamable)", job.id, filename,
+        log.info("job %s created while %s is uploading (%s)", job.id, filename,
+                 "index at the end: to be spooled" if spool else "streamable",
                  extra={"job_id": job.id, "step": "streaming"})
         self.publish(job)  # unconfirmed: published again by finish()
         return job

@@ -149,8 +149,10 @@ class Outbox:
 
     def _express(self, job: jobs.Job, busy: int) -> bool:
         limit = self.fair.express_max_bytes
-        return (bool(limit) and busy == 0 and not job.express_refused and job.video_size <= limit
-                and self.express_consumed())
+        # A job copied while its upload arrives (converter/spool.py) is past the
+        # limit already, whatever its video_size says until the upload ends.
+        return (bool(limit) and busy == 0 and not job.express_refused and not job.spool
+                and job.video_size <= limit and self.express_consumed())
 
     def _take(self, user_id: str) -> bool:
         t = jobs.now()

@@ -13,7 +13,10 @@ storing anything (gateway/request_ids.py), so a retry never stores a copy.
 A streamable upload (gateway/container_sniff.py, judged from its first bytes)
 gets its job, hidden, as soon as those bytes are in, and is converted while
 the rest arrives (gateway/early_jobs.py); its answer is the job as it is when
-the upload ends. Its failure deletes that job as DeleteJob would.
+the upload ends. Its failure deletes that job as DeleteJob would. So does an
+MP4 whose index comes at the end, once `spool_after_bytes` have arrived: a
+converter with nothing else to do copies it to its disk as it arrives
+(converter/spool.py), and only the conversion is left once the upload ends.
 """
 from __future__ import annotations
 
@@ -47,13 +50,18 @@ log = logging.getLogger(__name__)
 
 # "Try again in a few seconds", as RetryInfo.
 BUSY_RETRY_S = 3.0
+# An MP4 with its index at the end gets its job once this much has arrived
+# (module doc; SPOOL_AFTER_BYTES), and never before it is over the express
+# lane's size (EXPRESS_MAX_BYTES): a file that may still take that lane is
+# converted once complete, at once; below this, reading it back costs little.
+SPOOL_AFTER_BYTES = 16 * 1024 * 1024
 
 
 class Uploads:
     def __init__(self, mongo: Mongo, job_store: jobs.JobStore, publisher: Publisher,
                  max_bytes: int, max_concurrent: int, space: StorageSpace | None = None,
                  quotas: Quotas | None = None, fair: FairQueueSettings | None = None,
-                 dispatch_interval_s: float = 0.5):
+                 dispatch_interval_s: float = 0.5, spool_after_bytes: int = SPOOL_AFTER_BYTES):
         self.request_ids = RequestIds(mongo.db, job_store)
         self.mongo = mongo
         self.jobs = job_store
@@ -65,8 +73,10 @@ class Uploads:
         self.heartbeat = Heartbeat(job_store)  # started by gateway/__main__.py
         self.early = EarlyJobs(mongo, job_store, self.publish, self.heartbeat)
         # Decides when a recorded job is published, and on which lane (started by gateway/__main__.py).
+        fair = fair or FairQueueSettings()
         self.outbox = Outbox(job_store, mongo.db["dispatch"], self.send, dispatch_interval_s,
-                             fair or FairQueueSettings(), publisher.express_consumed)
+                             fair, publisher.express_consumed)
+        self.spool_after = max(spool_after_bytes, fair.express_max_bytes + 1)
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
         """Returns the created job, or raises (core/errors.py makes the
@@ -115,10 +125,10 @@ class Uploads:
         job_id = jobs.new_job_id()
         early: list[jobs.Job] = []
 
-        def on_streamable(name: str) -> None:
+        def on_streamable(name: str, spool: bool) -> None:
             job = self.early.start(job_id=job_id, user_id=caller.user_id, user_email=caller.email,
                                    filename=name, video_fid=stream._id, options=options,
-                                   request_id=request_id, trace=tracing.carrier())
+                                   request_id=request_id, trace=tracing.carrier(), spool=spool)
             if job is not None:
                 early.append(job)
 
@@ -205,12 +215,13 @@ class Uploads:
                    on_data=None, on_streamable=None, check: UploadCheck | None = None, options=None) -> int:
         """Writes the video's bytes from `messages` into `stream`; returns the size.
         On any failure the upload is aborted (its chunks deleted), then it raises.
-        on_streamable(filename): called once the first bytes show a streamable file.
+        on_streamable(filename, spool): called once the first bytes show a
+        streamable file (spool False) or an MP4 with its index at the end, which
+        a converter may copy to its disk as it arrives (spool True).
         check: the upload's quotas and limits (gateway/quotas.py), told the
         size as it grows and the first and last bytes, which may declare its length."""
         size = 0
-        head = bytearray()  # the first bytes, until container_sniff has decided
-        sniffing = on_streamable is not None
+        early = _EarlyStart(self.spool_after) if on_streamable is not None else None
         checked = _Checked(check, options)
         body: Iterable[bytes]
         try:
@@ -233,14 +244,8 @@ class Uploads:
                     stream.write(data)
                     if on_data is not None:
                         on_data()
-                    if sniffing:
-                        head += data[:container_sniff.SNIFF_BYTES - len(head)]
-                        verdict = container_sniff.verdict(bytes(head))
-                        if verdict is not container_sniff.Verdict.NEED_MORE or \
-                                len(head) >= container_sniff.SNIFF_BYTES:
-                            sniffing = False
-                            if verdict is container_sniff.Verdict.STREAMABLE:
-                                on_streamable(self._form_name(body, named_by_query) or stream.filename)
+                    if early is not None and (spool := early.feed(data, size)) is not None:
+                        on_streamable(self._form_name(body, named_by_query) or stream.filename, spool=spool)
             if not _all_declared(context, size) and _reset_after_end(context):
                 raise Cancelled("the client cancelled the upload", reason=Reason.UPLOAD_CANCELLED)
             if size == 0:
@@ -324,6 +329,37 @@ class Uploads:
 # 1000 times that before a stream end is taken for the client's own, unless
 # the client declared its size and all of it came (_all_declared).
 END_OF_STREAM_SETTLE_S = 0.1
+
+
+class _EarlyStart:
+    """Whether and when an upload gets its job before it ends (module doc),
+    judged from its first bytes (gateway/container_sniff.py)."""
+
+    def __init__(self, spool_after: int):
+        self.head = bytearray()  # the first bytes, until container_sniff has decided
+        self.spool_after = spool_after
+        self.deciding = True
+        self.verdict = container_sniff.Verdict.NEED_MORE  # until decided (NEED_MORE after SNIFF_BYTES: never)
+        self.started = False
+
+    def feed(self, data: bytes, size: int) -> bool | None:
+        """After each piece (`size`: bytes so far). None: not now; else start
+        the job now, copied as it arrives (True, converter/spool.py) or read as
+        it grows (False). Says so once."""
+        if self.started:
+            return None
+        if self.deciding:
+            self.head += data[:container_sniff.SNIFF_BYTES - len(self.head)]
+            self.verdict = container_sniff.verdict(bytes(self.head))
+            if self.verdict is not container_sniff.Verdict.NEED_MORE or len(self.head) >= container_sniff.SNIFF_BYTES:
+                self.deciding, self.head = False, bytearray()
+        if self.verdict is container_sniff.Verdict.STREAMABLE:
+            self.started = True
+            return False
+        if self.verdict is container_sniff.Verdict.INDEX_AT_END and size >= self.spool_after:
+            self.started = True
+            return True
+        return None
 
 
 def _all_declared(context, size: int) -> bool:

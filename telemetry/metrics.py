@@ -95,7 +95,8 @@ QUEUE_CONSUMERS = Gauge("video2mp3_queue_consumers", "Consumers of a queue, read
 CONVERSIONS = Counter(
     "video2mp3_conversions", "Conversion attempts by outcome: done, failed (bad input), superseded, "
     "duplicate, interrupted (shutdown), error (unexpected; requeued), deleted (the job was deleted), left_express "
-    "(too long for the express lane; queued again on the normal one)", ["outcome"])
+    "(too long for the express lane; queued again on the normal one), yielded (an upload being copied was "
+    "handed back for the tasks waiting behind it: converter/spool.py)", ["outcome"])
 CONVERSION_SECONDS = Histogram(
     "video2mp3_conversion_seconds", "Wall time of a successful conversion",
     buckets=(.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600))
@@ -105,6 +106,10 @@ REALTIME_FACTOR = Histogram(
 AUDIO_SECONDS = Counter("video2mp3_conversion_audio_seconds", "Seconds of audio in the MP3s made")
 GRIDFS_READ_BYTES = Counter("video2mp3_gridfs_read_bytes",
                             "Video bytes fetched from GridFS by conversions (skipped video data is not)")
+SPOOLS = Counter("video2mp3_conversion_spools",
+                 "Uploads with their index at the end copied to local disk as they arrived, by how the copy "
+                 "ended: complete (converted from it), yielded (handed back for waiting tasks), no_room "
+                 "(CONVERTER_SPOOL_MAX_MB or _RESERVE_MB: converted from MongoDB)", ["outcome"])
 STREAM_FALLBACKS = Counter("video2mp3_conversion_stream_fallbacks",
                            "Conversions of a file still arriving that failed and waited for the complete file")
 ENCODER_JOINS = Counter(

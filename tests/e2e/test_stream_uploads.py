@@ -324,3 +324,101 @@ def test_converter_killed_mid_stream_converts_once(mesh_factory, store, faststar
     assert final["attempts"] == 2
     store.assert_attempt_gone(doc["current_mp3_fid"])
     assert up.client.download(job.job_id) == normal_mp3(faststart, "crash.mp4")
+
+
+# ------------------------------------------- an index at the end: copied as it arrives (converter/spool.py)
+
+@pytest.fixture(scope="module")
+def spool_mesh(module_mesh_factory):
+    # No express lane (else a file may take it and is never copied); every
+    # index-at-the-end MP4 past its first 256 KiB gets its job.
+    return module_mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_OVERLAP="on",
+                               EXPRESS_MAX_BYTES=0, SPOOL_AFTER_BYTES=256 * 1024)
+
+
+def spools(mesh, outcome: str) -> float:
+    return scrape(mesh.metrics_urls["converter"]).value("video2mp3_conversion_spools_total", outcome=outcome)
+
+
+def copying(doc: dict) -> bool:
+    return bool(doc.get("uploading")) and bool(doc.get("spool")) and doc["state"] == "PROCESSING"
+
+
+def test_an_mp4_with_its_index_at_the_end_is_copied_while_it_arrives(spool_mesh, store, moov_at_end):
+    """Its job exists (hidden) and a worker holds it before the upload ends;
+    the MP3 is the normal path's, and MongoDB was read while the bytes arrived."""
+    assert Path(moov_at_end).stat().st_size > 2 * 256 * 1024
+    before = spools(spool_mesh, "complete")
+    client = user_client(spool_mesh)
+    uid = user_id_of(client)
+    up = GatedUpload(client, moov_at_end, "slow.mp4")
+    hidden_job(store, uid, copying, "copied while uploading")
+    assert not up.call.done()
+    job = up.finish()
+    done = client.wait(job.job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    assert store.assert_one_mp3(job.job_id)["attempts"] == 1
+    assert client.download(job.job_id) == normal_mp3(moov_at_end, "slow.mp4")
+    assert spools(spool_mesh, "complete") == before + 1
+
+
+def test_a_copying_worker_steps_aside_for_a_waiting_task(spool_mesh, store, moov_at_end, clip):
+    """One worker, copying an upload the client holds half-way; another user's
+    job arrives: the copy is handed back, that job is converted while the
+    upload is still held, and the held one is converted once it ends."""
+    before = spools(spool_mesh, "yielded")
+    holder = user_client(spool_mesh)
+    uid = user_id_of(holder)
+    up = GatedUpload(holder, moov_at_end, "slow.mp4")
+    held = hidden_job(store, uid, copying, "copied while uploading")
+
+    other = user_client(spool_mesh)
+    quick = other.upload(clip)
+    assert other.wait(quick.job_id).state == media_pb2.JOB_STATE_DONE
+    assert not up.call.done()  # converted while the worker's copy waited for bytes
+    assert spools(spool_mesh, "yielded") == before + 1
+    doc = store.job(held["_id"])
+    assert (doc["state"], doc["published"], doc["uploading"]) == ("QUEUED", False, True)
+    assert store.chunks(held["current_mp3_fid"]) == 0  # the handed-back attempt kept nothing
+
+    job = up.finish()
+    done = holder.wait(job.job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    assert holder.download(job.job_id) == normal_mp3(moov_at_end, "slow.mp4")
+    assert "spool" not in store.job(job.job_id)
+
+
+def test_cancel_while_its_upload_is_copied_leaves_nothing(spool_mesh, store, moov_at_end):
+    """The job goes as DeleteJob would; the worker stops copying within a lease
+    renewal and writes nothing more; its copy has no name, so no file stays."""
+    client = user_client(spool_mesh)
+    uid = user_id_of(client)
+    up = GatedUpload(client, moov_at_end, "cancel.mp4")
+    doc = hidden_job(store, uid, copying, "copied while uploading")
+    up.call.cancel()
+    up.gate.set()
+    assert_nothing_left(store, uid, doc["video_fid"], doc["current_mp3_fid"])
+    wait_for("the converter to stop copying",
+             lambda: f"job {doc['_id']} was deleted" in spool_mesh.log_tail("converter", 400), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def no_room_mesh(module_mesh_factory):
+    return module_mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_OVERLAP="on",
+                               EXPRESS_MAX_BYTES=0, SPOOL_AFTER_BYTES=256 * 1024, CONVERTER_SPOOL_MAX_MB=1)
+
+
+def test_an_upload_too_big_to_copy_is_converted_from_gridfs_once_complete(no_room_mesh, store, moov_at_end):
+    assert Path(moov_at_end).stat().st_size > 1024 * 1024
+    before = spools(no_room_mesh, "no_room")
+    client = user_client(no_room_mesh)
+    uid = user_id_of(client)
+    up = GatedUpload(client, moov_at_end, "slow.mp4", hold_at=0.9)
+    doc = hidden_job(store, uid, lambda j: j.get("spool") and j["attempts"] >= 1 and not j["published"],
+                     "handed back for want of room")
+    assert doc["state"] == "QUEUED"
+    assert spools(no_room_mesh, "no_room") == before + 1
+    job = up.finish()
+    done = client.wait(job.job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    assert client.download(job.job_id) == normal_mp3(moov_at_end, "slow.mp4")

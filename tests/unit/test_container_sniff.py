@@ -43,16 +43,18 @@ def test_an_mp3_without_id3_is_streamable(tmp_path):
     assert streamable(data[size:size + SNIFF_BYTES])
 
 
-@pytest.mark.parametrize(("name", "kwargs"), [
-    ("slow.mp4", dict(video_codec="h264")),  # FFmpeg's default: moov at the end
-    ("slow.mov", dict(video_codec="h264")),
-    ("slow.m4a", dict(video_codec=None)),
-    ("a.avi", {}),
-    ("a.wmv", dict(audio_codec="wmav2")),
+@pytest.mark.parametrize(("name", "kwargs", "expected"), [
+    # FFmpeg's default: moov at the end, which a converter may copy as it arrives
+    ("slow.mp4", dict(video_codec="h264"), Verdict.INDEX_AT_END),
+    ("slow.mov", dict(video_codec="h264"), Verdict.INDEX_AT_END),
+    ("slow.m4a", dict(video_codec=None), Verdict.INDEX_AT_END),
+    ("a.avi", {}, Verdict.NOT_STREAMABLE),
+    ("a.wmv", dict(audio_codec="wmav2"), Verdict.NOT_STREAMABLE),
 ])
-def test_not_streamable_files(tmp_path, name, kwargs):
+def test_not_streamable_files(tmp_path, name, kwargs, expected):
     path = make_media(tmp_path / name, duration=1.0, **kwargs)
-    assert verdict(head_of(path)) is Verdict.NOT_STREAMABLE
+    assert verdict(head_of(path)) is expected
+    assert not streamable(head_of(path))
 
 
 def test_text_and_random_bytes_are_not_streamable(tmp_path):
@@ -68,10 +70,12 @@ def box(kind: bytes, size: int) -> bytes:
 def test_mp4_box_walk():
     ftyp = box(b"ftyp", 32)
     assert verdict(ftyp + box(b"free", 8) + box(b"moov", 8)) is Verdict.STREAMABLE
-    assert verdict(ftyp + box(b"wide", 8) + box(b"mdat", 16)) is Verdict.NOT_STREAMABLE
+    assert verdict(ftyp + box(b"wide", 8) + box(b"mdat", 16)) is Verdict.INDEX_AT_END
     # A 64-bit mdat size, as FFmpeg writes for big files, is still "mdat first".
     big_mdat = struct.pack(">I4sQ", 1, b"mdat", 5 << 30)
-    assert verdict(ftyp + big_mdat) is Verdict.NOT_STREAMABLE
+    assert verdict(ftyp + big_mdat) is Verdict.INDEX_AT_END
+    # An mdat "to the end of the file" leaves no room for an index after it.
+    assert verdict(ftyp + struct.pack(">I4s", 0, b"mdat") + b"\x00" * 100) is Verdict.NOT_STREAMABLE
     # A box bigger than what was sniffed: undecidable, so not streamable.
     big_free = box(b"free", 8)[:0] + struct.pack(">I4s", 2 * SNIFF_BYTES, b"free")
     assert verdict(ftyp + big_free + b"\x00" * 100) is Verdict.NEED_MORE
