@@ -47,11 +47,11 @@ class GatewayConfig:
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 2 * 1024**3, help=(
         "larger uploads are refused as soon as they cross it: RESOURCE_EXHAUSTED, 413 over REST (2 GiB by "
         "default)"))
-    spool_after_bytes: int = setting("SPOOL_AFTER_BYTES", 16 * 1024**2, minimum=1, help=(
+    spool_after_bytes: int = setting("SPOOL_AFTER_BYTES", 16 * 1024**2, minimum=0, help=(
         "an upload of an MP4 with its index at the end (as most tools write it) gets its job once this much has "
         "arrived, and never before it is over `EXPRESS_MAX_BYTES`, so that a converter with nothing else to do "
         "copies it to local disk as it arrives (converter/spool.py) instead of reading it back from MongoDB "
-        "after the upload"))
+        "after the upload; `0`: never (set it where the converters make no copies, `CONVERTER_SPOOL_MAX_MB=0`)"))
     max_concurrent_uploads: int = setting("MAX_CONCURRENT_UPLOADS", 8, help=(
         "uploads at once; one more gets RESOURCE_EXHAUSTED / 429"))
     upload_expiry_s: float = setting("UPLOAD_EXPIRY_S", 86400.0, minimum=60, help=(

@@ -76,7 +76,8 @@ class Uploads:
         fair = fair or FairQueueSettings()
         self.outbox = Outbox(job_store, mongo.db["dispatch"], self.send, dispatch_interval_s,
                              fair, publisher.express_consumed)
-        self.spool_after = max(spool_after_bytes, fair.express_max_bytes + 1)
+        # None: such uploads get their job at the end, as any other.
+        self.spool_after = max(spool_after_bytes, fair.express_max_bytes + 1) if spool_after_bytes else None
 
     def handle(self, requests, context, caller: Caller) -> jobs.Job:
         """Returns the created job, or raises (core/errors.py makes the
@@ -335,7 +336,7 @@ class _EarlyStart:
     """Whether and when an upload gets its job before it ends (module doc),
     judged from its first bytes (gateway/container_sniff.py)."""
 
-    def __init__(self, spool_after: int):
+    def __init__(self, spool_after: int | None):
         self.head = bytearray()  # the first bytes, until container_sniff has decided
         self.spool_after = spool_after
         self.deciding = True
@@ -356,7 +357,8 @@ class _EarlyStart:
         if self.verdict is container_sniff.Verdict.STREAMABLE:
             self.started = True
             return False
-        if self.verdict is container_sniff.Verdict.INDEX_AT_END and size >= self.spool_after:
+        if self.verdict is container_sniff.Verdict.INDEX_AT_END and self.spool_after is not None \
+                and size >= self.spool_after:
             self.started = True
             return True
         return None

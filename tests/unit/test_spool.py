@@ -72,3 +72,22 @@ def test_a_streamable_upload_gets_its_job_at_once_and_others_never(tmp_path):
     ftyp = struct.pack(">I4s", 32, b"ftyp") + b"\x00" * 24
     undecided = ftyp + struct.pack(">I4s", 1 << 20, b"free") + b"\x00" * (200 * 1024)
     assert feed_all(_EarlyStart(spool_after=1), undecided, 4096) == []
+
+
+def test_no_early_job_when_copies_are_off(tmp_path):
+    path = make_media(tmp_path / "slow.mp4", video_codec="h264", duration=2.0)
+    assert feed_all(_EarlyStart(spool_after=None), head_of(path) + b"\x00" * 300_000, 1000) == []
+
+
+def test_the_shipped_containers_make_no_copies_and_ask_for_none():
+    """Their converters' /tmp is memory (compose's tmpfs) or a small emptyDir:
+    copies are off there, and the gateway then publishes no job early for them."""
+    import yaml
+
+    from testkit import ROOT
+
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yaml").read_text())
+    configmap = yaml.safe_load((ROOT / "deploy/k8s/base/configmap.yaml").read_text())
+    for env in (compose["services"]["converter"]["environment"], compose["services"]["gateway"]["environment"],
+                configmap["data"]):
+        assert (env["CONVERTER_SPOOL_MAX_MB"], env["SPOOL_AFTER_BYTES"]) == ("0", "0")
