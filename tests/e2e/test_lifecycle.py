@@ -2,6 +2,7 @@
 ListJobs' filter and safe upload retries (request_id)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -149,10 +150,17 @@ def delete(client: GrpcClient, job_id: str) -> None:
 
 
 def assert_nothing_left(store, doc: dict) -> None:
+    """What DeleteJob promises. A worker that had taken the job may have closed
+    its MP3 just before the delete: it notices at its next lease renewal
+    (~0.5 s) and removes it, so the MP3s are looked at until then."""
+    fids = [f for f in [doc.get("mp3_fid"), doc.get("current_mp3_fid"), *doc.get("pending_mp3_fids", [])] if f]
+    with contextlib.suppress(TimeoutError):
+        wait_for("the converter to remove its MP3",
+                 lambda: store.db["mp3s.files"].count_documents({"metadata.job_id": doc["_id"]}) == 0,
+                 timeout=10, interval=0.1)
     assert store.jobs.count_documents({"_id": doc["_id"]}) == 0
     assert store.db["videos.files"].count_documents({"_id": doc["video_fid"]}) == 0
     assert store.db["videos.chunks"].count_documents({"files_id": doc["video_fid"]}) == 0
-    fids = [f for f in [doc.get("mp3_fid"), doc.get("current_mp3_fid"), *doc.get("pending_mp3_fids", [])] if f]
     assert store.db["mp3s.files"].count_documents({"_id": {"$in": fids}}) == 0
     assert store.db["mp3s.chunks"].count_documents({"files_id": {"$in": fids}}) == 0
     assert store.db["mp3s.files"].count_documents({"metadata.job_id": doc["_id"]}) == 0
