@@ -402,6 +402,30 @@ def test_cancel_while_its_upload_is_copied_leaves_nothing(spool_mesh, store, moo
              lambda: f"job {doc['_id']} was deleted" in spool_mesh.log_tail("converter", 400), timeout=30)
 
 
+def test_converter_killed_while_copying_converts_once_and_leaves_no_file(mesh_factory, store, moov_at_end,
+                                                                         tmp_path):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_LEASE_S=2, CONVERTER_OVERLAP="on",
+                         EXPRESS_MAX_BYTES=0, SPOOL_AFTER_BYTES=256 * 1024, CONVERTER_SPOOL_DIR=str(spool_dir))
+    client = user_client(stack)
+    uid = user_id_of(client)
+    up = GatedUpload(client, moov_at_end, "crash.mp4")
+    doc = hidden_job(store, uid, copying, "copied while uploading")
+    assert list(spool_dir.iterdir()) == []  # the copy has no name, even while it is written
+    [worker] = worker_pids(stack)
+    kill_worker(worker)
+    # The redelivery copies again from byte 0 while the upload is still held.
+    hidden_job(store, uid, lambda j: copying(j) and j["attempts"] == 2, "copying again (attempt 2)")
+    job = up.finish()
+    done = client.wait(job.job_id)
+    assert done.state == media_pb2.JOB_STATE_DONE, done.error
+    assert store.assert_one_mp3(job.job_id)["attempts"] == 2
+    store.assert_attempt_gone(doc["current_mp3_fid"])
+    assert client.download(job.job_id) == normal_mp3(moov_at_end, "crash.mp4")
+    assert list(spool_dir.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def no_room_mesh(module_mesh_factory):
     return module_mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_OVERLAP="on",
