@@ -37,16 +37,23 @@ def inputs(tmp_path_factory):
     return make_long_audio(d / "long.flac", 3), make_long_audio(d / "small.flac", 0.05)
 
 
-def run_backlog_then_small(stack, inputs) -> tuple[list[dict], dict]:
-    """A's backlog (uploaded 3 at a time), then B's small job; all their job documents once final."""
+def run_backlog_then_small(stack, inputs, backlog_queued: bool = False) -> tuple[list[dict], dict]:
+    """A's backlog (uploaded 3 at a time), then B's small job; all their job
+    documents once final. backlog_queued: B uploads once every job of A's is
+    in RabbitMQ (with no bound per user they all go there; a job whose
+    dispatch met a concurrent upload's is published at the outbox's next
+    round, up to REPUBLISH_INTERVAL_S later, so without this B may come first)."""
     long, small = inputs
     a, b = user_client(stack), user_client(stack)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         a_ids = list(pool.map(lambda i: a.upload(long, filename=f"a{i}.flac", timeout=120, **SLOW_OPTIONS).job_id,
                               range(BACKLOG)))
-    b_id = b.upload(small, filename="b.flac", timeout=120, **SLOW_OPTIONS).job_id
     store = Store(stack.env["MONGO_URI"])
     try:
+        if backlog_queued:
+            wait_for("A's whole backlog to be published",
+                     lambda: all(store.job(j)["published"] for j in a_ids), timeout=30)
+        b_id = b.upload(small, filename="b.flac", timeout=120, **SLOW_OPTIONS).job_id
         a_docs = [store.wait_final(j, timeout=300) for j in a_ids]
         b_doc = store.wait_final(b_id, timeout=300)
     finally:
@@ -73,7 +80,7 @@ def test_fair_queue_small_job_waits_behind_at_most_one_conversion(mesh_factory, 
 def test_without_the_bound_the_small_job_waits_for_the_whole_backlog(mesh_factory, inputs):
     stack = mesh_factory(services=SERVICES, CONVERTER_WORKERS=1, CONVERTER_EXPRESS_WORKERS=0,
                          EXPRESS_MAX_BYTES=0, FAIR_QUEUE_PER_USER=0, CONVERTER_OVERLAP="off")
-    a_docs, b_doc = run_backlog_then_small(stack, inputs)
+    a_docs, b_doc = run_backlog_then_small(stack, inputs, backlog_queued=True)
     assert done_before(a_docs, b_doc) == BACKLOG
 
 
