@@ -187,38 +187,56 @@ class Mesh:
         return max(0.0, (done - answered).total_seconds()), fetched
 
 
-def read_back(run: MakeRun, path: Path) -> tuple[float, float]:
-    """The floor of a conversion that must read every byte: the file stored
-    straight into make run's GridFS (not timed), then read back whole the way
-    the converter reads it (converter/video_source.py: ranges of chunks,
-    fetched ahead), nothing decoded: (seconds, CPU seconds of the store and
-    the reader)."""
-    import pymongo
-
-    from video2mp3.converter.video_source import VideoSource
-    from video2mp3.storage.gridfs_download import delete_file
+def store_raw(db, path: Path):
+    """`path` written straight into GridFS as the gateway writes an upload
+    (our chunk writer, stored behind the reads): its file id."""
     from video2mp3.storage.gridfs_upload import ChunkedUpload
     from video2mp3.storage.mongo import VIDEOS_BUCKET
 
-    uri = f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true"
-    client: pymongo.MongoClient = pymongo.MongoClient(uri)
+    up = ChunkedUpload(db, VIDEOS_BUCKET, path.name)
+    up.write_behind()
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            up.write(piece)
+    up.close()
+    return up._id
+
+
+def read_whole(db, file_id) -> None:
+    """A stored file read back whole the way the converter reads it
+    (converter/video_source.py: ranges of chunks, fetched ahead), nothing decoded."""
+    from video2mp3.converter.video_source import VideoSource
+
+    with VideoSource(db, file_id) as video:
+        while video.stream.read(1 << 20):
+            pass
+
+
+def store_client(run: MakeRun):
+    """A pymongo client of make run's embedded store."""
+    import pymongo
+
+    return pymongo.MongoClient(f"mongodb://127.0.0.1:{run.env['MONGO_PORT']}/?directConnection=true")
+
+
+def read_back(run: MakeRun, path: Path) -> tuple[float, float]:
+    """The floor of a conversion that must read every byte: the file stored
+    straight into make run's GridFS (not timed), then read back whole,
+    nothing decoded: (seconds, CPU seconds of the store and the reader)."""
+    from video2mp3.storage.gridfs_download import delete_file
+    from video2mp3.storage.mongo import VIDEOS_BUCKET
+
+    client = store_client(run)
     try:
         db = client["video2mp3"]
-        up = ChunkedUpload(db, VIDEOS_BUCKET, path.name)
-        up.write_behind()
-        with open(path, "rb") as f:
-            while piece := f.read(1 << 20):
-                up.write(piece)
-        up.close()
+        file_id = store_raw(db, path)
         settle(run)
         cpu0 = mesh_cpu(run) + sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
         t = time.perf_counter()
-        with VideoSource(db, up._id) as video:
-            while video.stream.read(1 << 20):
-                pass
+        read_whole(db, file_id)
         seconds = time.perf_counter() - t
         cpu = mesh_cpu(run) + sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0
-        delete_file(db, VIDEOS_BUCKET, up._id)
+        delete_file(db, VIDEOS_BUCKET, file_id)
         return seconds, cpu
     finally:
         client.close()

@@ -15,9 +15,15 @@ folder) and times, side by side in one run:
   ffmpeg  `ffmpeg -i F -vn -c:a libmp3lame -b:a 192k out.mp3` over the same
           files, LOAD_FFMPEG_AT_ONCE at a time (one per core)
 
-The two alternate (order rotated) LOAD_ROUNDS times; medians. Prints p50 and
-p95 of the mesh's per-job times and, last, the ratio mesh / ffmpeg against the
-goal (issue 21: <= 1.25).
+The two alternate (order rotated) LOAD_ROUNDS times; medians. Then, once, the
+store's share alone: the same files written into make run's GridFS as the
+gateway writes an upload, read back whole as the converter reads a
+frame-interleaved file, and deleted, LOAD_CLIENTS at a time; its CPU seconds
+give the floor printed before the last line: ffmpeg's own work plus only
+that, on the same two cores, against ffmpeg's time (the conversions cost what
+ffmpeg's do: the same LAME and decoder, bench-convert). Prints p50 and p95 of
+the mesh's per-job times and, last, the ratio mesh / ffmpeg against the goal
+(issue 21: <= 1.25).
 
 Options (environment):
   LOAD_FILES 24            how many files
@@ -26,6 +32,7 @@ Options (environment):
   LOAD_FFMPEG_AT_ONCE 2    ffmpeg processes at once
   LOAD_ROUNDS 1            rounds of both
   LOAD_GOAL 1.25           the ratio the last line is judged against
+  LOAD_STORE_ALONE 1       0: skip the store's share alone (and the floor)
 A quick look: LOAD_FILES=6 LOAD_CLIENTS=4 LOAD_MINUTES=1 make bench-load
 """
 from __future__ import annotations
@@ -48,11 +55,13 @@ from pathlib import Path
 import psutil
 
 from bench.convert import ensure_ffmpeg, ffmpeg_cmd
-from bench.e2e import settle
+from bench.e2e import read_whole, settle, store_client, store_raw
 from bench.journey import Journey, Timing
 from testkit.bigmesh import MakeRun
 from testkit.clients import RestClient
 from video2mp3.core.settings import load, setting
+from video2mp3.storage.gridfs_download import delete_file
+from video2mp3.storage.mongo import VIDEOS_BUCKET
 
 CACHE = Path(tempfile.gettempdir()) / "video2mp3-bench" / "load"
 
@@ -66,6 +75,7 @@ class LoadSettings:
     ffmpeg_at_once: int = setting("LOAD_FFMPEG_AT_ONCE", 2, minimum=1)
     rounds: int = setting("LOAD_ROUNDS", 1, minimum=1)
     goal: float = setting("LOAD_GOAL", 1.25)
+    store_alone: bool = setting("LOAD_STORE_ALONE", True)
 
 
 # --- Inputs ----------------------------------------------------------------------
@@ -150,6 +160,35 @@ def run_mesh_all(users: list[Journey], files: list[Path]) -> tuple[float, list[T
     return wall, timings
 
 
+def run_store_alone(run: MakeRun, files: list[Path], at_once: int) -> tuple[float, float]:
+    """The store's share of the journeys and nothing else: each file stored,
+    read back whole and deleted, `at_once` at a time: (wall seconds, the
+    store's CPU seconds)."""
+    client = store_client(run)
+    db = client["video2mp3"]
+
+    def one(path: Path) -> None:
+        file_id = store_raw(db, path)
+        read_whole(db, file_id)
+        delete_file(db, VIDEOS_BUCKET, file_id)
+
+    try:
+        cpu0 = cpu_by_process(run).get("mongo", 0.0)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(at_once) as pool:
+            list(pool.map(one, files))
+        wall = time.perf_counter() - t
+        return wall, cpu_by_process(run).get("mongo", 0.0) - cpu0
+    finally:
+        client.close()
+
+
+def own_cpu() -> float:
+    """CPU seconds this process (the REST clients) has used so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def cpu_by_process(run: MakeRun) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each of the mesh's processes, by name."""
     out: dict[str, float] = {}
@@ -178,6 +217,8 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="video2mp3-load-"))
     mesh_s: list[float] = []
     ff_s: list[float] = []
+    ff_cpu: list[float] = []
+    store_cpu: float | None = None
     jobs: list[float] = []
     try:
         with MakeRun(data_dir / "mongo", log=data_dir / "make-run.log") as run:
@@ -195,26 +236,40 @@ def main() -> int:
                         ff_s.append(run_ffmpeg_all(ffmpeg, files, opts.ffmpeg_at_once, data_dir))
                         after = resource.getrusage(resource.RUSAGE_CHILDREN)
                         used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                        ff_cpu.append(used)
                         print(f"  CPU seconds of ffmpeg: {used:.1f}", flush=True)
                     else:
-                        cpu0 = cpu_by_process(run)
+                        cpu0, clients0 = cpu_by_process(run), own_cpu()
                         wall, timings = run_mesh_all(users, files)
                         cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_by_process(run).items()}
                         print("  CPU seconds by process: " + ", ".join(
                             f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
-                            + f" (all {sum(cpu.values()):.1f} in {wall:.1f} s of 2 cores)", flush=True)
+                            + f" (all {sum(cpu.values()):.1f} in {wall:.1f} s of 2 cores; "
+                            f"the REST clients beside them {own_cpu() - clients0:.1f})", flush=True)
                         mesh_s.append(wall)
                         jobs += [t.total_s for t in timings]
                         print(f"  mesh round {i + 1}: last MP3 in hand after {wall:.1f} s; per job "
                               f"p50 {percentile([t.total_s for t in timings], 50):.1f} s, "
                               f"p95 {percentile([t.total_s for t in timings], 95):.1f} s", flush=True)
                 print(f"  round {i + 1}: ffmpeg {ff_s[-1]:.1f} s, mesh {mesh_s[-1]:.1f} s", flush=True)
+            if opts.store_alone:
+                settle(run)
+                wall, store_cpu = run_store_alone(run, files, opts.clients)
+                print(f"  store alone: the {len(files)} files stored, read back and deleted, {opts.clients} at a "
+                      f"time: {wall:.1f} s, CPU seconds of the store {store_cpu:.1f}", flush=True)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
     mesh, ff = statistics.median(mesh_s), statistics.median(ff_s)
     ratio = mesh / ff
     ok = ratio <= opts.goal
+    if store_cpu is not None:
+        # The mesh does at least ffmpeg's work plus the store's share, on the
+        # two cores ffmpeg's side keeps busy for `ff` seconds.
+        f_cpu = statistics.median(ff_cpu)
+        floor = (f_cpu + store_cpu) / (2 * ff)
+        print(f"\nfloor: ffmpeg's CPU + the store's alone on 2 cores = ({f_cpu:.1f} + {store_cpu:.1f}) / 2 / "
+              f"{ff:.1f} s = {floor:.2f} (the store's share by itself: {store_cpu / (2 * ff):.2f} of ffmpeg's time)")
     print(f"\nper job (upload start -> MP3 in hand): p50 {percentile(jobs, 50):.1f} s, "
           f"p95 {percentile(jobs, 95):.1f} s, max {max(jobs):.1f} s ({len(jobs)} jobs)")
     print(f"bench-load: {len(files)} files, {opts.clients} clients, last MP3 / ffmpeg {opts.ffmpeg_at_once} at a "

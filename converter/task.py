@@ -347,10 +347,11 @@ class Task:
                             seconds=seconds, extra={"seconds": round(seconds, 3), "read_bytes": self.read_bytes,
                                                     "video_bytes": self.job.video_size,
                                                     "encoder_joins": result.encoder_joins})
-        retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention)
-        # Watchers hear of DONE now, not at their next poll; after the video
-        # is deleted, so that the usage they then ask for no longer holds it.
+        # Watchers hear of DONE now, not at their next poll, nor once the video
+        # is deleted (a 50 MB video takes ~0.1 s); usage stops counting it at
+        # DONE (gateway/quotas.py).
         self.worker.on_final(self.job_id)
+        retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention)
         return outcome
 
     def fail_job(self, error: ConversionError) -> Outcome:
@@ -360,8 +361,8 @@ class Task:
         if isinstance(error, LimitExceeded):
             metrics.LIMIT_REFUSALS.labels(error.kind, "conversion").inc()
         if self.jobs.finish_failed(self.job_id, str(error)):
-            retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention, keep=not over_limit)
             self.worker.on_final(self.job_id)
+            retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention, keep=not over_limit)
         tracing.fail(self.span, str(error))
         return self._end(policy.FAILED, error)
 

@@ -203,8 +203,8 @@ class Worker:
         MP3s its attempts half-wrote deleted. True if this call failed it."""
         failed = self.jobs.finish_failed(job_id, reason)
         if failed:
-            retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
             self.on_final(job_id)
+            retention.after_final(self.mongo, self.jobs, job_id, self.cfg.retention)
         job = self.jobs.get(job_id)
         if job is not None and job.state == jobs.FAILED:
             self.mp3s.delete_leftovers(job_id, list(job.pending_mp3_fids))

@@ -187,10 +187,13 @@ class Quotas:
         held, leaving, pending = 0, [], 0.0
         fields = {"video_fid": 1, "video_size": 1, "mp3_fid": 1, "mp3_size": 1, "state": 1, "mp3_expired": 1,
                   "complete_time": 1, "declared_seconds": 1}
+        # With VIDEO_RETENTION=0 a final job's video is no longer held: the
+        # converter announces the job's end first and deletes the video after.
+        videos_go_at_end = self.retention.video_s == 0
         for d in self.jobs.c.find({"user_id": user_id, **jobs.LIVE}, fields):
-            if d.get("video_fid") is not None:
-                held += int(d.get("video_size") or 0)
             state = d.get("state")
+            if d.get("video_fid") is not None and not (videos_go_at_end and state in jobs.FINAL_STATES):
+                held += int(d.get("video_size") or 0)
             if state == jobs.DONE and d.get("mp3_fid") is not None and not d.get("mp3_expired"):
                 size = int(d.get("mp3_size") or 0)
                 held += size
