@@ -49,8 +49,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -160,25 +162,26 @@ def run_mesh_all(users: list[Journey], files: list[Path]) -> tuple[float, list[T
     return wall, timings
 
 
-def run_store_alone(run: MakeRun, files: list[Path], at_once: int) -> tuple[float, float]:
-    """The store's share of the journeys and nothing else: each file stored,
-    read back whole and deleted, `at_once` at a time: (wall seconds, the
-    store's CPU seconds)."""
+def run_store_alone(run: MakeRun, files: list[Path], at_once: int) -> tuple[float, dict[str, float]]:
+    """The store's share of the journeys and nothing else, `at_once` files at a
+    time: every file stored, then every one read back whole, then every one
+    deleted: (wall seconds, the store's CPU seconds by phase)."""
     client = store_client(run)
     db = client["video2mp3"]
-
-    def one(path: Path) -> None:
-        file_id = store_raw(db, path)
-        read_whole(db, file_id)
-        delete_file(db, VIDEOS_BUCKET, file_id)
-
+    cpu: dict[str, float] = {}
     try:
-        cpu0 = cpu_by_process(run).get("mongo", 0.0)
-        t = time.perf_counter()
         with ThreadPoolExecutor(at_once) as pool:
-            list(pool.map(one, files))
-        wall = time.perf_counter() - t
-        return wall, cpu_by_process(run).get("mongo", 0.0) - cpu0
+            def phase(name: str, work: Callable[[Any], Any], items: list) -> list:
+                before = cpu_by_process(run).get("mongo", 0.0)
+                out = list(pool.map(work, items))
+                cpu[name] = cpu_by_process(run).get("mongo", 0.0) - before
+                return out
+
+            t = time.perf_counter()
+            file_ids = phase("stored", lambda path: store_raw(db, path), files)
+            phase("read back", lambda file_id: read_whole(db, file_id), file_ids)
+            phase("deleted", lambda file_id: delete_file(db, VIDEOS_BUCKET, file_id), file_ids)
+            return time.perf_counter() - t, cpu
     finally:
         client.close()
 
@@ -254,9 +257,11 @@ def main() -> int:
                 print(f"  round {i + 1}: ffmpeg {ff_s[-1]:.1f} s, mesh {mesh_s[-1]:.1f} s", flush=True)
             if opts.store_alone:
                 settle(run)
-                wall, store_cpu = run_store_alone(run, files, opts.clients)
+                wall, phases = run_store_alone(run, files, opts.clients)
+                store_cpu = sum(phases.values())
                 print(f"  store alone: the {len(files)} files stored, read back and deleted, {opts.clients} at a "
-                      f"time: {wall:.1f} s, CPU seconds of the store {store_cpu:.1f}", flush=True)
+                      f"time: {wall:.1f} s, CPU seconds of the store {store_cpu:.1f} ("
+                      + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")", flush=True)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
