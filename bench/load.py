@@ -270,11 +270,12 @@ def main() -> int:
     ok = ratio <= opts.goal
     if store_cpu is not None:
         # The mesh does at least ffmpeg's work plus the store's share, on the
-        # two cores ffmpeg's side keeps busy for `ff` seconds.
-        f_cpu = statistics.median(ff_cpu)
-        floor = (f_cpu + store_cpu) / (2 * ff)
-        print(f"\nfloor: ffmpeg's CPU + the store's alone on 2 cores = ({f_cpu:.1f} + {store_cpu:.1f}) / 2 / "
-              f"{ff:.1f} s = {floor:.2f} (the store's share by itself: {store_cpu / (2 * ff):.2f} of ffmpeg's time)")
+        # cores ffmpeg's side keeps busy for `ff` seconds.
+        f_cpu, cores = statistics.median(ff_cpu), os.cpu_count() or 1
+        floor = (f_cpu + store_cpu) / (cores * ff)
+        print(f"\nfloor: ffmpeg's CPU + the store's alone on {cores} cores = ({f_cpu:.1f} + {store_cpu:.1f}) / "
+              f"{cores} / {ff:.1f} s = {floor:.2f} (the store's share by itself: {store_cpu / (cores * ff):.2f} "
+              "of ffmpeg's time)")
     print(f"\nper job (upload start -> MP3 in hand): p50 {percentile(jobs, 50):.1f} s, "
           f"p95 {percentile(jobs, 95):.1f} s, max {max(jobs):.1f} s ({len(jobs)} jobs)")
     print(f"bench-load: {len(files)} files, {opts.clients} clients, last MP3 / ffmpeg {opts.ffmpeg_at_once} at a "
