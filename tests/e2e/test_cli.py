@@ -24,6 +24,7 @@ import pytest
 from localmesh.processes import free_port, wait_for
 from testkit import outside, testbed
 from testkit.clients import unique_email
+from testkit.ctrl_c import popen_interruptible
 from testkit.media import analyse_mp3, decode_audio, ebur128, make_media, make_noise
 from video2mp3.auth.keys import generate as generate_key
 from video2mp3.cli.session import token_claims
@@ -242,8 +243,8 @@ def test_ctrl_c_during_an_upload_leaves_nothing_on_the_server(env, user, store, 
     user_id = token_claims(token_file(env).read_text().strip())["sub"]
     chunks = store.db["videos.chunks"]
     before = set(chunks.distinct("files_id"))
-    proc = subprocess.Popen([CLI, "convert", str(big)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = popen_interruptible([CLI, "convert", str(big)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     try:
         new = wait_for("the upload to reach GridFS", lambda: set(chunks.distinct("files_id")) - before,
                        timeout=30, interval=0.05)
@@ -263,8 +264,8 @@ def test_ctrl_c_during_a_conversion_leaves_the_job_running(env, user, mesh_contr
     video = tmp_path / "later.mp4"
     video.write_bytes(Path(clip).read_bytes())
     mesh_control.stop_service("converter")  # the job waits QUEUED: Ctrl-C lands while following it
-    proc = subprocess.Popen([CLI, "convert", str(video)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = popen_interruptible([CLI, "convert", str(video)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -17,6 +17,7 @@ import requests
 
 from localmesh.processes import wait_for
 from testkit.clients import RestClient
+from testkit.ctrl_c import popen_interruptible
 from testkit.media import analyse_mp3, make_media
 from testkit.tcp_proxy import TcpProxy
 from video2mp3.cli.session import save_token
@@ -70,7 +71,7 @@ def test_a_dropped_connection_is_resumed_by_the_running_command(mesh, proxy, cli
     env, rest = cli
     out = tmp_path / "out"
     proc = subprocess.Popen([CLI, "convert", str(video), "-o", str(out), "--resumable-over", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = upload_url(env)
     wait_for("a quarter sent", lambda: offset(mesh, rest, url) >= 0 and
              _stored(mesh, rest, url) >= video.stat().st_size // 4, timeout=60, interval=0.1)
@@ -114,8 +115,8 @@ def test_a_second_run_goes_on_where_a_killed_one_stopped(mesh, proxy, cli, video
 
 def test_ctrl_c_terminates_the_upload(mesh, proxy, cli, video, tmp_path):
     env, rest = cli
-    proc = subprocess.Popen([CLI, "convert", str(video), "-o", str(tmp_path), "--resumable-over", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_interruptible([CLI, "convert", str(video), "-o", str(tmp_path), "--resumable-over", "1"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = upload_url(env)
     wait_for("some of it stored", lambda: _stored(mesh, rest, url) > 0, timeout=60, interval=0.1)
     proc.send_signal(signal.SIGINT)
