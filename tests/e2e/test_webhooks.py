@@ -143,7 +143,10 @@ def test_job_events_arrive_signed_and_name_the_job(hook_mesh, rest, receiver, cl
     payload = of_type(failed, "job.failed")[0]["payload"]
     assert (payload["data"]["job_id"], payload["data"]["state"]) == (bad["job_id"], "JOB_STATE_FAILED")
     assert payload["data"]["error"]
-    # The log: one delivery per event, each delivered once.
+    # The log: one delivery per event, each delivered once. A delivery is
+    # recorded as succeeded just after the receiver has answered it.
+    wait_for("every delivery recorded as succeeded", lambda: all(
+        d["state"] == "DELIVERY_STATE_SUCCEEDED" for d in deliveries(rest, hook)), timeout=30)
     log = deliveries(rest, hook)
     assert sorted(d["event_type"] for d in log) == ["job.done", "job.failed", "job.processing", "job.processing"]
     assert all(d["state"] == "DELIVERY_STATE_SUCCEEDED" and d["attempts"] == 1 for d in log), log
