@@ -57,7 +57,7 @@ from video2mp3.converter.policy import (
 )
 from video2mp3.converter.transcode import ConversionError, LimitExceeded, TranscodeResult, transcode
 from video2mp3.converter.video_source import VideoSource
-from video2mp3.domain import jobs, mp3_files, retention
+from video2mp3.domain import jobs, mp3_files
 from video2mp3.storage.gridfs_growing import GrowingDownload
 from video2mp3.storage.gridfs_upload import ChunkedUpload
 from video2mp3.storage.mongo import VIDEOS_BUCKET
@@ -347,11 +347,7 @@ class Task:
                             seconds=seconds, extra={"seconds": round(seconds, 3), "read_bytes": self.read_bytes,
                                                     "video_bytes": self.job.video_size,
                                                     "encoder_joins": result.encoder_joins})
-        # Watchers hear of DONE now, not at their next poll, nor once the video
-        # is deleted (a 50 MB video takes ~0.1 s); usage stops counting it at
-        # DONE (gateway/quotas.py).
-        self.worker.on_final(self.job_id)
-        retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention)
+        self.worker.ended(self.job_id)
         return outcome
 
     def fail_job(self, error: ConversionError) -> Outcome:
@@ -361,8 +357,7 @@ class Task:
         if isinstance(error, LimitExceeded):
             metrics.LIMIT_REFUSALS.labels(error.kind, "conversion").inc()
         if self.jobs.finish_failed(self.job_id, str(error)):
-            self.worker.on_final(self.job_id)
-            retention.after_final(self.worker.mongo, self.jobs, self.job_id, self.cfg.retention, keep=not over_limit)
+            self.worker.ended(self.job_id, keep=not over_limit)
         tracing.fail(self.span, str(error))
         return self._end(policy.FAILED, error)
 

@@ -71,7 +71,7 @@ def test_a_dropped_connection_is_resumed_by_the_running_command(mesh, proxy, cli
     env, rest = cli
     out = tmp_path / "out"
     proc = subprocess.Popen([CLI, "convert", str(video), "-o", str(out), "--resumable-over", "1"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = upload_url(env)
     wait_for("a quarter sent", lambda: offset(mesh, rest, url) >= 0 and
              _stored(mesh, rest, url) >= video.stat().st_size // 4, timeout=60, interval=0.1)

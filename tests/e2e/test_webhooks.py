@@ -145,9 +145,8 @@ def test_job_events_arrive_signed_and_name_the_job(hook_mesh, rest, receiver, cl
     assert payload["data"]["error"]
     # The log: one delivery per event, each delivered once. A delivery is
     # recorded as succeeded just after the receiver has answered it.
-    wait_for("every delivery recorded as succeeded", lambda: all(
-        d["state"] == "DELIVERY_STATE_SUCCEEDED" for d in deliveries(rest, hook)), timeout=30)
-    log = deliveries(rest, hook)
+    log = wait_for("every delivery recorded as succeeded", lambda: (d := deliveries(rest, hook)) and all(
+        x["state"] == "DELIVERY_STATE_SUCCEEDED" for x in d) and d, timeout=30)
     assert sorted(d["event_type"] for d in log) == ["job.done", "job.failed", "job.processing", "job.processing"]
     assert all(d["state"] == "DELIVERY_STATE_SUCCEEDED" and d["attempts"] == 1 for d in log), log
     assert {d["delivery_id"] for d in log} == {g["id"] for g in receiver.got}
